@@ -1,0 +1,322 @@
+//! The command line: modes and settings, every setting also read from a
+//! `KSM_BALLOON_*` environment variable so the systemd unit can take them
+//! from an `EnvironmentFile`.
+//!
+//! Two stages, as cloud-hypervisor does it: clap parses each value (and names
+//! the flag and value at fault, exit 2), then [`Settings::validate`] resolves
+//! paths under `--root` and checks what one flag alone cannot.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::ksm::Metric;
+use crate::policy::Split;
+use crate::units::{parse_size_kib, SizeOrPercent};
+
+/// Hands the memory Linux KSM saves back to libvirt guests through the virtio balloon.
+#[derive(Debug, Parser)]
+#[command(name = "ksm-balloon", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    /// Settings shared by every mode.
+    #[command(flatten)]
+    pub settings: Settings,
+    /// The mode.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The modes.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One pass: read KSM, work out every VM's target, apply, save state, exit.
+    Run {
+        /// Print what the pass would do, and why, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: print JSON instead of a table.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
+    },
+    /// Print what the next pass would do, and why, without changing anything.
+    Plan {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show managed VMs, their floors, targets and sizes, and the KSM figures.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The libvirt qemu hook: `hook <domain> <operation> <sub-op> <extra>`, domain XML on stdin.
+    ///
+    /// Records a VM's floor and ceiling when it starts and forgets it when it
+    /// stops. Never connects to libvirt; always exits 0 once its arguments
+    /// parse, so it never blocks a VM start.
+    Hook {
+        /// The domain's name.
+        domain: String,
+        /// The operation (prepare, start, started, stopped, release, reconnect, ...).
+        operation: String,
+        /// The sub-operation (begin, end, -).
+        #[arg(default_value = "-")]
+        sub_op: String,
+        /// Extra argument (unused by the qemu hook: -).
+        #[arg(default_value = "-")]
+        extra: String,
+    },
+    /// Print shell completions for ksm-balloon.
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) for ksm-balloon.
+    #[command(hide = true)]
+    Manpage,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{v} is not between 0 and 1"));
+    }
+    Ok(v)
+}
+
+/// A per-pass step limit in KiB; `None` is unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit(pub Option<u64>);
+
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    match s.trim() {
+        "unlimited" | "none" | "off" => Ok(Limit(None)),
+        other => match parse_size_kib(other)? {
+            0 => Err("0 would stop every change; use 'unlimited' for no limit".into()),
+            v => Ok(Limit(Some(v))),
+        },
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(0.0..=3600.0).contains(&v) {
+        return Err(format!("{v} is not between 0 and 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Every setting.
+#[derive(Clone, Debug, Args)]
+pub struct Settings {
+    /// libvirt URI to manage.
+    #[arg(
+        long,
+        global = true,
+        env = "KSM_BALLOON_CONNECT",
+        default_value = "qemu:///system"
+    )]
+    pub connect: String,
+
+    /// Prefix for every host path read or written (/sys, /proc, the state); for tests.
+    #[arg(long, global = true, env = "KSM_BALLOON_ROOT", default_value = "/")]
+    pub root: PathBuf,
+
+    /// The state file (under --root); its lock is the same path plus ".lock".
+    #[arg(
+        long,
+        global = true,
+        env = "KSM_BALLOON_STATE",
+        default_value = "/var/lib/ksm-balloon/state.json"
+    )]
+    pub state: PathBuf,
+
+    /// Which KSM counter is the savings: profit (general_profit), sharing
+    /// (pages_sharing + ksm_zero_pages), shared (pages_shared, the paper's), or
+    /// auto (profit where the kernel has it, else sharing).
+    #[arg(long, global = true, env = "KSM_BALLOON_METRIC", value_enum, default_value_t = Metric::Auto)]
+    pub metric: Metric,
+
+    /// Fraction of the savings handed out to the VMs, 0 to 1.
+    #[arg(long, global = true, env = "KSM_BALLOON_SHARE", default_value = "1.0", value_parser = parse_share)]
+    pub share: f64,
+
+    /// How the pool is divided: equal (the paper) or proportional to each VM's floor.
+    #[arg(long, global = true, env = "KSM_BALLOON_SPLIT", value_enum, default_value_t = Split::Equal)]
+    pub split: Split,
+
+    /// Host MemAvailable to keep free: below it nothing grows and bonuses
+    /// shrink. A size (512M, 2G) or a percentage of MemTotal (5%).
+    #[arg(long, global = true, env = "KSM_BALLOON_RESERVE", default_value = "5%", value_parser = SizeOrPercent::parse)]
+    pub reserve: SizeOrPercent,
+
+    /// Leave a VM alone when its target is this close to its size (a size; bare numbers are KiB).
+    #[arg(long, global = true, env = "KSM_BALLOON_DEADBAND", default_value = "4M", value_parser = parse_size_kib)]
+    pub deadband: u64,
+
+    /// Most a VM grows in one pass: a size, or "unlimited" (the paper).
+    #[arg(long, global = true, env = "KSM_BALLOON_MAX_GROW", default_value = "unlimited", value_parser = parse_limit)]
+    pub max_grow: Limit,
+
+    /// Most a VM shrinks in one pass: a size, or "unlimited" (the paper).
+    #[arg(long, global = true, env = "KSM_BALLOON_MAX_SHRINK", default_value = "unlimited", value_parser = parse_limit)]
+    pub max_shrink: Limit,
+
+    /// Seconds a pass waits for the state lock before giving up (exit 1).
+    #[arg(long, global = true, env = "KSM_BALLOON_LOCK_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
+    pub lock_timeout: Duration,
+
+    /// Seconds the hook waits for the state lock (it delays a VM start meanwhile).
+    #[arg(long, global = true, env = "KSM_BALLOON_HOOK_LOCK_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub hook_lock_timeout: Duration,
+}
+
+/// A setting that parsed but cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value '{value}' for '--{flag}': {why}")]
+pub struct UsageError {
+    /// The flag.
+    pub flag: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What is wrong.
+    pub why: String,
+}
+
+/// Settings resolved and checked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The settings as given.
+    pub settings: Settings,
+    /// `<root>/sys/kernel/mm/ksm`.
+    pub ksm_dir: PathBuf,
+    /// `<root>/proc/meminfo`.
+    pub meminfo: PathBuf,
+    /// `<root>/<state>`.
+    pub state_path: PathBuf,
+}
+
+/// Resolves an absolute host path under `root`.
+pub fn under_root(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+impl Settings {
+    /// The second stage: checks and resolves.
+    pub fn validate(self) -> Result<Config, UsageError> {
+        if !self.root.is_absolute() {
+            return Err(UsageError {
+                flag: "root",
+                value: self.root.display().to_string(),
+                why: "must be an absolute path".into(),
+            });
+        }
+        if !self.root.is_dir() {
+            return Err(UsageError {
+                flag: "root",
+                value: self.root.display().to_string(),
+                why: "is not a directory".into(),
+            });
+        }
+        if !self.state.is_absolute() || self.state.file_name().is_none() {
+            return Err(UsageError {
+                flag: "state",
+                value: self.state.display().to_string(),
+                why: "must be an absolute path to a file".into(),
+            });
+        }
+        if self.connect.trim().is_empty() {
+            return Err(UsageError {
+                flag: "connect",
+                value: self.connect.clone(),
+                why: "must be a libvirt URI such as qemu:///system".into(),
+            });
+        }
+        Ok(Config {
+            ksm_dir: under_root(&self.root, Path::new("/sys/kernel/mm/ksm")),
+            meminfo: under_root(&self.root, Path::new("/proc/meminfo")),
+            state_path: under_root(&self.root, &self.state),
+            settings: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let cli = Cli::try_parse_from(["ksm-balloon", "run"]).unwrap();
+        let s = cli.settings;
+        assert_eq!(s.connect, "qemu:///system");
+        assert_eq!(s.metric, Metric::Auto);
+        assert_eq!(s.share, 1.0);
+        assert_eq!(s.split, Split::Equal);
+        assert_eq!(s.reserve, SizeOrPercent::Percent(5.0));
+        assert_eq!(s.deadband, 4096);
+        assert_eq!(s.max_grow, Limit(None));
+        assert_eq!(s.max_shrink, Limit(None));
+        assert_eq!(s.lock_timeout, Duration::from_secs(20));
+        assert_eq!(s.hook_lock_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn flags_after_the_mode_and_limits_parse() {
+        let cli = Cli::try_parse_from([
+            "ksm-balloon",
+            "plan",
+            "--max-grow",
+            "64M",
+            "--max-shrink",
+            "unlimited",
+            "--share",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!(cli.settings.max_grow, Limit(Some(65536)));
+        assert_eq!(cli.settings.share, 0.5);
+    }
+
+    #[test]
+    fn value_parsers() {
+        assert_eq!(parse_share("0.5"), Ok(0.5));
+        assert!(parse_share("1.5").is_err());
+        assert!(parse_share("-0.1").is_err());
+        assert!(parse_share("NaN").is_err());
+        assert_eq!(parse_limit("unlimited"), Ok(Limit(None)));
+        assert_eq!(parse_limit("64M"), Ok(Limit(Some(65536))));
+        assert!(parse_limit("0").is_err());
+        assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_seconds("20s"), Ok(Duration::from_secs(20)));
+        assert!(parse_seconds("-1").is_err());
+    }
+
+    #[test]
+    fn paths_resolve_under_root() {
+        assert_eq!(
+            under_root(Path::new("/tmp/r"), Path::new("/var/lib/x/state.json")),
+            PathBuf::from("/tmp/r/var/lib/x/state.json")
+        );
+        assert_eq!(
+            under_root(Path::new("/"), Path::new("/sys/kernel/mm/ksm")),
+            PathBuf::from("/sys/kernel/mm/ksm")
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! ksm-balloon: measures what Linux KSM saved and hands it back to the
+//! running libvirt guests through the virtio balloon.
+//!
+//! The library is the whole tool; `main.rs` only parses the command line and
+//! dispatches. The pure parts (policy, parsers, state format) have no I/O;
+//! sysfs, meminfo, the state file, libvirt and the clock sit at the edges
+//! ([`ksm::read`], [`meminfo::read`], [`state::Store`], [`hypervisor`]).
+
+pub mod cli;
+pub mod domxml;
+pub mod hook;
+pub mod hypervisor;
+pub mod ksm;
+pub mod meminfo;
+pub mod pass;
+pub mod policy;
+pub mod render;
+pub mod state;
+pub mod units;

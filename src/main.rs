@@ -1,0 +1,142 @@
+//! The ksm-balloon binary: parse the command line into a mode, dispatch,
+//! print the whole error chain. Exit codes: 0 done, 1 runtime failure,
+//! 2 bad usage.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{CommandFactory, Parser};
+use ksm_balloon::cli::{Cli, Command, Config};
+use ksm_balloon::hypervisor::{self, Hypervisor, Libvirt};
+use ksm_balloon::state::Store;
+use ksm_balloon::{hook, pass, render};
+
+fn init_logging() {
+    let env = env_logger::Env::default()
+        .filter_or("KSM_BALLOON_LOG", "info")
+        .write_style("KSM_BALLOON_LOG_STYLE");
+    let mut b = env_logger::Builder::from_env(env);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // journald stamps the time itself.
+        b.format(|f, rec| writeln!(f, "<{}>{}", syslog_level(rec.level()), rec.args()));
+    } else {
+        b.format_timestamp_secs().format_target(false);
+    }
+    b.init();
+}
+
+fn syslog_level(l: log::Level) -> u8 {
+    match l {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn open(cfg: &Config) -> impl FnMut() -> anyhow::Result<Box<dyn Hypervisor>> + '_ {
+    move || {
+        hypervisor::quiet_libvirt();
+        Ok(Box::new(Libvirt::open(&cfg.settings.connect)?) as Box<dyn Hypervisor>)
+    }
+}
+
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+fn json(report: &pass::Report) -> anyhow::Result<()> {
+    print(&(serde_json::to_string_pretty(report)? + "\n"))
+}
+
+fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
+    match command {
+        Command::Run { dry_run: false, .. } => {
+            pass::run(cfg, &mut open(cfg), now())?;
+        }
+        Command::Run {
+            dry_run: true,
+            json: j,
+        }
+        | Command::Plan { json: j } => {
+            let report = pass::dry_run(cfg, &mut open(cfg), now())?;
+            if j {
+                json(&report)?;
+            } else {
+                print(&render::plan(&report))?;
+            }
+        }
+        Command::Status { json: j } => {
+            let report = pass::dry_run(cfg, &mut open(cfg), now())?;
+            if j {
+                json(&report)?;
+            } else {
+                print(&render::status(&report))?;
+            }
+        }
+        Command::Hook {
+            domain,
+            operation,
+            sub_op,
+            extra: _,
+        } => {
+            let store = Store::new(cfg.state_path.clone());
+            hook::run(
+                &store,
+                cfg.settings.hook_lock_timeout,
+                &domain,
+                &operation,
+                &sub_op,
+                io::stdin().lock(),
+                now(),
+            );
+        }
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ksm-balloon", &mut buf);
+            print(&String::from_utf8_lossy(&buf))?;
+        }
+        Command::Manpage => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
+            print(&String::from_utf8_lossy(&buf))?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging();
+    let cfg = match cli.settings.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli.command, &cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Human output: the `status` and `plan` tables. JSON output is the
+//! [`Report`] serialised as it is.
+
+use std::fmt::Write;
+
+use crate::pass::Report;
+use crate::policy::Action;
+use crate::units::Kib;
+
+/// A name fit for one table cell: control characters escaped, the rest kept.
+pub fn cell(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn ago(now: u64, then: Option<u64>) -> String {
+    match then {
+        None => "-".into(),
+        Some(t) => format!("{} ({}s ago)", utc(t), now.saturating_sub(t)),
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, v) in r.iter().enumerate() {
+            if c + 1 == cols {
+                line.push_str(v);
+            } else {
+                line.push_str(v);
+                line.extend(std::iter::repeat(' ').take(widths[c] - v.chars().count() + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn header(r: &Report) -> String {
+    let mut out = String::new();
+    let k = &r.ksm;
+    let _ = writeln!(
+        out,
+        "KSM: {} (run={}), savings {} by '{}' (pages_sharing {}, pages_shared {}, general_profit {}), full scans {}",
+        if k.merging() { "merging" } else { "NOT merging" },
+        k.run,
+        Kib(r.savings_kib),
+        r.metric,
+        k.pages_sharing,
+        k.pages_shared,
+        k.general_profit.map_or("n/a".to_string(), |b| format!("{b} B")),
+        k.full_scans
+    );
+    let _ =
+        writeln!(
+        out,
+        "Pool: {} (share {}), handed out {} ({} split); host MemAvailable {} of {}, reserve {}{}",
+        Kib(r.pool_kib),
+        r.policy.share,
+        Kib(r.budget_kib),
+        r.policy.split,
+        Kib(r.host.available_kib),
+        Kib(r.host.total_kib),
+        Kib(r.reserve_kib),
+        if r.under_reserve { " -- UNDER RESERVE" } else { "" }
+    );
+    if let Some(p) = &r.state_problem {
+        let _ = writeln!(out, "State file problem: {p}");
+    }
+    out
+}
+
+/// The `status` table.
+pub fn status(r: &Report) -> String {
+    let mut out = header(r);
+    if r.vms.is_empty() {
+        out.push_str("No active VMs.\n");
+        return out;
+    }
+    let mut rows = vec![[
+        "VM",
+        "FLOOR",
+        "TARGET",
+        "CURRENT",
+        "CEILING",
+        "SHARE",
+        "LAST CHANGE",
+        "NOTE",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for v in &r.vms {
+        let note = match v.action {
+            Action::Skip => v.reason.to_string(),
+            _ if v.adopted => "not yet recorded: the next pass adopts it".into(),
+            Action::Hold => String::new(),
+            Action::Grow | Action::Shrink => {
+                format!("next pass: {:?} ({})", v.action, v.reason).to_lowercase()
+            }
+        };
+        rows.push(vec![
+            cell(&v.name),
+            Kib(v.floor_kib).to_string(),
+            Kib(v.target_kib).to_string(),
+            Kib(v.current_kib).to_string(),
+            Kib(v.ceiling_kib).to_string(),
+            format!("{:.1}%", v.share_of_pool * 100.0),
+            ago(r.at, v.last_change_at),
+            note,
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+/// The `plan` table.
+pub fn plan(r: &Report) -> String {
+    let mut out = header(r);
+    if r.vms.is_empty() {
+        out.push_str("No active VMs: nothing to do.\n");
+        return out;
+    }
+    let mut rows = vec![[
+        "VM", "ACTION", "CURRENT", "TARGET", "FLOOR", "CEILING", "WHY",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for v in &r.vms {
+        let action = match v.action {
+            Action::Grow => "grow",
+            Action::Shrink => "shrink",
+            Action::Hold => "hold",
+            Action::Skip => "skip",
+        };
+        let why = if v.adopted {
+            format!("{} (adopted: no hook recorded it)", v.reason)
+        } else {
+            v.reason.to_string()
+        };
+        rows.push(vec![
+            cell(&v.name),
+            action.into(),
+            Kib(v.current_kib).to_string(),
+            Kib(v.target_kib).to_string(),
+            Kib(v.floor_kib).to_string(),
+            Kib(v.ceiling_kib).to_string(),
+            why,
+        ]);
+    }
+    out.push_str(&table(&rows));
+    let n = r
+        .vms
+        .iter()
+        .filter(|v| matches!(v.action, Action::Grow | Action::Shrink))
+        .count();
+    let _ = writeln!(out, "{n} resize call(s) would be made.");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_690_027), "2026-11-26 10:47:07");
+    }
+
+    #[test]
+    fn cells_escape_control_characters_only() {
+        assert_eq!(cell("web 01"), "web 01");
+        assert_eq!(cell("ünï\"cödé"), "ünï\"cödé");
+        assert_eq!(cell("a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn tables_align_on_characters() {
+        let t = table(&[vec!["ä".into(), "x".into()], vec!["abc".into(), "y".into()]]);
+        assert_eq!(t, "ä    x\nabc  y\n");
+    }
+}
