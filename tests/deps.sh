@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs every package the test suite, the demo and the packaging checks
+# need, from Debian's archive. Idempotent: a second run installs nothing.
+# Must run as root.
+set -euo pipefail
+
+PACKAGES=(
+    # the real stack: libvirtd, QEMU (software emulation), the libvirt C library
+    qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+    # the guest: the Debian kernel and a busybox initramfs
+    linux-image-amd64 busybox-static cpio
+    # building: virt-sys finds libvirt through pkg-config
+    pkg-config
+    # packaging checks: rpmbuild, systemd-analyze, man
+    rpm systemd man-db groff-base
+    # helpers used by the scripts
+    socat util-linux procps psmisc python3
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/deps.sh: must run as root (it installs packages)" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+echo "tests/deps.sh: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" >/dev/null
