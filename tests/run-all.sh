@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
 # The whole test suite: the README's test command. Run as root on a fresh
-# Debian 12 machine; it installs what it needs (tests/deps.sh), starts
+# Debian 12 machine: it installs what it needs (tests/deps.sh), starts
 # libvirtd and virtlogd itself, and fails on anything missing: no test skips.
+#
+# It runs every tests/suites/NN-*.sh in order; each is a standalone script
+# that exits non-zero on failure. `tests/run-all.sh NN` runs only the suites
+# whose names start with NN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 started=$(date +%s)
-
-step "dependencies"
 bash tests/deps.sh
-
-step "unit, property, fake-root and test-driver tests (cargo test)"
-cargo test --locked --all-targets
-
-step "exit codes (shell)"
 cargo build --locked --quiet
-bash tests/exit-codes.sh target/debug/ksm-balloon
 
-printf '\nall tests passed in %ss\n' "$(( $(date +%s) - started ))"
+declare -a results=()
+failed=0
+for suite in tests/suites/"${1:-}"*.sh; do
+    name=$(basename "$suite" .sh)
+    printf '\n=== %s (%s)\n' "$name" "$(date -u +%H:%M:%S)"
+    t0=$(date +%s)
+    if bash "$suite"; then
+        results+=("ok    $name ($(( $(date +%s) - t0 ))s)")
+    else
+        results+=("FAIL  $name ($(( $(date +%s) - t0 ))s)")
+        failed=1
+    fi
+done
+
+printf '\n=== summary\n'
+printf '%s\n' "${results[@]}"
+printf 'total %ss\n' "$(( $(date +%s) - started ))"
+exit "$failed"

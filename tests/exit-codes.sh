@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Exit codes, as an operator's script sees them: 0 done, 1 runtime failure,
+# 2 bad usage; and every error names the thing at fault.
+# Usage: tests/exit-codes.sh path/to/ksm-balloon
+set -uo pipefail
+BIN=$(realpath "$1")
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cp -r "$here/fixtures/root" "$work/root"
+fails=0
+
+# expect CODE PATTERN -- ARGS...: runs BIN ARGS with stdin from /dev/null,
+# checks the exit code and that stderr+stdout matches PATTERN (grep -E).
+expect() {
+    local code=$1 pattern=$2
+    shift 3
+    local out rc
+    out=$("$BIN" "$@" </dev/null 2>&1)
+    rc=$?
+    if [ "$rc" -ne "$code" ]; then
+        echo "FAIL: ksm-balloon $* exited $rc, expected $code; output:"; echo "$out" | sed 's/^/    /'
+        fails=$((fails + 1))
+    elif ! grep -Eq -- "$pattern" <<<"$out"; then
+        echo "FAIL: ksm-balloon $* output lacks /$pattern/:"; echo "$out" | sed 's/^/    /'
+        fails=$((fails + 1))
+    else
+        echo "ok: exit $code: ksm-balloon $*"
+    fi
+}
+
+export KSM_BALLOON_ROOT="$work/root"
+unset KSM_BALLOON_CONNECT
+DRV="test://$here/fixtures/node.xml"
+
+# bad usage: 2
+expect 2 'Usage' -- 
+expect 2 "unrecognized subcommand 'frobnicate'" -- frobnicate
+expect 2 "invalid value '1.5' for '--share" -- --share 1.5 run
+expect 2 "invalid value 'lots' for '--reserve" -- --reserve lots run
+expect 2 "invalid value 'fast' for '--metric" -- --metric fast run
+expect 2 "invalid value 'random' for '--split" -- --split random run
+expect 2 "invalid value '8X' for '--deadband" -- --deadband 8X run
+expect 2 "invalid value '0' for '--max-grow" -- --max-grow 0 run
+expect 2 "invalid value '-3' for '--lock-timeout" -- --lock-timeout=-3 run
+expect 2 "invalid value 'relative/state.json' for '--state'" -- --state relative/state.json run
+expect 2 "invalid value '$work/nowhere' for '--root'" -- --root "$work/nowhere" run
+expect 2 "required arguments were not provided" -- hook
+expect 2 "required arguments were not provided" -- hook vm1
+expect 2 "required arguments were not provided" -- run --json
+# and what is not an error: 0
+expect 0 'Usage' -- --help
+expect 0 '^ksm-balloon [0-9]' -- --version
+expect 0 'VM +FLOOR' -- --connect "$DRV" status
+expect 0 '"savings_kib"' -- --connect "$DRV" status --json
+expect 0 'ACTION' -- --connect "$DRV" plan
+expect 0 '' -- --connect "$DRV" run
+# the hook never fails a VM start, whatever its input
+expect 0 '' -- hook vm1 prepare begin -
+expect 0 '' -- hook vm1 frobnicate begin -
+
+# runtime failures: 1
+expect 1 "cannot connect to libvirt at qemu\+unix:///system\?socket=$work/no-such-socket" -- \
+    --connect "qemu+unix:///system?socket=$work/no-such-socket" run
+expect 1 "cannot connect to libvirt" -- --connect "qemu+unix:///system?socket=$work/no-such-socket" status
+mkdir -p "$work/nokms/proc" && cp "$work/root/proc/meminfo" "$work/nokms/proc/"
+expect 1 "KSM is not available: $work/nokms/sys/kernel/mm/ksm does not exist" -- \
+    --root "$work/nokms" --connect "$DRV" run
+cp -r "$work/root" "$work/badcounter"
+echo "lots" >"$work/badcounter/sys/kernel/mm/ksm/pages_sharing"
+expect 1 "KSM counter $work/badcounter/sys/kernel/mm/ksm/pages_sharing holds \"lots" -- \
+    --root "$work/badcounter" --connect "$DRV" run
+cp -r "$work/root" "$work/oldkernel"
+rm "$work/oldkernel/sys/kernel/mm/ksm/general_profit"
+expect 1 "metric 'profit' needs $work/oldkernel/sys/kernel/mm/ksm/general_profit" -- \
+    --root "$work/oldkernel" --connect "$DRV" --metric profit run
+cp -r "$work/root" "$work/nomem"
+printf 'MemTotal: 100 kB\n' >"$work/nomem/proc/meminfo"
+expect 1 "$work/nomem/proc/meminfo: no MemAvailable line" -- --root "$work/nomem" --connect "$DRV" run
+# a held lock: exit 1 naming the lock file and its holder
+mkdir -p "$work/root/var/lib/ksm-balloon"
+lockf="$work/root/var/lib/ksm-balloon/state.json.lock"
+touch "$lockf"
+flock "$lockf" sh -c "echo \$\$ > '$lockf'; sleep 5" &
+holder=$!
+for _ in $(seq 50); do [ -s "$lockf" ] && break; sleep 0.1; done
+expect 1 "timed out after .* waiting for the lock $lockf \(held by pid [0-9]+\)" -- \
+    --connect "$DRV" --lock-timeout 0.3 run
+kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
+
+if [ "$fails" -gt 0 ]; then
+    echo "$fails exit-code check(s) failed"
+    exit 1
+fi
+echo "all exit-code checks passed"
