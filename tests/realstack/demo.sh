@@ -43,6 +43,9 @@ cargo build --release --locked --quiet
 
 read -r TICKS1 TICKS2 TICKS3 <<<"${DEMO_TICKS:-5 4 3}"
 
+# status: the table, without the log lines status repeats from the pass.
+status() { KSM_BALLOON_LOG=warn rs_kb status; }
+
 say "Starting libvirtd with ksm-balloon's hook (state in $RS_STATE; waits if a test suite holds the stack)"
 set +e # from here on, a failing step is reported and the demo carries on or tears down
 rs_setup target/release/ksm-balloon
@@ -51,24 +54,32 @@ say "Booting three guests: ceiling 256 MiB, started at 160 MiB, their floor (sof
 for g in g1 g2 g3; do rs_boot "$g" 256 160; done
 rs_wait_ready 120 g1 g2 g3 || { rs_diagnostics; exit 1; }
 for g in g1 g2 g3; do kb_wait_until 30 "$g at its floor" rs_actual_is "$g" $((160 * RS_MIB)); done
+kb_wait_until 10 "libvirt to report the balloons at their floors" rs_balloons_settled
 echo "libvirt ran the hook; the state records each guest's floor and ceiling:"
-rs_kb status
+status
 
 TICK=0
 NEXT=$(date +%s)
 # tick: one pass as the timer runs it, then what ksm-balloon, libvirt and
 # the guests themselves say.
 tick() {
-    local g line=""
+    local g line="" out
     TICK=$((TICK + 1))
     NEXT=$((NEXT + 10))
     kb_wait_until 15 "the next 10 s tick" now_at_least "$NEXT"
     printf '\n--- pass %d at %s: ksm-balloon run\n' "$TICK" "$(date +%H:%M:%S)"
-    rs_kb run 2>&1 | sed 's/^\[[^]]*\] //; s/^/  /'
-    rs_kb status
-    # the guests print their MemTotal every 2 s: wait for a fresh line
+    out=$(rs_kb run 2>&1)
+    if [ -n "$out" ]; then
+        sed 's/^\[[^]]*\] //; s/^/  /' <<<"$out"
+    else
+        echo "  (no balloon moved: every target is within the deadband of its size)"
+    fi
+    # Show the table once the balloons got where the pass sent them, and
+    # the guests printed their MemTotal since (they do every 2 s).
+    kb_wait_until 15 "the balloons to reach their targets" rs_balloons_settled
     line=$(rs_console_lines g3)
     kb_wait_until 6 "g3 to print its MemTotal" rs_memtotal_after g3 "$line"
+    status
     line=""
     for g in g1 g2 g3; do
         line+="$g $(rs_actual "$g" || echo '?') KiB (its MemTotal $(rs_memtotal "$g" || echo '?') kB)   "

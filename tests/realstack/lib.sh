@@ -335,6 +335,26 @@ rs_state_names() {
     python3 -c 'import json,sys; print("\n".join(sorted(v["name"] for v in json.load(open(sys.argv[1]))["vms"].values())))' "$RS_STATE"
 }
 
+# rs_balloons_settled: every managed guest's balloon, as the pass reads it
+# (libvirt's bulk stats, which follow QEMU's balloon events, throttled to
+# one a second), is within 1 MiB of what the last pass set (or of its floor
+# before any pass).
+rs_balloons_settled() {
+    local report
+    report=$(KSM_BALLOON_LOG=error rs_kb status --json 2>/dev/null) || return 1
+    python3 - "$RS_STATE" "$report" <<'PY'
+import json, sys
+state = json.load(open(sys.argv[1]))["vms"]
+for vm in json.loads(sys.argv[2])["vms"]:
+    rec = state.get(vm["uuid"])
+    if rec is None or vm["action"] == "skip":
+        continue
+    want = rec["last_target_kib"] or rec["floor_kib"]
+    if abs(vm["current_kib"] - want) > 1024:
+        sys.exit(1)
+PY
+}
+
 # --- the method, computed by the test ----------------------------------------
 
 # rs_expected_bonuses POOL_KIB HEADROOM_KIB...: equal split of POOL with

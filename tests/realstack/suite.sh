@@ -6,10 +6,12 @@
 #
 # Scenarios 1-8 are issue 3's, scenario 9 is issue 6's "savings collapse".
 # They share booted guests (booting is the slow part) and run in order.
-# Every check is on what libvirt reports (virsh dommemstat's `actual`, its
-# QEMU monitor log) and on what the guest itself prints (its MemTotal on its
-# serial console), against targets this script works out from the KSM
-# counters it reads itself; ksm-balloon's own output is only printed.
+# Every size is checked on what libvirt reports (virsh dommemstat's
+# `actual`, its QEMU monitor log) and on what the guest itself prints (its
+# MemTotal on its serial console), against targets this script works out
+# from the KSM counters it reads itself. ksm-balloon's own output is checked
+# only where a scenario is about it: exit codes and messages (8), the skip
+# reasons it reports (6), its resize count next to libvirt's (7).
 #
 # Guests: g1, g2 (ceiling 256 MiB, floor 160 MiB) and g3 (ceiling 192 MiB,
 # floor 160 MiB: its smaller headroom caps it in scenario 3); later g4 (no
@@ -290,14 +292,14 @@ sys.exit(not (v["action"] == "skip" and v["reason"] == sys.argv[3]))' "$report" 
 }
 
 # A pass every 5 s for a minute with steady savings: after the first pass,
-# libvirt must send no balloon command at all.
-S7_DEADBAND=${S7_DEADBAND:-}
+# libvirt must send no balloon command at all. The default deadband (4 MiB)
+# is used; the savings' drift is printed pass by pass (measured here: about
+# 1 MiB a minute in all, well inside it).
 s7_timer_loop() {
-    local i next mark1 savings=() calls_tool=0 ok=0 extra=()
-    [ -n "$S7_DEADBAND" ] && extra=(--deadband "$S7_DEADBAND")
+    local i next mark1 savings=() calls_tool=0 ok=0
     kb_ksm_set 1
     rs_wait_savings_settle 120 $((20 * RS_MIB)) || return 1
-    pass_run s7-first "${extra[@]}"
+    pass_run s7-first
     check "the first pass exits 0" test "$PASS_RC" -eq 0 || return 1
     mark1=$(kb_monitor_log_mark)
     local a1 a2
@@ -308,7 +310,7 @@ s7_timer_loop() {
         next=$((next + 5))
         kb_wait_until 10 "the next tick" now_at_least "$next" || return 1
         savings+=("$(rs_savings_kib)")
-        KSM_BALLOON_LOG=debug rs_kb "${extra[@]}" run >"$RS_RUN/pass-s7-$i.out" 2>&1 ||
+        KSM_BALLOON_LOG=debug rs_kb run >"$RS_RUN/pass-s7-$i.out" 2>&1 ||
             { echo "  FAIL: pass $i exited non-zero"; sed 's/^/    | /' "$RS_RUN/pass-s7-$i.out"; return 1; }
         local sm
         sm=$(sed -n 's/.*libvirt calls this pass:.*set_memory: \([0-9]*\).*/\1/p' "$RS_RUN/pass-s7-$i.out")
@@ -324,7 +326,7 @@ s7_timer_loop() {
     echo "  savings per pass (MiB): $(for s in "${savings[@]}"; do printf '%s ' "$(mib "$s")"; done)"
     echo "  drift pass to pass (MiB): $steps"
     echo "  spread over the minute: $(mib $((max - min))) MiB, i.e. $(mib $(((max - min) / 2))) MiB per VM over 2 VMs"
-    figure "s7 12 passes in 60 s after the first: savings $(mib "$min")..$(mib "$max") MiB (spread $(mib $((max - min))) MiB, $(mib $(((max - min) / 2))) MiB per VM); balloon commands libvirt sent: $calls; resize calls the tool counted: $calls_tool; deadband ${S7_DEADBAND:-4M (default)}"
+    figure "s7 12 passes in 60 s after the first: savings $(mib "$min")..$(mib "$max") MiB (spread $(mib $((max - min))) MiB, $(mib $(((max - min) / 2))) MiB per VM); balloon commands libvirt sent: $calls; resize calls the tool counted: $calls_tool; deadband 4 MiB (default)"
     check "libvirt sent no balloon command after the first pass (monitor log)" test "$calls" -eq 0 || ok=1
     check "the tool made no resize call after the first pass" test "$calls_tool" -eq 0 || ok=1
     check "g1 and g2 unchanged" test "$(rs_actual g1) $(rs_actual g2)" = "$a1 $a2" || ok=1
