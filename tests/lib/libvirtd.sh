@@ -86,12 +86,13 @@ kb_libvirtd_restart() {
     kb_libvirtd_start
 }
 
-# kb_install_hook BIN CONFIG: installs hooks/ksm-balloon as libvirt's qemu.d
-# hook, calling BIN with the settings in CONFIG. libvirtd only reads hooks
-# when it starts, so it is restarted when the hook changed.
+# kb_install_hook BIN CONFIG [SRC]: installs hooks/ksm-balloon (or the hook
+# script SRC, e.g. the one an RPM installed) as libvirt's qemu.d hook,
+# calling BIN with the settings in CONFIG. libvirtd only reads hooks when it
+# starts, so it is restarted when the hook changed.
 kb_install_hook() {
-    local bin=$1 config=$2 src new
-    src="$(dirname "${BASH_SOURCE[0]}")/../../hooks/ksm-balloon"
+    local bin=$1 config=$2 src=${3:-} new
+    [ -n "$src" ] || src="$(dirname "${BASH_SOURCE[0]}")/../../hooks/ksm-balloon"
     new=$(sed -e "s|^BIN=.*|BIN=$bin|" -e "s|^CONFIG=.*|CONFIG=$config|" "$src")
     if [ "$new" != "$(cat "$KB_HOOK_PATH" 2>/dev/null)" ]; then
         mkdir -p "$(dirname "$KB_HOOK_PATH")"
