@@ -116,7 +116,8 @@ $(TARBALL): $(GITFILES)
 	git archive --format=tar HEAD | tar -x -C dist/$(DISTNAME)
 	cd dist/$(DISTNAME) && $(CARGO) vendor --locked --versioned-dirs vendor >.cargo/config.toml
 	cd dist/$(DISTNAME) && $(CARGO) tree --locked --offline -e normal,build --prefix none \
-		--format '{p}: {l}' | sed 's/ (proc-macro)//' | sort -u >LICENSE.dependencies
+		--format '{p}: {l}' | sed -e 's/ (\*)$$//' -e 's/ (proc-macro)//' -e 's/ (\/[^)]*)//' \
+		| sort -u >LICENSE.dependencies
 	tar --sort=name --owner=0 --group=0 --numeric-owner \
 		--mtime="@$$(git log -1 --format=%ct HEAD)" \
 		-C dist -czf $(TARBALL) $(DISTNAME)
