@@ -42,14 +42,26 @@ fn settings() -> Vec<Setting> {
             .iter()
             .map(|d| d.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(defaults.len(), 1, "setting {:?} has {defaults:?} defaults", a.get_id());
+        assert_eq!(
+            defaults.len(),
+            1,
+            "setting {:?} has {defaults:?} defaults",
+            a.get_id()
+        );
         out.push(Setting {
-            long: a.get_long().expect("every setting has a long flag").to_string(),
+            long: a
+                .get_long()
+                .expect("every setting has a long flag")
+                .to_string(),
             env: env.to_string_lossy().into_owned(),
             default: defaults[0].clone(),
         });
     }
-    assert!(out.len() >= 10, "only {} settings found in the clap definition", out.len());
+    assert!(
+        out.len() >= 10,
+        "only {} settings found in the clap definition",
+        out.len()
+    );
     out
 }
 
@@ -98,7 +110,8 @@ fn man_entry<'a>(lines: &[&'a str], long: &str) -> Vec<&'a str> {
             i > 0
                 && lines[i - 1] == ".TP"
                 && l.starts_with(".B")
-                && l.split(|c: char| c.is_whitespace() || c == ',' || c == '"').any(|t| t == flag)
+                && l.split(|c: char| c.is_whitespace() || c == ',' || c == '"')
+                    .any(|t| t == flag)
         })
         .unwrap_or_else(|| panic!("man page: no .TP entry for {flag}"));
     lines[tag..]
@@ -116,7 +129,10 @@ fn man_page_names_every_flag() {
         .into_iter()
         .filter(|l| !text.contains(&format!("--{l}")))
         .collect();
-    assert!(missing.is_empty(), "flags missing from man/ksm-balloon.8: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "flags missing from man/ksm-balloon.8: {missing:?}"
+    );
 }
 
 #[test]
@@ -133,7 +149,11 @@ fn man_page_gives_every_setting_its_variable_and_default() {
             entry.join("\n")
         );
     }
-    assert!(text.contains(LOG_VAR.0), "man page does not describe {}", LOG_VAR.0);
+    assert!(
+        text.contains(LOG_VAR.0),
+        "man page does not describe {}",
+        LOG_VAR.0
+    );
 }
 
 #[test]
@@ -151,7 +171,10 @@ fn man_page_has_every_command_and_the_version() {
             sub.get_name()
         );
     }
-    let th = lines.iter().find(|l| l.starts_with(".TH ")).expect(".TH line");
+    let th = lines
+        .iter()
+        .find(|l| l.starts_with(".TH "))
+        .expect(".TH line");
     let want = format!("\"ksm-balloon {}\"", env!("CARGO_PKG_VERSION"));
     assert!(th.contains(&want), "man page header {th:?} lacks {want}");
 }
@@ -166,7 +189,10 @@ fn sysconfig_lists_every_setting_at_its_default() {
     for (env, default) in &expected {
         let want = format!("#{env}={default}");
         let n = lines.iter().filter(|l| **l == want).count();
-        assert_eq!(n, 1, "packaging/sysconfig must hold the line {want:?} once (found {n})");
+        assert_eq!(
+            n, 1,
+            "packaging/sysconfig must hold the line {want:?} once (found {n})"
+        );
     }
     // Nothing set (every line is a comment or blank), and no variable the
     // program does not read.
@@ -179,7 +205,10 @@ fn sysconfig_lists_every_setting_at_its_default() {
     let known: BTreeSet<&str> = expected.iter().map(|(e, _)| e.as_str()).collect();
     for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if word.starts_with("KSM_BALLOON_") && !word.ends_with('_') {
-            assert!(known.contains(word), "packaging/sysconfig names {word}, which nothing reads");
+            assert!(
+                known.contains(word),
+                "packaging/sysconfig names {word}, which nothing reads"
+            );
         }
     }
 }
@@ -188,7 +217,10 @@ fn sysconfig_lists_every_setting_at_its_default() {
 fn the_log_variable_default_is_main_rs_own() {
     let main = read("src/main.rs");
     let want = format!("filter_or(\"{}\", \"{}\")", LOG_VAR.0, LOG_VAR.1);
-    assert!(main.contains(&want), "src/main.rs no longer reads {want}: update LOG_VAR, the sysconfig and the man page");
+    assert!(
+        main.contains(&want),
+        "src/main.rs no longer reads {want}: update LOG_VAR, the sysconfig and the man page"
+    );
 }
 
 #[test]
@@ -199,5 +231,9 @@ fn spec_version_is_the_crate_version() {
         .find_map(|l| l.strip_prefix("Version:"))
         .expect("Version: line in the spec")
         .trim();
-    assert_eq!(version, env!("CARGO_PKG_VERSION"), "packaging/ksm-balloon.spec Version");
+    assert_eq!(
+        version,
+        env!("CARGO_PKG_VERSION"),
+        "packaging/ksm-balloon.spec Version"
+    );
 }
