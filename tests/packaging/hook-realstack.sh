@@ -163,10 +163,14 @@ KSM_BALLOON_ROOT=$fakeroot KSM_BALLOON_STATE=$state_rel "$bin" --connect "$KB_UR
 rm -f "$KB_HOOK_PATH"
 before=$(sha256sum "$state")
 sed "s|<name>$name</name>|<name>$name2</name>|" "$work/domain.xml" >"$work/domain2.xml"
+t0=$(date +%s%N)
 virsh -c "$KB_URI" create "$work/domain2.xml" >/dev/null ||
     kb_die "with the hook script removed (libvirtd not restarted), virsh create failed"
+t1=$(date +%s%N)
 virsh -c "$KB_URI" destroy "$name2" >/dev/null ||
     kb_die "with the hook script removed (libvirtd not restarted), virsh destroy failed"
+t2=$(date +%s%N)
 [ "$(sha256sum "$state")" = "$before" ] || kb_die "the state changed with the hook script removed"
 kb_log "hook script removed, libvirtd not restarted: a VM still starts and stops, nothing recorded"
+kb_log "for comparison, without the hook: virsh create $(( (t1 - t0) / 1000000 )) ms, virsh destroy $(( (t2 - t1) / 1000000 )) ms"
 kb_log "hook on a real libvirtd: recorded at start, forgotten at stop"
