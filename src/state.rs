@@ -276,6 +276,38 @@ impl Loaded {
     }
 }
 
+/// The pid holding an exclusive `flock` on `file`, from `/proc/locks` (the
+/// kernel's own record: right even while the holder is still writing its pid
+/// into the file).
+fn flock_holder(file: &File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().ok()?;
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(m.dev()),
+        libc::minor(m.dev()),
+        m.ino()
+    );
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    // "1: FLOCK  ADVISORY  WRITE 4242 fe:00:9805825 0 EOF"; a waiter's line
+    // has "->" after the number and so never matches.
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() >= 6 && f[1] == "FLOCK" && f[3] == "WRITE" && f[5] == want)
+            .then(|| f[4].parse().ok())
+            .flatten()
+    })
+}
+
+/// The pid the holder wrote into the lock file, where /proc/locks is not
+/// there to say.
+fn pid_in(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
 fn is_symlink(path: &Path) -> bool {
     fs::symlink_metadata(path)
         .map(|m| m.file_type().is_symlink())
@@ -357,11 +389,9 @@ impl Store {
                 Err(e) => return Err(io_err("cannot lock", path)(e)),
             }
             if start.elapsed() >= timeout {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim().parse::<u32>() {
-                    Ok(pid) => format!("pid {pid}"),
-                    Err(_) => "an unknown process".to_string(),
+                let holder = match flock_holder(&file).or_else(|| pid_in(&mut file)) {
+                    Some(pid) => format!("pid {pid}"),
+                    None => "an unknown process".to_string(),
                 };
                 return Err(StoreError::LockTimeout {
                     path: path.clone(),
@@ -372,11 +402,14 @@ impl Store {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(100));
         }
-        // Ours now: say who holds it, for whoever waits next.
-        let pid = std::process::id();
-        let _ = file.set_len(0);
+        // Ours now: say who holds it, for whoever waits next. Written over
+        // the old pid and then cut to length, so the file is never empty
+        // while a waiter may read it.
+        let pid = format!("{}\n", std::process::id());
         let _ = file.rewind();
-        let _ = writeln!(file, "{pid}");
+        if file.write_all(pid.as_bytes()).is_ok() {
+            let _ = file.set_len(pid.len() as u64);
+        }
         Ok(LockGuard { file })
     }
 
@@ -605,6 +638,40 @@ mod tests {
         assert!(
             err.contains(&format!("pid {}", std::process::id())),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn lock_timeout_names_holder_even_before_it_wrote_its_pid() {
+        // The storm found waiters saying "held by an unknown process": they
+        // read the lock file while its holder had truncated it and not yet
+        // written its pid. Here the holder has written nothing at all.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        store.ensure_dir().unwrap();
+        let holder = File::create(store.lock_path()).unwrap();
+        holder.try_lock_exclusive().unwrap();
+        assert_eq!(fs::read(store.lock_path()).unwrap().len(), 0);
+        let err = store
+            .lock(Duration::from_millis(30))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("(held by pid {})", std::process::id())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lock_file_holds_only_the_latest_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        store.ensure_dir().unwrap();
+        fs::write(store.lock_path(), "123456789012\n").unwrap();
+        drop(store.lock(Duration::from_secs(1)).unwrap());
+        assert_eq!(
+            fs::read_to_string(store.lock_path()).unwrap(),
+            format!("{}\n", std::process::id())
         );
     }
 
