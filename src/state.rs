@@ -487,6 +487,29 @@ impl Store {
         })
     }
 
+    /// Removes `<state>.tmp.<pid>` files: only the lock holder writes one,
+    /// so with the lock held any that exists was left by a pass killed
+    /// between writing it and renaming it into place.
+    fn remove_stale_temp_files(&self) {
+        let Some(name) = self.path.file_name() else {
+            return;
+        };
+        let prefix = format!("{}.tmp.", name.to_string_lossy());
+        let Ok(entries) = fs::read_dir(self.dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            let stale = n
+                .strip_prefix(&prefix)
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            if stale {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Writes the state atomically; call with the lock held. On any failure
     /// the previous file is left untouched.
     pub fn save(&self, _lock: &LockGuard, state: &State) -> Result<(), StoreError> {
@@ -495,6 +518,7 @@ impl Store {
         tmp.push(format!(".tmp.{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let result = (|| {
+            self.remove_stale_temp_files();
             // A stale temp file of a killed run with our pid: replace it.
             if is_symlink(&tmp) || tmp.exists() {
                 fs::remove_file(&tmp).map_err(io_err("cannot remove stale temp file", &tmp))?;
@@ -672,6 +696,36 @@ mod tests {
         assert_eq!(
             fs::read_to_string(store.lock_path()).unwrap(),
             format!("{}\n", std::process::id())
+        );
+    }
+
+    #[test]
+    fn stale_temp_files_of_killed_passes_are_removed() {
+        // The storm found one `state.json.tmp.<pid>` left behind for every
+        // pass killed between writing its temp file and renaming it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        for stale in ["state.json.tmp.1", "state.json.tmp.99999"] {
+            fs::write(dir.path().join(stale), "half a state").unwrap();
+        }
+        // not ours to remove: other names
+        fs::write(dir.path().join("state.json.tmp.x"), "keep").unwrap();
+        fs::write(dir.path().join("other.tmp.1"), "keep").unwrap();
+        store.save(&lock, &State::default()).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "other.tmp.1",
+                "state.json",
+                "state.json.lock",
+                "state.json.tmp.x"
+            ]
         );
     }
 
