@@ -276,6 +276,34 @@ impl Loaded {
     }
 }
 
+/// Waits at most `timeout` for the exclusive lock on `file`, blocked in
+/// flock(2) on a helper thread so the kernel wakes the waiter the moment the
+/// holder lets go. (Polling with growing pauses, as this did before, let a
+/// waiter starve behind a stream of newcomers: hooks timed out after 5 s in
+/// a storm of 56 concurrent calls.) On a timeout the helper stays blocked and
+/// lets the lock go at once should it still get it.
+fn wait_for_lock(file: &File, timeout: Duration) -> io::Result<()> {
+    let waiter = file.try_clone()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("state-lock-wait".into())
+        .spawn(move || {
+            let got = waiter.lock_exclusive();
+            let got_it = got.is_ok();
+            if tx.send(got).is_err() && got_it {
+                // Nobody waits any more: let it go.
+                let _ = FileExt::unlock(&waiter);
+            }
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "lock wait timed out",
+        )),
+    }
+}
+
 /// The pid holding an exclusive `flock` on `file`, from `/proc/locks` (the
 /// kernel's own record: right even while the holder is still writing its pid
 /// into the file).
@@ -381,26 +409,25 @@ impl Store {
                 }
             })?;
         let start = Instant::now();
-        let mut pause = Duration::from_millis(5);
-        loop {
-            match file.try_lock_exclusive() {
-                Ok(()) => break,
-                Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {}
-                Err(e) => return Err(io_err("cannot lock", path)(e)),
+        match file.try_lock_exclusive() {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+                if let Err(e) = wait_for_lock(&file, timeout) {
+                    if e.kind() != io::ErrorKind::TimedOut {
+                        return Err(io_err("cannot lock", path)(e));
+                    }
+                    let holder = match flock_holder(&file).or_else(|| pid_in(&mut file)) {
+                        Some(pid) => format!("pid {pid}"),
+                        None => "an unknown process".to_string(),
+                    };
+                    return Err(StoreError::LockTimeout {
+                        path: path.clone(),
+                        waited: start.elapsed(),
+                        holder,
+                    });
+                }
             }
-            if start.elapsed() >= timeout {
-                let holder = match flock_holder(&file).or_else(|| pid_in(&mut file)) {
-                    Some(pid) => format!("pid {pid}"),
-                    None => "an unknown process".to_string(),
-                };
-                return Err(StoreError::LockTimeout {
-                    path: path.clone(),
-                    waited: start.elapsed(),
-                    holder,
-                });
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(100));
+            Err(e) => return Err(io_err("cannot lock", path)(e)),
         }
         // Ours now: say who holds it, for whoever waits next. Written over
         // the old pid and then cut to length, so the file is never empty
@@ -727,6 +754,38 @@ mod tests {
                 "state.json.tmp.x"
             ]
         );
+    }
+
+    #[test]
+    fn lock_waiter_is_not_starved_by_a_busy_holder() {
+        // The storm found hooks timing out after 5 s behind 56 concurrent
+        // calls: a waiter polling with pauses up to 100 ms almost never
+        // caught the lock free. Here a holder releases it for a moment every
+        // 30 ms; a waiter blocked in flock(2) is woken at each release.
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let done = Arc::new(AtomicBool::new(false));
+        let holder = {
+            let (store, done) = (Store::new(path.clone()), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    let g = store.lock(Duration::from_secs(10)).unwrap();
+                    std::thread::sleep(Duration::from_millis(30));
+                    drop(g);
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_micros(300) {
+                        std::hint::spin_loop();
+                    }
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(10));
+        let got = Store::new(path).lock(Duration::from_secs(3));
+        done.store(true, Ordering::SeqCst);
+        holder.join().unwrap();
+        got.unwrap();
     }
 
     #[test]
