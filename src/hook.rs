@@ -195,7 +195,7 @@ pub fn run(
         }
     };
     if event == Event::Ignore {
-        log::debug!("{at}: not an operation ksm-balloon acts on");
+        info!("{at}: not an operation ksm-balloon acts on; ignored");
         return;
     }
     let xml = match domxml::parse(&text) {
