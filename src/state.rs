@@ -203,6 +203,14 @@ pub enum StoreError {
         /// Who holds it, as far as can be known.
         holder: String,
     },
+    /// The state directory is not ours alone.
+    #[error("refusing to use the state directory {}: {why}; it must belong to the user running ksm-balloon and be writable by no one else (chmod 0700)", .path.display())]
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A symbolic link sits where the lock file belongs.
     #[error("refusing to use {}: it is a symbolic link", .path.display())]
     Symlink {
@@ -304,6 +312,29 @@ fn wait_for_lock(file: &File, timeout: Duration) -> io::Result<()> {
     }
 }
 
+/// Refuses a state directory that is not owned by the user running the
+/// tool or that its group or others can write to: whoever can write there
+/// can plant a state file whose floors are the VMs' maximums (every pass
+/// would then grow them) or swap the file under a pass. Followed through
+/// symbolic links: what counts is the directory the files land in.
+fn check_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir).map_err(io_err("cannot inspect the state directory", dir))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let why = if m.uid() != euid {
+        format!("it is owned by uid {}, not by uid {euid}", m.uid())
+    } else if m.mode() & 0o022 != 0 {
+        format!("it is writable by others (mode {:o})", m.mode() & 0o777)
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::UnsafeDir {
+        path: dir.to_path_buf(),
+        why,
+    })
+}
+
 /// The pid holding an exclusive `flock` on `file`, from `/proc/locks` (the
 /// kernel's own record: right even while the holder is still writing its pid
 /// into the file).
@@ -367,11 +398,12 @@ impl Store {
         self.path.parent().unwrap_or(Path::new("/"))
     }
 
-    /// Creates the state directory (0700) if it is missing.
+    /// Creates the state directory (0700) if it is missing; refuses one that
+    /// others could write to (see [`check_dir`]).
     pub fn ensure_dir(&self) -> Result<(), StoreError> {
         let dir = self.dir();
         if dir.is_dir() {
-            return Ok(());
+            return check_dir(dir);
         }
         // Parents get the usual modes; the directory the tool owns is 0700.
         if let Some(parent) = dir.parent() {
