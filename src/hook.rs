@@ -163,6 +163,19 @@ pub fn read_capped(mut input: impl Read) -> io::Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
+/// An error with its causes, `outer: inner: ...`, for one log line (the
+/// OS error that says why a file could not be written is a cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// The hook's whole job. Never returns an error: a hook must not fail a VM
 /// start; everything is logged instead.
 pub fn run(
@@ -219,7 +232,7 @@ pub fn run(
     let lock = match store.lock(lock_timeout) {
         Ok(l) => l,
         Err(e) => {
-            warn!("{at}: {e}; the next pass will catch up");
+            warn!("{at}: {}; the next pass will catch up", chain(&e));
             return;
         }
     };
@@ -238,7 +251,7 @@ pub fn run(
         }
         Ok(l) => l.into_state(),
         Err(e) => {
-            warn!("{at}: {e}; state not changed");
+            warn!("{at}: {}; state not changed", chain(&e));
             return;
         }
     };
@@ -266,7 +279,7 @@ pub fn run(
         return;
     }
     if let Err(e) = store.save(&lock, &state) {
-        warn!("{at}: {e}; state not changed");
+        warn!("{at}: {}; state not changed", chain(&e));
     }
 }
 

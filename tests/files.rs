@@ -246,3 +246,47 @@ fn nothing_is_written_outside_the_state_directory() {
         &logs,
     );
 }
+
+/// Runs `script` in a private mount namespace with a full 64 KiB tmpfs over
+/// the state directory (after `setup` ran the binary once to fill it with a
+/// state). Needs root.
+fn with_full_state_dir(fx: &Fixture, setup: &str, script: &str) -> String {
+    assert_eq!(euid(), 0, "this test must run as root (it mounts a tmpfs)");
+    let sh = format!(
+        "set -e; mount -t tmpfs -o size=64k,mode=0700 kb-test \"$D\"; {setup}; \
+         dd if=/dev/zero of=\"$D/filler\" bs=4k >/dev/null 2>&1 || true; {script}"
+    );
+    fs::create_dir_all(fx.state_dir()).unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &sh])
+        .env("D", fx.state_dir())
+        .env("B", common::BIN)
+        .env("KSM_BALLOON_ROOT", &fx.root)
+        .env("KSM_BALLOON_CONNECT", fx.uri())
+        .env("KSM_BALLOON_LOG", "info")
+        .env("KSM_BALLOON_LOG_STYLE", "never")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn hook_store_errors_name_their_cause() {
+    // Found by tests/reliability/state-dir-faults.sh: with the state
+    // directory full the hook logged "cannot write <tmp>; state not changed"
+    // without the OS error, so nobody could tell why.
+    let d = Dom::numbered("p", 1);
+    let fx = Fixture::new(&[]);
+    let xml = fx.dir.path().join("vm.xml");
+    fs::write(&xml, d.xml()).unwrap();
+    let log = with_full_state_dir(
+        &fx,
+        "true",
+        &format!("\"$B\" hook {} prepare begin - < {}", d.name, xml.display()),
+    );
+    assert!(
+        log.contains("state.json.tmp.") && log.contains("No space left on device"),
+        "{log}"
+    );
+}
