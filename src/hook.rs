@@ -260,6 +260,23 @@ pub fn run(
         None => forget_by_name(&mut state, domain),
     };
     let name = xml.as_ref().map_or(domain, |x| x.name.as_str());
+    let changed = !matches!(outcome, Outcome::Nothing | Outcome::Kept) || event == Event::KeepFloor;
+    // Say what happened only once it is on disk: a save that fails leaves
+    // the state as it was, and the log must not claim otherwise.
+    if changed {
+        if let Err(e) = store.save(&lock, &state) {
+            warn!(
+                "{at}: {}; state not changed (VM {name:?} not {})",
+                chain(&e),
+                if outcome == Outcome::Forgotten {
+                    "forgotten"
+                } else {
+                    "recorded"
+                }
+            );
+            return;
+        }
+    }
     match (&outcome, state.vms.values().find(|v| v.name == name)) {
         (Outcome::Recorded | Outcome::Updated, Some(r)) => info!(
             "hook {}: recorded VM {name:?} floor {} ceiling {}{}",
@@ -274,12 +291,6 @@ pub fn run(
         ),
         (Outcome::Forgotten, _) => info!("hook {}: forgot VM {name:?}", operation.escape_debug()),
         _ => log::debug!("{at}: VM {name:?}: {outcome:?}"),
-    }
-    if matches!(outcome, Outcome::Nothing | Outcome::Kept) && event != Event::KeepFloor {
-        return;
-    }
-    if let Err(e) = store.save(&lock, &state) {
-        warn!("{at}: {}; state not changed", chain(&e));
     }
 }
 

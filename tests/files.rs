@@ -267,7 +267,11 @@ fn with_full_state_dir(fx: &Fixture, setup: &str, script: &str) -> String {
         .env("KSM_BALLOON_LOG_STYLE", "never")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -289,4 +293,29 @@ fn hook_store_errors_name_their_cause() {
         log.contains("state.json.tmp.") && log.contains("No space left on device"),
         "{log}"
     );
+}
+
+#[test]
+fn hook_does_not_claim_a_record_it_could_not_save() {
+    // Found by tests/reliability/state-dir-faults.sh: with the state
+    // directory full the hook logged "recorded VM ..." and then failed to
+    // save it; the same for "forgot VM".
+    let a = Dom::numbered("a", 1);
+    let b = Dom::numbered("b", 2);
+    let fx = Fixture::new(&[]);
+    for d in [&a, &b] {
+        fs::write(fx.dir.path().join(&d.name), d.xml()).unwrap();
+    }
+    let dir = fx.dir.path().display().to_string();
+    let log = with_full_state_dir(
+        &fx,
+        &format!("\"$B\" hook a001 prepare begin - < {dir}/a001 2>/dev/null"),
+        &format!(
+            "\"$B\" hook b002 prepare begin - < {dir}/b002; \"$B\" hook a001 stopped end - < {dir}/a001"
+        ),
+    );
+    assert!(!log.contains("recorded VM"), "{log}");
+    assert!(!log.contains("forgot VM"), "{log}");
+    assert!(log.contains("state not changed (VM \"b002\" not recorded)"), "{log}");
+    assert!(log.contains("state not changed (VM \"a001\" not forgotten)"), "{log}");
 }
