@@ -792,32 +792,40 @@ mod tests {
     fn lock_waiter_is_not_starved_by_a_busy_holder() {
         // The storm found hooks timing out after 5 s behind 56 concurrent
         // calls: a waiter polling with pauses up to 100 ms almost never
-        // caught the lock free. Here a holder releases it for a moment every
-        // 30 ms; a waiter blocked in flock(2) is woken at each release.
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
+        // caught the lock free. A waiter blocked in flock(2) is queued by
+        // the kernel and woken at the release; /proc/locks shows such a
+        // waiter as a blocked ("->") request on the lock file, a poller
+        // never. (A timing-free check: it does not race the holder.)
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let done = Arc::new(AtomicBool::new(false));
-        let holder = {
-            let (store, done) = (Store::new(path.clone()), done.clone());
-            std::thread::spawn(move || {
-                while !done.load(Ordering::SeqCst) {
-                    let g = store.lock(Duration::from_secs(10)).unwrap();
-                    std::thread::sleep(Duration::from_millis(30));
-                    drop(g);
-                    let t = Instant::now();
-                    while t.elapsed() < Duration::from_micros(300) {
-                        std::hint::spin_loop();
-                    }
-                }
-            })
+        let held = Store::new(path.clone())
+            .lock(Duration::from_secs(1))
+            .unwrap();
+        let ino = fs::metadata(dir.path().join("state.json.lock"))
+            .unwrap()
+            .ino();
+        let waiter = std::thread::spawn(move || Store::new(path).lock(Duration::from_secs(20)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let blocked = loop {
+            let locks = fs::read_to_string("/proc/locks").unwrap();
+            let found = locks.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&"->")
+                    && f.get(2) == Some(&"FLOCK")
+                    && f.get(6)
+                        .and_then(|d| d.rsplit(':').next())
+                        .and_then(|i| i.parse::<u64>().ok())
+                        == Some(ino)
+            });
+            if found || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         };
-        std::thread::sleep(Duration::from_millis(10));
-        let got = Store::new(path).lock(Duration::from_secs(3));
-        done.store(true, Ordering::SeqCst);
-        holder.join().unwrap();
-        got.unwrap();
+        drop(held);
+        waiter.join().unwrap().unwrap();
+        assert!(blocked, "the waiter never blocked in flock(2) on the lock");
     }
 
     #[test]

@@ -316,6 +316,12 @@ fn hook_does_not_claim_a_record_it_could_not_save() {
     );
     assert!(!log.contains("recorded VM"), "{log}");
     assert!(!log.contains("forgot VM"), "{log}");
-    assert!(log.contains("state not changed (VM \"b002\" not recorded)"), "{log}");
-    assert!(log.contains("state not changed (VM \"a001\" not forgotten)"), "{log}");
+    assert!(
+        log.contains("state not changed (VM \"b002\" not recorded)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("state not changed (VM \"a001\" not forgotten)"),
+        "{log}"
+    );
 }
