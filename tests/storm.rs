@@ -52,7 +52,10 @@ struct Tally {
     running: AtomicUsize,
     peak: AtomicUsize,
     kills_mid_run: AtomicUsize,
+    hook_kills: AtomicUsize,
     kills_too_late: AtomicUsize,
+    longest_hook_ms: AtomicUsize,
+    longest_run_ms: AtomicUsize,
     lock_timeouts: AtomicUsize,
     logs: Mutex<Vec<String>>,
     pids: Mutex<BTreeSet<u32>>,
@@ -86,6 +89,7 @@ impl Storm {
             })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
+        let began = Instant::now();
         let mut child = cmd.spawn().expect("spawn the binary");
         t.pids.lock().unwrap().insert(child.id());
         if let Some(text) = stdin {
@@ -102,9 +106,21 @@ impl Storm {
         let ran: Ran = out.clone().into();
         use std::os::unix::process::ExitStatusExt;
         let killed = out.status.signal() == Some(9);
+        let is_hook = args.first().map(String::as_str) == Some("hook");
+        let ms = began.elapsed().as_millis() as usize;
+        if !killed {
+            if is_hook {
+                t.longest_hook_ms.fetch_max(ms, Ordering::SeqCst);
+            } else {
+                t.longest_run_ms.fetch_max(ms, Ordering::SeqCst);
+            }
+        }
         if kill != Kill::Never {
             if killed {
                 t.kills_mid_run.fetch_add(1, Ordering::SeqCst);
+                if is_hook {
+                    t.hook_kills.fetch_add(1, Ordering::SeqCst);
+                }
             } else {
                 t.kills_too_late.fetch_add(1, Ordering::SeqCst);
             }
@@ -123,6 +139,28 @@ impl Storm {
                     .and_then(|r| r.split(')').next())
                     .and_then(|p| p.parse::<u32>().ok())
                     .is_some();
+                // "timed out after 17.07ms": bounded by the 10 ms timeout
+                // plus scheduling, never by another pass's length
+                let waited_ms = line
+                    .split("timed out after ")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|d| {
+                        let (num, mult) = if let Some(n) = d.strip_suffix("ms") {
+                            (n, 1.0)
+                        } else if let Some(n) = d.strip_suffix("µs") {
+                            (n, 0.001)
+                        } else {
+                            (d.strip_suffix('s')?, 1000.0)
+                        };
+                        num.parse::<f64>().ok().map(|v| v * mult)
+                    });
+                if !waited_ms.is_some_and(|w| w < 2000.0) {
+                    t.failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("lock wait not bounded by its timeout: {line}"));
+                }
                 if !line.contains(&lock) || !pid_ok {
                     t.failures.lock().unwrap().push(format!(
                         "timeout message lacks the lock file or holder pid: {line}"
@@ -132,7 +170,6 @@ impl Storm {
         }
         let ok =
             killed || ran.code == Some(0) || (may_time_out && timed_out && ran.code == Some(1));
-        let is_hook = args.first().map(String::as_str) == Some("hook");
         if !ok || (is_hook && timed_out) || ran.stderr.contains("panicked") {
             t.failures.lock().unwrap().push(format!(
                 "{args:?} exited {:?} (killed: {killed}):\n{}",
@@ -159,8 +196,13 @@ struct Figures {
     hooks: usize,
     peak: usize,
     kills_mid_run: usize,
+    hook_kills: usize,
     kills_too_late: usize,
+    longest_hook_ms: usize,
+    longest_run_ms: usize,
     lock_timeouts: usize,
+    under_reserve_passes: usize,
+    grown: usize,
     recorded: usize,
     secs: f64,
 }
@@ -298,6 +340,19 @@ fn storm(seed: u64, runs: usize, per_kind: u32, kill_one_in: u64) -> Figures {
         },
         &logs,
     );
+    let under_reserve_passes = logs
+        .iter()
+        .filter(|l| l.contains("is under the reserve"))
+        .count();
+    let grown = logs
+        .iter()
+        .flat_map(|l| common::resize_lines(l))
+        .filter(|r| r.grew)
+        .count();
+    assert!(
+        under_reserve_passes > 0 && grown > 0,
+        "the storm never crossed the reserve"
+    );
     let hooks = per_kind as usize * (BOUNCE.len() + UP.len() + UP_DOWN.len() + UP.len());
     Figures {
         invocations: t.invocations.load(Ordering::SeqCst),
@@ -305,8 +360,13 @@ fn storm(seed: u64, runs: usize, per_kind: u32, kill_one_in: u64) -> Figures {
         hooks,
         peak: t.peak.load(Ordering::SeqCst),
         kills_mid_run: t.kills_mid_run.load(Ordering::SeqCst),
+        hook_kills: t.hook_kills.load(Ordering::SeqCst),
+        longest_hook_ms: t.longest_hook_ms.load(Ordering::SeqCst),
+        longest_run_ms: t.longest_run_ms.load(Ordering::SeqCst),
         kills_too_late: t.kills_too_late.load(Ordering::SeqCst),
         lock_timeouts: t.lock_timeouts.load(Ordering::SeqCst),
+        under_reserve_passes,
+        grown,
         recorded: state.vms.len(),
         secs,
     }
@@ -315,16 +375,24 @@ fn storm(seed: u64, runs: usize, per_kind: u32, kill_one_in: u64) -> Figures {
 fn report(name: &str, seed: u64, f: &Figures) {
     println!(
         "{name}: seed {seed}: {} invocations ({} run, {} hook), peak {} concurrent, \
-         {} SIGKILLed mid-run ({} kills came after the exit), {} lock timeouts \
-         (all naming the lock file and holder pid), {} VMs recorded at the end, \
+         {} SIGKILLed mid-run ({} passes, {} hooks; {} kills came after the exit), \
+         {} lock timeouts of 10 ms passes (all bounded, naming the lock file and holder pid), \
+         longest hook {} ms, longest pass {} ms, {} passes under the reserve (none grew a VM; \
+         {} growths above it), {} VMs recorded at the end, \
          0 registrations lost, {:.1}s",
         f.invocations,
         f.runs,
         f.hooks,
         f.peak,
         f.kills_mid_run,
+        f.kills_mid_run - f.hook_kills,
+        f.hook_kills,
         f.kills_too_late,
         f.lock_timeouts,
+        f.longest_hook_ms,
+        f.longest_run_ms,
+        f.under_reserve_passes,
+        f.grown,
         f.recorded,
         f.secs
     );
