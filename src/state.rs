@@ -474,9 +474,12 @@ impl Store {
 
     /// Reads the state file's text; `Ok(None)` when there is none.
     fn read_text(&self) -> Result<Option<String>, ReadProblem> {
+        // O_NONBLOCK: opening a FIFO planted at the path must not wait for
+        // a writer (it would hang every pass, and every hook with a VM start
+        // waiting on it); it has no effect on a regular file.
         let file = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&self.path);
         let file = match file {
             Ok(f) => f,
@@ -486,6 +489,22 @@ impl Store {
             }
             Err(e) => return Err(ReadProblem::Io(e)),
         };
+        let kind = file.metadata().map_err(ReadProblem::Io)?.file_type();
+        if !kind.is_file() {
+            use std::os::unix::fs::FileTypeExt;
+            let what = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "a device"
+            };
+            return Err(ReadProblem::Bad(format!(
+                "it is {what}, not a regular file"
+            )));
+        }
         let mut text = String::new();
         let mut limited = file.take(MAX_STATE_BYTES + 1);
         match limited.read_to_string(&mut text) {
@@ -826,6 +845,56 @@ mod tests {
         drop(held);
         waiter.join().unwrap().unwrap();
         assert!(blocked, "the waiter never blocked in flock(2) on the lock");
+    }
+
+    #[test]
+    fn a_fifo_at_the_state_path_does_not_hang_and_is_moved_aside() {
+        // Found by probing special files: opening a FIFO planted at the
+        // state path waited for a writer forever, hanging run, status and
+        // the hook (and so the VM start libvirt runs the hook for).
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        let c = std::ffi::CString::new(store.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let peeker = store.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(peeker.peek().map_err(|e| e.to_string()));
+        });
+        let (state, problem) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reading a FIFO at the state path hung")
+            .unwrap();
+        assert_eq!(state, State::default());
+        assert!(problem.unwrap().contains("a FIFO"));
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        match store.load(&lock, 5).unwrap() {
+            Loaded::Recovered {
+                moved_to, problem, ..
+            } => {
+                assert_eq!(problem, "it is a FIFO, not a regular file");
+                assert!(fs::symlink_metadata(moved_to).is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!store.path().exists());
+    }
+
+    #[test]
+    fn a_directory_at_the_state_path_is_moved_aside_not_a_failure_loop() {
+        // Found by probing special files: every pass failed with "cannot
+        // read the state file: Is a directory" and never got past it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        fs::create_dir(store.path()).unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        assert!(matches!(
+            store.load(&lock, 5).unwrap(),
+            Loaded::Recovered { .. }
+        ));
+        store.save(&lock, &State::default()).unwrap();
+        assert!(matches!(store.load(&lock, 6).unwrap(), Loaded::Read(_)));
     }
 
     #[test]

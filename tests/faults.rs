@@ -375,3 +375,75 @@ fn ksm_stopped_or_unmerging_holds_every_size() {
         );
     }
 }
+
+#[test]
+fn special_files_at_the_state_path_are_moved_aside_and_never_hang() {
+    // A FIFO used to hang run, status and the hook (so a VM start) forever;
+    // a directory failed every pass. Each invocation here has a deadline.
+    let doms = four();
+    for kind in ["fifo", "directory"] {
+        let fx = Fixture::new(&doms);
+        fs::create_dir_all(fx.state_dir()).unwrap();
+        match kind {
+            "fifo" => {
+                let ok = std::process::Command::new("mkfifo")
+                    .arg(fx.state_path())
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            }
+            _ => fs::create_dir(fx.state_path()).unwrap(),
+        }
+        let mut logs = Vec::new();
+        for (i, step) in ["status", "hook", "run", "run"].iter().enumerate() {
+            let mut child = if *step == "hook" {
+                let mut c = fx.spawn_hook(&[&doms[0].name, "prepare", "begin", "-"]);
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(doms[0].xml().as_bytes())
+                    .unwrap();
+                c
+            } else {
+                fx.cmd()
+                    .arg(step)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("{kind}: {step} hung on the state path");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let out: common::Ran = child.wait_with_output().unwrap().into();
+            assert_eq!(out.code, Some(0), "{kind} {step}: {}", out.stderr);
+            if i == 1 {
+                assert!(
+                    out.stderr.contains(&format!(
+                        "it is a {}",
+                        if kind == "fifo" { "FIFO" } else { kind }
+                    )),
+                    "{kind}: {}",
+                    out.stderr
+                );
+            }
+            logs.push(out.stderr);
+        }
+        assert_invariants(
+            &fx.state_path(),
+            &Expect {
+                present: doms.clone(),
+                live_uri: Some(fx.uri()),
+                allowed_extra_files: vec!["state.json.bad-".into()],
+                ..Expect::default()
+            },
+            &logs,
+        );
+    }
+}
