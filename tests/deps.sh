@@ -15,6 +15,9 @@ PACKAGES=(
     rpm systemd man-db groff-base
     # helpers used by the scripts
     socat util-linux procps psmisc python3
+    # reliability: ss (is a pass connected to libvirtd?); fuzzing: the C++
+    # compiler libFuzzer is built with
+    iproute2 g++
 )
 
 if [ "$(id -u)" -ne 0 ]; then
