@@ -23,5 +23,6 @@ for i in $(seq "$rounds"); do
     printf '%s\n' "$out" | grep '^storm_full:'
 done
 
+bash tests/reliability/lock-leak.sh
 bash tests/reliability/state-dir-faults.sh
 bash tests/reliability/libvirtd-faults.sh
