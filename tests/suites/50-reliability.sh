@@ -25,4 +25,4 @@ done
 
 bash tests/reliability/lock-leak.sh
 bash tests/reliability/state-dir-faults.sh
-bash tests/reliability/libvirtd-faults.sh
+KB_PRIVATE_LIBVIRTD=1 bash tests/reliability/libvirtd-faults.sh
