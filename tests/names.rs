@@ -18,6 +18,7 @@ fn odd_names() -> Vec<String> {
         "a&b <c> d".into(),
         "ünïcödé 名前 🚀".into(),
         "  leading and trailing  ".into(),
+        "a\ttab".into(),
         long,
     ]
 }
@@ -76,20 +77,21 @@ fn odd_names_are_stored_shown_and_logged() {
     for d in listed.iter().chain(&hooked) {
         assert_eq!(state.vms[&d.uuid].name, d.name);
     }
-    // shown: the tables hold each name as it is, JSON exactly
+    // shown: the tables hold each name as it is (control characters
+    // escaped, so a name cannot repaint the terminal), JSON exactly
     let status = fx.run(&["status"]);
     let plan = fx.run(&["plan"]);
     for d in &listed {
+        let shown = ksm_balloon::render::cell(&d.name);
+        assert!(shown.chars().all(|c| !c.is_control()));
         assert!(
-            status.stdout.contains(&d.name),
-            "{:?} not in\n{}",
-            d.name,
+            status.stdout.contains(&shown),
+            "{shown:?} not in\n{}",
             status.stdout
         );
         assert!(
-            plan.stdout.contains(&d.name),
-            "{:?} not in\n{}",
-            d.name,
+            plan.stdout.contains(&shown),
+            "{shown:?} not in\n{}",
             plan.stdout
         );
     }
