@@ -399,7 +399,7 @@ impl Store {
     }
 
     /// Creates the state directory (0700) if it is missing; refuses one that
-    /// others could write to (see [`check_dir`]).
+    /// others could write to or that belongs to another user.
     pub fn ensure_dir(&self) -> Result<(), StoreError> {
         let dir = self.dir();
         if dir.is_dir() {
