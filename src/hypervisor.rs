@@ -162,6 +162,18 @@ impl Libvirt {
         })
     }
 
+    /// Wraps an open connection (tests keep a clone of it to look at the
+    /// domains afterwards: the test driver's state lives only as long as
+    /// its connection).
+    pub fn from_connect(uri: &str, conn: Connect) -> Libvirt {
+        Libvirt {
+            uri: uri.to_string(),
+            conn,
+            handles: HashMap::new(),
+            calls: CallCount::default(),
+        }
+    }
+
     /// The connection, for tests that look at the domains themselves.
     pub fn connection(&self) -> &Connect {
         &self.conn

@@ -17,6 +17,9 @@ PACKAGES=(
     rpm systemd man-db groff-base make rpm2cpio binutils strace iproute2 git python3-seccomp
     # helpers used by the scripts
     socat util-linux procps psmisc python3
+    # reliability: ss (is a pass connected to libvirtd?); fuzzing: the C++
+    # compiler libFuzzer is built with
+    iproute2 g++
 )
 
 if [ "$(id -u)" -ne 0 ]; then
