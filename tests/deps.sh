@@ -12,9 +12,9 @@ PACKAGES=(
     # building: virt-sys finds libvirt through pkg-config
     pkg-config
     # packaging checks: rpmbuild, systemd-analyze, man; make for the Makefile,
-    # rpm2cpio/cpio/readelf to look inside the RPM; strace, iproute2 and
+    # rpm2cpio/cpio/readelf to look inside the RPM; strace, iproute2 (below) and
     # libseccomp's Python binding for the sandboxed pass (tests/packaging/)
-    rpm systemd man-db groff-base make rpm2cpio binutils strace iproute2 git python3-seccomp
+    rpm systemd man-db groff-base make rpm2cpio binutils strace git python3-seccomp
     # helpers used by the scripts
     socat util-linux procps psmisc python3
     # reliability: ss (is a pass connected to libvirtd?); fuzzing: the C++
