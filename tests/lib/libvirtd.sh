@@ -85,11 +85,12 @@ CONF
     fi
 }
 
-# kb_daemon CMD...: starts a daemon in its own session without the
-# real-stack lock's descriptor. A daemon that inherited it would hold the
-# lock for as long as it runs, long after this test ended, and every other
-# suite would wait on it.
-kb_daemon() {
+# kb_spawn_daemon CMD...: starts a daemon in its own session WITHOUT the
+# real-stack lock's file descriptor. A daemon that inherited it would hold
+# the machine-wide lock for as long as it runs (flock belongs to the open
+# file, shared by every process that has it), and every later suite would
+# wait for it in vain.
+kb_spawn_daemon() {
     if [ -n "${KB_LOCK_FD:-}" ]; then
         setsid "$@" {KB_LOCK_FD}>&-
     else
@@ -114,7 +115,7 @@ kb_running() {
 kb_libvirtd_start() {
     kb_libvirtd_configure
     if [ -z "$(kb_running virtlogd)" ]; then
-        kb_daemon /usr/sbin/virtlogd -d
+        kb_spawn_daemon /usr/sbin/virtlogd -d
     fi
     if [ "$KB_LIBVIRTD_CONF_CHANGED" = 1 ] && [ -n "$(kb_running libvirtd)" ]; then
         kb_log "libvirtd.conf changed: restarting libvirtd so it logs to $KB_LIBVIRTD_LOG"
@@ -123,7 +124,7 @@ kb_libvirtd_start() {
     fi
     KB_LIBVIRTD_CONF_CHANGED=0
     if [ -z "$(kb_running libvirtd)" ]; then
-        kb_daemon /usr/sbin/libvirtd -d
+        kb_spawn_daemon /usr/sbin/libvirtd -d
     fi
     kb_wait_until 60 "libvirtd to answer on $KB_URI" kb_libvirtd_alive || {
         kb_log "libvirtd processes: $(kb_running libvirtd | tr '\n' ' ')"
@@ -156,12 +157,13 @@ kb_libvirtd_restart() {
     kb_libvirtd_start
 }
 
-# kb_install_hook BIN CONFIG: installs hooks/ksm-balloon as libvirt's qemu.d
-# hook, calling BIN with the settings in CONFIG. libvirtd only reads hooks
-# when it starts, so it is restarted when the hook changed.
+# kb_install_hook BIN CONFIG [SRC]: installs hooks/ksm-balloon (or the hook
+# script SRC, e.g. the one an RPM installed) as libvirt's qemu.d hook,
+# calling BIN with the settings in CONFIG. libvirtd only reads hooks when it
+# starts, so it is restarted when the hook changed.
 kb_install_hook() {
-    local bin=$1 config=$2 src new
-    src="$(dirname "${BASH_SOURCE[0]}")/../../hooks/ksm-balloon"
+    local bin=$1 config=$2 src=${3:-} new
+    [ -n "$src" ] || src="$(dirname "${BASH_SOURCE[0]}")/../../hooks/ksm-balloon"
     new=$(sed -e "s|^BIN=.*|BIN=$bin|" -e "s|^CONFIG=.*|CONFIG=$config|" "$src")
     if [ "$new" != "$(cat "$KB_HOOK_PATH" 2>/dev/null)" ]; then
         mkdir -p "$(dirname "$KB_HOOK_PATH")"
