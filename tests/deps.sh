@@ -15,6 +15,8 @@ PACKAGES=(
     rpm systemd man-db groff-base
     # helpers used by the scripts
     socat util-linux procps psmisc python3
+    # benchmarks (bench/): plots, and the static guest reader built by rustc
+    python3-matplotlib libc6-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then
