@@ -120,7 +120,13 @@ pub fn parse(xml: &str) -> Result<DomainXml, XmlError> {
             .filter(|t| !t.is_empty())
             .ok_or(XmlError::Missing(name))
     };
-    let name = text("name")?;
+    // libvirt keeps a name's leading and trailing spaces; so must we, or
+    // the record would not match the domain's real name.
+    let name = child(root, "name")
+        .and_then(|n| n.text())
+        .filter(|t| !t.trim().is_empty())
+        .map(str::to_string)
+        .ok_or(XmlError::Missing("name"))?;
     let uuid = text("uuid")?.to_ascii_lowercase();
     let memory_kib = size(root, "memory")?.ok_or(XmlError::Missing("memory"))?;
     let current_memory_kib = size(root, "currentMemory")?.unwrap_or(memory_kib);
@@ -221,6 +227,20 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn names_keep_their_leading_and_trailing_spaces() {
+        // Found by tests/names.rs: the hook recorded "  web  " as "web",
+        // which is not the name libvirt knows the domain by.
+        let d = parse("<domain><name>  web 1  </name><uuid> u </uuid><memory>1</memory></domain>")
+            .unwrap();
+        assert_eq!(d.name, "  web 1  ");
+        assert_eq!(d.uuid, "u");
+        assert_eq!(
+            parse("<domain><name>  </name><uuid>u</uuid><memory>1</memory></domain>"),
+            Err(XmlError::Missing("name"))
+        );
     }
 
     #[test]

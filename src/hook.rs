@@ -163,6 +163,19 @@ pub fn read_capped(mut input: impl Read) -> io::Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
+/// An error with its causes, `outer: inner: ...`, for one log line (the
+/// OS error that says why a file could not be written is a cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// The hook's whole job. Never returns an error: a hook must not fail a VM
 /// start; everything is logged instead.
 pub fn run(
@@ -175,26 +188,33 @@ pub fn run(
     now: u64,
 ) {
     let event = classify(operation);
+    // Names the call in every log line, quoted and escaped: an argument with
+    // a newline must not start a second, forged log line.
+    let at = format!(
+        "hook {domain:?} {} {}",
+        operation.escape_debug(),
+        sub_op.escape_debug()
+    );
     // Read stdin whatever the event, so libvirt never writes into a closed pipe.
     let text = match read_capped(input) {
         Ok(Some(t)) => t,
         Ok(None) => {
-            warn!("hook {domain} {operation} {sub_op}: domain XML on stdin is larger than {MAX_XML_BYTES} bytes; ignored");
+            warn!("{at}: domain XML on stdin is larger than {MAX_XML_BYTES} bytes; ignored");
             return;
         }
         Err(e) => {
-            warn!("hook {domain} {operation} {sub_op}: cannot read the domain XML from stdin: {e}");
+            warn!("{at}: cannot read the domain XML from stdin: {e}");
             return;
         }
     };
     if event == Event::Ignore {
-        log::debug!("hook {domain} {operation} {sub_op}: not an operation ksm-balloon acts on");
+        info!("{at}: not an operation ksm-balloon acts on; ignored");
         return;
     }
     let xml = match domxml::parse(&text) {
         Ok(x) => Some(x),
         Err(e) => {
-            warn!("hook {domain} {operation} {sub_op}: {e}; state not changed by the XML");
+            warn!("{at}: {e}; state not changed by the XML");
             None
         }
     };
@@ -212,7 +232,7 @@ pub fn run(
     let lock = match store.lock(lock_timeout) {
         Ok(l) => l,
         Err(e) => {
-            warn!("hook {domain} {operation} {sub_op}: {e}; the next pass will catch up");
+            warn!("{at}: {}; the next pass will catch up", chain(&e));
             return;
         }
     };
@@ -231,7 +251,7 @@ pub fn run(
         }
         Ok(l) => l.into_state(),
         Err(e) => {
-            warn!("hook {domain} {operation} {sub_op}: {e}; state not changed");
+            warn!("{at}: {}; state not changed", chain(&e));
             return;
         }
     };
@@ -240,9 +260,27 @@ pub fn run(
         None => forget_by_name(&mut state, domain),
     };
     let name = xml.as_ref().map_or(domain, |x| x.name.as_str());
+    let changed = !matches!(outcome, Outcome::Nothing | Outcome::Kept) || event == Event::KeepFloor;
+    // Say what happened only once it is on disk: a save that fails leaves
+    // the state as it was, and the log must not claim otherwise.
+    if changed {
+        if let Err(e) = store.save(&lock, &state) {
+            warn!(
+                "{at}: {}; state not changed (VM {name:?} not {})",
+                chain(&e),
+                if outcome == Outcome::Forgotten {
+                    "forgotten"
+                } else {
+                    "recorded"
+                }
+            );
+            return;
+        }
+    }
     match (&outcome, state.vms.values().find(|v| v.name == name)) {
         (Outcome::Recorded | Outcome::Updated, Some(r)) => info!(
-            "hook {operation}: recorded VM {name:?} floor {} ceiling {}{}",
+            "hook {}: recorded VM {name:?} floor {} ceiling {}{}",
+            operation.escape_debug(),
             crate::units::Kib(r.floor_kib),
             crate::units::Kib(r.ceiling_kib),
             if r.balloon {
@@ -251,14 +289,8 @@ pub fn run(
                 " (no balloon device)"
             }
         ),
-        (Outcome::Forgotten, _) => info!("hook {operation}: forgot VM {name:?}"),
-        _ => log::debug!("hook {operation}: VM {name:?}: {outcome:?}"),
-    }
-    if matches!(outcome, Outcome::Nothing | Outcome::Kept) && event != Event::KeepFloor {
-        return;
-    }
-    if let Err(e) = store.save(&lock, &state) {
-        warn!("hook {domain} {operation} {sub_op}: {e}; state not changed");
+        (Outcome::Forgotten, _) => info!("hook {}: forgot VM {name:?}", operation.escape_debug()),
+        _ => log::debug!("{at}: VM {name:?}: {outcome:?}"),
     }
 }
 

@@ -426,6 +426,7 @@ pub fn run(
     };
     let host = read_host(cfg)?;
     let mut hv = hv_open()?;
+    debug!("connected to libvirt at {}", cfg.settings.connect);
     let mut report = pass(cfg, &host, &mut state, hv.as_mut(), Mode::Apply, now)?;
     store.save(&lock, &state)?;
     report.state_problem = problem;

@@ -203,6 +203,14 @@ pub enum StoreError {
         /// Who holds it, as far as can be known.
         holder: String,
     },
+    /// The state directory is not ours alone.
+    #[error("refusing to use the state directory {}: {why}; it must belong to the user running ksm-balloon and be writable by no one else (chmod 0700)", .path.display())]
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A symbolic link sits where the lock file belongs.
     #[error("refusing to use {}: it is a symbolic link", .path.display())]
     Symlink {
@@ -276,6 +284,89 @@ impl Loaded {
     }
 }
 
+/// Waits at most `timeout` for the exclusive lock on `file`, blocked in
+/// flock(2) on a helper thread so the kernel wakes the waiter the moment the
+/// holder lets go. (Polling with growing pauses, as this did before, let a
+/// waiter starve behind a stream of newcomers: hooks timed out after 5 s in
+/// a storm of 56 concurrent calls.) On a timeout the helper stays blocked and
+/// lets the lock go at once should it still get it.
+fn wait_for_lock(file: &File, timeout: Duration) -> io::Result<()> {
+    let waiter = file.try_clone()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("state-lock-wait".into())
+        .spawn(move || {
+            let got = waiter.lock_exclusive();
+            let got_it = got.is_ok();
+            if tx.send(got).is_err() && got_it {
+                // Nobody waits any more: let it go.
+                let _ = FileExt::unlock(&waiter);
+            }
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "lock wait timed out",
+        )),
+    }
+}
+
+/// Refuses a state directory that is not owned by the user running the
+/// tool or that its group or others can write to: whoever can write there
+/// can plant a state file whose floors are the VMs' maximums (every pass
+/// would then grow them) or swap the file under a pass. Followed through
+/// symbolic links: what counts is the directory the files land in.
+fn check_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir).map_err(io_err("cannot inspect the state directory", dir))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let why = if m.uid() != euid {
+        format!("it is owned by uid {}, not by uid {euid}", m.uid())
+    } else if m.mode() & 0o022 != 0 {
+        format!("it is writable by others (mode {:o})", m.mode() & 0o777)
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::UnsafeDir {
+        path: dir.to_path_buf(),
+        why,
+    })
+}
+
+/// The pid holding an exclusive `flock` on `file`, from `/proc/locks` (the
+/// kernel's own record: right even while the holder is still writing its pid
+/// into the file).
+fn flock_holder(file: &File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().ok()?;
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(m.dev()),
+        libc::minor(m.dev()),
+        m.ino()
+    );
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    // "1: FLOCK  ADVISORY  WRITE 4242 fe:00:9805825 0 EOF"; a waiter's line
+    // has "->" after the number and so never matches.
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() >= 6 && f[1] == "FLOCK" && f[3] == "WRITE" && f[5] == want)
+            .then(|| f[4].parse().ok())
+            .flatten()
+    })
+}
+
+/// The pid the holder wrote into the lock file, where /proc/locks is not
+/// there to say.
+fn pid_in(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
 fn is_symlink(path: &Path) -> bool {
     fs::symlink_metadata(path)
         .map(|m| m.file_type().is_symlink())
@@ -307,11 +398,12 @@ impl Store {
         self.path.parent().unwrap_or(Path::new("/"))
     }
 
-    /// Creates the state directory (0700) if it is missing.
+    /// Creates the state directory (0700) if it is missing; refuses one that
+    /// others could write to or that belongs to another user.
     pub fn ensure_dir(&self) -> Result<(), StoreError> {
         let dir = self.dir();
         if dir.is_dir() {
-            return Ok(());
+            return check_dir(dir);
         }
         // Parents get the usual modes; the directory the tool owns is 0700.
         if let Some(parent) = dir.parent() {
@@ -349,42 +441,45 @@ impl Store {
                 }
             })?;
         let start = Instant::now();
-        let mut pause = Duration::from_millis(5);
-        loop {
-            match file.try_lock_exclusive() {
-                Ok(()) => break,
-                Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {}
-                Err(e) => return Err(io_err("cannot lock", path)(e)),
+        match file.try_lock_exclusive() {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+                if let Err(e) = wait_for_lock(&file, timeout) {
+                    if e.kind() != io::ErrorKind::TimedOut {
+                        return Err(io_err("cannot lock", path)(e));
+                    }
+                    let holder = match flock_holder(&file).or_else(|| pid_in(&mut file)) {
+                        Some(pid) => format!("pid {pid}"),
+                        None => "an unknown process".to_string(),
+                    };
+                    return Err(StoreError::LockTimeout {
+                        path: path.clone(),
+                        waited: start.elapsed(),
+                        holder,
+                    });
+                }
             }
-            if start.elapsed() >= timeout {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim().parse::<u32>() {
-                    Ok(pid) => format!("pid {pid}"),
-                    Err(_) => "an unknown process".to_string(),
-                };
-                return Err(StoreError::LockTimeout {
-                    path: path.clone(),
-                    waited: start.elapsed(),
-                    holder,
-                });
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(100));
+            Err(e) => return Err(io_err("cannot lock", path)(e)),
         }
-        // Ours now: say who holds it, for whoever waits next.
-        let pid = std::process::id();
-        let _ = file.set_len(0);
+        // Ours now: say who holds it, for whoever waits next. Written over
+        // the old pid and then cut to length, so the file is never empty
+        // while a waiter may read it.
+        let pid = format!("{}\n", std::process::id());
         let _ = file.rewind();
-        let _ = writeln!(file, "{pid}");
+        if file.write_all(pid.as_bytes()).is_ok() {
+            let _ = file.set_len(pid.len() as u64);
+        }
         Ok(LockGuard { file })
     }
 
     /// Reads the state file's text; `Ok(None)` when there is none.
     fn read_text(&self) -> Result<Option<String>, ReadProblem> {
+        // O_NONBLOCK: opening a FIFO planted at the path must not wait for
+        // a writer (it would hang every pass, and every hook with a VM start
+        // waiting on it); it has no effect on a regular file.
         let file = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&self.path);
         let file = match file {
             Ok(f) => f,
@@ -394,6 +489,22 @@ impl Store {
             }
             Err(e) => return Err(ReadProblem::Io(e)),
         };
+        let kind = file.metadata().map_err(ReadProblem::Io)?.file_type();
+        if !kind.is_file() {
+            use std::os::unix::fs::FileTypeExt;
+            let what = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "a device"
+            };
+            return Err(ReadProblem::Bad(format!(
+                "it is {what}, not a regular file"
+            )));
+        }
         let mut text = String::new();
         let mut limited = file.take(MAX_STATE_BYTES + 1);
         match limited.read_to_string(&mut text) {
@@ -454,6 +565,29 @@ impl Store {
         })
     }
 
+    /// Removes `<state>.tmp.<pid>` files: only the lock holder writes one,
+    /// so with the lock held any that exists was left by a pass killed
+    /// between writing it and renaming it into place.
+    fn remove_stale_temp_files(&self) {
+        let Some(name) = self.path.file_name() else {
+            return;
+        };
+        let prefix = format!("{}.tmp.", name.to_string_lossy());
+        let Ok(entries) = fs::read_dir(self.dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            let stale = n
+                .strip_prefix(&prefix)
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            if stale {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Writes the state atomically; call with the lock held. On any failure
     /// the previous file is left untouched.
     pub fn save(&self, _lock: &LockGuard, state: &State) -> Result<(), StoreError> {
@@ -462,6 +596,7 @@ impl Store {
         tmp.push(format!(".tmp.{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let result = (|| {
+            self.remove_stale_temp_files();
             // A stale temp file of a killed run with our pid: replace it.
             if is_symlink(&tmp) || tmp.exists() {
                 fs::remove_file(&tmp).map_err(io_err("cannot remove stale temp file", &tmp))?;
@@ -606,6 +741,160 @@ mod tests {
             err.contains(&format!("pid {}", std::process::id())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn lock_timeout_names_holder_even_before_it_wrote_its_pid() {
+        // The storm found waiters saying "held by an unknown process": they
+        // read the lock file while its holder had truncated it and not yet
+        // written its pid. Here the holder has written nothing at all.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        store.ensure_dir().unwrap();
+        let holder = File::create(store.lock_path()).unwrap();
+        holder.try_lock_exclusive().unwrap();
+        assert_eq!(fs::read(store.lock_path()).unwrap().len(), 0);
+        let err = store
+            .lock(Duration::from_millis(30))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("(held by pid {})", std::process::id())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lock_file_holds_only_the_latest_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        store.ensure_dir().unwrap();
+        fs::write(store.lock_path(), "123456789012\n").unwrap();
+        drop(store.lock(Duration::from_secs(1)).unwrap());
+        assert_eq!(
+            fs::read_to_string(store.lock_path()).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+    }
+
+    #[test]
+    fn stale_temp_files_of_killed_passes_are_removed() {
+        // The storm found one `state.json.tmp.<pid>` left behind for every
+        // pass killed between writing its temp file and renaming it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        for stale in ["state.json.tmp.1", "state.json.tmp.99999"] {
+            fs::write(dir.path().join(stale), "half a state").unwrap();
+        }
+        // not ours to remove: other names
+        fs::write(dir.path().join("state.json.tmp.x"), "keep").unwrap();
+        fs::write(dir.path().join("other.tmp.1"), "keep").unwrap();
+        store.save(&lock, &State::default()).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "other.tmp.1",
+                "state.json",
+                "state.json.lock",
+                "state.json.tmp.x"
+            ]
+        );
+    }
+
+    #[test]
+    fn lock_waiter_is_not_starved_by_a_busy_holder() {
+        // The storm found hooks timing out after 5 s behind 56 concurrent
+        // calls: a waiter polling with pauses up to 100 ms almost never
+        // caught the lock free. A waiter blocked in flock(2) is queued by
+        // the kernel and woken at the release; /proc/locks shows such a
+        // waiter as a blocked ("->") request on the lock file, a poller
+        // never. (A timing-free check: it does not race the holder.)
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let held = Store::new(path.clone())
+            .lock(Duration::from_secs(1))
+            .unwrap();
+        let ino = fs::metadata(dir.path().join("state.json.lock"))
+            .unwrap()
+            .ino();
+        let waiter = std::thread::spawn(move || Store::new(path).lock(Duration::from_secs(20)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let blocked = loop {
+            let locks = fs::read_to_string("/proc/locks").unwrap();
+            let found = locks.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&"->")
+                    && f.get(2) == Some(&"FLOCK")
+                    && f.get(6)
+                        .and_then(|d| d.rsplit(':').next())
+                        .and_then(|i| i.parse::<u64>().ok())
+                        == Some(ino)
+            });
+            if found || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        drop(held);
+        waiter.join().unwrap().unwrap();
+        assert!(blocked, "the waiter never blocked in flock(2) on the lock");
+    }
+
+    #[test]
+    fn a_fifo_at_the_state_path_does_not_hang_and_is_moved_aside() {
+        // Found by probing special files: opening a FIFO planted at the
+        // state path waited for a writer forever, hanging run, status and
+        // the hook (and so the VM start libvirt runs the hook for).
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        let c = std::ffi::CString::new(store.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let peeker = store.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(peeker.peek().map_err(|e| e.to_string()));
+        });
+        let (state, problem) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reading a FIFO at the state path hung")
+            .unwrap();
+        assert_eq!(state, State::default());
+        assert!(problem.unwrap().contains("a FIFO"));
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        match store.load(&lock, 5).unwrap() {
+            Loaded::Recovered {
+                moved_to, problem, ..
+            } => {
+                assert_eq!(problem, "it is a FIFO, not a regular file");
+                assert!(fs::symlink_metadata(moved_to).is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!store.path().exists());
+    }
+
+    #[test]
+    fn a_directory_at_the_state_path_is_moved_aside_not_a_failure_loop() {
+        // Found by probing special files: every pass failed with "cannot
+        // read the state file: Is a directory" and never got past it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        fs::create_dir(store.path()).unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        assert!(matches!(
+            store.load(&lock, 5).unwrap(),
+            Loaded::Recovered { .. }
+        ));
+        store.save(&lock, &State::default()).unwrap();
+        assert!(matches!(store.load(&lock, 6).unwrap(), Loaded::Read(_)));
     }
 
     #[test]

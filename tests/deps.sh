@@ -15,6 +15,9 @@ PACKAGES=(
     rpm systemd man-db groff-base
     # helpers used by the scripts
     socat util-linux procps psmisc python3
+    # reliability: ss (is a pass connected to libvirtd?); fuzzing: the C++
+    # compiler libFuzzer is built with
+    iproute2 g++
     # benchmarks (bench/): plots, and the static guest reader built by rustc
     python3-matplotlib libc6-dev
 )

@@ -63,13 +63,26 @@ CONF
 
 kb_libvirtd_alive() { virsh -c "$KB_URI" version >/dev/null 2>&1; }
 
+# kb_spawn_daemon CMD...: starts a daemon in its own session WITHOUT the
+# real-stack lock's file descriptor. A daemon that inherited it would hold
+# the machine-wide lock for as long as it runs (flock belongs to the open
+# file, shared by every process that has it), and every later suite would
+# wait for it in vain.
+kb_spawn_daemon() {
+    if [ -n "${KB_LOCK_FD:-}" ]; then
+        setsid "$@" {KB_LOCK_FD}>&-
+    else
+        setsid "$@"
+    fi
+}
+
 kb_libvirtd_start() {
     kb_libvirtd_configure
     if ! pgrep -x virtlogd >/dev/null; then
-        setsid /usr/sbin/virtlogd -d
+        kb_spawn_daemon /usr/sbin/virtlogd -d
     fi
     if ! pgrep -x libvirtd >/dev/null; then
-        setsid /usr/sbin/libvirtd -d
+        kb_spawn_daemon /usr/sbin/libvirtd -d
     fi
     kb_wait_until 60 "libvirtd to answer on $KB_URI" kb_libvirtd_alive ||
         kb_die "libvirtd did not start; see /var/log/libvirt/"

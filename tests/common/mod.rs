@@ -1,0 +1,550 @@
+//! Shared support for the reliability integration tests (tests/storm.rs,
+//! tests/faults.rs, tests/bad_input.rs, tests/files.rs, tests/invariants.rs):
+//! a throw-away fake host (a copy of tests/fixtures/root plus a libvirt
+//! test-driver node XML with the domains a test wants), helpers that run the
+//! built binary against it, and the invariants checker every scenario ends
+//! with ([`check`]).
+//!
+//! Each integration test file is its own crate and uses only part of this.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use ksm_balloon::hypervisor::{self, Hypervisor, Libvirt};
+use ksm_balloon::state::{State, STATE_VERSION};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ksm-balloon");
+
+/// tests/fixtures in the source tree.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// One domain: listed by the test driver (running) or only told to the hook.
+#[derive(Clone, Debug)]
+pub struct Dom {
+    pub name: String,
+    pub uuid: String,
+    pub memory_kib: u64,
+    pub current_kib: u64,
+    pub balloon: bool,
+}
+
+impl Dom {
+    /// A domain with a 160 MiB floor and a 256 MiB ceiling, the uuid built from `n`.
+    pub fn numbered(prefix: &str, n: u32) -> Dom {
+        Dom {
+            name: format!("{prefix}{n:03}"),
+            uuid: format!("{:08x}-0000-4000-8000-{:012x}", n, n),
+            memory_kib: 256 * 1024,
+            current_kib: 160 * 1024,
+            balloon: true,
+        }
+    }
+
+    /// The `<domain>` element (test-driver flavour, also fine for the hook).
+    pub fn xml(&self) -> String {
+        format!(
+            "<domain type='test'>\n  <name>{}</name>\n  <uuid>{}</uuid>\n  <memory unit='KiB'>{}</memory>\n  <currentMemory unit='KiB'>{}</currentMemory>\n  <vcpu>1</vcpu><os><type>hvm</type></os>\n{}</domain>\n",
+            xml_escape(&self.name),
+            self.uuid,
+            self.memory_kib,
+            self.current_kib,
+            if self.balloon {
+                ""
+            } else {
+                "  <devices><memballoon model='none'/></devices>\n"
+            }
+        )
+    }
+}
+
+/// Escapes text for an XML element or attribute.
+pub fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// A test-driver node document with `doms` running.
+pub fn node_xml(doms: &[Dom]) -> String {
+    let mut s = String::from("<node>\n  <cpu><mhz>2000</mhz><model>i686</model><active>2</active><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads></cpu>\n  <memory>25165824</memory>\n");
+    for d in doms {
+        s.push_str(&d.xml());
+    }
+    s.push_str("</node>\n");
+    s
+}
+
+/// What one invocation of the binary did.
+#[derive(Clone, Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(o: Output) -> Ran {
+        Ran {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A fake host: fake /sys and /proc, a state directory, a node XML.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub node: PathBuf,
+}
+
+/// Copies a directory tree (files and directories only).
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+impl Fixture {
+    /// A fake host whose test driver lists `doms` as running.
+    pub fn new(doms: &[Dom]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        copy_tree(&fixtures().join("root"), &root);
+        let node = dir.path().join("node.xml");
+        fs::write(&node, node_xml(doms)).unwrap();
+        Fixture { dir, root, node }
+    }
+
+    /// The test-driver URI.
+    pub fn uri(&self) -> String {
+        format!("test://{}", self.node.display())
+    }
+
+    /// The state file under the fake root.
+    pub fn state_path(&self) -> PathBuf {
+        self.root.join("var/lib/ksm-balloon/state.json")
+    }
+
+    /// The state directory under the fake root.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("var/lib/ksm-balloon")
+    }
+
+    /// The state file's bytes, if any.
+    pub fn state_bytes(&self) -> Option<Vec<u8>> {
+        fs::read(self.state_path()).ok()
+    }
+
+    /// The parsed state (panics when it does not parse).
+    pub fn state(&self) -> State {
+        let text = fs::read_to_string(self.state_path()).expect("a state file");
+        State::parse(&text).unwrap_or_else(|e| panic!("state does not parse: {e}\n{text}"))
+    }
+
+    /// Writes one KSM counter of the fake root.
+    pub fn set_counter(&self, name: &str, text: &str) {
+        fs::write(self.root.join("sys/kernel/mm/ksm").join(name), text).unwrap();
+    }
+
+    /// Replaces the fake meminfo atomically (a pass never sees half a file).
+    pub fn set_meminfo(&self, total_kib: u64, available_kib: u64) {
+        let p = self.root.join("proc/meminfo");
+        let tmp = self.root.join("proc/.meminfo.tmp");
+        fs::write(
+            &tmp,
+            format!("MemTotal:       {total_kib} kB\nMemFree:        {available_kib} kB\nMemAvailable:   {available_kib} kB\n"),
+        )
+        .unwrap();
+        fs::rename(tmp, p).unwrap();
+    }
+
+    /// The binary with this host's settings in its environment.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("KSM_BALLOON_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("KSM_BALLOON_ROOT", &self.root)
+            .env("KSM_BALLOON_CONNECT", self.uri())
+            .env("KSM_BALLOON_LOG", "debug")
+            .env("KSM_BALLOON_LOG_STYLE", "never")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs the binary with `args` and stdin from /dev/null.
+    pub fn run(&self, args: &[&str]) -> Ran {
+        self.cmd().args(args).output().unwrap().into()
+    }
+
+    /// Runs `hook <name> <op> begin -` with `stdin` as the domain XML.
+    pub fn hook_raw(&self, args: &[&str], stdin: &[u8]) -> Ran {
+        let mut child = self.spawn_hook(args);
+        let mut input = child.stdin.take().unwrap();
+        // The hook may stop reading early; a broken pipe is its business.
+        let _ = input.write_all(stdin);
+        drop(input);
+        child.wait_with_output().unwrap().into()
+    }
+
+    /// Spawns `hook ARGS...` with piped stdin, stdout and stderr.
+    pub fn spawn_hook(&self, args: &[&str]) -> Child {
+        self.cmd()
+            .arg("hook")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The hook for `d` at `op`, its XML on stdin.
+    pub fn hook(&self, d: &Dom, op: &str) -> Ran {
+        let sub = if matches!(op, "stopped" | "release") {
+            "end"
+        } else {
+            "begin"
+        };
+        self.hook_raw(&[&d.name, op, sub, "-"], d.xml().as_bytes())
+    }
+}
+
+/// Every file under `dir` with its bytes and mode, for before/after checks.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, (Vec<u8>, u32)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let meta = fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(base).unwrap().to_path_buf();
+            let mode = meta.permissions().mode();
+            if meta.is_dir() {
+                out.insert(rel.clone(), (Vec::new(), mode));
+                walk(base, &e.path(), out);
+            } else if meta.file_type().is_symlink() {
+                let t = fs::read_link(e.path()).unwrap();
+                out.insert(rel, (t.to_string_lossy().as_bytes().to_vec(), mode));
+            } else {
+                out.insert(rel, (fs::read(e.path()).unwrap(), mode));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// What a scenario expects of the state at its end.
+#[derive(Clone, Debug, Default)]
+pub struct Expect {
+    /// Must be recorded exactly once with these figures (running or starting).
+    pub present: Vec<Dom>,
+    /// Must not be recorded (stopped).
+    pub absent: Vec<Dom>,
+    /// Either, atomically: when recorded, with these figures (their hook was killed).
+    pub maybe: Vec<Dom>,
+    /// A libvirt URI whose active domains must all be recorded, within bounds.
+    pub live_uri: Option<String>,
+    /// Files the state directory may hold besides the state and its lock
+    /// (prefixes, e.g. "state.json.bad-" where a scenario corrupts the file).
+    pub allowed_extra_files: Vec<String>,
+}
+
+/// One size from a log line (`160.0 MiB`, `512 KiB`, `1.25 GiB`) in KiB, and
+/// the rounding the display allows.
+pub fn parse_display_kib(text: &str) -> Option<(f64, f64)> {
+    let mut w = text.split_whitespace();
+    let v: f64 = w.next()?.trim_start_matches(['+', '-']).parse().ok()?;
+    match w.next()? {
+        "KiB" => Some((v, 0.5)),
+        "MiB" => Some((v * 1024.0, 0.05 * 1024.0)),
+        "GiB" => Some((v * 1048576.0, 0.005 * 1048576.0)),
+        "TiB" => Some((v * 1073741824.0, 0.005 * 1073741824.0)),
+        _ => None,
+    }
+}
+
+/// One applied resize as the pass logs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResizeLine {
+    pub name: String,
+    pub old: (f64, f64),
+    pub new: (f64, f64),
+    pub grew: bool,
+    pub reason: String,
+}
+
+/// Undoes Rust's `{:?}` quoting of a name.
+pub fn unquote_debug(q: &str) -> Option<String> {
+    let inner = q.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::new();
+    let mut it = inner.chars();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next()? {
+            'n' => out.push('\n'),
+            't' => out.push('\t'),
+            'r' => out.push('\r'),
+            '0' => out.push('\0'),
+            '\\' => out.push('\\'),
+            '"' => out.push('"'),
+            '\'' => out.push('\''),
+            'u' => {
+                let hex: String = it.by_ref().skip(1).take_while(|&c| c != '}').collect();
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The resize lines of one invocation's log:
+/// `VM "<name>": <old> -> <new> (<delta>; <reason>): ...`.
+pub fn resize_lines(log: &str) -> Vec<ResizeLine> {
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let Some(rest) = line.split_once("INFO ] VM \"").map(|(_, r)| r) else {
+            continue;
+        };
+        // The name ends at the first unescaped quote followed by ':'.
+        let Some(end) = rest.find("\": ") else {
+            continue;
+        };
+        let Some(name) = unquote_debug(&format!("\"{}\"", &rest[..end])) else {
+            continue;
+        };
+        let body = &rest[end + 3..];
+        let Some((old, after)) = body.split_once(" -> ") else {
+            continue;
+        };
+        let Some((new, after)) = after.split_once(" (") else {
+            continue;
+        };
+        let Some((delta, after)) = after.split_once("; ") else {
+            continue;
+        };
+        let reason = after.split_once("): ").map_or(after, |(r, _)| r);
+        let (Some(o), Some(n)) = (parse_display_kib(old), parse_display_kib(new)) else {
+            continue;
+        };
+        out.push(ResizeLine {
+            name,
+            old: o,
+            new: n,
+            grew: delta.starts_with('+'),
+            reason: reason.to_string(),
+        });
+    }
+    out
+}
+
+/// The invariants every scenario ends with. Returns the state when they
+/// hold, every violation found otherwise:
+/// - the state file parses (and has this build's version);
+/// - every expected VM is recorded exactly once with its floor and ceiling;
+///   every stopped VM is gone; no two records share a name;
+/// - every active domain of `live_uri` is recorded and its balloon is within
+///   its record's [floor, ceiling];
+/// - every last target set is within [floor, ceiling];
+/// - in every pass log: every resize landed within the VM's [floor,
+///   ceiling]; a pass that found the host under its reserve grew no VM
+///   (except back up to its floor, a bounds repair);
+/// - the state directory holds nothing but the state, its lock and what the
+///   scenario allows (no temp files left by killed passes).
+pub fn check(state_path: &Path, expect: &Expect, logs: &[String]) -> Result<State, String> {
+    let mut bad = Vec::new();
+    let text = match fs::read_to_string(state_path) {
+        Ok(t) => t,
+        Err(e) => return Err(format!("cannot read {}: {e}", state_path.display())),
+    };
+    let state = match State::parse(&text) {
+        Ok(s) => s,
+        Err(e) => return Err(format!("state does not parse: {e}\n{text}")),
+    };
+    if state.version != STATE_VERSION {
+        bad.push(format!("state version {}", state.version));
+    }
+    let by_name = |name: &str| state.vms.values().filter(|r| r.name == name).count();
+    for d in &expect.present {
+        match state.vms.get(&d.uuid) {
+            None => bad.push(format!("VM {:?} ({}) is not recorded", d.name, d.uuid)),
+            Some(r) => {
+                if r.name != d.name {
+                    bad.push(format!(
+                        "VM {} recorded as {:?}, is {:?}",
+                        d.uuid, r.name, d.name
+                    ));
+                }
+                if (r.floor_kib, r.ceiling_kib) != (d.current_kib, d.memory_kib) {
+                    bad.push(format!(
+                        "VM {:?}: floor/ceiling {}/{} KiB, expected {}/{}",
+                        d.name, r.floor_kib, r.ceiling_kib, d.current_kib, d.memory_kib
+                    ));
+                }
+            }
+        }
+        if by_name(&d.name) > 1 {
+            bad.push(format!(
+                "VM {:?} is recorded {} times",
+                d.name,
+                by_name(&d.name)
+            ));
+        }
+    }
+    for d in &expect.absent {
+        if state.vms.contains_key(&d.uuid) || by_name(&d.name) > 0 {
+            bad.push(format!(
+                "stopped VM {:?} ({}) is still recorded",
+                d.name, d.uuid
+            ));
+        }
+    }
+    for d in &expect.maybe {
+        if let Some(r) = state.vms.get(&d.uuid) {
+            if (r.floor_kib, r.ceiling_kib, r.name.as_str())
+                != (d.current_kib, d.memory_kib, d.name.as_str())
+            {
+                bad.push(format!(
+                    "VM {:?} recorded with wrong figures: {r:?}",
+                    d.name
+                ));
+            }
+        }
+    }
+    let known: BTreeSet<&str> = expect
+        .present
+        .iter()
+        .chain(&expect.maybe)
+        .map(|d| d.uuid.as_str())
+        .collect();
+    let mut live_uuids = BTreeSet::new();
+    if let Some(uri) = &expect.live_uri {
+        hypervisor::quiet_libvirt();
+        match Libvirt::open(uri).and_then(|mut h| h.domains()) {
+            Err(e) => bad.push(format!("cannot list the domains of {uri}: {e}")),
+            Ok(doms) => {
+                for d in doms {
+                    live_uuids.insert(d.uuid.clone());
+                    match state.vms.get(&d.uuid) {
+                        None => bad.push(format!("active VM {:?} is not recorded", d.name)),
+                        Some(r) if r.balloon => {
+                            let ceiling = r.ceiling_kib.min(d.maximum_kib);
+                            if d.current_kib < r.floor_kib || d.current_kib > ceiling {
+                                bad.push(format!(
+                                    "VM {:?}: balloon {} KiB outside [{}, {}]",
+                                    d.name, d.current_kib, r.floor_kib, ceiling
+                                ));
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    let mut names = BTreeMap::new();
+    for r in state.vms.values() {
+        *names.entry(r.name.as_str()).or_insert(0) += 1;
+        if let Some(t) = r.last_target_kib {
+            if t < r.floor_kib || t > r.ceiling_kib {
+                bad.push(format!(
+                    "VM {:?}: last target {t} KiB outside [{}, {}]",
+                    r.name, r.floor_kib, r.ceiling_kib
+                ));
+            }
+        }
+        if (expect.live_uri.is_some() || !known.is_empty())
+            && !known.contains(r.uuid.as_str())
+            && !live_uuids.contains(&r.uuid)
+        {
+            bad.push(format!(
+                "VM {:?} ({}) is recorded but neither running nor starting",
+                r.name, r.uuid
+            ));
+        }
+    }
+    for (n, c) in names {
+        if c > 1 {
+            bad.push(format!("name {n:?} is recorded {c} times"));
+        }
+    }
+    let bounds: BTreeMap<&str, (u64, u64)> = state
+        .vms
+        .values()
+        .map(|r| (r.name.as_str(), (r.floor_kib, r.ceiling_kib)))
+        .collect();
+    for log in logs {
+        let under = log.contains("is under the reserve");
+        for l in resize_lines(log) {
+            if let Some(&(f, c)) = bounds.get(l.name.as_str()) {
+                let (v, tol) = l.new;
+                if v + tol < f as f64 || v - tol > c as f64 {
+                    bad.push(format!(
+                        "resize of {:?} to {v} KiB outside [{f}, {c}]: {l:?}",
+                        l.name
+                    ));
+                }
+            }
+            if under && l.grew && l.reason != "size was outside [floor, ceiling]" {
+                bad.push(format!("a pass under the reserve grew {:?}: {l:?}", l.name));
+            }
+        }
+    }
+    if let Some(dir) = state_path.parent() {
+        let file = state_path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n == file || n == format!("{file}.lock") {
+                continue;
+            }
+            if !expect.allowed_extra_files.iter().any(|p| n.starts_with(p)) {
+                bad.push(format!("unexpected file in the state directory: {n}"));
+            }
+        }
+    }
+    if bad.is_empty() {
+        Ok(state)
+    } else {
+        let mut msg = String::new();
+        for b in &bad {
+            let _ = writeln!(msg, "invariant violated: {b}");
+        }
+        Err(msg)
+    }
+}
+
+/// [`check`], panicking with every violation.
+pub fn assert_invariants(state_path: &Path, expect: &Expect, logs: &[String]) -> State {
+    check(state_path, expect, logs).unwrap_or_else(|e| panic!("{e}"))
+}

@@ -1,0 +1,449 @@
+//! Faults a pass must survive, on a fake host with the libvirt test driver:
+//! libvirt unreachable; a VM destroyed (or destroyed and undefined) between
+//! the statistics call and its resize; a state file truncated, empty, not
+//! JSON, not UTF-8, of a future version or with impossible values; the KSM
+//! directory absent, KSM stopped or unmerging; counters and meminfo that
+//! are not numbers. Each ends with the invariants check (tests/common).
+//!
+//! The faults that need a real daemon or a mount (libvirtd killed mid-pass,
+//! a read-only or full state directory) are in tests/reliability/*.sh.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+
+use clap::Parser;
+use common::{assert_invariants, resize_lines, Dom, Expect, Fixture};
+use ksm_balloon::cli::{Cli, Config};
+use ksm_balloon::hypervisor::{CallCount, HvError, Hypervisor, Libvirt, LiveDomain};
+use ksm_balloon::pass;
+
+fn config(fx: &Fixture) -> Config {
+    let root = fx.root.to_string_lossy().into_owned();
+    let uri = fx.uri();
+    Cli::try_parse_from(["ksm-balloon", "--root", &root, "--connect", &uri, "run"])
+        .unwrap()
+        .settings
+        .validate()
+        .unwrap()
+}
+
+/// The real test-driver connection, with domains destroyed right before
+/// the pass's first resize: after the statistics call, before any resize.
+struct DestroyBeforeResize {
+    inner: Libvirt,
+    /// (name, also undefine it)
+    victims: Vec<(String, bool)>,
+    done: bool,
+}
+
+impl Hypervisor for DestroyBeforeResize {
+    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
+        self.inner.domains()
+    }
+    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
+        self.inner.inactive_xml(uuid)
+    }
+    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
+        if !self.done {
+            self.done = true;
+            for (name, undefine) in &self.victims {
+                let d = self.inner.connection().lookup_domain_by_name(name).unwrap();
+                d.destroy().unwrap();
+                if *undefine {
+                    d.undefine().unwrap();
+                }
+            }
+        }
+        self.inner.set_memory(uuid, kib)
+    }
+    fn calls(&self) -> CallCount {
+        self.inner.calls()
+    }
+}
+
+fn four() -> Vec<Dom> {
+    ["a-live", "b-destroyed", "c-undefined", "d-live"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Dom {
+            name: n.to_string(),
+            ..Dom::numbered("x", i as u32 + 1)
+        })
+        .collect()
+}
+
+#[test]
+fn vm_destroyed_between_stats_and_resize_is_skipped_others_applied() {
+    let doms = four();
+    let fx = Fixture::new(&doms);
+    let cfg = config(&fx);
+    let mut open = || -> anyhow::Result<Box<dyn Hypervisor>> {
+        Ok(Box::new(DestroyBeforeResize {
+            inner: Libvirt::open(&fx.uri())?,
+            victims: vec![("b-destroyed".into(), false), ("c-undefined".into(), true)],
+            done: false,
+        }))
+    };
+    let report = pass::run(&cfg, &mut open, 1_000).unwrap();
+    let by = |n: &str| report.vms.iter().find(|v| v.name == n).unwrap();
+    assert_eq!((report.resized, report.failed), (2, 2), "{report:#?}");
+    assert!(by("a-live").error.is_none() && by("d-live").error.is_none());
+    let b = by("b-destroyed").error.clone().unwrap();
+    let c = by("c-undefined").error.clone().unwrap();
+    assert!(b.contains("\"b-destroyed\""), "{b}");
+    assert!(c.contains("\"c-undefined\" no longer exists"), "{c}");
+    let state = fx.state();
+    let lp = state.last_pass.clone().unwrap();
+    assert_eq!((lp.resized, lp.failed), (2, 2));
+    // the skipped ones carry no target they never got
+    for n in ["b-destroyed", "c-undefined"] {
+        let r = state.vms.values().find(|r| r.name == n).unwrap();
+        assert_eq!(r.last_target_kib, None, "{n}");
+    }
+    for n in ["a-live", "d-live"] {
+        let r = state.vms.values().find(|r| r.name == n).unwrap();
+        assert!(r.last_target_kib.unwrap() > r.floor_kib, "{n}");
+    }
+    assert_invariants(
+        &fx.state_path(),
+        &Expect {
+            present: doms,
+            live_uri: Some(fx.uri()),
+            ..Expect::default()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn libvirt_unreachable_fails_clearly_and_leaves_the_state() {
+    let doms = four();
+    let fx = Fixture::new(&doms);
+    assert_eq!(fx.run(&["run"]).code, Some(0));
+    let before = fx.state_bytes().unwrap();
+    let sock = fx.dir.path().join("no-such-socket");
+    let uri = format!("qemu+unix:///system?socket={}", sock.display());
+    for _ in 0..3 {
+        let out = fx.run(&["--connect", &uri, "run"]);
+        assert_eq!(out.code, Some(1), "{}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("cannot connect to libvirt at {uri}")),
+            "{}",
+            out.stderr
+        );
+        assert!(resize_lines(&out.stderr).is_empty());
+        assert_eq!(fx.state_bytes().unwrap(), before, "state changed");
+    }
+    // the next pass that reaches libvirt recovers
+    let out = fx.run(&["run"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_invariants(
+        &fx.state_path(),
+        &Expect {
+            present: doms,
+            live_uri: Some(fx.uri()),
+            ..Expect::default()
+        },
+        &[out.stderr],
+    );
+}
+
+/// A state file the tool must move aside, log, rebuild from, and never
+/// trip over again.
+fn bad_state_is_moved_aside(bad: &[u8], what: &str, first: &str) {
+    let doms = four();
+    let fx = Fixture::new(&doms);
+    fs::create_dir_all(fx.state_dir()).unwrap();
+    fs::write(fx.state_path(), bad).unwrap();
+    let mut logs = Vec::new();
+    // status and plan only read: they report it and leave it
+    let out = fx.run(&["status"]);
+    assert_eq!(out.code, Some(0), "{what}: {}", out.stderr);
+    assert!(
+        out.stdout.contains("State file problem"),
+        "{what}: {}",
+        out.stdout
+    );
+    assert_eq!(
+        fs::read(fx.state_path()).unwrap(),
+        bad,
+        "{what}: status changed it"
+    );
+    // then the first of several invocations moves it aside
+    for (i, args) in [vec![first], vec!["run"], vec!["run"], vec!["run"]]
+        .iter()
+        .enumerate()
+    {
+        let out = if args[0] == "hook" {
+            fx.hook(&doms[0], "prepare")
+        } else {
+            fx.run(args)
+        };
+        assert_eq!(out.code, Some(0), "{what} #{i}: {}", out.stderr);
+        let moved = out.stderr.contains("was unusable");
+        assert_eq!(moved, i == 0, "{what} #{i}: {}", out.stderr);
+        logs.push(out.stderr);
+    }
+    assert!(logs[0].contains(&format!("state file {}", fx.state_path().display())));
+    let aside: Vec<_> = fs::read_dir(fx.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".bad-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{what}: {aside:?}");
+    assert_eq!(fs::read(&aside[0]).unwrap(), bad, "{what}: kept as it was");
+    assert!(
+        logs[0].contains(&aside[0].display().to_string()),
+        "{}",
+        logs[0]
+    );
+    assert_invariants(
+        &fx.state_path(),
+        &Expect {
+            present: doms,
+            live_uri: Some(fx.uri()),
+            allowed_extra_files: vec!["state.json.bad-".into()],
+            ..Expect::default()
+        },
+        &logs,
+    );
+}
+
+fn valid_state_text() -> String {
+    let fx = Fixture::new(&four());
+    assert_eq!(fx.run(&["run"]).code, Some(0));
+    String::from_utf8(fx.state_bytes().unwrap()).unwrap()
+}
+
+#[test]
+fn bad_state_files_are_moved_aside_logged_and_rebuilt() {
+    let good = valid_state_text();
+    let impossible = good.replacen("\"floor_kib\": 163840", "\"floor_kib\": 999999999", 1);
+    assert_ne!(impossible, good);
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (
+            good.as_bytes()[..good.len() / 2].to_vec(),
+            "truncated",
+            "run",
+        ),
+        (Vec::new(), "empty", "run"),
+        (b"\n \n".to_vec(), "whitespace", "hook"),
+        (b"this is not json".to_vec(), "not JSON", "run"),
+        (b"[1, 2, 3]".to_vec(), "JSON of the wrong shape", "hook"),
+        (vec![0xff, 0xfe, b'{', 0x80], "not UTF-8", "run"),
+        (
+            good.replacen("\"version\": 1", "\"version\": 7", 1)
+                .into_bytes(),
+            "future version",
+            "run",
+        ),
+        (impossible.into_bytes(), "floor above ceiling", "hook"),
+        (
+            good.replacen("\"floor_kib\": 163840", "\"floor_kib\": 0", 1)
+                .into_bytes(),
+            "zero floor",
+            "run",
+        ),
+        (
+            good.replacen("\"floor_kib\": 163840", "\"floor_kib\": -5", 1)
+                .into_bytes(),
+            "negative floor",
+            "run",
+        ),
+    ];
+    for (bytes, what, first) in &cases {
+        bad_state_is_moved_aside(bytes, what, first);
+    }
+}
+
+/// A KSM/meminfo fault: exit 1 naming the file, nothing resized, state kept.
+fn host_fault(what: &str, setup: impl Fn(&Fixture), expect_msg: &str) {
+    let doms = four();
+    let fx = Fixture::new(&doms);
+    assert_eq!(fx.run(&["run"]).code, Some(0));
+    let before = fx.state_bytes().unwrap();
+    setup(&fx);
+    let out = fx.run(&["run"]);
+    assert_eq!(out.code, Some(1), "{what}: {}", out.stderr);
+    let msg = expect_msg.replace("{root}", &fx.root.display().to_string());
+    assert!(
+        out.stderr.contains(&msg),
+        "{what}: wanted {msg:?} in\n{}",
+        out.stderr
+    );
+    assert!(resize_lines(&out.stderr).is_empty(), "{what}: resized");
+    assert!(
+        !out.stderr.contains("libvirt calls"),
+        "{what}: reached libvirt"
+    );
+    assert_eq!(fx.state_bytes().unwrap(), before, "{what}: state changed");
+    assert_invariants(
+        &fx.state_path(),
+        &Expect {
+            present: doms,
+            ..Expect::default()
+        },
+        &[out.stderr],
+    );
+}
+
+#[test]
+fn ksm_absent_or_counters_not_numbers_fail_clearly_with_no_resize() {
+    let ksm = "{root}/sys/kernel/mm/ksm";
+    host_fault(
+        "KSM absent",
+        |fx| fs::remove_dir_all(fx.root.join("sys/kernel/mm/ksm")).unwrap(),
+        &format!("KSM is not available: {ksm} does not exist"),
+    );
+    for (file, text) in [
+        ("pages_sharing", "lots\n"),
+        ("pages_sharing", ""),
+        ("general_profit", "12abc\n"),
+        ("pages_shared", "-5\n"),
+        ("run", "99999999999999999999999\n"),
+        ("full_scans", "1.5\n"),
+        ("pages_unshared", "\u{0}\u{1}\n"),
+    ] {
+        host_fault(
+            &format!("{file} = {text:?}"),
+            |fx| fx.set_counter(file, text),
+            &format!("KSM counter {ksm}/{file} holds"),
+        );
+    }
+    host_fault(
+        "counter unreadable (a directory)",
+        |fx| {
+            let p = fx.root.join("sys/kernel/mm/ksm/pages_sharing");
+            fs::remove_file(&p).unwrap();
+            fs::create_dir(&p).unwrap();
+        },
+        &format!("cannot read KSM counter {ksm}/pages_sharing"),
+    );
+    host_fault(
+        "meminfo not numbers",
+        |fx| {
+            fs::write(
+                fx.root.join("proc/meminfo"),
+                "MemTotal: lots kB\nMemAvailable: 1 kB\n",
+            )
+            .unwrap()
+        },
+        "{root}/proc/meminfo: MemTotal has no number",
+    );
+}
+
+#[test]
+fn ksm_stopped_or_unmerging_holds_every_size() {
+    let doms = four();
+    for run in ["0", "2"] {
+        let fx = Fixture::new(&doms);
+        // VMs holding bonuses: their live size above the floor
+        let mut held = doms.clone();
+        for d in &mut held {
+            d.current_kib += 32 * 1024;
+        }
+        // record the floors first (hook at prepare), then the driver shows
+        // them 32 MiB above
+        for d in &doms {
+            assert_eq!(fx.hook(d, "prepare").code, Some(0));
+        }
+        fs::write(&fx.node, common::node_xml(&held)).unwrap();
+        fx.set_counter("run", &format!("{run}\n"));
+        let out = fx.run(&["run"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "KSM is not merging ({}/sys/kernel/mm/ksm/run = {run})",
+                fx.root.display()
+            )),
+            "{}",
+            out.stderr
+        );
+        assert!(resize_lines(&out.stderr).is_empty(), "{}", out.stderr);
+        assert!(out.stderr.contains("set_memory: 0 }"), "{}", out.stderr);
+        assert_invariants(
+            &fx.state_path(),
+            &Expect {
+                present: doms.clone(),
+                live_uri: Some(fx.uri()),
+                ..Expect::default()
+            },
+            &[out.stderr],
+        );
+    }
+}
+
+#[test]
+fn special_files_at_the_state_path_are_moved_aside_and_never_hang() {
+    // A FIFO used to hang run, status and the hook (so a VM start) forever;
+    // a directory failed every pass. Each invocation here has a deadline.
+    let doms = four();
+    for kind in ["fifo", "directory"] {
+        let fx = Fixture::new(&doms);
+        fs::create_dir_all(fx.state_dir()).unwrap();
+        match kind {
+            "fifo" => {
+                let ok = std::process::Command::new("mkfifo")
+                    .arg(fx.state_path())
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            }
+            _ => fs::create_dir(fx.state_path()).unwrap(),
+        }
+        let mut logs = Vec::new();
+        for (i, step) in ["status", "hook", "run", "run"].iter().enumerate() {
+            let mut child = if *step == "hook" {
+                let mut c = fx.spawn_hook(&[&doms[0].name, "prepare", "begin", "-"]);
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(doms[0].xml().as_bytes())
+                    .unwrap();
+                c
+            } else {
+                fx.cmd()
+                    .arg(step)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("{kind}: {step} hung on the state path");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let out: common::Ran = child.wait_with_output().unwrap().into();
+            assert_eq!(out.code, Some(0), "{kind} {step}: {}", out.stderr);
+            if i == 1 {
+                assert!(
+                    out.stderr.contains(&format!(
+                        "it is a {}",
+                        if kind == "fifo" { "FIFO" } else { kind }
+                    )),
+                    "{kind}: {}",
+                    out.stderr
+                );
+            }
+            logs.push(out.stderr);
+        }
+        assert_invariants(
+            &fx.state_path(),
+            &Expect {
+                present: doms.clone(),
+                live_uri: Some(fx.uri()),
+                allowed_extra_files: vec!["state.json.bad-".into()],
+                ..Expect::default()
+            },
+            &logs,
+        );
+    }
+}

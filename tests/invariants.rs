@@ -1,0 +1,188 @@
+//! The invariants checker (tests/common/mod.rs `check`) is itself tested
+//! here: each invariant, broken on purpose, must be reported. Also holds the
+//! entry point the shell scenarios use to run the same checker against a
+//! real host (`check_from_env`, ignored unless asked for by name).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+
+use common::{check, resize_lines, unquote_debug, Dom, Expect, Fixture};
+use ksm_balloon::state::{Source, State, VmRecord};
+
+fn record(d: &Dom) -> VmRecord {
+    VmRecord {
+        name: d.name.clone(),
+        uuid: d.uuid.clone(),
+        floor_kib: d.current_kib,
+        ceiling_kib: d.memory_kib,
+        balloon: true,
+        source: Source::Hook,
+        recorded_at: 1,
+        last_target_kib: None,
+        last_change_at: None,
+    }
+}
+
+fn write(fx: &Fixture, s: &State) {
+    fs::create_dir_all(fx.state_dir()).unwrap();
+    fs::write(fx.state_path(), s.to_json()).unwrap();
+}
+
+fn violations(fx: &Fixture, e: &Expect, logs: &[&str]) -> String {
+    let logs: Vec<String> = logs.iter().map(|s| s.to_string()).collect();
+    match check(&fx.state_path(), e, &logs) {
+        Ok(_) => String::new(),
+        Err(v) => v,
+    }
+}
+
+#[test]
+fn a_good_state_passes() {
+    let a = Dom::numbered("a", 1);
+    let fx = Fixture::new(std::slice::from_ref(&a));
+    let out = fx.run(&["run"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let e = Expect {
+        present: vec![a],
+        live_uri: Some(fx.uri()),
+        ..Expect::default()
+    };
+    assert_eq!(violations(&fx, &e, &[&out.stderr]), "");
+}
+
+#[test]
+fn each_broken_invariant_is_reported() {
+    let a = Dom::numbered("a", 1);
+    let b = Dom::numbered("b", 2);
+    let fx = Fixture::new(std::slice::from_ref(&a));
+    // unparsable
+    fs::create_dir_all(fx.state_dir()).unwrap();
+    fs::write(fx.state_path(), "{").unwrap();
+    assert!(violations(&fx, &Expect::default(), &[]).contains("does not parse"));
+    // a running VM missing, a stopped one present
+    let mut s = State::default();
+    s.vms.insert(b.uuid.clone(), record(&b));
+    write(&fx, &s);
+    let e = Expect {
+        present: vec![a.clone()],
+        absent: vec![b.clone()],
+        live_uri: Some(fx.uri()),
+        ..Expect::default()
+    };
+    let v = violations(&fx, &e, &[]);
+    assert!(v.contains("\"a001\""), "{v}");
+    assert!(v.contains("stopped VM \"b002\""), "{v}");
+    assert!(v.contains("active VM \"a001\" is not recorded"), "{v}");
+    // wrong floor, duplicate name, a target out of bounds
+    let mut s = State::default();
+    let mut ra = record(&a);
+    ra.floor_kib -= 1;
+    ra.last_target_kib = Some(ra.ceiling_kib + 1);
+    s.vms.insert(a.uuid.clone(), ra);
+    let mut dup = record(&b);
+    dup.name = a.name.clone();
+    s.vms.insert(b.uuid.clone(), dup);
+    write(&fx, &s);
+    let e = Expect {
+        present: vec![a.clone()],
+        maybe: vec![b.clone()],
+        ..Expect::default()
+    };
+    let v = violations(&fx, &e, &[]);
+    assert!(v.contains("floor/ceiling"), "{v}");
+    assert!(v.contains("recorded 2 times"), "{v}");
+    assert!(v.contains("last target"), "{v}");
+    // a live balloon out of bounds: record a floor above the driver's size
+    let mut s = State::default();
+    let mut ra = record(&a);
+    ra.floor_kib = a.current_kib + 1024;
+    s.vms.insert(a.uuid.clone(), ra);
+    write(&fx, &s);
+    let e = Expect {
+        live_uri: Some(fx.uri()),
+        ..Expect::default()
+    };
+    assert!(violations(&fx, &e, &[]).contains("balloon 163840 KiB outside"));
+    // growth under the reserve, a resize out of bounds, a stray temp file
+    let mut s = State::default();
+    s.vms.insert(a.uuid.clone(), record(&a));
+    write(&fx, &s);
+    fs::write(fx.state_dir().join("state.json.tmp.123"), "x").unwrap();
+    let log = "[2026-01-01T00:00:00Z WARN ] host MemAvailable 1.0 GiB is under the reserve 2.0 GiB: no VM grows, bonuses shrink\n\
+               [2026-01-01T00:00:00Z INFO ] VM \"a001\": 160.0 MiB -> 300.0 MiB (+140.0 MiB; floor plus its share of the savings): 1 GiB savings, pool 1 GiB over 1 VMs\n";
+    let v = violations(&fx, &Expect::default(), &[log]);
+    assert!(v.contains("under the reserve grew"), "{v}");
+    assert!(v.contains("outside [163840, 262144]"), "{v}");
+    assert!(v.contains("state.json.tmp.123"), "{v}");
+    // a bounds repair up to the floor is allowed under the reserve
+    fs::remove_file(fx.state_dir().join("state.json.tmp.123")).unwrap();
+    let log = "[x WARN ] host MemAvailable 1.0 GiB is under the reserve 2.0 GiB\n\
+               [x INFO ] VM \"a001\": 100.0 MiB -> 160.0 MiB (+60.0 MiB; size was outside [floor, ceiling]): x\n";
+    assert_eq!(violations(&fx, &Expect::default(), &[log]), "");
+}
+
+#[test]
+fn log_lines_parse_back_with_odd_names() {
+    let name = "we\"ird \\ näme\t";
+    let line = format!(
+        "[t INFO ] VM {name:?}: 160.0 MiB -> 1.25 GiB (+1.1 GiB; its share reaches its ceiling): 2 GiB savings, pool 2 GiB over 1 VMs"
+    );
+    let l = &resize_lines(&line)[0];
+    assert_eq!(l.name, name);
+    assert!(l.grew);
+    assert_eq!(l.new.0, 1.25 * 1048576.0);
+    assert_eq!(l.reason, "its share reaches its ceiling");
+    assert_eq!(unquote_debug("\"\\u{1b}x\"").as_deref(), Some("\u{1b}x"));
+}
+
+/// The same checker against a real host, for the shell scenarios
+/// (tests/reliability/*.sh): KB_CHECK_STATE (the state file), KB_CHECK_URI
+/// (every active domain must be recorded, its balloon within bounds),
+/// KB_CHECK_PRESENT / KB_CHECK_ABSENT (`name=uuid=floor_kib=ceiling_kib`
+/// entries separated by ';'), KB_CHECK_LOGS (files holding pass logs,
+/// separated by ':').
+#[test]
+#[ignore = "run by the shell scenarios with KB_CHECK_* set"]
+fn check_from_env() {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let doms = |k: &str| -> Vec<Dom> {
+        var(k)
+            .split(';')
+            .filter(|s| !s.is_empty())
+            .map(|e| {
+                let f: Vec<&str> = e.split('=').collect();
+                assert_eq!(f.len(), 4, "bad entry {e:?} in {k}");
+                Dom {
+                    name: f[0].into(),
+                    uuid: f[1].into(),
+                    current_kib: f[2].parse().unwrap(),
+                    memory_kib: f[3].parse().unwrap(),
+                    balloon: true,
+                }
+            })
+            .collect()
+    };
+    let state = std::path::PathBuf::from(var("KB_CHECK_STATE"));
+    assert!(state.is_absolute(), "KB_CHECK_STATE must be set");
+    let logs: Vec<String> = var("KB_CHECK_LOGS")
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect();
+    let e = Expect {
+        present: doms("KB_CHECK_PRESENT"),
+        absent: doms("KB_CHECK_ABSENT"),
+        live_uri: Some(var("KB_CHECK_URI")).filter(|s| !s.is_empty()),
+        allowed_extra_files: var("KB_CHECK_ALLOW")
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        ..Expect::default()
+    };
+    let s = common::assert_invariants(&state, &e, &logs);
+    println!("invariants hold: {} VM(s) recorded", s.vms.len());
+}

@@ -1,0 +1,158 @@
+//! Domain names with spaces, quotes, backslashes, XML metacharacters,
+//! unicode and 200 characters: stored exactly in the state, shown in the
+//! status and plan tables and in `status --json`, and logged unambiguously
+//! (quoted and escaped, one line per event) by passes and by the hook.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{assert_invariants, resize_lines, Dom, Expect, Fixture};
+
+fn odd_names() -> Vec<String> {
+    let long: String = "ж".repeat(100) + &"x".repeat(100);
+    assert_eq!(long.chars().count(), 200);
+    vec![
+        "web 2 \"quoted\"".into(),
+        "it's a 'vm'".into(),
+        "back\\slash and \\\"both\\\"".into(),
+        "a&b <c> d".into(),
+        "ünïcödé 名前 🚀".into(),
+        "  leading and trailing  ".into(),
+        "a\ttab".into(),
+        long,
+    ]
+}
+
+#[test]
+fn odd_names_are_stored_shown_and_logged() {
+    let names = odd_names();
+    let listed: Vec<Dom> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Dom {
+            name: n.clone(),
+            ..Dom::numbered("n", i as u32)
+        })
+        .collect();
+    // the same names once more as hook-only VMs (starting, not listed)
+    let hooked: Vec<Dom> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Dom {
+            name: format!("{n} (hook)"),
+            ..Dom::numbered("h", 100 + i as u32)
+        })
+        .collect();
+    let fx = Fixture::new(&listed);
+    let mut logs = Vec::new();
+    for d in &hooked {
+        let out = fx.hook(d, "prepare");
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("recorded VM {:?}", d.name)),
+            "{}",
+            out.stderr
+        );
+        logs.push(out.stderr);
+    }
+    let out = fx.run(&["run"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // every listed VM grew, and each log line names it exactly
+    let resized: Vec<String> = resize_lines(&out.stderr)
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    for d in &listed {
+        assert!(
+            resized.contains(&d.name),
+            "{:?} not in {resized:?}\n{}",
+            d.name,
+            out.stderr
+        );
+        assert!(out.stderr.contains(&format!("adopted VM {:?}", d.name)));
+    }
+    logs.push(out.stderr);
+    // stored exactly
+    let state = fx.state();
+    for d in listed.iter().chain(&hooked) {
+        assert_eq!(state.vms[&d.uuid].name, d.name);
+    }
+    // shown: the tables hold each name as it is (control characters
+    // escaped, so a name cannot repaint the terminal), JSON exactly
+    let status = fx.run(&["status"]);
+    let plan = fx.run(&["plan"]);
+    for d in &listed {
+        let shown = ksm_balloon::render::cell(&d.name);
+        assert!(shown.chars().all(|c| !c.is_control()));
+        assert!(
+            status.stdout.contains(&shown),
+            "{shown:?} not in\n{}",
+            status.stdout
+        );
+        assert!(
+            plan.stdout.contains(&shown),
+            "{shown:?} not in\n{}",
+            plan.stdout
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&fx.run(&["status", "--json"]).stdout).unwrap();
+    let shown: Vec<&str> = json["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    for d in &listed {
+        assert!(
+            shown.contains(&d.name.as_str()),
+            "{:?} not in {shown:?}",
+            d.name
+        );
+    }
+    // forgotten by name at stop
+    for d in &hooked {
+        let out = fx.hook(d, "stopped");
+        assert!(
+            out.stderr.contains(&format!("forgot VM {:?}", d.name)),
+            "{}",
+            out.stderr
+        );
+        logs.push(out.stderr);
+    }
+    assert_invariants(
+        &fx.state_path(),
+        &Expect {
+            present: listed,
+            absent: hooked,
+            live_uri: Some(fx.uri()),
+            ..Expect::default()
+        },
+        &logs,
+    );
+}
+
+#[test]
+fn hook_log_lines_quote_the_names_they_are_given() {
+    // The hook's own arguments are logged too: a name (or operation) with a
+    // newline must not start a second, forged log line.
+    let fx = Fixture::new(&[]);
+    let forged = "vm\n[2026-01-01T00:00:00Z ERROR] forged line";
+    for (args, stdin) in [
+        (vec![forged, "prepare", "begin", "-"], ""),
+        (vec!["vm", "frob\n[x ERROR] forged op", "begin", "-"], ""),
+        (vec![forged, "start", "begin", "-"], "<domain"),
+    ] {
+        let out = fx.hook_raw(&args, stdin.as_bytes());
+        assert_eq!(out.code, Some(0));
+        assert!(
+            !out.stderr.lines().any(|l| l.contains("forged")
+                && !l.contains("WARN")
+                && !l.contains("INFO")
+                && !l.contains("DEBUG")),
+            "{args:?}: a forged log line:\n{}",
+            out.stderr
+        );
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+    }
+}

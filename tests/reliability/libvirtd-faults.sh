@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Reliability scenario on the REAL stack: libvirtd unreachable, libvirtd
+# SIGKILLed while a pass waits on it to connect, and libvirtd SIGKILLed
+# while a pass is inside a call (its QEMU stopped so the daemon cannot
+# answer). Each time the pass must exit 1 with a clear message, leave the
+# state file byte-identical, and the next pass after libvirtd is started
+# again must succeed with the invariants holding (the VM recorded once, its
+# live balloon within [floor, ceiling]).
+#
+# The guest is a minimal QEMU domain (no kernel, no disk: SeaBIOS finds
+# nothing to boot and idles) with a virtio balloon. Holds the machine-wide
+# real-stack lock; destroys its domain and leaves libvirtd running on exit.
+#
+# KB_PRIVATE_LIBVIRTD=1 runs it against a libvirtd of its own instead of the
+# shared one: in private mount and PID namespaces, with tmpfs over /run and
+# libvirt's state, config-of-domains, hook, log and cache directories, so
+# nothing it starts or kills is seen outside (and all of it ends with the
+# script). The machine-wide real-stack lock is still taken first (no
+# benchmark should share the CPU with it) unless KB_NO_MACHINE_LOCK=1.
+# tests/suites/50-reliability.sh runs it this way.
+# Usage: [KB_PRIVATE_LIBVIRTD=1] tests/reliability/libvirtd-faults.sh   (as root)
+set -uo pipefail
+if [ -n "${KB_PRIVATE_LIBVIRTD:-}" ] && [ -z "${KB_IN_PRIVATE:-}" ]; then
+    if [ -z "${KB_NO_MACHINE_LOCK:-}" ]; then
+        # shellcheck source=tests/lib/libvirtd.sh
+        source "$(dirname "$0")/../lib/libvirtd.sh"
+        kb_realstack_lock
+    fi
+    KB_IN_PRIVATE=1 unshare --mount --pid --fork --mount-proc --propagation private \
+        bash "$0" "$@"
+    exit
+fi
+if [ -n "${KB_IN_PRIVATE:-}" ]; then
+    for d in /run /etc/libvirt/qemu /etc/libvirt/hooks /etc/libvirt/storage \
+        /var/lib/libvirt /var/log/libvirt /var/cache/libvirt; do
+        mkdir -p "$d" && mount -t tmpfs -o mode=0755 kb-private-libvirt "$d" ||
+            { echo "cannot mount a tmpfs over $d" >&2; exit 1; }
+    done
+fi
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/lib/libvirtd.sh
+source "$here/../lib/libvirtd.sh"
+# shellcheck source=tests/reliability/lib.sh
+source "$here/lib.sh"
+
+kb_realstack_lock
+kb_libvirtd_start
+
+work=$(mktemp -d /var/tmp/kb-reliability.XXXXXX)
+name=kb-reliability-$$
+uuid=$(cat /proc/sys/kernel/random/uuid)
+qemu_pid=
+pass_pid=
+libvirtd_pid() { cat /run/libvirtd.pid 2>/dev/null; }
+cleanup() {
+    [ -n "$pass_pid" ] && kill -9 "$pass_pid" 2>/dev/null
+    [ -n "$qemu_pid" ] && kill -CONT "$qemu_pid" 2>/dev/null
+    kb_libvirtd_alive || kb_libvirtd_start
+    virsh -c "$KB_URI" destroy "$name" >/dev/null 2>&1
+    rm -rf "$work"
+}
+trap cleanup EXIT
+on_failure() {
+    kb_log "libvirtd log tail:"
+    tail -20 /var/log/libvirt/libvirtd.log 2>/dev/null >&2
+    tail -5 "/var/log/libvirt/qemu/$name.log" 2>/dev/null >&2
+}
+
+# KSM and meminfo from the fixture's fake root, with no savings: the guest
+# (no balloon driver: it stays at its 256 MiB maximum) is then above its
+# target, its 192 MiB floor, so every pass makes a resize call on the real
+# daemon whatever the host's KSM is doing (the host's KSM is never touched).
+# The state lives under the fake root too.
+cp -r "$KB_REPO/tests/fixtures/root" "$work/root"
+echo 0 >"$work/root/sys/kernel/mm/ksm/general_profit"
+export KSM_BALLOON_ROOT=$work/root
+export KSM_BALLOON_CONNECT=$KB_URI
+export KSM_BALLOON_LOG=debug
+state=$work/root/var/lib/ksm-balloon/state.json
+
+others=$(virsh -c "$KB_URI" list --name | grep -v '^$' || true)
+[ -z "$others" ] || kb_log "note: other domains are running and will be managed too: $others"
+
+cat >"$work/dom.xml" <<XML
+<domain type='qemu'>
+  <name>$name</name>
+  <uuid>$uuid</uuid>
+  <memory unit='MiB'>256</memory>
+  <currentMemory unit='MiB'>192</currentMemory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><memballoon model='virtio'><stats period='2'/></memballoon></devices>
+</domain>
+XML
+virsh -c "$KB_URI" create "$work/dom.xml" >/dev/null || { on_failure; kb_die "cannot start $name"; }
+kb_wait_until 30 "$name running" sh -c "virsh -c '$KB_URI' domstate '$name' | grep -q running" ||
+    { on_failure; kb_die "$name did not run"; }
+qemu_pid=$(cat "/run/libvirt/qemu/$name.pid")
+# what libvirt's hook would have told us at prepare
+"$KB_BIN" hook "$name" prepare begin - <"$work/dom.xml" 2>"$work/log-hook"
+present="$name=$uuid=196608=262144"
+
+kb_rel_expect 0 'set_memory: 1 }' "$work/log-pass-0" -- "$KB_BIN" run
+kb_log "first pass: $(grep -E "VM \"$name\": |KSM is not merging|libvirt calls" "$work/log-pass-0" | sed 's/^\[[^]]*\] //' | tr '\n' ' ')"
+kb_rel_check "$state" "$KB_URI" "$present" "" "$work/log-pass-0"
+injected=0
+
+# wait_exit PID SECS: waits for PID to exit; prints its exit code.
+wait_exit() {
+    kb_wait_until "$2" "pass $1 to exit" sh -c "! kill -0 $1" || return 1
+    wait "$1"
+}
+
+# --- A: libvirtd not running
+sha=$(sha256sum "$state" | cut -d' ' -f1)
+pid=$(libvirtd_pid)
+kill "$pid"
+kb_wait_until 30 "libvirtd to exit" sh -c "! kill -0 $pid" || kb_die "libvirtd did not stop"
+kb_rel_expect 1 "cannot connect to libvirt at $KB_URI" "$work/log-a" -- "$KB_BIN" run
+kb_rel_same "$state" "$sha" "A (libvirtd unreachable)"; injected=$((injected + 1))
+kb_libvirtd_start
+kb_rel_expect 0 'set_memory: 1 }' "$work/log-a-next" -- "$KB_BIN" run
+kb_rel_check "$state" "$KB_URI" "$present" "" "$work/log-a:$work/log-a-next"
+
+# --- B: libvirtd stopped (SIGSTOP) while a pass connects, then SIGKILLed
+sha=$(sha256sum "$state" | cut -d' ' -f1)
+pid=$(libvirtd_pid)
+kill -STOP "$pid"
+"$KB_BIN" run >"$work/log-b" 2>&1 &
+pass_pid=$!
+kb_wait_until 30 "the pass to reach libvirtd's socket" sh -c "ss -xp | grep -q 'pid=$pass_pid,'" ||
+    { kill -CONT "$pid"; kb_die "the pass never connected"; }
+kill -0 "$pass_pid" || kb_die "the pass did not wait for the stopped libvirtd"
+kill -9 "$pid"
+wait_exit "$pass_pid" 30; rc=$?
+pass_pid=
+[ "$rc" -eq 1 ] || { cat "$work/log-b"; kb_die "B: the pass exited $rc, expected 1"; }
+grep -Eq "cannot connect to libvirt at $KB_URI|lost the connection to libvirt at $KB_URI" "$work/log-b" ||
+    { cat "$work/log-b"; kb_die "B: no clear message"; }
+kb_log "ok: B: exit 1: $(grep ERROR "$work/log-b" | head -1)"
+kb_rel_same "$state" "$sha" "B (libvirtd killed while the pass connected)"; injected=$((injected + 1))
+kb_wait_until 30 "the killed libvirtd to be gone" sh -c "! kill -0 $pid" || kb_die "libvirtd still there"
+kb_libvirtd_start
+kb_rel_expect 0 'set_memory: 1 }' "$work/log-b-next" -- "$KB_BIN" run
+kb_rel_check "$state" "$KB_URI" "$present" "" "$work/log-b:$work/log-b-next"
+
+# --- C: the pass inside a call (the guest's QEMU stopped, so libvirtd
+# waits on its monitor), libvirtd SIGKILLed
+sha=$(sha256sum "$state" | cut -d' ' -f1)
+kill -STOP "$qemu_pid"
+"$KB_BIN" run >"$work/log-c" 2>&1 &
+pass_pid=$!
+kb_wait_until 30 "the pass to open its connection" grep -q "connected to libvirt at $KB_URI" "$work/log-c" ||
+    { cat "$work/log-c"; kb_die "C: the pass never connected"; }
+# It is now in the bulk statistics call (or, if that was answered from
+# libvirt's cache, in a resize): either way blocked on the stopped QEMU.
+if timeout 3 tail --pid="$pass_pid" -f /dev/null; then
+    cat "$work/log-c"; kb_die "C: the pass did not block on the stopped QEMU"
+fi
+where=bulk-statistics
+grep -q 'DEBUG\] pass: ' "$work/log-c" && where=resize
+pid=$(libvirtd_pid)
+kill -9 "$pid"
+wait_exit "$pass_pid" 30; rc=$?
+pass_pid=
+[ "$rc" -eq 1 ] || { cat "$work/log-c"; kb_die "C: the pass exited $rc, expected 1"; }
+grep -q "lost the connection to libvirt at $KB_URI" "$work/log-c" ||
+    { cat "$work/log-c"; kb_die "C: no clear message"; }
+kb_log "ok: C: killed in the $where call: exit 1: $(grep ERROR "$work/log-c" | head -1)"
+kb_rel_same "$state" "$sha" "C (libvirtd killed mid-call)"; injected=$((injected + 1))
+kill -CONT "$qemu_pid"
+kb_wait_until 30 "the killed libvirtd to be gone" sh -c "! kill -0 $pid" || kb_die "libvirtd still there"
+kb_libvirtd_start
+kb_wait_until 30 "$name reconnected" sh -c "virsh -c '$KB_URI' domstate '$name' | grep -q running" ||
+    { on_failure; kb_die "$name lost after the libvirtd restart"; }
+kb_rel_expect 0 'set_memory: 1 }' "$work/log-c-next" -- "$KB_BIN" run
+kb_rel_check "$state" "$KB_URI" "$present" "" "$work/log-c:$work/log-c-next"
+
+echo "libvirtd-faults: $injected faults injected on the real libvirtd (unreachable; killed while a pass connected; killed while a pass was in its $where call): exit 1 with a clear message each time, state byte-identical, next pass recovered, nothing lost"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Bounded fuzzing of the parsers (fuzz/, cargo-fuzz + libFuzzer with
+# AddressSanitizer): the state file, the hook's domain XML, the command
+# line, the KSM counter files and /proc/meminfo. Each target runs for
+# KB_FUZZ_SECS seconds (default 30) from the seed corpus in fuzz/corpus/<target>
+# (copied: the committed corpus is never changed). A crash fails the suite
+# and leaves its input in fuzz/artifacts/<target>/. Prints executions per target.
+#
+# cargo-fuzz needs nightly flags (-Zsanitizer); the machine's stable
+# toolchain allows them with RUSTC_BOOTSTRAP=1. cargo-fuzz is installed from
+# crates.io when missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${KB_FUZZ_SECS:-30}
+export RUSTC_BOOTSTRAP=1
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "55-fuzz: installing cargo-fuzz"
+    cargo install --locked cargo-fuzz@0.13.2 >/dev/null 2>&1 ||
+        { echo "55-fuzz: FAIL: cannot install cargo-fuzz"; exit 1; }
+fi
+
+cd fuzz
+cargo fuzz build >/dev/null 2>&1 || { cargo fuzz build; exit 1; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+total=0
+failed=0
+summary=()
+for target in $(cargo fuzz list); do
+    mkdir -p "$work/$target"
+    log="$work/$target.log"
+    if cargo fuzz run "$target" "$work/$target" "corpus/$target" -- \
+        -max_total_time="$secs" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 >"$log" 2>&1; then
+        status=ok
+    else
+        status=CRASH
+        failed=1
+        grep -E 'panicked|ERROR: AddressSanitizer|SUMMARY|artifact|Test unit written' "$log" | head -20
+    fi
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    total=$((total + ${execs:-0}))
+    summary+=("$(printf '%-14s %-5s %10s executions in %ss, corpus %s -> %s inputs' \
+        "$target" "$status" "${execs:-?}" "$secs" "$(ls "corpus/$target" | wc -l)" \
+        "$(( $(ls "$work/$target" | wc -l) + $(ls "corpus/$target" | wc -l) ))")")
+done
+printf '%s\n' "${summary[@]}"
+echo "55-fuzz: $total executions in all, $([ "$failed" = 0 ] && echo 0 || echo some) crashes"
+exit "$failed"
