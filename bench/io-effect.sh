@@ -136,7 +136,9 @@ cat >"$out/settings.json" <<JSON
  "cpu_model": "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)",
  "mem_total_kib": $(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo),
  "libvirt": "$(virsh --version)", "qemu": "$(qemu-system-x86_64 --version | head -n1)",
- "guest_kernel": "$(basename "$KBB_KERNEL")", "started": "$(date -u +%FT%TZ)"}
+ "guest_kernel": "$(basename "$KBB_KERNEL")", "started": "$(date -u +%FT%TZ)",
+ "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src bench 2>/dev/null || echo +changes)",
+ "ksm_balloon": "$BIN"}
 JSON
 
 ksm_clear() {

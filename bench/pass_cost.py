@@ -513,6 +513,9 @@ def main():
                            if ln.startswith("model name")), "?"),
         "libvirt": subprocess.run(["virsh", "--version"], capture_output=True, text=True).stdout.strip(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip() or "unknown",
+        "bin": args.bin,
     }
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
