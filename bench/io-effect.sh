@@ -4,7 +4,9 @@
 #
 #   bench/io-effect.sh           the full version (committed results)
 #   bench/io-effect.sh --short   the CI version: one short repeat of each arm
-#   options: --guests N --repeats R --arms a,b,c,d --warmup S --measure S --out DIR
+#   options: --guests N --repeats R --arms a,b,c,d --warmup S --measure S
+#            --out DIR (default bench/results/io-effect)
+#            --plots DIR (default docs/bench for the default --out, else the --out dir)
 #
 # On the real stack (libvirtd, software-emulated QEMU, the host's KSM) it
 # boots N identical guests (bench/lib.sh: ceiling KBB_CEIL_MIB, each with
@@ -29,7 +31,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=/usr/bin/python3
 
-short=0 guests=3 repeats='' arms=a,b,c,d warmup='' measure='' out=''
+short=0 guests=3 repeats='' arms=a,b,c,d warmup='' measure='' out='' plots_dir=''
 while [ $# -gt 0 ]; do
     case $1 in
         --short) short=1 ;;
@@ -39,7 +41,8 @@ while [ $# -gt 0 ]; do
         --warmup) warmup=$2; shift ;;
         --measure) measure=$2; shift ;;
         --out) out=$2; shift ;;
-        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d] [--warmup S] [--measure S] [--out DIR]" >&2
+        --plots) plots_dir=$2; shift ;;
+        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d] [--warmup S] [--measure S] [--out DIR] [--plots DIR]" >&2
            exit 2 ;;
     esac
     shift
@@ -49,7 +52,10 @@ if [ $short = 1 ]; then
     out=${out:-${KBB_OUT:-/tmp/ksm-balloon-bench-short}/io-effect}
 else
     repeats=${repeats:-3} warmup=${warmup:-60} measure=${measure:-180}
+    # the committed plots only come from the default (full) results
+    [ -n "$out" ] || plots_dir=${plots_dir:-docs/bench}
     out=${out:-$REPO/bench/results/io-effect}
+    plots_dir=${plots_dir:-$out}
 fi
 PASS_PERIOD=${KBB_PASS_PERIOD:-10}
 KSM_PAGES_TO_SCAN=${KBB_KSM_PAGES_TO_SCAN:-1000}
@@ -127,7 +133,7 @@ mapfile -t names < <(kbb_names "$guests")
 rm -rf "$out"
 mkdir -p "$out"
 cat >"$out/settings.json" <<JSON
-{"command": "bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --warmup $warmup --measure $measure",
+{"command": "$(env | grep -E '^KBB_(FLOOR|CEIL|DATA|APP|IOTUNE|INTERVAL|PASS_PERIOD|KSM)_' | sort | tr '\n' ' ')bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --warmup $warmup --measure $measure",
  "guests": $guests, "repeats": $repeats, "arms": "$arms", "warmup_s": $warmup, "measure_s": $measure,
  "floor_mib": $KBB_FLOOR_MIB, "ceiling_mib": $KBB_CEIL_MIB, "data_mib": $KBB_DATA_MIB,
  "app_mib": $KBB_APP_MIB, "iotune_mibs": $KBB_IOTUNE_MIBS, "pass_period_s": $PASS_PERIOD,
@@ -222,6 +228,6 @@ s["runs_s"] = sum(r["run_s"] for r in runs)
 json.dump(s, open(p, "w"), indent=1)
 PY
 plots=()
-[ $short = 1 ] || plots=(--plots docs/bench)
+[ -z "$plots_dir" ] || plots=(--plots "$plots_dir")
 "$PY" bench/io_report.py "$out" "${plots[@]}" --markdown "$out/table.md" --check
 echo "io-effect: done in ${elapsed}s; results in $out"

@@ -516,6 +516,7 @@ def main():
         "commit": subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True).stdout.strip() or "unknown",
         "bin": args.bin,
+        "loadavg_1min_at_end": os.getloadavg()[0],
     }
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

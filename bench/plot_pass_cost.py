@@ -47,7 +47,8 @@ def main():
             lab = f"{label} [{'test driver' if driver == 'test' else 'qemu:///system'}]"
             kw = dict(color=color, markerfacecolor=color if face else "white", label=lab)
             if driver == "qemu":
-                kw.update(linestyle="none", markersize=9)
+                kw["markersize"] = 9
+                fmt = fmt.lstrip("-:")  # a marker alone: one N, no line
             ax1.plot(ns, [r["wall_s"]["median"] * 1000 for _, r in pts], fmt, **kw)
 
     # right: the calls, by kind, test driver (lines) and qemu (open markers)
@@ -70,8 +71,12 @@ def main():
             ys = [c["memory_stats"] + c["set_memory"] if field == "reads_writes" else c[field] for c in lg]
             kw = dict(color=color, markerfacecolor=color if face else "white",
                       label=label if driver == "test" else None)
+            if field == "per_domain_info":
+                # the same values as the first pass's writes: big open rings, so both show
+                kw.update(markerfacecolor="none", markersize=11, lw=2.5)
             if driver == "qemu":
-                kw.update(linestyle="none", markersize=9)
+                kw["markersize"] = 9
+                fmt = fmt.lstrip("-:")
             ax2.plot([n for n, _ in pts], ys, fmt, **kw)
     ax2.set_yscale("symlog", linthresh=1)
     ax2.set_xscale("log")
