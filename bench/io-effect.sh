@@ -182,6 +182,7 @@ run_arm() {
         (
             exec {KB_LOCK_FD}>&-
             while :; do
+                echo "pass at $(date -u +%FT%TZ)"
                 "$BIN" --connect "$KB_URI" --state "$dir/state.json" run || echo "pass failed: exit $?"
                 sleep "$PASS_PERIOD"
             done

@@ -100,6 +100,7 @@ def summarise(run):
         "ksmd_cpu_pct": ksmd_pct,
         "loadavg": mean([h["loadavg"] for h in win_h]),
         "resizes": run["log"].count(" -> "),
+        "passes": run["log"].count("pass at "),
         "failed_passes": run["log"].count("pass failed"),
     }
 

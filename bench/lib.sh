@@ -20,7 +20,7 @@ KBB_CACHE=${KBB_CACHE:-/var/cache/ksm-balloon-bench}
 # The guest and its disks (MiB, MiB/s); overridable from the environment.
 KBB_FLOOR_MIB=${KBB_FLOOR_MIB:-160}
 KBB_CEIL_MIB=${KBB_CEIL_MIB:-256}
-KBB_DATA_MIB=${KBB_DATA_MIB:-200}
+KBB_DATA_MIB=${KBB_DATA_MIB:-128}
 KBB_APP_MIB=${KBB_APP_MIB:-32}
 KBB_IOTUNE_MIBS=${KBB_IOTUNE_MIBS:-20}
 KBB_INTERVAL=${KBB_INTERVAL:-2}
