@@ -74,9 +74,6 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) for ksm-balloon.
-    #[command(hide = true)]
-    Manpage,
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {

@@ -172,6 +172,21 @@ impl KsmCounters {
         self.run == 1
     }
 
+    /// True when KSM has unmerged everything (`run` = 2): the kernel breaks
+    /// every merged page before the write to `run` returns and clears the
+    /// counters, so the savings are really gone.
+    pub fn unmerged(&self) -> bool {
+        self.run == 2
+    }
+
+    /// True when the counters say what KSM saves now: while it merges, and
+    /// after it unmerged everything (they read zero, and that is the truth).
+    /// With `run` = 0 merged pages stay merged but the counters stop moving:
+    /// stale.
+    pub fn counters_live(&self) -> bool {
+        self.merging() || self.unmerged()
+    }
+
     fn pages_kib(&self, pages: u64) -> u64 {
         pages.saturating_mul(self.page_size) / 1024
     }
@@ -271,6 +286,14 @@ mod tests {
         assert_eq!(s.kib, 4000);
         let err = c.savings(Metric::Profit, d).unwrap_err().to_string();
         assert!(err.contains("/k/general_profit"), "{err}");
+    }
+
+    #[test]
+    fn run_states() {
+        let c = |run| KsmCounters { run, ..counters() };
+        assert!(c(1).merging() && c(1).counters_live() && !c(1).unmerged());
+        assert!(!c(0).merging() && !c(0).counters_live() && !c(0).unmerged());
+        assert!(!c(2).merging() && c(2).counters_live() && c(2).unmerged());
     }
 
     #[test]

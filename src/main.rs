@@ -107,11 +107,6 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "ksm-balloon", &mut buf);
             print(&String::from_utf8_lossy(&buf))?;
         }
-        Command::Manpage => {
-            let mut buf = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
-            print(&String::from_utf8_lossy(&buf))?;
-        }
     }
     Ok(())
 }

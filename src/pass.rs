@@ -230,7 +230,12 @@ pub fn pass(
 ) -> anyhow::Result<Report> {
     let s = &cfg.settings;
     let savings = host.ksm.savings(s.metric, &cfg.ksm_dir)?;
-    if !host.ksm.merging() {
+    if host.ksm.unmerged() {
+        info!(
+            "KSM has unmerged everything ({}/run = 2): its savings are gone, so the bonuses go with them",
+            cfg.ksm_dir.display()
+        );
+    } else if !host.ksm.counters_live() {
         warn!(
             "KSM is not merging ({}/run = {}): its counters are stale, so sizes are held; start it with 'echo 1 > /sys/kernel/mm/ksm/run'",
             cfg.ksm_dir.display(),
@@ -251,7 +256,7 @@ pub fn pass(
     };
     let hv_view = HostView {
         savings_kib: savings.kib,
-        ksm_merging: host.ksm.merging(),
+        ksm_merging: host.ksm.counters_live(),
         available_kib: host.mem.available_kib,
     };
     let managed: Vec<(&LiveDomain, &VmRecord)> = domains

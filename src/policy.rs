@@ -79,8 +79,10 @@ pub const FLOOR_TOLERANCE_KIB: u64 = 1024;
 pub struct HostView {
     /// KSM's savings by the chosen metric, in KiB.
     pub savings_kib: u64,
-    /// KSM is merging (`run` = 1). When it is not, the counters are stale:
-    /// nothing grows and the sizes are held (the guard may still shrink them).
+    /// KSM's counters are live: it is merging (`run` = 1), or it unmerged
+    /// everything (`run` = 2, the counters cleared: the savings are gone).
+    /// When it is stopped (`run` = 0) the counters are stale: nothing grows
+    /// and the sizes are held (the guard may still shrink them).
     pub ksm_merging: bool,
     /// The host's MemAvailable, in KiB.
     pub available_kib: u64,

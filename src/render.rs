@@ -77,7 +77,13 @@ fn header(r: &Report) -> String {
     let _ = writeln!(
         out,
         "KSM: {} (run={}), savings {} by '{}' (pages_sharing {}, pages_shared {}, general_profit {}), full scans {}",
-        if k.merging() { "merging" } else { "NOT merging" },
+        if k.merging() {
+            "merging"
+        } else if k.unmerged() {
+            "unmerged everything"
+        } else {
+            "NOT merging"
+        },
         k.run,
         Kib(r.savings_kib),
         r.metric,

@@ -11,8 +11,10 @@ PACKAGES=(
     linux-image-amd64 busybox-static cpio
     # building: virt-sys finds libvirt through pkg-config
     pkg-config
-    # packaging checks: rpmbuild, systemd-analyze, man
-    rpm systemd man-db groff-base
+    # packaging checks: rpmbuild, systemd-analyze, man; make for the Makefile,
+    # rpm2cpio/cpio/readelf to look inside the RPM; strace, iproute2 (below) and
+    # libseccomp's Python binding for the sandboxed pass (tests/packaging/)
+    rpm systemd man-db groff-base make rpm2cpio binutils strace git python3-seccomp
     # helpers used by the scripts
     socat util-linux procps psmisc python3
     # reliability: ss (is a pass connected to libvirtd?); fuzzing: the C++

@@ -336,44 +336,94 @@ fn ksm_absent_or_counters_not_numbers_fail_clearly_with_no_resize() {
 }
 
 #[test]
-fn ksm_stopped_or_unmerging_holds_every_size() {
+fn ksm_stopped_holds_every_size() {
     let doms = four();
-    for run in ["0", "2"] {
-        let fx = Fixture::new(&doms);
-        // VMs holding bonuses: their live size above the floor
-        let mut held = doms.clone();
-        for d in &mut held {
-            d.current_kib += 32 * 1024;
-        }
-        // record the floors first (hook at prepare), then the driver shows
-        // them 32 MiB above
-        for d in &doms {
-            assert_eq!(fx.hook(d, "prepare").code, Some(0));
-        }
-        fs::write(&fx.node, common::node_xml(&held)).unwrap();
-        fx.set_counter("run", &format!("{run}\n"));
-        let out = fx.run(&["run"]);
-        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let fx = Fixture::new(&doms);
+    // VMs holding bonuses: their live size above the floor
+    let mut held = doms.clone();
+    for d in &mut held {
+        d.current_kib += 32 * 1024;
+    }
+    // record the floors first (hook at prepare), then the driver shows
+    // them 32 MiB above
+    for d in &doms {
+        assert_eq!(fx.hook(d, "prepare").code, Some(0));
+    }
+    fs::write(&fx.node, common::node_xml(&held)).unwrap();
+    fx.set_counter("run", "0\n");
+    let out = fx.run(&["run"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "KSM is not merging ({}/sys/kernel/mm/ksm/run = 0)",
+            fx.root.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(resize_lines(&out.stderr).is_empty(), "{}", out.stderr);
+    assert!(out.stderr.contains("set_memory: 0 }"), "{}", out.stderr);
+    assert_invariants(
+        &fx.state_path(),
+        &Expect {
+            present: doms.clone(),
+            live_uri: Some(fx.uri()),
+            ..Expect::default()
+        },
+        &[out.stderr],
+    );
+}
+
+#[test]
+fn ksm_unmerged_returns_every_vm_to_its_floor() {
+    // `echo 2 > run` breaks every merged page before the write returns and
+    // clears the counters: the savings are gone for real, so the bonuses go.
+    let doms = four();
+    let fx = Fixture::new(&doms);
+    let mut held = doms.clone();
+    for d in &mut held {
+        d.current_kib += 32 * 1024;
+    }
+    for d in &doms {
+        assert_eq!(fx.hook(d, "prepare").code, Some(0));
+    }
+    fs::write(&fx.node, common::node_xml(&held)).unwrap();
+    fx.set_counter("run", "2\n");
+    for c in [
+        "general_profit",
+        "pages_shared",
+        "pages_sharing",
+        "ksm_zero_pages",
+    ] {
+        fx.set_counter(c, "0\n");
+    }
+    let out = fx.run(&["run"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("KSM has unmerged everything"),
+        "{}",
+        out.stderr
+    );
+    let lines = resize_lines(&out.stderr);
+    assert_eq!(lines.len(), doms.len(), "{}", out.stderr);
+    for l in &lines {
+        let (kib, tolerance) = l.new;
         assert!(
-            out.stderr.contains(&format!(
-                "KSM is not merging ({}/sys/kernel/mm/ksm/run = {run})",
-                fx.root.display()
-            )),
-            "{}",
+            (kib - 163_840.0).abs() <= tolerance && !l.grew,
+            "{}: {}",
+            l.name,
             out.stderr
         );
-        assert!(resize_lines(&out.stderr).is_empty(), "{}", out.stderr);
-        assert!(out.stderr.contains("set_memory: 0 }"), "{}", out.stderr);
-        assert_invariants(
-            &fx.state_path(),
-            &Expect {
-                present: doms.clone(),
-                live_uri: Some(fx.uri()),
-                ..Expect::default()
-            },
-            &[out.stderr],
-        );
     }
+    assert_invariants(
+        &fx.state_path(),
+        &Expect {
+            present: doms.clone(),
+            live_uri: Some(fx.uri()),
+            ..Expect::default()
+        },
+        &[out.stderr],
+    );
 }
 
 #[test]

@@ -143,3 +143,27 @@ fn one_bulk_call_for_many_domains() {
     assert_eq!(steady.calls.set_memory, 0);
     assert_eq!(steady.calls.xml, 0, "adoption is once, not every pass");
 }
+
+#[test]
+fn unmerge_everything_returns_every_vm_to_its_floor() {
+    let rig = Rig::new(3);
+    rig.profit_mib(90);
+    rig.pass(1_800_000_000);
+    assert_eq!(rig.sizes(), [194560; 3]);
+    // `echo 2 > run`: the kernel unmerges every page before the write
+    // returns and clears the counters. The savings are gone for real (unlike
+    // run = 0, where merged pages stay merged), so the bonuses must go too.
+    let ksm = rig.dir.path().join("sys/kernel/mm/ksm");
+    fs::write(ksm.join("run"), "2\n").unwrap();
+    for f in [
+        "general_profit",
+        "pages_shared",
+        "pages_sharing",
+        "ksm_zero_pages",
+    ] {
+        fs::write(ksm.join(f), "0\n").unwrap();
+    }
+    let r = rig.pass(1_800_000_010);
+    assert_eq!(r.resized, 3);
+    assert_eq!(rig.sizes(), [163840; 3]);
+}

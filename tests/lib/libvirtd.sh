@@ -10,6 +10,13 @@
 KB_REALSTACK_LOCK=${KB_REALSTACK_LOCK:-/run/lock/ksm-balloon-realstack.lock}
 KB_HOOK_PATH=${KB_HOOK_PATH:-/etc/libvirt/hooks/qemu.d/ksm-balloon}
 KB_URI=${KB_URI:-qemu:///system}
+# libvirtd's own log (warnings and errors) and a second log with the QEMU
+# monitor traffic at debug level: every QMP command libvirt sends (a balloon
+# resize is {"execute":"balloon",...}), so tests can count resizes from
+# libvirt's side rather than trusting ksm-balloon's word.
+KB_LIBVIRTD_LOG=${KB_LIBVIRTD_LOG:-/var/log/libvirt/libvirtd.log}
+KB_MONITOR_LOG=${KB_MONITOR_LOG:-/var/log/libvirt/libvirtd-qemu-monitor.log}
+KB_KSM_DIR=${KB_KSM_DIR:-/sys/kernel/mm/ksm}
 
 kb_log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 kb_die() { kb_log "FAIL: $*"; exit 1; }
@@ -40,7 +47,9 @@ kb_realstack_lock() {
 }
 
 # Writes what libvirtd needs to run QEMU guests as root under software
-# emulation; idempotent.
+# emulation, and its logging; idempotent. Sets KB_LIBVIRTD_CONF_CHANGED=1
+# when libvirtd.conf was (re)written, so a running daemon gets restarted.
+KB_LIBVIRTD_CONF_CHANGED=0
 kb_libvirtd_configure() {
     mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/qemu \
         /etc/libvirt/hooks/qemu.d
@@ -59,9 +68,22 @@ group = "root"
 security_driver = "none"
 CONF
     fi
+    local want
+    want=$(cat <<CONF
+# written by ksm-balloon tests: logs to files (there is no journal here)
+log_filters="1:qemu.qemu_monitor 3:*"
+log_outputs="3:file:$KB_LIBVIRTD_LOG 1:file:$KB_MONITOR_LOG"
+CONF
+)
+    if [ "$want" != "$(cat /etc/libvirt/libvirtd.conf 2>/dev/null)" ]; then
+        if [ -e /etc/libvirt/libvirtd.conf ] &&
+            ! grep -q '^# written by ksm-balloon tests' /etc/libvirt/libvirtd.conf; then
+            cp -n /etc/libvirt/libvirtd.conf /etc/libvirt/libvirtd.conf.before-ksm-balloon-tests
+        fi
+        printf '%s\n' "$want" >/etc/libvirt/libvirtd.conf
+        KB_LIBVIRTD_CONF_CHANGED=1
+    fi
 }
-
-kb_libvirtd_alive() { virsh -c "$KB_URI" version >/dev/null 2>&1; }
 
 # kb_spawn_daemon CMD...: starts a daemon in its own session WITHOUT the
 # real-stack lock's file descriptor. A daemon that inherited it would hold
@@ -76,22 +98,58 @@ kb_spawn_daemon() {
     fi
 }
 
-kb_libvirtd_start() {
-    kb_libvirtd_configure
-    if ! pgrep -x virtlogd >/dev/null; then
-        kb_spawn_daemon /usr/sbin/virtlogd -d
-    fi
-    if ! pgrep -x libvirtd >/dev/null; then
-        kb_spawn_daemon /usr/sbin/libvirtd -d
-    fi
-    kb_wait_until 60 "libvirtd to answer on $KB_URI" kb_libvirtd_alive ||
-        kb_die "libvirtd did not start; see /var/log/libvirt/"
+kb_libvirtd_alive() { timeout 10 virsh -c "$KB_URI" version >/dev/null 2>&1; }
+
+# kb_pid_gone PID: the process exited (a zombie nobody reaped counts as gone:
+# PID 1 on these machines does not always reap daemons' zombies).
+kb_pid_gone() { [ ! -e "/proc/$1" ] || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+# kb_running NAME: the pids of live (not zombie) processes called NAME.
+kb_running() {
+    local pid
+    for pid in $(pgrep -x "$1"); do
+        kb_pid_gone "$pid" || echo "$pid"
+    done
 }
 
+kb_libvirtd_start() {
+    kb_libvirtd_configure
+    if [ -z "$(kb_running virtlogd)" ]; then
+        kb_spawn_daemon /usr/sbin/virtlogd -d
+    fi
+    if [ "$KB_LIBVIRTD_CONF_CHANGED" = 1 ] && [ -n "$(kb_running libvirtd)" ]; then
+        kb_log "libvirtd.conf changed: restarting libvirtd so it logs to $KB_LIBVIRTD_LOG"
+        KB_LIBVIRTD_CONF_CHANGED=0
+        kb_libvirtd_stop
+    fi
+    KB_LIBVIRTD_CONF_CHANGED=0
+    if [ -z "$(kb_running libvirtd)" ]; then
+        kb_spawn_daemon /usr/sbin/libvirtd -d
+    fi
+    kb_wait_until 60 "libvirtd to answer on $KB_URI" kb_libvirtd_alive || {
+        kb_log "libvirtd processes: $(kb_running libvirtd | tr '\n' ' ')"
+        kb_libvirtd_log_tail 20 >&2
+        kb_die "libvirtd did not start; see $KB_LIBVIRTD_LOG"
+    }
+}
+
+# The running libvirtd's pid: from its pid file, checked against /proc.
+kb_libvirtd_pid() {
+    local pid
+    pid=$(cat /run/libvirtd.pid 2>/dev/null)
+    if [ -z "$pid" ] || kb_pid_gone "$pid" || [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != libvirtd ]; then
+        pid=$(kb_running libvirtd | head -n1)
+    fi
+    [ -n "$pid" ] && echo "$pid"
+}
+
+# Stops libvirtd (by its pid); its guests (QEMU processes) keep running.
 kb_libvirtd_stop() {
-    pkill -x libvirtd || true
-    kb_wait_until 30 "libvirtd to exit" bash -c '! pgrep -x libvirtd' ||
-        { pkill -9 -x libvirtd || true; }
+    local pid
+    pid=$(kb_libvirtd_pid) || return 0
+    kill "$pid" 2>/dev/null || true
+    kb_wait_until 30 "libvirtd (pid $pid) to exit" kb_pid_gone "$pid" ||
+        { kill -9 "$pid" 2>/dev/null || true; }
 }
 
 kb_libvirtd_restart() {
@@ -99,21 +157,79 @@ kb_libvirtd_restart() {
     kb_libvirtd_start
 }
 
-# kb_install_hook BIN CONFIG: installs hooks/ksm-balloon as libvirt's qemu.d
-# hook, calling BIN with the settings in CONFIG. libvirtd only reads hooks
-# when it starts, so it is restarted when the hook changed.
+# kb_install_hook BIN CONFIG [SRC]: installs hooks/ksm-balloon (or the hook
+# script SRC, e.g. the one an RPM installed) as libvirt's qemu.d hook,
+# calling BIN with the settings in CONFIG. libvirtd only reads hooks when it
+# starts, so it is restarted when the hook changed.
 kb_install_hook() {
-    local bin=$1 config=$2 src new
-    src="$(dirname "${BASH_SOURCE[0]}")/../../hooks/ksm-balloon"
+    local bin=$1 config=$2 src=${3:-} new
+    [ -n "$src" ] || src="$(dirname "${BASH_SOURCE[0]}")/../../hooks/ksm-balloon"
     new=$(sed -e "s|^BIN=.*|BIN=$bin|" -e "s|^CONFIG=.*|CONFIG=$config|" "$src")
     if [ "$new" != "$(cat "$KB_HOOK_PATH" 2>/dev/null)" ]; then
         mkdir -p "$(dirname "$KB_HOOK_PATH")"
         printf '%s\n' "$new" >"$KB_HOOK_PATH.tmp"
         chmod 0755 "$KB_HOOK_PATH.tmp"
         mv "$KB_HOOK_PATH.tmp" "$KB_HOOK_PATH"
-        if pgrep -x libvirtd >/dev/null; then
+        if [ -n "$(kb_running libvirtd)" ]; then
             kb_log "hook changed: restarting libvirtd so it sees it"
             kb_libvirtd_restart
         fi
     fi
+}
+
+# Removes the hook kb_install_hook installed. libvirtd is left running: a
+# hook script that is gone is simply not run.
+kb_remove_hook() {
+    rm -f "$KB_HOOK_PATH" "$KB_HOOK_PATH.tmp"
+}
+
+# kb_libvirtd_log_tail [LINES]: the end of libvirtd's log, for a failure report.
+kb_libvirtd_log_tail() {
+    local n=${1:-40}
+    echo "--- last $n lines of $KB_LIBVIRTD_LOG"
+    tail -n "$n" "$KB_LIBVIRTD_LOG" 2>&1 || true
+}
+
+# kb_monitor_log_mark: prints the monitor log's current size; pass it to
+# kb_monitor_balloon_calls to count what libvirt sent since.
+kb_monitor_log_mark() { stat -c %s "$KB_MONITOR_LOG" 2>/dev/null || echo 0; }
+
+# kb_monitor_balloon_calls MARK: how many balloon resize commands libvirt
+# sent to any QEMU since MARK (one per virDomainSetMemory on a live guest).
+kb_monitor_balloon_calls() {
+    tail -c +"$(( $1 + 1 ))" "$KB_MONITOR_LOG" 2>/dev/null |
+        grep -c 'QEMU_MONITOR_SEND_MSG.*"execute":"balloon"' || true
+}
+
+# KSM: save the knobs a test turns, restore them exactly.
+KB_KSM_KNOBS=(run pages_to_scan sleep_millisecs)
+declare -gA KB_KSM_SAVED=()
+
+kb_ksm_save() {
+    local k
+    [ -d "$KB_KSM_DIR" ] || kb_die "$KB_KSM_DIR is missing: this kernel has no KSM"
+    for k in "${KB_KSM_KNOBS[@]}"; do
+        KB_KSM_SAVED[$k]=$(cat "$KB_KSM_DIR/$k")
+    done
+    kb_log "KSM as found: run=${KB_KSM_SAVED[run]} pages_to_scan=${KB_KSM_SAVED[pages_to_scan]} sleep_millisecs=${KB_KSM_SAVED[sleep_millisecs]}"
+}
+
+kb_ksm_restore() {
+    local k
+    [ "${#KB_KSM_SAVED[@]}" -gt 0 ] || return 0
+    for k in pages_to_scan sleep_millisecs run; do
+        [ -n "${KB_KSM_SAVED[$k]:-}" ] || continue
+        echo "${KB_KSM_SAVED[$k]}" >"$KB_KSM_DIR/$k" ||
+            kb_log "could not restore $KB_KSM_DIR/$k to ${KB_KSM_SAVED[$k]}"
+    done
+    kb_log "KSM restored: run=$(cat "$KB_KSM_DIR/run") pages_to_scan=$(cat "$KB_KSM_DIR/pages_to_scan") sleep_millisecs=$(cat "$KB_KSM_DIR/sleep_millisecs")"
+}
+
+# kb_ksm_set RUN [PAGES_TO_SCAN SLEEP_MILLISECS]
+kb_ksm_set() {
+    if [ $# -ge 3 ]; then
+        echo "$2" >"$KB_KSM_DIR/pages_to_scan"
+        echo "$3" >"$KB_KSM_DIR/sleep_millisecs"
+    fi
+    echo "$1" >"$KB_KSM_DIR/run"
 }

@@ -1,0 +1,137 @@
+# Makefile: builds, installs and packages ksm-balloon.
+#
+#   make                       release build (cargo build --release --locked)
+#   make install DESTDIR= PREFIX=/usr
+#                              installs what the RPM ships (the spec's %install
+#                              runs this very target; a by-hand install too)
+#   make uninstall             removes what `make install` put in place, except
+#                              the settings file and the state directory
+#   make dist                  dist/ksm-balloon-VERSION.tar.gz: the committed
+#                              HEAD plus every crate vendored (`cargo vendor`),
+#                              so rpmbuild needs no network; and dist/ksm-balloon.spec
+#                              with Version taken from Cargo.toml
+#   make rpm                   `make dist`, then rpmbuild -bb; the RPM lands in
+#                              dist/rpmbuild/RPMS/<arch>/
+#
+# `make dist` needs the crates (from cargo's cache or the registry); `make rpm`
+# after it needs no network at all (tests/suites/40-packaging.sh runs it in a
+# network namespace with no network to prove that).
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+NAME := ksm-balloon
+
+# Install layout. PREFIX moves the programs and data; the files libvirt and
+# systemd look for by fixed paths (the hook, the settings, the state) stay
+# under /etc and /var whatever PREFIX is.
+PREFIX ?= /usr
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+PRESETDIR ?= $(PREFIX)/lib/systemd/system-preset
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+SYSCONFDIR ?= /etc
+HOOKDIR ?= $(SYSCONFDIR)/libvirt/hooks/qemu.d
+CONFIGFILE ?= $(SYSCONFDIR)/sysconfig/$(NAME)
+# The binary's built-in default (--state); the unit's StateDirectory= names it too.
+STATEDIR := /var/lib/$(NAME)
+
+CARGO ?= cargo
+CARGO_TARGET_DIR ?= target
+BIN := $(CARGO_TARGET_DIR)/release/$(NAME)
+INSTALL ?= install
+
+# rpmbuild checks BuildRequires against the rpm database. On an RPM-based
+# host that is right; on Debian (where CI builds the RPM with Debian's rpm
+# package) the rpm database is empty and every BuildRequires would be
+# "missing", so --nodeps is added there. Detected by asking the rpm database
+# whether rpm itself is installed.
+RPMBUILD ?= rpmbuild
+RPMBUILD_NODEPS := $(shell rpm -q --quiet rpm 2>/dev/null || echo --nodeps)
+RPMBUILD_FLAGS ?=
+
+DISTNAME := $(NAME)-$(VERSION)
+TARBALL := dist/$(DISTNAME).tar.gz
+SPEC := dist/$(NAME).spec
+RPMTOP := $(CURDIR)/dist/rpmbuild
+# The tarball is remade when a committed file changes (empty outside git).
+GITFILES := $(wildcard $(shell git ls-files 2>/dev/null))
+
+.PHONY: all build install uninstall dist rpm clean-dist
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+install:
+	@test -x $(BIN) || { echo "$(BIN) is missing: run 'make' first" >&2; exit 1; }
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(PRESETDIR) \
+		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(HOOKDIR) $(DESTDIR)$(dir $(CONFIGFILE)) \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	$(INSTALL) -d -m 0700 $(DESTDIR)$(STATEDIR)
+	$(INSTALL) -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/$(NAME)
+	sed -e 's|^ExecStart=/usr/bin/$(NAME) |ExecStart=$(BINDIR)/$(NAME) |' \
+		-e 's|^EnvironmentFile=-/etc/sysconfig/$(NAME)$$|EnvironmentFile=-$(CONFIGFILE)|' \
+		systemd-timers/$(NAME).service >$(DESTDIR)$(UNITDIR)/$(NAME).service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/$(NAME).service
+	$(INSTALL) -m 0644 systemd-timers/$(NAME).timer $(DESTDIR)$(UNITDIR)/$(NAME).timer
+	$(INSTALL) -m 0644 packaging/50-$(NAME).preset $(DESTDIR)$(PRESETDIR)/50-$(NAME).preset
+	sed -e 's|^BIN=.*|BIN=$(BINDIR)/$(NAME)|' -e 's|^CONFIG=.*|CONFIG=$(CONFIGFILE)|' \
+		hooks/$(NAME) >$(DESTDIR)$(HOOKDIR)/$(NAME)
+	chmod 0755 $(DESTDIR)$(HOOKDIR)/$(NAME)
+	@# An operator's settings are never overwritten by a by-hand reinstall.
+	if [ -e $(DESTDIR)$(CONFIGFILE) ]; then \
+		echo "keeping the existing $(DESTDIR)$(CONFIGFILE)"; \
+	else \
+		$(INSTALL) -m 0644 packaging/sysconfig $(DESTDIR)$(CONFIGFILE); \
+	fi
+	$(INSTALL) -m 0644 man/$(NAME).8 $(DESTDIR)$(MANDIR)/man8/$(NAME).8
+	$(BIN) completions bash >$(DESTDIR)$(BASHCOMPDIR)/$(NAME)
+	$(BIN) completions zsh >$(DESTDIR)$(ZSHCOMPDIR)/_$(NAME)
+	$(BIN) completions fish >$(DESTDIR)$(FISHCOMPDIR)/$(NAME).fish
+	chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/$(NAME) $(DESTDIR)$(ZSHCOMPDIR)/_$(NAME) \
+		$(DESTDIR)$(FISHCOMPDIR)/$(NAME).fish
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service \
+		$(DESTDIR)$(UNITDIR)/$(NAME).timer $(DESTDIR)$(PRESETDIR)/50-$(NAME).preset \
+		$(DESTDIR)$(HOOKDIR)/$(NAME) $(DESTDIR)$(MANDIR)/man8/$(NAME).8 \
+		$(DESTDIR)$(BASHCOMPDIR)/$(NAME) $(DESTDIR)$(ZSHCOMPDIR)/_$(NAME) \
+		$(DESTDIR)$(FISHCOMPDIR)/$(NAME).fish
+	@echo "left in place: $(DESTDIR)$(CONFIGFILE) and $(DESTDIR)$(STATEDIR)"
+
+dist: $(TARBALL) $(SPEC)
+
+# The committed HEAD (git archive: what a clean clone holds), plus vendor/
+# and the .cargo/config.toml that points cargo at it, plus the licence of
+# every crate linked into the binary.
+$(TARBALL): $(GITFILES)
+	@test -n "$(VERSION)" || { echo "no version in Cargo.toml" >&2; exit 1; }
+	rm -rf dist/$(DISTNAME) $(TARBALL)
+	mkdir -p dist/$(DISTNAME)/.cargo
+	git archive --format=tar HEAD | tar -x -C dist/$(DISTNAME)
+	cd dist/$(DISTNAME) && $(CARGO) vendor --locked --versioned-dirs vendor >.cargo/config.toml
+	cd dist/$(DISTNAME) && $(CARGO) tree --locked --offline -e normal,build --prefix none \
+		--format '{p}: {l}' | sed -e 's/ (\*)$$//' -e 's/ (proc-macro)//' -e 's/ (\/[^)]*)//' \
+		| sort -u >LICENSE.dependencies
+	tar --sort=name --owner=0 --group=0 --numeric-owner \
+		--mtime="@$$(git log -1 --format=%ct HEAD)" \
+		-C dist -czf $(TARBALL) $(DISTNAME)
+	rm -rf dist/$(DISTNAME)
+
+# The spec with Version from Cargo.toml (the committed spec keeps a literal
+# that tests/suites/40-packaging.sh checks against Cargo.toml).
+$(SPEC): packaging/$(NAME).spec Cargo.toml
+	mkdir -p dist
+	sed 's/^Version:.*/Version:        $(VERSION)/' packaging/$(NAME).spec >$@
+
+rpm: $(TARBALL) $(SPEC)
+	$(RPMBUILD) -bb $(RPMBUILD_NODEPS) $(RPMBUILD_FLAGS) \
+		--define "_topdir $(RPMTOP)" --define "_sourcedir $(CURDIR)/dist" $(SPEC)
+
+clean-dist:
+	rm -rf dist

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The RPM's %post, %preun and %postun scriptlets, taken out of the built RPM
+# (`rpm -qp --scripts`) and run by /bin/sh with the install/upgrade/remove
+# argument rpm gives them, a systemctl stand-in that records its arguments,
+# and /run/systemd/system present (a tmpfs over /run in a private mount
+# namespace), as on a host where systemd runs. They must enable and start
+# the timer on first install only, leave it alone on upgrade, stop and
+# disable it on removal, and restart it after an upgrade.
+#
+# This RPM was built with Debian's rpm, so the scriptlets hold the spec's
+# fallback systemd macros; an RPM built on Fedora holds Fedora's own, which
+# this does not test.
+#
+# Usage: tests/packaging/scriptlets.sh RPM WORKDIR
+set -euo pipefail
+rpmfile=$1
+work=$2/scriptlets
+rm -rf "$work"
+mkdir -p "$work/bin"
+
+# Split `rpm --scripts` output into one file per scriptlet.
+rpm -qp --scripts "$rpmfile" >"$work/scripts.txt"
+python3 - "$work/scripts.txt" "$work" <<'PY'
+import re, sys
+text, out = open(sys.argv[1]).read(), sys.argv[2]
+parts = re.split(r"^(\w+) scriptlet \(using ([^)]+)\):\n", text, flags=re.M)
+found = set()
+for i in range(1, len(parts), 3):
+    name, interp, body = parts[i], parts[i + 1], parts[i + 2]
+    assert interp == "/bin/sh", f"{name} uses {interp}"
+    open(f"{out}/{name}.sh", "w").write(body)
+    found.add(name)
+want = {"postinstall", "preuninstall", "postuninstall"}
+assert found == want, f"scriptlets {sorted(found)}, expected {sorted(want)}"
+PY
+
+# systemctl stand-in: records each call; `is-enabled`/`is-active` answer
+# from $SYSTEMCTL_ENABLED (yes/no).
+cat >"$work/bin/systemctl" <<'EOF'
+#!/bin/sh
+echo "systemctl $*" >>"$SYSTEMCTL_LOG"
+case " $* " in
+    *" is-enabled "* | *" is-active "*) [ "$SYSTEMCTL_ENABLED" = yes ] ;;
+    *) exit 0 ;;
+esac
+EOF
+chmod +x "$work/bin/systemctl"
+
+fails=0
+# run SCRIPTLET ARG ENABLED EXPECTED...: runs the scriptlet with $1=ARG and
+# compares the systemctl calls it made with EXPECTED (one per argument).
+run() {
+    local script=$1 arg=$2 enabled=$3 got want
+    shift 3
+    : >"$work/calls"
+    unshare --mount --propagation private -- sh -c '
+        mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system &&
+        exec env PATH="$1:/usr/bin:/bin" SYSTEMCTL_LOG="$2" SYSTEMCTL_ENABLED="$3" sh "$4" "$5"
+    ' sh "$work/bin" "$work/calls" "$enabled" "$work/$script.sh" "$arg" ||
+        { echo "FAIL: $script $arg exited non-zero"; fails=$((fails + 1)); return; }
+    got=$(cat "$work/calls")
+    want=$(printf '%s\n' "$@")
+    if [ "$got" = "$want" ]; then
+        echo "ok: %$script \$1=$arg (enabled=$enabled): ${*:-no systemctl call}"
+    else
+        echo "FAIL: %$script \$1=$arg (enabled=$enabled) called:"
+        sed 's/^/    /' <<<"${got:-(nothing)}"
+        echo "  expected:"
+        sed 's/^/    /' <<<"${want:-(nothing)}"
+        fails=$((fails + 1))
+    fi
+}
+
+# First install: preset (enables the timer through 50-ksm-balloon.preset),
+# then start it since it is enabled.
+run postinstall 1 yes \
+    "systemctl --no-reload preset ksm-balloon.timer" \
+    "systemctl -q is-enabled ksm-balloon.timer" \
+    "systemctl start ksm-balloon.timer"
+# First install where a local preset disabled it: not started.
+run postinstall 1 no \
+    "systemctl --no-reload preset ksm-balloon.timer" \
+    "systemctl -q is-enabled ksm-balloon.timer"
+# Upgrade: nothing (the admin's enable/disable stands).
+run postinstall 2 yes
+# Removal: stop and disable the timer and the service.
+run preuninstall 0 yes "systemctl --no-reload disable --now ksm-balloon.timer ksm-balloon.service"
+# Upgrade: the old package's %preun leaves them alone.
+run preuninstall 1 yes
+# After an upgrade: reload units, restart the timer if it runs.
+run postuninstall 1 yes "systemctl daemon-reload" "systemctl try-restart ksm-balloon.timer"
+# After removal: nothing left to restart.
+run postuninstall 0 yes
+
+[ "$fails" -eq 0 ] || { echo "$fails scriptlet check(s) failed"; exit 1; }
+echo "all scriptlet checks passed"

@@ -1,0 +1,83 @@
+#!/bin/sh
+# /init of the real-stack test guest (busybox initramfs, Debian kernel).
+# tests/realstack/lib.sh packs it with /bin/busybox and the virtio modules
+# into an initramfs; its hash is part of the cached image's key, so editing
+# this file rebuilds the image.
+#
+# What the guest does:
+#  - loads the virtio PCI, balloon and block drivers;
+#  - prints "KB-GUEST-READY" on ttyS0 (the console file), then every 2 s a
+#    line "MEMTOTAL <kB> MEMFREE <kB> FILL <MiB>" from its own /proc/meminfo:
+#    the tests read the guest's view of its memory from there;
+#  - reads commands, one per line, from ttyS1 (a unix socket on the host)
+#    and acknowledges each on ttyS0 with "KB-DONE <token> ...":
+#      fill <MiB> <token>  copy the first <MiB> MiB of the shared read-only
+#                          disk /dev/vda into tmpfs (the same data in every
+#                          guest, different in every page: what KSM merges
+#                          across guests)
+#      drop <token>        delete it
+#    The fill is capped at 48 MiB: a guest whose tmpfs outgrows its balloon
+#    panics, and at its 160 MiB floor this guest has about 110 MiB.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /fill
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
+    virtio_balloon virtio_blk; do
+    insmod "/modules/$m.ko" || echo "KB-INSMOD-FAILED $m"
+done
+mount -t tmpfs -o size=48m tmpfs /fill
+echo "KB-GUEST-READY $(uname -r)"
+
+meminfo() {
+    total=0 free=0
+    while read -r key value _; do
+        case $key in
+            MemTotal:) total=$value ;;
+            MemFree:) free=$value ;;
+        esac
+    done </proc/meminfo
+    fill=0
+    [ -f /fill/data ] && fill=$(($(stat -c %s /fill/data) / 1048576))
+    echo "MEMTOTAL $total MEMFREE $free FILL $fill"
+}
+
+commands() {
+    stty -F /dev/ttyS1 raw -echo clocal 2>/dev/null
+    while :; do
+        while read -r cmd arg token; do
+            case $cmd in
+                fill)
+                    [ "$arg" -le 48 ] 2>/dev/null || {
+                        echo "KB-DONE $token refused: fill $arg"
+                        continue
+                    }
+                    rm -f /fill/data
+                    if [ -b /dev/vda ] &&
+                        dd if=/dev/vda of=/fill/data bs=1M count="$arg" iflag=direct 2>/dev/null; then
+                        echo "KB-DONE $token filled $arg"
+                    else
+                        echo "KB-DONE $token failed: fill $arg"
+                    fi
+                    ;;
+                drop)
+                    rm -f /fill/data
+                    echo "KB-DONE $arg dropped"
+                    ;;
+                '') ;;
+                *) echo "KB-DONE $token unknown: $cmd" ;;
+            esac
+            meminfo
+        done </dev/ttyS1
+        sleep 1
+    done
+}
+
+[ -c /dev/ttyS1 ] && commands &
+
+while :; do
+    meminfo
+    sleep 2
+done
