@@ -20,6 +20,8 @@ PACKAGES=(
     # reliability: ss (is a pass connected to libvirtd?); fuzzing: the C++
     # compiler libFuzzer is built with
     iproute2 g++
+    # benchmarks (bench/): plots, and the static guest reader built by rustc
+    python3-matplotlib libc6-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then

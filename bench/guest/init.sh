@@ -1,0 +1,58 @@
+#!/bin/sh
+# /init of the I/O benchmark's guest (busybox initramfs, Debian kernel),
+# packed by bench/guest/build.sh with /bin/busybox, the virtio modules and
+# the static reader (bench/guest/reader.rs).
+#
+# What the guest does, all reported on ttyS0 (the console file):
+#  - loads the virtio PCI, balloon and block drivers;
+#  - finds its disks by serial number: "kbdata" (its own data disk, random
+#    bytes, throttled by the host) and "kbapp" (the "application": the same
+#    bytes in every guest, read-only, shared);
+#  - copies kb.app_mib MiB (kernel command line) of kbapp into tmpfs, with
+#    O_DIRECT so no page cache is involved: identical memory in every guest,
+#    as the same OS and programs would be (what KSM finds to merge);
+#  - prints "KB-GUEST-READY", then runs the reader on kbdata forever:
+#    random 1 MiB reads through the page cache, one "KB-TPUT ..." line
+#    every kb.interval seconds (see reader.rs).
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /app
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
+    virtio_balloon virtio_blk; do
+    insmod "/modules/$m.ko" || echo "KB-INSMOD-FAILED $m"
+done
+
+app_mib=0 interval=2 seed=1
+for kv in $(cat /proc/cmdline); do
+    case $kv in
+        kb.app_mib=*) app_mib=${kv#*=} ;;
+        kb.interval=*) interval=${kv#*=} ;;
+        kb.seed=*) seed=${kv#*=} ;;
+    esac
+done
+
+disk_by_serial() {
+    for s in /sys/block/vd*/serial; do
+        [ -e "$s" ] && [ "$(cat "$s")" = "$1" ] && { b=${s%/serial}; echo "/dev/${b##*/}"; return 0; }
+    done
+    return 1
+}
+
+# the block devices appear asynchronously after insmod
+i=0
+until data=$(disk_by_serial kbdata) && { [ "$app_mib" -eq 0 ] || app=$(disk_by_serial kbapp); }; do
+    i=$((i + 1))
+    [ $i -gt 100 ] && { echo "KB-GUEST-FAILED disks not found: $(ls /sys/block)"; exec sleep 100000; }
+    sleep 0.1
+done
+
+if [ "$app_mib" -gt 0 ]; then
+    mount -t tmpfs -o size=$((app_mib + 1))m tmpfs /app
+    dd if="$app" of=/app/data bs=1M count="$app_mib" iflag=direct 2>/dev/null ||
+        echo "KB-GUEST-FAILED app copy"
+fi
+echo "KB-GUEST-READY $(uname -r) data=$data app=${app:-none} app_mib=$app_mib"
+exec /bin/reader "$data" "$interval" 1024 "$seed"
