@@ -363,15 +363,7 @@ fn ksm_stopped_holds_every_size() {
     );
     assert!(resize_lines(&out.stderr).is_empty(), "{}", out.stderr);
     assert!(out.stderr.contains("set_memory: 0 }"), "{}", out.stderr);
-    assert_invariants(
-        &fx.state_path(),
-        &Expect {
-            present: doms.clone(),
-            live_uri: Some(fx.uri()),
-            ..Expect::default()
-        },
-        &[out.stderr],
-    );
+    fx.assert_all_managed(&doms, &[out.stderr]);
 }
 
 #[test]
@@ -415,15 +407,7 @@ fn ksm_unmerged_returns_every_vm_to_its_floor() {
             out.stderr
         );
     }
-    assert_invariants(
-        &fx.state_path(),
-        &Expect {
-            present: doms.clone(),
-            live_uri: Some(fx.uri()),
-            ..Expect::default()
-        },
-        &[out.stderr],
-    );
+    fx.assert_all_managed(&doms, &[out.stderr]);
 }
 
 #[test]

@@ -144,6 +144,20 @@ impl Fixture {
         self.root.join("var/lib/ksm-balloon/state.json")
     }
 
+    /// Asserts the invariants with every one of `doms` running, managed and
+    /// inside its bounds on this fixture's test driver.
+    pub fn assert_all_managed(&self, doms: &[Dom], logs: &[String]) -> State {
+        assert_invariants(
+            &self.state_path(),
+            &Expect {
+                present: doms.to_vec(),
+                live_uri: Some(self.uri()),
+                ..Expect::default()
+            },
+            logs,
+        )
+    }
+
     /// The state directory under the fake root.
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("var/lib/ksm-balloon")
