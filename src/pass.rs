@@ -256,7 +256,7 @@ pub fn pass(
     };
     let hv_view = HostView {
         savings_kib: savings.kib,
-        ksm_merging: host.ksm.counters_live(),
+        ksm_counters_live: host.ksm.counters_live(),
         available_kib: host.mem.available_kib,
     };
     let managed: Vec<(&LiveDomain, &VmRecord)> = domains

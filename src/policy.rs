@@ -83,7 +83,7 @@ pub struct HostView {
     /// everything (`run` = 2, the counters cleared: the savings are gone).
     /// When it is stopped (`run` = 0) the counters are stale: nothing grows
     /// and the sizes are held (the guard may still shrink them).
-    pub ksm_merging: bool,
+    pub ksm_counters_live: bool,
     /// The host's MemAvailable, in KiB.
     pub available_kib: u64,
 }
@@ -277,7 +277,7 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
 
     let bonus_of = |vm: &VmView| vm.current_kib.clamp(vm.floor_kib, vm.ceiling_kib) - vm.floor_kib;
     let bonus_now: u64 = eligible.iter().map(|&i| bonus_of(&vms[i])).sum();
-    let pool = if host.ksm_merging {
+    let pool = if host.ksm_counters_live {
         (host.savings_kib as f64 * share).floor() as u64
     } else {
         0
@@ -286,7 +286,7 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
     let guard_cap = (i128::from(bonus_now) + room).max(0) as u64;
     let under_reserve = room < 0;
 
-    let (wanted, caps): (u64, Vec<u64>) = if host.ksm_merging {
+    let (wanted, caps): (u64, Vec<u64>) = if host.ksm_counters_live {
         let caps = eligible
             .iter()
             .map(|&i| vms[i].ceiling_kib - vms[i].floor_kib)
@@ -311,7 +311,7 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
         let vm = &vms[i];
         let headroom = vm.ceiling_kib - vm.floor_kib;
         let mut target = vm.floor_kib + alloc[k];
-        let mut reason = if !host.ksm_merging {
+        let mut reason = if !host.ksm_counters_live {
             Reason::KsmStopped
         } else if guarded {
             Reason::HostGuard
@@ -400,7 +400,7 @@ mod tests {
     fn host(savings_mib: u64) -> HostView {
         HostView {
             savings_kib: savings_mib * MIB,
-            ksm_merging: true,
+            ksm_counters_live: true,
             available_kib: 64 * 1024 * MIB,
         }
     }
@@ -525,7 +525,7 @@ mod tests {
         // 900 MiB available, 1000 reserve: 100 MiB short. Bonuses now 60+60.
         let h = HostView {
             savings_kib: 500 * MIB,
-            ksm_merging: true,
+            ksm_counters_live: true,
             available_kib: 900 * MIB,
         };
         let p = plan(
@@ -550,7 +550,7 @@ mod tests {
         };
         let h = HostView {
             savings_kib: 500 * MIB,
-            ksm_merging: true,
+            ksm_counters_live: true,
             available_kib: 1040 * MIB,
         };
         let p = plan(&policy, &h, &[vm(100, 300, 100), vm(100, 300, 100)]);
@@ -563,7 +563,7 @@ mod tests {
     #[test]
     fn ksm_stopped_holds() {
         let h = HostView {
-            ksm_merging: false,
+            ksm_counters_live: false,
             ..host(500)
         };
         let p = plan(

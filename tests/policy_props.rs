@@ -49,7 +49,7 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
 fn host_strategy() -> impl Strategy<Value = HostView> {
     (0u64..1 << 26, any::<bool>(), 0u64..1 << 26).prop_map(|(s, m, a)| HostView {
         savings_kib: s,
-        ksm_merging: m,
+        ksm_counters_live: m,
         available_kib: a,
     })
 }
@@ -100,7 +100,7 @@ proptest! {
             .map(|(v, d)| d.target_kib - v.floor_kib)
             .sum();
         prop_assert!(sum <= p.budget_kib, "sum {sum} budget {}", p.budget_kib);
-        prop_assert!(p.budget_kib <= p.pool_kib || !host.ksm_merging);
+        prop_assert!(p.budget_kib <= p.pool_kib || !host.ksm_counters_live);
     }
 
     #[test]
@@ -162,7 +162,7 @@ proptest! {
         floor in 1u64..1 << 20,
     ) {
         let vms = vec![VmView { floor_kib: floor, ceiling_kib: floor + (1 << 21), current_kib: floor, status: VmStatus::Managed }; n];
-        let host = HostView { savings_kib: savings, ksm_merging: true, available_kib: u64::MAX / 4 };
+        let host = HostView { savings_kib: savings, ksm_counters_live: true, available_kib: u64::MAX / 4 };
         let p = plan(&Policy { deadband_kib: 0, ..Policy::default() }, &host, &vms);
         let bonuses: Vec<u64> = p.decisions.iter().map(|d| d.target_kib - floor).collect();
         let min = *bonuses.iter().min().unwrap();
