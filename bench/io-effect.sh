@@ -71,16 +71,7 @@ KSM_SLEEP_MS=${KBB_KSM_SLEEP_MS:-20}
 started=$(date +%s)
 # arm c runs the release build; the short (CI) version the debug build
 # run-all.sh already made
-# (KBB_BIN: use that binary, build nothing)
-if [ -n "${KBB_BIN:-}" ]; then
-    BIN=$KBB_BIN
-elif [ $short = 1 ]; then
-    cargo build --locked --quiet
-    BIN=$REPO/target/debug/ksm-balloon
-else
-    cargo build --release --locked --quiet
-    BIN=$REPO/target/release/ksm-balloon
-fi
+kbb_pick_bin $short
 
 # The real-stack lock is taken for each arm's run and released between
 # runs, so other suites on the machine are not shut out for the whole

@@ -27,6 +27,24 @@ KBB_INTERVAL=${KBB_INTERVAL:-2}
 
 kbb_virsh() { virsh -q -c "$KB_URI" "$@"; }
 
+# kbb_pick_bin SHORT: sets BIN to the ksm-balloon the benchmark measures:
+# $KBB_BIN when set (nothing is built); else the debug build for the short
+# (CI) version (SHORT = 1), which run-all.sh has already made, or the
+# release build for the full one.
+kbb_pick_bin() {
+    local repo
+    repo=$(cd "$KBB_HERE/.." && pwd)
+    if [ -n "${KBB_BIN:-}" ]; then
+        BIN=$KBB_BIN
+    elif [ "$1" = 1 ]; then
+        (cd "$repo" && cargo build --locked --quiet)
+        BIN=$repo/target/debug/ksm-balloon
+    else
+        (cd "$repo" && cargo build --release --locked --quiet)
+        BIN=$repo/target/release/ksm-balloon
+    fi
+}
+
 # kbb_build_guest: sets KBB_KERNEL and KBB_INITRD, building the initramfs
 # (with the reader compiled by rustc) unless a cached one with the same key
 # exists. The key: kernel, busybox, module list, init.sh, reader.rs, rustc.

@@ -50,16 +50,9 @@ started=$(date +%s)
 # The full version measures the release build. The short one only keeps
 # the scripts from rotting, so it takes the debug build run-all.sh already
 # made (no second, release, compile in CI).
-# (KBB_BIN: use that binary, build nothing)
-if [ -n "${KBB_BIN:-}" ]; then
-    BIN=$KBB_BIN
-elif [ $short = 1 ]; then
-    cargo build --locked --quiet
-    BIN=$REPO/target/debug/ksm-balloon
-else
-    cargo build --release --locked --quiet
-    BIN=$REPO/target/release/ksm-balloon
-fi
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+kbb_pick_bin $short
 
 if [ $do_test = 1 ]; then
     echo "=== pass cost, libvirt test driver, N = $ns"
@@ -78,8 +71,6 @@ if [ $do_qemu = 1 ]; then
     . tests/lib/libvirtd.sh
     # shellcheck source=tests/realstack/lib.sh
     . tests/realstack/lib.sh
-    # shellcheck source=bench/lib.sh
-    . bench/lib.sh
     kb_realstack_lock
     kb_ksm_save
     cleanup() {
