@@ -335,21 +335,25 @@ fn ksm_absent_or_counters_not_numbers_fail_clearly_with_no_resize() {
     );
 }
 
-#[test]
-fn ksm_stopped_holds_every_size() {
-    let doms = four();
-    let fx = Fixture::new(&doms);
-    // VMs holding bonuses: their live size above the floor
-    let mut held = doms.clone();
+/// A fixture whose VMs hold bonuses: their floors recorded first (the hook
+/// at prepare), then the test driver shows each 32 MiB above its floor.
+fn holding_bonuses(doms: &[Dom]) -> Fixture {
+    let fx = Fixture::new(doms);
+    for d in doms {
+        assert_eq!(fx.hook(d, "prepare").code, Some(0));
+    }
+    let mut held = doms.to_vec();
     for d in &mut held {
         d.current_kib += 32 * 1024;
     }
-    // record the floors first (hook at prepare), then the driver shows
-    // them 32 MiB above
-    for d in &doms {
-        assert_eq!(fx.hook(d, "prepare").code, Some(0));
-    }
     fs::write(&fx.node, common::node_xml(&held)).unwrap();
+    fx
+}
+
+#[test]
+fn ksm_stopped_holds_every_size() {
+    let doms = four();
+    let fx = holding_bonuses(&doms);
     fx.set_counter("run", "0\n");
     let out = fx.run(&["run"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -371,15 +375,7 @@ fn ksm_unmerged_returns_every_vm_to_its_floor() {
     // `echo 2 > run` breaks every merged page before the write returns and
     // clears the counters: the savings are gone for real, so the bonuses go.
     let doms = four();
-    let fx = Fixture::new(&doms);
-    let mut held = doms.clone();
-    for d in &mut held {
-        d.current_kib += 32 * 1024;
-    }
-    for d in &doms {
-        assert_eq!(fx.hook(d, "prepare").code, Some(0));
-    }
-    fs::write(&fx.node, common::node_xml(&held)).unwrap();
+    let fx = holding_bonuses(&doms);
     fx.set_counter("run", "2\n");
     for c in [
         "general_profit",
