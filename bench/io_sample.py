@@ -47,9 +47,11 @@ def meminfo():
     return out
 
 
-def balloons(uri):
+def balloons(uri, check=False):
+    """Every active domain's balloon.current (KiB) by name, from one
+    `virsh domstats --balloon`; with check, a failing virsh raises."""
     r = subprocess.run(["virsh", "-c", uri, "domstats", "--balloon", "--list-active"],
-                       capture_output=True, text=True)
+                       check=check, capture_output=True, text=True)
     cur, name = {}, None
     for line in r.stdout.splitlines():
         line = line.strip()

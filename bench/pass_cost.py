@@ -57,6 +57,8 @@ import sys
 import tempfile
 import time
 
+import io_sample  # bench/io_sample.py: the balloon reader both share
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 FIXTURE_ROOT = os.path.join(REPO, "tests", "fixtures", "root")
@@ -239,16 +241,7 @@ class Qemu:
         self.vms = [(nm, None) for nm in names]
 
     def balloon_current(self):
-        out = subprocess.run(["virsh", "-c", self.uri, "domstats", "--balloon", "--list-active"],
-                             check=True, capture_output=True, text=True).stdout
-        cur, name = {}, None
-        for line in out.splitlines():
-            line = line.strip()
-            if line.startswith("Domain:"):
-                name = line.split("'")[1]
-            elif line.startswith("balloon.current="):
-                cur[name] = int(line.split("=")[1])
-        return cur
+        return io_sample.balloons(self.uri, check=True)
 
     def set_sizes(self, kib, deadline_s=60):
         for (name, _), k in zip(self.vms, kib):
