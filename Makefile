@@ -3,7 +3,10 @@
 #   make                       release build (cargo build --release --locked)
 #   make install DESTDIR= PREFIX=/usr
 #                              installs what the RPM ships (the spec's %install
-#                              runs this very target; a by-hand install too)
+#                              runs this very target; a by-hand install too):
+#                              both binaries stripped, the hook binary under
+#                              LIBEXECDIR/ksm-balloon/ and a relative symlink to
+#                              it in libvirt's qemu.d hook directory
 #   make uninstall             removes what `make install` put in place, except
 #                              the settings file and the state directory
 #   make dist                  dist/ksm-balloon-VERSION.tar.gz: the committed
@@ -21,11 +24,12 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 NAME := ksm-balloon
 
 # Install layout. PREFIX moves the programs and data; the files libvirt and
-# systemd look for by fixed paths (the hook, the settings, the state) stay
-# under /etc and /var whatever PREFIX is.
+# systemd look for by fixed paths (the hook's link, the settings, the state)
+# stay under /etc and /var whatever PREFIX is.
 PREFIX ?= /usr
 DESTDIR ?=
 BINDIR ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec
 DATADIR ?= $(PREFIX)/share
 MANDIR ?= $(DATADIR)/man
 UNITDIR ?= $(PREFIX)/lib/systemd/system
@@ -35,14 +39,28 @@ ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
 FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
 SYSCONFDIR ?= /etc
 HOOKDIR ?= $(SYSCONFDIR)/libvirt/hooks/qemu.d
+# The hook binary reads /etc/sysconfig/ksm-balloon (its built-in default;
+# libvirtd passes hooks no environment): moving CONFIGFILE moves only the
+# service's EnvironmentFile=, and the two would read different settings.
 CONFIGFILE ?= $(SYSCONFDIR)/sysconfig/$(NAME)
-# The binary's built-in default (--state); the unit's StateDirectory= names it too.
+# The binary's built-in default (--state); the unit's StateDirectory= names it
+# too. The hook drops its records into spool/ beside the state, where
+# ksm-balloon.path watches for them.
 STATEDIR := /var/lib/$(NAME)
+SPOOLDIR := $(STATEDIR)/spool
+# The hook is code an upgrade must replace, not configuration: it lives with
+# the programs, and libvirt's hook directory holds only a link to it.
+HOOKBINDIR := $(LIBEXECDIR)/$(NAME)
 
 CARGO ?= cargo
 CARGO_TARGET_DIR ?= target
 BIN := $(CARGO_TARGET_DIR)/release/$(NAME)
+HOOKBIN := $(CARGO_TARGET_DIR)/release/$(NAME)-hook
 INSTALL ?= install
+# The installed binaries carry no symbol table (the release profile builds
+# no debug info, so there is nothing for a -debuginfo package either); the
+# ones under target/ keep theirs for backtraces and profiling.
+STRIP ?= strip
 
 # rpmbuild checks BuildRequires against the rpm database. On an RPM-based
 # host that is right; on Debian (where CI builds the RPM with Debian's rpm
@@ -69,20 +87,23 @@ build:
 
 install:
 	@test -x $(BIN) || { echo "$(BIN) is missing: run 'make' first" >&2; exit 1; }
-	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(PRESETDIR) \
-		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(HOOKDIR) $(DESTDIR)$(dir $(CONFIGFILE)) \
+	@test -x $(HOOKBIN) || { echo "$(HOOKBIN) is missing: run 'make' first" >&2; exit 1; }
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(HOOKBINDIR) $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(PRESETDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(HOOKDIR) \
+		$(DESTDIR)$(dir $(CONFIGFILE)) \
 		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
-	$(INSTALL) -d -m 0700 $(DESTDIR)$(STATEDIR)
-	$(INSTALL) -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/$(NAME)
+	$(INSTALL) -d -m 0700 $(DESTDIR)$(STATEDIR) $(DESTDIR)$(SPOOLDIR)
+	$(INSTALL) -s --strip-program=$(STRIP) -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/$(NAME)
+	$(INSTALL) -s --strip-program=$(STRIP) -m 0755 $(HOOKBIN) $(DESTDIR)$(HOOKBINDIR)/$(NAME)-hook
+	@# Relative, so it resolves inside a chroot or an image being built too.
+	ln -sfr $(DESTDIR)$(HOOKBINDIR)/$(NAME)-hook $(DESTDIR)$(HOOKDIR)/$(NAME)
 	sed -e 's|^ExecStart=/usr/bin/$(NAME) |ExecStart=$(BINDIR)/$(NAME) |' \
 		-e 's|^EnvironmentFile=-/etc/sysconfig/$(NAME)$$|EnvironmentFile=-$(CONFIGFILE)|' \
 		systemd-timers/$(NAME).service >$(DESTDIR)$(UNITDIR)/$(NAME).service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/$(NAME).service
 	$(INSTALL) -m 0644 systemd-timers/$(NAME).timer $(DESTDIR)$(UNITDIR)/$(NAME).timer
+	$(INSTALL) -m 0644 systemd-timers/$(NAME).path $(DESTDIR)$(UNITDIR)/$(NAME).path
 	$(INSTALL) -m 0644 packaging/50-$(NAME).preset $(DESTDIR)$(PRESETDIR)/50-$(NAME).preset
-	sed -e 's|^BIN=.*|BIN=$(BINDIR)/$(NAME)|' -e 's|^CONFIG=.*|CONFIG=$(CONFIGFILE)|' \
-		hooks/$(NAME) >$(DESTDIR)$(HOOKDIR)/$(NAME)
-	chmod 0755 $(DESTDIR)$(HOOKDIR)/$(NAME)
 	@# An operator's settings are never overwritten by a by-hand reinstall.
 	if [ -e $(DESTDIR)$(CONFIGFILE) ]; then \
 		echo "keeping the existing $(DESTDIR)$(CONFIGFILE)"; \
@@ -97,11 +118,13 @@ install:
 		$(DESTDIR)$(FISHCOMPDIR)/$(NAME).fish
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service \
-		$(DESTDIR)$(UNITDIR)/$(NAME).timer $(DESTDIR)$(PRESETDIR)/50-$(NAME).preset \
+	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(HOOKBINDIR)/$(NAME)-hook \
+		$(DESTDIR)$(UNITDIR)/$(NAME).service $(DESTDIR)$(UNITDIR)/$(NAME).timer \
+		$(DESTDIR)$(UNITDIR)/$(NAME).path $(DESTDIR)$(PRESETDIR)/50-$(NAME).preset \
 		$(DESTDIR)$(HOOKDIR)/$(NAME) $(DESTDIR)$(MANDIR)/man8/$(NAME).8 \
 		$(DESTDIR)$(BASHCOMPDIR)/$(NAME) $(DESTDIR)$(ZSHCOMPDIR)/_$(NAME) \
 		$(DESTDIR)$(FISHCOMPDIR)/$(NAME).fish
+	rmdir $(DESTDIR)$(HOOKBINDIR) 2>/dev/null || true
 	@echo "left in place: $(DESTDIR)$(CONFIGFILE) and $(DESTDIR)$(STATEDIR)"
 
 dist: $(TARBALL) $(SPEC)

@@ -3,9 +3,11 @@
 # (`rpm -qp --scripts`) and run by /bin/sh with the install/upgrade/remove
 # argument rpm gives them, a systemctl stand-in that records its arguments,
 # and /run/systemd/system present (a tmpfs over /run in a private mount
-# namespace), as on a host where systemd runs. They must enable and start
-# the timer on first install only, leave it alone on upgrade, stop and
-# disable it on removal, and restart it after an upgrade.
+# namespace), as on a host where systemd runs. They must enable the timer
+# and the path unit and start the timer (which starts the path unit) on
+# first install only, leave them alone on upgrade, stop and disable them on
+# removal, and restart them after an upgrade. tests/systemd/suite.sh runs
+# them on a real systemd.
 #
 # This RPM was built with Debian's rpm, so the scriptlets hold the spec's
 # fallback systemd macros; an RPM built on Fedora holds Fedora's own, which
@@ -71,24 +73,24 @@ run() {
     fi
 }
 
-# First install: preset (enables the timer through 50-ksm-balloon.preset),
-# then start it since it is enabled.
+# First install: preset (enables the timer and the path unit through
+# 50-ksm-balloon.preset), then start the timer since it is enabled.
 run postinstall 1 yes \
-    "systemctl --no-reload preset ksm-balloon.timer" \
+    "systemctl --no-reload preset ksm-balloon.timer ksm-balloon.path" \
     "systemctl -q is-enabled ksm-balloon.timer" \
     "systemctl start ksm-balloon.timer"
 # First install where a local preset disabled it: not started.
 run postinstall 1 no \
-    "systemctl --no-reload preset ksm-balloon.timer" \
+    "systemctl --no-reload preset ksm-balloon.timer ksm-balloon.path" \
     "systemctl -q is-enabled ksm-balloon.timer"
 # Upgrade: nothing (the admin's enable/disable stands).
 run postinstall 2 yes
-# Removal: stop and disable the timer and the service.
-run preuninstall 0 yes "systemctl --no-reload disable --now ksm-balloon.timer ksm-balloon.service"
+# Removal: stop and disable the timer, the path unit and the service.
+run preuninstall 0 yes "systemctl --no-reload disable --now ksm-balloon.timer ksm-balloon.path ksm-balloon.service"
 # Upgrade: the old package's %preun leaves them alone.
 run preuninstall 1 yes
-# After an upgrade: reload units, restart the timer if it runs.
-run postuninstall 1 yes "systemctl daemon-reload" "systemctl try-restart ksm-balloon.timer"
+# After an upgrade: reload units, restart the timer and the path unit if they run.
+run postuninstall 1 yes "systemctl daemon-reload" "systemctl try-restart ksm-balloon.timer ksm-balloon.path"
 # After removal: nothing left to restart.
 run postuninstall 0 yes
 

@@ -6,14 +6,18 @@
 #      HEAD, rpmbuild running with no network (tests/packaging/build-rpm.sh);
 #   3. `rpm -qlp` lists exactly tests/packaging/expected-files.txt (modes,
 #      owners, %config flags); the RPM's metadata (version, Requires);
+#      rpmlint (Debian's) reports nothing beyond tests/packaging/rpmlint.toml's
+#      short, commented allow-list;
 #   4. the RPM installs into a scratch root (rpm -i --root, no scripts: no
 #      systemd here), `rpm -V` finds every file as packaged, and the installed
-#      binary runs --version and status --help from there; the installed
-#      hook, units, settings file and completions are what the repo holds;
-#      a by-hand `make install PREFIX=/usr/local` and `make uninstall`;
-#   5. systemd-analyze verify passes on both installed units (the binary and
-#      the man page present), and systemd-analyze security scores the
-#      service;
+#      binary runs --version and status --help from there; both binaries are
+#      stripped, the hook does not load libvirt, libvirt's hook directory
+#      holds a relative link to it; the installed units, settings file and
+#      completions are what the repo holds; a by-hand `make install
+#      PREFIX=/usr/local` and `make uninstall`;
+#   5. systemd-analyze verify passes on the three installed units (the
+#      binary and the man page present), and systemd-analyze security scores
+#      the service;
 #   6. the RPM's scriptlets enable/start/stop the timer when they should
 #      (tests/packaging/scriptlets.sh);
 #   7. the installed hook called as libvirtd calls it, in the cases a host
@@ -22,8 +26,13 @@
 #      stop, and a real pass under the service's restrictions rebuilt without
 #      systemd (tests/packaging/hook-realstack.sh, sandbox-pass.sh,
 #      unit_sandbox.py).
-# Not shown here: the units running under systemd (not PID 1 on CI), and an
-# RPM built and installed on an RPM-based host (Fedora's macros differ).
+# Not shown here: the units running under systemd (not PID 1 on CI:
+# tests/systemd/suite.sh boots one in a container and installs this RPM
+# there), and an RPM built and installed on an RPM-based host (Fedora's
+# macros differ).
+#
+# The RPM it built is kept in /var/cache/ksm-balloon-tests/rpm/<commit>/ for
+# tests/systemd/suite.sh (the same commit gives the same package).
 #
 # KB_KEEP=1 keeps the work directory (printed) for a look afterwards.
 set -uo pipefail
@@ -72,12 +81,11 @@ man_clean() {
 }
 
 check_static() {
-    sh -n hooks/ksm-balloon || { echo "hooks/ksm-balloon: sh syntax error"; return 1; }
     local spec_version
     spec_version=$(sed -n 's/^Version:[[:space:]]*//p' packaging/ksm-balloon.spec)
     [ "$spec_version" = "$version" ] ||
         { echo "packaging/ksm-balloon.spec Version $spec_version, Cargo.toml $version"; return 1; }
-    echo "hook parses; spec Version $spec_version = Cargo.toml"
+    echo "spec Version $spec_version = Cargo.toml"
 }
 
 build() {
@@ -87,21 +95,33 @@ build() {
         realpath "$KB_PKG_RPM" >"$work/rpm-path"
         return 0
     fi
-    bash "$here/build-rpm.sh" "$repo" "$work"
+    bash "$here/build-rpm.sh" "$repo" "$work" || return 1
+    # shellcheck disable=SC1091 # sourced by the child shell
+    bash -c '. "$1/tests/lib/libvirtd.sh" && . "$1/tests/systemd/lib.sh" && sd_rpm_store "$2" "$3"' \
+        store "$repo" "$(cat "$work/rpm-path")" "$(git -C "$work/clone" rev-parse HEAD)"
 }
 
+# build_id FILE: the ELF build-id of FILE.
+build_id() { readelf -n "$1" | awk '/Build ID/ { print $3 }'; }
+
 check_file_list() {
-    local rpmfile buildid got
+    local rpmfile got f id
     rpmfile=$(cat "$work/rpm-path")
     got=$(rpm -qp --qf '[%{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} %{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpmfile" |
         sed 's/^\([^ ]* [^ ]* [^ ]*\)  /\1 - /')
-    # The build-id, from the binary itself.
-    rpm2cpio "$rpmfile" | (cd "$work" && cpio -id --quiet ./usr/bin/ksm-balloon)
-    buildid=$(readelf -n "$work/usr/bin/ksm-balloon" | awk '/Build ID/ { print $3 }')
-    [ -n "$buildid" ] || { echo "no build-id in the packaged binary"; return 1; }
-    grep -v '^#' "$here/expected-files.txt" |
-        sed -e "s/@VERSION@/$version/g" -e "s/@BUILDID2@/${buildid:0:2}/g" -e "s/@BUILDID38@/${buildid:2}/g" \
-            >"$work/expected-files"
+    # The build-ids, from the binaries themselves: a directory for each
+    # first two digits, a link for each id.
+    rpm2cpio "$rpmfile" | (cd "$work" && cpio -id --quiet ./usr/bin/ksm-balloon ./usr/libexec/ksm-balloon/ksm-balloon-hook)
+    : >"$work/build-ids"
+    for f in "$work/usr/bin/ksm-balloon" "$work/usr/libexec/ksm-balloon/ksm-balloon-hook"; do
+        id=$(build_id "$f")
+        [ -n "$id" ] || { echo "no build-id in the packaged ${f#"$work"}"; return 1; }
+        printf 'drwxr-xr-x root root a /usr/lib/.build-id/%s\nlrwxrwxrwx root root a /usr/lib/.build-id/%s/%s\n' \
+            "${id:0:2}" "${id:0:2}" "${id:2}" >>"$work/build-ids"
+    done
+    grep -v '^#' "$here/expected-files.txt" | sed -e "s/@VERSION@/$version/g" | while IFS= read -r line; do
+        if [ "$line" = @BUILDIDS@ ]; then LC_ALL=C sort -u -k5 "$work/build-ids"; else printf '%s\n' "$line"; fi
+    done >"$work/expected-files"
     printf '%s\n' "$got" >"$work/got-files"
     if ! diff -u "$work/expected-files" "$work/got-files"; then
         echo "rpm -qlp differs from tests/packaging/expected-files.txt (- expected, + got)"
@@ -143,13 +163,28 @@ install_scratch() {
     echo "installed binary status --help: $(head -n 1 "$work/status-help")"
 }
 
+# stripped FILE: FILE has no symbol table.
+stripped() { ! readelf -S "$1" | grep -q ' \.symtab '; }
+# needed FILE: the shared libraries FILE loads (DT_NEEDED), one a line.
+needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
+
 check_installed_files() {
-    local e=0
-    # The hook: the repo's, with BIN= and CONFIG= at the installed paths.
-    diff <(sed -e 's|^BIN=.*|BIN=/usr/bin/ksm-balloon|' -e 's|^CONFIG=.*|CONFIG=/etc/sysconfig/ksm-balloon|' hooks/ksm-balloon) \
-        "$root/etc/libvirt/hooks/qemu.d/ksm-balloon" || { echo "installed hook differs"; e=1; }
-    grep -qx 'BIN=/usr/bin/ksm-balloon' "$root/etc/libvirt/hooks/qemu.d/ksm-balloon" || { echo "hook BIN="; e=1; }
-    grep -qx 'CONFIG=/etc/sysconfig/ksm-balloon' "$root/etc/libvirt/hooks/qemu.d/ksm-balloon" || { echo "hook CONFIG="; e=1; }
+    local e=0 hook=$root/usr/libexec/ksm-balloon/ksm-balloon-hook link=$root/etc/libvirt/hooks/qemu.d/ksm-balloon
+    # The hook: a relative link in libvirt's directory to the program.
+    [ -L "$link" ] || { echo "$link is not a symbolic link"; e=1; }
+    [ "$(readlink "$link")" = ../../../../usr/libexec/ksm-balloon/ksm-balloon-hook ] ||
+        { echo "$link points at '$(readlink "$link")'"; e=1; }
+    [ "$(realpath "$link")" = "$hook" ] || { echo "$link does not resolve to $hook inside the root"; e=1; }
+    echo "hook link: ${link#"$root"} -> $(readlink "$link")"
+    local f
+    for f in "$root/usr/bin/ksm-balloon" "$hook"; do
+        stripped "$f" || { echo "${f#"$root"} is not stripped"; e=1; }
+        echo "${f#"$root"}: $(du -h "$f" | cut -f1), stripped: $(stripped "$f" && echo yes || echo no), loads: $(needed "$f" | tr '\n' ' ')"
+    done
+    # What a VM start waits for must not load libvirt.
+    needed "$hook" | grep -q '^libvirt' && { echo "the hook loads libvirt: $(needed "$hook" | tr '\n' ' ')"; e=1; }
+    needed "$root/usr/bin/ksm-balloon" | grep -q '^libvirt\.so' || { echo "the program does not load libvirt?"; e=1; }
+    cmp systemd-timers/ksm-balloon.path "$root/usr/lib/systemd/system/ksm-balloon.path" || { echo "path unit differs"; e=1; }
     cmp packaging/sysconfig "$root/etc/sysconfig/ksm-balloon" || { echo "installed settings file differs"; e=1; }
     cmp man/ksm-balloon.8 "$root/usr/share/man/man8/ksm-balloon.8" || { echo "installed man page differs"; e=1; }
     cmp systemd-timers/ksm-balloon.timer "$root/usr/lib/systemd/system/ksm-balloon.timer" || { echo "timer differs"; e=1; }
@@ -170,7 +205,7 @@ check_installed_files() {
     done
     grep -q '^#compdef ksm-balloon' "$c/zsh/site-functions/_ksm-balloon" || { echo "zsh completion: no #compdef"; e=1; }
     grep -q '^complete -c ksm-balloon' "$c/fish/vendor_completions.d/ksm-balloon.fish" || { echo "fish completion: no complete -c"; e=1; }
-    [ "$e" -eq 0 ] && echo "installed hook, units, settings, man page and bash/zsh/fish completions are as expected"
+    [ "$e" -eq 0 ] && echo "installed hook and its link, units, settings, man page and bash/zsh/fish completions are as expected"
     return "$e"
 }
 
@@ -180,13 +215,24 @@ check_installed_files() {
 check_make_install() {
     local d=$work/byhand t=$work/fake-target e=0
     mkdir -p "$t/release"
+    # Without the hook binary, make install refuses, naming it.
     cp "$root/usr/bin/ksm-balloon" "$t/release/ksm-balloon"
+    local out
+    if out=$(make --no-print-directory -s install DESTDIR="$d" PREFIX=/usr/local CARGO_TARGET_DIR="$t" 2>&1); then
+        echo "make install succeeded without the hook binary"; e=1
+    elif ! grep -q "$t/release/ksm-balloon-hook is missing" <<<"$out"; then
+        echo "make install without the hook binary said: $out"; e=1
+    fi
+    cp "$root/usr/libexec/ksm-balloon/ksm-balloon-hook" "$t/release/ksm-balloon-hook"
+    rm -rf "$d"
     make --no-print-directory -s install DESTDIR="$d" PREFIX=/usr/local CARGO_TARGET_DIR="$t" >/dev/null ||
         { echo "make install failed"; return 1; }
     grep -qx 'ExecStart=/usr/local/bin/ksm-balloon run' "$d/usr/local/lib/systemd/system/ksm-balloon.service" ||
         { echo "ExecStart does not follow PREFIX"; e=1; }
-    grep -qx 'BIN=/usr/local/bin/ksm-balloon' "$d/etc/libvirt/hooks/qemu.d/ksm-balloon" || { echo "hook BIN= does not follow PREFIX"; e=1; }
+    [ "$(realpath "$d/etc/libvirt/hooks/qemu.d/ksm-balloon")" = "$d/usr/local/libexec/ksm-balloon/ksm-balloon-hook" ] ||
+        { echo "the hook link does not follow PREFIX: $(readlink "$d/etc/libvirt/hooks/qemu.d/ksm-balloon")"; e=1; }
     [ "$(stat -c %a "$d/var/lib/ksm-balloon")" = 700 ] || { echo "state dir not 0700"; e=1; }
+    [ "$(stat -c %a "$d/var/lib/ksm-balloon/spool")" = 700 ] || { echo "spool dir not 0700"; e=1; }
     [ -x "$d/usr/local/bin/ksm-balloon" ] && [ -s "$d/usr/local/share/zsh/site-functions/_ksm-balloon" ] ||
         { echo "binary or completions missing"; e=1; }
     echo "KSM_BALLOON_SHARE=0.5" >>"$d/etc/sysconfig/ksm-balloon"
@@ -195,8 +241,9 @@ check_make_install() {
     grep -qx 'KSM_BALLOON_SHARE=0.5' "$d/etc/sysconfig/ksm-balloon" || { echo "reinstall overwrote the settings"; e=1; }
     make --no-print-directory -s uninstall DESTDIR="$d" PREFIX=/usr/local >/dev/null || { echo "make uninstall failed"; return 1; }
     local left
-    left=$(cd "$d" && find . -type f | sort | tr '\n' ' ')
+    left=$(cd "$d" && find . ! -type d | sort | tr '\n' ' ')
     [ "$left" = "./etc/sysconfig/ksm-balloon " ] || { echo "after make uninstall, files left: $left"; e=1; }
+    [ ! -e "$d/usr/local/libexec/ksm-balloon" ] || { echo "make uninstall left the hook's directory"; e=1; }
     [ -d "$d/var/lib/ksm-balloon" ] || { echo "make uninstall removed the state directory"; e=1; }
     [ "$e" -eq 0 ] && echo "make install PREFIX=/usr/local: paths follow PREFIX, settings kept on reinstall; make uninstall leaves settings and state"
     return "$e"
@@ -209,16 +256,16 @@ check_units() {
     # line that differs from the installed unit.
     sed "s|^ExecStart=/usr/bin/ksm-balloon |ExecStart=$root/usr/bin/ksm-balloon |" \
         "$root/usr/lib/systemd/system/ksm-balloon.service" >"$u/ksm-balloon.service"
-    cp "$root/usr/lib/systemd/system/ksm-balloon.timer" "$u/"
+    cp "$root/usr/lib/systemd/system/ksm-balloon.timer" "$root/usr/lib/systemd/system/ksm-balloon.path" "$u/"
     [ "$(diff "$root/usr/lib/systemd/system/ksm-balloon.service" "$u/ksm-balloon.service" | grep -c '^[<>]')" -eq 2 ] ||
         { echo "the unit under test differs from the installed one beyond ExecStart"; return 1; }
     local out
     # Documentation=man:ksm-balloon(8) is checked too: man finds the installed page.
-    if ! out=$(MANPATH="$root/usr/share/man" systemd-analyze verify "$u/ksm-balloon.service" "$u/ksm-balloon.timer" 2>&1) ||
-        [ -n "$out" ]; then
+    if ! out=$(MANPATH="$root/usr/share/man" systemd-analyze verify "$u/ksm-balloon.service" "$u/ksm-balloon.timer" \
+        "$u/ksm-balloon.path" 2>&1) || [ -n "$out" ]; then
         echo "systemd-analyze verify:"; echo "$out" | sed 's/^/    /'; return 1
     fi
-    echo "systemd-analyze verify ksm-balloon.service ksm-balloon.timer: clean ($(systemd --version | head -n 1))"
+    echo "systemd-analyze verify ksm-balloon.service ksm-balloon.timer ksm-balloon.path: clean ($(systemd --version | head -n 1))"
     systemd-analyze security --offline=true "$u/ksm-balloon.service" >"$work/security.txt" 2>&1 ||
         { cat "$work/security.txt"; return 1; }
     grep -v '^✓' "$work/security.txt" | sed 's/^/    /'
@@ -228,11 +275,27 @@ check_units() {
     awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }' || { echo "exposure $score is above 2.0"; return 1; }
 }
 
+# rpmlint as a Fedora packager runs it, with Debian's rpmlint and its default
+# configuration plus tests/packaging/rpmlint.toml: every finding it still
+# prints fails the step.
+check_rpmlint() {
+    local rpmfile out
+    rpmfile=$(cat "$work/rpm-path")
+    out=$(rpmlint -c "$here/rpmlint.toml" "$rpmfile" 2>&1)
+    sed 's/^/    /' <<<"$out"
+    if grep -q ': [EW]: ' <<<"$out"; then
+        echo "rpmlint reported the findings above (allowed: tests/packaging/rpmlint.toml)"
+        return 1
+    fi
+    echo "rpmlint $(rpmlint --version): nothing beyond the allow-list"
+}
+
 step "static checks" check_static
 step "man page renders without warnings" man_clean man/ksm-balloon.8
 if step "build the RPM from a clean clone, offline" build; then
     step "rpm -qlp lists exactly the expected files" check_file_list
     step "RPM metadata" check_metadata
+    step "rpmlint" check_rpmlint
     if step "install into a scratch root and run the binary" install_scratch; then
         step "installed files" check_installed_files
         step "installed man page renders without warnings" man_clean "$root/usr/share/man/man8/ksm-balloon.8"
