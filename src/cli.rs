@@ -134,7 +134,7 @@ pub struct Settings {
         long,
         global = true,
         env = "KSM_BALLOON_STATE",
-        default_value = "/var/lib/ksm-balloon/state.json"
+        default_value = crate::sysconfig::DEFAULT_STATE
     )]
     pub state: PathBuf,
 
@@ -172,10 +172,6 @@ pub struct Settings {
     /// Seconds a pass waits for the state lock before giving up (exit 1).
     #[arg(long, global = true, env = "KSM_BALLOON_LOCK_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
     pub lock_timeout: Duration,
-
-    /// Seconds the hook waits for the state lock (it delays a VM start meanwhile).
-    #[arg(long, global = true, env = "KSM_BALLOON_HOOK_LOCK_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
-    pub hook_lock_timeout: Duration,
 }
 
 /// A setting that parsed but cannot be used.
@@ -271,7 +267,6 @@ mod tests {
         assert_eq!(s.max_grow, Limit(None));
         assert_eq!(s.max_shrink, Limit(None));
         assert_eq!(s.lock_timeout, Duration::from_secs(20));
-        assert_eq!(s.hook_lock_timeout, Duration::from_secs(5));
     }
 
     #[test]

@@ -16,4 +16,5 @@ pub mod pass;
 pub mod policy;
 pub mod render;
 pub mod state;
+pub mod sysconfig;
 pub mod units;

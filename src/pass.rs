@@ -11,11 +11,12 @@ use serde::Serialize;
 
 use crate::cli::Config;
 use crate::domxml;
+use crate::hook;
 use crate::hypervisor::{CallCount, Hypervisor, LiveDomain};
 use crate::ksm::{self, KsmCounters, Metric};
 use crate::meminfo::{self, MemInfo};
 use crate::policy::{self, Action, HostView, Policy, Reason, VmStatus, VmView};
-use crate::state::{LastPass, Loaded, Source, State, Store, VmRecord};
+use crate::state::{spool, LastPass, Loaded, Source, State, Store, VmRecord};
 use crate::units::{Kib, KibDelta};
 
 /// A record this young whose domain is not active yet is a VM still
@@ -147,17 +148,15 @@ fn adopt(hv: &mut dyn Hypervisor, d: &LiveDomain, now: u64) -> VmRecord {
         ),
         None => (d.current_kib.max(1), d.maximum_kib, true),
     };
-    VmRecord {
-        name: d.name.clone(),
-        uuid: d.uuid.clone(),
-        floor_kib: floor,
-        ceiling_kib: ceiling.max(floor),
+    VmRecord::new(
+        d.name.clone(),
+        d.uuid.clone(),
+        floor,
+        ceiling.max(floor),
         balloon,
-        source: Source::Adopted,
-        recorded_at: now,
-        last_target_kib: None,
-        last_change_at: None,
-    }
+        Source::Adopted,
+        now,
+    )
 }
 
 /// Brings the state in line with what libvirt runs: forgets VMs that are
@@ -403,15 +402,67 @@ pub fn pass(
     Ok(report)
 }
 
-/// `ksm-balloon run`: lock, load, pass, save.
+/// Folds the hook's spooled records into `state`, logging what each did.
+/// Returns the spool entries read (records and strays), for the caller to
+/// remove once the state that holds them is saved.
+pub fn fold_spool(store: &Store, state: &mut State, log: bool) -> Vec<spool::Entry> {
+    let entries = match spool::read_all(store.path()) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(
+                "cannot read the hook spool {}: {e}; its records wait for the next pass",
+                store.spool_dir().display()
+            );
+            return Vec::new();
+        }
+    };
+    let mut records = Vec::new();
+    for e in &entries {
+        match &e.record {
+            Ok(r) => records.push(r.clone()),
+            Err(why) if log => warn!("hook spool: {}: {why}; removed", e.path.display()),
+            Err(_) => {}
+        }
+    }
+    for f in hook::fold(state, &records) {
+        if !log {
+            continue;
+        }
+        if let Some(p) = &f.problem {
+            warn!("{}: {p}", f.call);
+        }
+        match (&f.outcome, state.vms.values().find(|v| v.name == f.name)) {
+            (hook::Outcome::Recorded | hook::Outcome::Updated, Some(r)) => info!(
+                "{}: recorded VM {:?} floor {} ceiling {}{}",
+                f.call,
+                f.name,
+                Kib(r.floor_kib),
+                Kib(r.ceiling_kib),
+                if r.balloon {
+                    ""
+                } else {
+                    " (no balloon device)"
+                }
+            ),
+            (hook::Outcome::Forgotten, _) => info!("{}: forgot VM {:?}", f.call, f.name),
+            (o, _) => debug!("{}: VM {:?}: {o:?}", f.call, f.name),
+        }
+    }
+    entries
+}
+
+/// `ksm-balloon run`: lock, load, fold the spool, pass, save.
 pub fn run(
     cfg: &Config,
     hv_open: &mut dyn FnMut() -> anyhow::Result<Box<dyn Hypervisor>>,
     now: u64,
 ) -> anyhow::Result<Report> {
-    let store = Store::new(cfg.state_path.clone());
+    let store = Store::new(cfg.state_path.clone()).with_proc_locks(crate::cli::under_root(
+        &cfg.settings.root,
+        std::path::Path::new("/proc/locks"),
+    ));
     let lock = store.lock(cfg.settings.lock_timeout)?;
-    let loaded = store.load(&lock, now)?;
+    let loaded = lock.load(now)?;
     let mut problem = None;
     let mut state = match loaded {
         Loaded::Recovered {
@@ -429,11 +480,19 @@ pub fn run(
         }
         other => other.into_state(),
     };
+    spool::remove_stale_temps(store.path(), now);
+    let folded = fold_spool(&store, &mut state, true);
+    if !folded.is_empty() {
+        // Saved before anything else can fail, so the records can go: a
+        // spool left full would keep the systemd path unit starting passes.
+        lock.save(&state)?;
+        spool::remove(&folded);
+    }
     let host = read_host(cfg)?;
     let mut hv = hv_open()?;
     debug!("connected to libvirt at {}", cfg.settings.connect);
     let mut report = pass(cfg, &host, &mut state, hv.as_mut(), Mode::Apply, now)?;
-    store.save(&lock, &state)?;
+    lock.save(&state)?;
     report.state_problem = problem;
     Ok(report)
 }
@@ -452,6 +511,7 @@ pub fn dry_run(
             store.path().display()
         );
     }
+    fold_spool(&store, &mut state, false);
     let host = read_host(cfg)?;
     let mut hv = hv_open()?;
     let mut report = pass(cfg, &host, &mut state, hv.as_mut(), Mode::DryRun, now)?;

@@ -13,17 +13,15 @@ use common::{check, resize_lines, unquote_debug, Dom, Expect, Fixture};
 use ksm_balloon::state::{Source, State, VmRecord};
 
 fn record(d: &Dom) -> VmRecord {
-    VmRecord {
-        name: d.name.clone(),
-        uuid: d.uuid.clone(),
-        floor_kib: d.current_kib,
-        ceiling_kib: d.memory_kib,
-        balloon: true,
-        source: Source::Hook,
-        recorded_at: 1,
-        last_target_kib: None,
-        last_change_at: None,
-    }
+    VmRecord::new(
+        d.name.clone(),
+        d.uuid.clone(),
+        d.current_kib,
+        d.memory_kib,
+        true,
+        Source::Hook,
+        1,
+    )
 }
 
 fn write(fx: &Fixture, s: &State) {
