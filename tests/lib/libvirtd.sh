@@ -157,16 +157,25 @@ kb_libvirtd_restart() {
     kb_libvirtd_start
 }
 
-# kb_install_hook BIN CONFIG [SRC]: installs hooks/ksm-balloon (or the hook
-# script SRC, e.g. the one an RPM installed) as libvirt's qemu.d hook,
-# calling BIN with the settings in CONFIG. libvirtd only reads hooks when it
-# starts, so it is restarted when the hook changed.
+# kb_install_hook BIN CONFIG: installs, as libvirt's qemu.d hook, a wrapper
+# that runs the hook program with the test's settings file: libvirtd gives
+# hooks a bare environment, so KSM_BALLOON_CONFIG is set in the wrapper
+# (an installed host has no wrapper: the link points at the program, which
+# reads /etc/sysconfig/ksm-balloon). BIN is the hook program
+# (ksm-balloon-hook), or the ksm-balloon program beside which cargo built it.
+# libvirtd only reads hooks when it starts, so it is restarted when the
+# hook changed.
 kb_install_hook() {
-    local bin=$1 config=$2 src=${3:-} new
-    [ -n "$src" ] || src="$(dirname "${BASH_SOURCE[0]}")/../../hooks/ksm-balloon"
-    new=$(sed -e "s|^BIN=.*|BIN=$bin|" -e "s|^CONFIG=.*|CONFIG=$config|" "$src")
+    local bin=$1 config=$2 new
+    [ "$(basename "$bin")" = ksm-balloon-hook ] || bin=$(dirname "$bin")/ksm-balloon-hook
+    [ -x "$bin" ] || kb_die "the hook program $bin is missing: build it first (cargo build)"
+    new=$(printf '%s\n' '#!/bin/sh' \
+        '# Written by tests/lib/libvirtd.sh (kb_install_hook): the hook program with' \
+        "# a test's settings file." \
+        "KSM_BALLOON_CONFIG='$config' exec '$bin' \"\$@\"")
     if [ "$new" != "$(cat "$KB_HOOK_PATH" 2>/dev/null)" ]; then
         mkdir -p "$(dirname "$KB_HOOK_PATH")"
+        rm -f "$KB_HOOK_PATH.tmp"
         printf '%s\n' "$new" >"$KB_HOOK_PATH.tmp"
         chmod 0755 "$KB_HOOK_PATH.tmp"
         mv "$KB_HOOK_PATH.tmp" "$KB_HOOK_PATH"

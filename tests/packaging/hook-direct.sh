@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The installed hook script called the way libvirtd calls it (arguments,
-# domain XML on stdin, a bare environment), without libvirt, in the cases a
-# real host can throw at it. Every call must exit 0 and print nothing on
-# stdout:
-#   - a normal start and stop: the VM is recorded, then forgotten;
-#   - a settings file with a shell syntax error: still recorded, with the
-#     settings from the environment;
-#   - the binary missing: stdin drained, nothing recorded;
-#   - systemd running (imitated: /run/systemd/system on a private tmpfs /run
-#     and a systemctl stand-in that records its calls): `systemctl start
-#     --no-block ksm-balloon.service` on started/stopped while the timer is
-#     active, and never otherwise.
+# The installed hook called the way libvirtd calls it (through the link in
+# libvirt's hook directory, arguments, domain XML on stdin, a bare
+# environment), without libvirt, in the cases a host can throw at it. Every
+# call must exit 0 and print nothing on stdout:
+#   - the operations that matter each drop one record (0600) into the spool
+#     (0700) beside the state, leaving no temporary file; the others
+#     (unknown operations, missing arguments) drop nothing and still drain
+#     stdin (libvirt would otherwise get EPIPE writing the XML);
+#   - a settings file naming a state path that is not absolute: nothing
+#     recorded, the problem reported;
+#   - no settings file at all: the environment's settings are used.
+# The Rust tests (tests/hook.rs) check what a pass makes of the records;
+# tests/systemd/suite.sh runs the hook under a real libvirtd and systemd.
 #
 # Usage: tests/packaging/hook-direct.sh ROOT WORKDIR
 #   ROOT: the scratch root the RPM was installed into.
@@ -18,133 +19,101 @@ set -euo pipefail
 root=$(realpath "$1")
 work=$(realpath "$2")/hook-direct
 rm -rf "$work"
-mkdir -p "$work/bin" "$work/state"
-bin=$root/usr/bin/ksm-balloon
-hook_src=$root/etc/libvirt/hooks/qemu.d/ksm-balloon
+mkdir -p "$work"
+cd "$work" # where a relative state path would land
+hook=$root/etc/libvirt/hooks/qemu.d/ksm-balloon
 fails=0
 ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-# hook_with BIN CONFIG: a copy of the installed hook pointing at BIN and CONFIG.
-hook_with() {
-    local out=$work/hook.$RANDOM
-    sed -e "s|^BIN=.*|BIN=$1|" -e "s|^CONFIG=.*|CONFIG=$2|" "$hook_src" >"$out"
-    chmod 0755 "$out"
-    echo "$out"
-}
-
 xml() {
     cat <<EOF
-<domain type='qemu'><name>$1</name><uuid>$2</uuid>
+<domain type='qemu'><name>vm1</name><uuid>5a1e0000-0000-4000-8000-00000000beef</uuid>
 <memory unit='KiB'>262144</memory><currentMemory unit='KiB'>196608</currentMemory>
 <devices><memballoon model='virtio'/></devices></domain>
 EOF
 }
-uuid=5a1e0000-0000-4000-8000-00000000beef
 
-# call HOOK STATE ARGS...: runs HOOK as libvirtd does (env -i), with
-# KSM_BALLOON_STATE=STATE in its environment; checks exit 0 and empty
-# stdout; the call's stderr is left in $work/stderr.
+# call CONFIG ARGS...: runs the hook as libvirtd does (env -i, XML on stdin
+# followed by 300 kB of padding), with KSM_BALLOON_CONFIG=CONFIG and its log
+# on stderr ($work/stderr); checks exit 0, empty stdout, stdin drained.
 call() {
-    local hook=$1 state=$2 out rc=0
-    shift 2
-    out=$(xml "vm1" "$uuid" | env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-        KSM_BALLOON_STATE="$state" "$hook" "$@" 2>"$work/stderr") || rc=$?
-    if [ "$rc" -ne 0 ]; then
-        bad "hook $* exited $rc"; sed 's/^/    /' "$work/stderr"; return 1
+    local config=$1 out rc=0
+    shift
+    out=$({ xml; head -c 300000 /dev/zero | tr '\0' ' '; } |
+        env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin KSM_BALLOON_CONFIG="$config" KSM_BALLOON_HOOK_LOG=stderr \
+            ${EXTRA_ENV:+"$EXTRA_ENV"} "$hook" "$@" 2>"$work/stderr"; echo "pipe:${PIPESTATUS[*]}") || rc=$?
+    # "0 0": the writer was not cut off (SIGPIPE: 141) and the hook exited 0.
+    if [ "$rc" -ne 0 ] || [ "${out##*pipe:}" != "0 0" ]; then
+        bad "hook $* (with $config): pipe status '${out##*pipe:}' (writer, hook), '0 0' expected"
+        sed 's/^/    /' "$work/stderr"
+        return 1
     fi
-    if [ -n "$out" ]; then
-        bad "hook $* printed on stdout: $out"; return 1
-    fi
+    out=${out%pipe:*}
+    [ -z "$out" ] || { bad "hook $* printed on stdout: $out"; return 1; }
 }
-recorded() { python3 -c "import json,sys; sys.exit(0 if sys.argv[2] in json.load(open(sys.argv[1]))['vms'] else 1)" "$1" "$uuid" 2>/dev/null; }
+spooled() { find "$1/spool" -maxdepth 1 -type f 2>/dev/null | sort; }
 
-# 1. Normal start and stop, with a settings file that sets the state path.
-state=$work/state/normal.json
-conf=$work/normal.conf
-printf 'KSM_BALLOON_STATE=%s\n' "$state" >"$conf"
-h=$(hook_with "$bin" "$conf")
-call "$h" /nonexistent/ignored.json vm1 prepare begin - &&
-    if recorded "$state"; then ok "prepare recorded vm1 (the settings file's state path won)"; else bad "prepare did not record vm1 in $state"; fi
-call "$h" /nonexistent/ignored.json vm1 stopped end - &&
-    if recorded "$state"; then bad "stopped left vm1 in $state"; else ok "stopped forgot vm1"; fi
+[ -L "$hook" ] || bad "$hook is not a link"
 
-# 2. A settings file that does not parse as shell: defaults plus environment.
-state=$work/state/broken.json
-conf=$work/broken.conf
-printf 'KSM_BALLOON_SHARE=0.5\nif then fi (\n' >"$conf"
-h=$(hook_with "$bin" "$conf")
-call "$h" "$state" vm1 prepare begin - &&
-    if recorded "$state"; then ok "a broken settings file: exit 0, vm1 still recorded"; else bad "a broken settings file stopped the record"; fi
-grep -q "does not parse" "$work/stderr" && ok "the broken settings file was reported" ||
-    bad "the broken settings file went unreported (stderr: $(cat "$work/stderr"))"
-
-# 3. The binary missing: exit 0, stdin drained (libvirt would otherwise get
-# EPIPE writing the XML), nothing recorded.
-state=$work/state/nobin.json
-h=$(hook_with "$work/no-such-binary" "$work/no-such-config")
-big=$(head -c 300000 /dev/zero | tr '\0' ' ')
-rc=0
-out=$({ xml vm1 "$uuid"; printf '%s' "$big"; } | env -i PATH=/usr/bin:/bin KSM_BALLOON_STATE="$state" \
-    "$h" vm1 prepare begin - 2>"$work/stderr") || rc=$?
-if [ "$rc" -eq 0 ] && [ -z "$out" ] && [ ! -e "$state" ] && grep -q "is missing" "$work/stderr"; then
-    ok "binary missing: exit 0, nothing on stdout, nothing recorded, reported"
+# 1. The operations that matter, with a settings file naming the state.
+state=$work/s1/lib/state.json
+printf 'KSM_BALLOON_STATE=%s\n' "$state" >"$work/s1.conf"
+n=0
+for op in prepare start started reconnect stopped release; do
+    call "$work/s1.conf" vm1 "$op" begin - || continue
+    n=$((n + 1))
+    got=$(spooled "$(dirname "$state")" | wc -l)
+    [ "$got" -eq "$n" ] || bad "after '$op': $got records in the spool, expected $n"
+done
+last=$(spooled "$(dirname "$state")" | tail -n 1)
+if [ "$n" -eq 6 ] && python3 - "$last" <<'PY'; then
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert (r["domain"], r["operation"], r["sub_op"]) == ("vm1", "release", "begin"), r
+assert "<name>vm1</name>" in r["xml"], r
+PY
+    ok "prepare, start, started, reconnect, stopped, release: one record each, the last one 'release' with the XML"
 else
-    bad "binary missing: rc=$rc stdout='$out' state exists=$([ -e "$state" ] && echo yes || echo no) stderr=$(cat "$work/stderr")"
+    bad "the records are not what the hook was given (last: $last)"
 fi
+modes=$(stat -c %a "$(dirname "$state")" "$(dirname "$state")/spool" "$last" | tr '\n' ' ')
+if [ "$modes" = "700 700 600 " ]; then
+    ok "state directory, spool and record modes 700, 700, 600"
+else
+    bad "modes of state directory, spool, record: $modes (700 700 600 expected)"
+fi
+left=$(find "$(dirname "$state")" -mindepth 1 -maxdepth 1 ! -name spool)
+if [ -z "$left" ]; then ok "no temporary file left beside the spool"; else bad "left beside the spool: $left"; fi
 
-# 4. systemd present (imitated), with a systemctl stand-in.
-cat >"$work/bin/systemctl" <<'EOF'
-#!/bin/sh
-echo "$*" >>"$SYSTEMCTL_LOG"
-case " $* " in *" is-active "*) [ "$TIMER_ACTIVE" = yes ] ;; *) exit 0 ;; esac
-EOF
-chmod +x "$work/bin/systemctl"
-state=$work/state/systemd.json
-conf=$work/systemd.conf
-printf 'KSM_BALLOON_STATE=%s\n' "$state" >"$conf"
-h=$(hook_with "$bin" "$conf")
-# with_systemd ACTIVE OP: runs the hook for OP with systemd imitated; prints
-# the systemctl calls it made, one a line.
-with_systemd() {
-    : >"$work/calls"
-    xml vm1 "$uuid" | unshare --mount --propagation private -- sh -c '
-        mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system &&
-        exec env -i PATH="$1:/usr/sbin:/usr/bin:/sbin:/bin" SYSTEMCTL_LOG="$2" TIMER_ACTIVE="$3" \
-            "$4" vm1 "$5" begin - >"$6"
-    ' sh "$work/bin" "$work/calls" "$1" "$h" "$2" "$work/stdout" 2>"$work/stderr" ||
-        { bad "hook $2 with systemd exited non-zero"; return; }
-    [ -s "$work/stdout" ] && bad "hook $2 with systemd printed on stdout"
-    grep -v '^--quiet is-active ksm-balloon.timer$' "$work/calls" | grep -v '^$' || true
-}
-check_calls() {
-    local active=$1 op=$2 want=$3 got
-    got=$(with_systemd "$active" "$op")
-    if [ "$got" = "$want" ]; then
-        ok "systemd running, timer active=$active, $op: ${want:-no pass asked for}"
+# 2. Operations it ignores and missing arguments: nothing recorded.
+before=$(spooled "$(dirname "$state")" | wc -l)
+call "$work/s1.conf" vm1 frobnicate begin - && call "$work/s1.conf" vm1 && call "$work/s1.conf" &&
+    if [ "$(spooled "$(dirname "$state")" | wc -l)" -eq "$before" ]; then
+        ok "an unknown operation, one argument, none: exit 0, nothing recorded, stdin drained"
     else
-        bad "systemd running, timer active=$active, $op: systemctl calls '${got}', expected '${want}'"
+        bad "an ignored call recorded something"
     fi
-}
-check_calls yes prepare ""
-check_calls yes started "start --no-block ksm-balloon.service"
-check_calls no started ""
-check_calls yes stopped "start --no-block ksm-balloon.service"
-check_calls no stopped ""
-check_calls yes release ""
 
-# Without systemd (this machine): no systemctl call at all, even if one is on PATH.
-: >"$work/calls"
-xml vm1 "$uuid" | env -i PATH="$work/bin:/usr/bin:/bin" SYSTEMCTL_LOG="$work/calls" TIMER_ACTIVE=yes \
-    KSM_BALLOON_STATE="$state" "$h" vm1 started begin - >/dev/null 2>&1 ||
-    bad "hook started without systemd exited non-zero"
-if [ -d /run/systemd/system ]; then
-    bad "this machine runs systemd: the no-systemd case cannot be shown here"
-elif [ -s "$work/calls" ]; then
-    bad "without systemd the hook still called systemctl: $(cat "$work/calls")"
-else
-    ok "without systemd: exit 0, no systemctl call"
-fi
+# 3. A settings file whose state path is not absolute.
+printf 'KSM_BALLOON_STATE=relative/state.json\n' >"$work/bad.conf"
+call "$work/bad.conf" vm1 prepare begin - &&
+    if [ -e "$work/relative" ]; then
+        bad "a relative state path was used: $(find "$work/relative")"
+    elif grep -q 'KSM_BALLOON_STATE' "$work/stderr"; then
+        ok "a relative KSM_BALLOON_STATE: exit 0, nothing recorded, reported: $(head -n 1 "$work/stderr")"
+    else
+        bad "a relative KSM_BALLOON_STATE went unreported (stderr: $(cat "$work/stderr"))"
+    fi
+
+# 4. No settings file: the environment's settings.
+state=$work/s4/state.json
+EXTRA_ENV=KSM_BALLOON_STATE=$state call "$work/no-such.conf" vm1 prepare begin - &&
+    if [ "$(spooled "$(dirname "$state")" | wc -l)" -eq 1 ]; then
+        ok "no settings file: recorded where the environment says"
+    else
+        bad "no settings file: nothing recorded in $(dirname "$state")/spool"
+    fi
 
 [ "$fails" -eq 0 ] || { echo "$fails direct hook check(s) failed"; exit 1; }
 echo "all direct hook checks passed"

@@ -36,7 +36,11 @@ mkdir -p "$work/trace"
 log() { printf '[%s] sandbox-pass: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
 
-before=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print((s.get('last_pass') or {}).get('at', 0))" "$state")
+# The last pass before this one (0: none yet; the hook writes only its spool).
+before=$(python3 -c "
+import json, os, sys
+s = json.load(open(sys.argv[1])) if os.path.exists(sys.argv[1]) else {}
+print((s.get('last_pass') or {}).get('at', 0))" "$state")
 t_start=$(date +%s)
 
 # The sandbox, built as root inside private mount and network namespaces;
