@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod domxml;
+pub mod errors;
 pub mod hook;
 pub mod hypervisor;
 pub mod ksm;
