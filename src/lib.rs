@@ -14,6 +14,7 @@ pub mod ksm;
 pub mod meminfo;
 pub mod pass;
 pub mod policy;
+pub mod procksm;
 pub mod render;
 pub mod state;
 pub mod units;
