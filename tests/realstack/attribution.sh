@@ -27,7 +27,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 [ "$(id -u)" -eq 0 ] || kb_die "the attribution scenario must run as root"
 command -v cc >/dev/null || kb_die "cc is missing: run tests/deps.sh"
-(cd "$RS_REPO" && cargo build -q --bin ksm-balloon --example attribution) || kb_die "cargo build failed"
+(cd "$RS_REPO" && cargo build -q --locked --bin ksm-balloon --example attribution) || kb_die "cargo build failed"
 BIN=$RS_REPO/target/debug/ksm-balloon
 ATTR=$RS_REPO/target/debug/examples/attribution
 MERGER_DIR=$(mktemp -d)
