@@ -6,6 +6,7 @@
 //! sysfs, meminfo, the state file, libvirt and the clock sit at the edges
 //! ([`ksm::read`], [`meminfo::read`], [`state::Store`], [`hypervisor`]).
 
+pub mod attribution;
 pub mod cli;
 pub mod domxml;
 pub mod errors;
@@ -15,6 +16,7 @@ pub mod ksm;
 pub mod meminfo;
 pub mod pass;
 pub mod policy;
+pub mod procksm;
 pub mod render;
 pub mod state;
 pub mod sysconfig;
