@@ -12,6 +12,7 @@ pub mod hook;
 pub mod hypervisor;
 pub mod ksm;
 pub mod meminfo;
+pub mod metadata;
 pub mod pass;
 pub mod policy;
 pub mod render;
