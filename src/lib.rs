@@ -11,6 +11,7 @@ pub mod domxml;
 pub mod hook;
 pub mod hypervisor;
 pub mod ksm;
+pub mod manual;
 pub mod meminfo;
 pub mod metadata;
 pub mod pass;
