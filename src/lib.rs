@@ -14,6 +14,7 @@ pub mod ksm;
 pub mod manual;
 pub mod meminfo;
 pub mod metadata;
+pub mod metrics;
 pub mod pass;
 pub mod policy;
 pub mod render;
