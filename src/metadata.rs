@@ -166,11 +166,46 @@ pub fn parse(xml: &str) -> Parsed {
     }
 }
 
+/// Reads ksm-balloon's settings from the text `virDomainGetMetadata(...,
+/// VIR_DOMAIN_METADATA_ELEMENT, "urn:ksm-balloon:metadata:1", ...)` returns
+/// (and `virsh metadata VM --uri ...` prints): ksm-balloon's element with
+/// its namespace taken off (`<vm weight="2"><floor>...`, seen on libvirt
+/// 9.0). The caller asked for our namespace, so the root element is ours
+/// whatever its namespace says; its children count in no namespace or in
+/// ours.
+pub fn parse_element(xml: &str) -> Parsed {
+    let doc = match Document::parse(xml) {
+        Ok(doc) => doc,
+        Err(e) => {
+            return Parsed {
+                problems: vec![problem(
+                    ELEMENT,
+                    "",
+                    format!("the metadata cannot be read ({e}); the defaults are used"),
+                )],
+                ..Parsed::default()
+            }
+        }
+    };
+    let root = doc.root_element();
+    if root.tag_name().name() != ELEMENT {
+        return Parsed {
+            problems: vec![problem(
+                root.tag_name().name(),
+                "",
+                format!("not <{ELEMENT}>; the defaults are used"),
+            )],
+            ..Parsed::default()
+        };
+    }
+    from_element(root, root.tag_name().namespace())
+}
+
 /// Reads ksm-balloon's settings from a parsed `<domain>` element, or from
 /// ksm-balloon's element itself.
 pub fn from_node(node: Node) -> Parsed {
     if is_ours(node) {
-        return from_element(node);
+        return from_element(node, Some(NAMESPACE));
     }
     let mut out = Parsed::default();
     if node.tag_name().name() != "domain" || node.tag_name().namespace().is_some() {
@@ -216,7 +251,7 @@ pub fn from_node(node: Node) -> Parsed {
         }
     }
     if let Some(el) = found {
-        let mut parsed = from_element(el);
+        let mut parsed = from_element(el, Some(NAMESPACE));
         if extra > 0 {
             // libvirt itself would only ever show the first one.
             parsed.problems.insert(
@@ -277,7 +312,7 @@ fn parse_size(el: Node) -> Result<u64, String> {
     })
 }
 
-fn from_element(el: Node) -> Parsed {
+fn from_element(el: Node, ns: Option<&str>) -> Parsed {
     let mut out = Parsed {
         present: true,
         ..Parsed::default()
@@ -307,7 +342,7 @@ fn from_element(el: Node) -> Parsed {
     let mut seen_ceiling = 0;
     for c in el.children().filter(|n| n.is_element()) {
         // Elements of other namespaces inside ours belong to someone else.
-        if c.tag_name().namespace() != Some(NAMESPACE) {
+        if c.tag_name().namespace() != ns {
             continue;
         }
         let name = c.tag_name().name();
@@ -540,6 +575,30 @@ mod tests {
         assert_eq!(p.problems, vec![]);
         assert_eq!(p.settings.weight, 3);
         assert_eq!(p.settings.floor_kib, Some(200 * MIB));
+    }
+
+    #[test]
+    fn the_element_as_virdomaingetmetadata_returns_it() {
+        // No namespace on it (libvirt takes it off).
+        let p = parse_element("<vm manage=\"no\"><floor unit=\"MiB\">170</floor><x:floor xmlns:x=\"urn:x\">1</x:floor></vm>");
+        assert_eq!(p.problems, vec![]);
+        assert_eq!(
+            p.settings,
+            VmSettings {
+                manage: false,
+                floor_kib: Some(170 * MIB),
+                ..VmSettings::default()
+            }
+        );
+        // With its namespace on, the same.
+        let p = parse_element(&format!("<vm xmlns=\"{NAMESPACE}\" weight=\"3\"/>"));
+        assert_eq!((p.settings.weight, p.problems.len()), (3, 0));
+        for bad in ["", "<vm", "<domain/>"] {
+            let p = parse_element(bad);
+            assert!(!p.present, "{bad:?}");
+            assert_eq!(p.problems.len(), 1, "{bad:?}");
+            assert_eq!(p.settings, VmSettings::default());
+        }
     }
 
     #[test]
