@@ -2,7 +2,7 @@
 //! format, for node_exporter's textfile collector.
 //!
 //! [`render`] is pure: a [`MetricsInput`] of plain figures in, the file's
-//! text out. [`write`] is the edge: the text goes to a temporary file in the
+//! text out. [`write()`] is the edge: the text goes to a temporary file in the
 //! same directory, is synced, and is renamed over the old file, so a scrape
 //! reads the old file or the new one, never half of one. The temporary name
 //! does not end in `.prom`, so the collector never reads it.
