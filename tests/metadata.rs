@@ -96,3 +96,20 @@ fn example_5_removed() {
         assert_eq!(p.settings, VmSettings::default());
     }
 }
+
+#[test]
+fn hook_xml_without_metadata_gives_the_defaults_and_no_problem() {
+    // The XML a real libvirtd gave the hook (tests/fixtures/hook-xml): no
+    // <metadata> at all, so nothing to report.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hook-xml");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        let p = metadata::parse(&text);
+        assert!(!p.present);
+        assert_eq!(p.problems, vec![]);
+        assert_eq!(p.settings, VmSettings::default());
+        n += 1;
+    }
+    assert!(n >= 5);
+}
