@@ -29,11 +29,17 @@ WRITER=$(cargo metadata --format-version 1 --no-deps |
 [ -x "$WRITER" ] || kb_die "$WRITER was not built"
 
 WORK=$(mktemp -d)
-EXPORTER_PID= WRITER_PID=
+EXPORTER_PID='' WRITER_PID=''
+# Under set -e a failing command in the EXIT trap becomes the exit status:
+# every step here must succeed whatever state it finds.
 cleanup() {
-    [ -n "$WRITER_PID" ] && kill "$WRITER_PID" 2>/dev/null
-    [ -n "$EXPORTER_PID" ] && kill "$EXPORTER_PID" 2>/dev/null
-    [ -n "$EXPORTER_PID" ] && wait "$EXPORTER_PID" 2>/dev/null
+    if [ -n "$WRITER_PID" ]; then
+        kill "$WRITER_PID" 2>/dev/null || true
+    fi
+    if [ -n "$EXPORTER_PID" ]; then
+        kill "$EXPORTER_PID" 2>/dev/null || true
+        wait "$EXPORTER_PID" 2>/dev/null || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
