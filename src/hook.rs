@@ -191,18 +191,6 @@ pub fn read_capped(mut input: impl Read) -> io::Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
-/// An error with its causes, `outer: inner: ...`, for one log line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 /// What one hook call did, for its caller to log.
 #[derive(Debug, Default)]
 pub struct HookRun {

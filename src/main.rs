@@ -61,15 +61,27 @@ fn json(report: &pass::Report) -> anyhow::Result<()> {
 
 fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
     match command {
-        Command::Run { dry_run: false, .. } => {
-            pass::run(cfg, &mut open(cfg), now())?;
+        Command::Run {
+            dry_run: false,
+            json: j,
+        } => {
+            let report = pass::run(
+                &cfg.paths,
+                &cfg.pass,
+                cfg.settings.lock_timeout,
+                &mut open(cfg),
+                now(),
+            )?;
+            if j {
+                json(&report)?;
+            }
         }
         Command::Run {
             dry_run: true,
             json: j,
         }
         | Command::Plan { json: j } => {
-            let report = pass::dry_run(cfg, &mut open(cfg), now())?;
+            let report = pass::dry_run(&cfg.paths, &cfg.pass, &mut open(cfg), now())?;
             if j {
                 json(&report)?;
             } else {
@@ -77,7 +89,7 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
             }
         }
         Command::Status { json: j } => {
-            let report = pass::dry_run(cfg, &mut open(cfg), now())?;
+            let report = pass::dry_run(&cfg.paths, &cfg.pass, &mut open(cfg), now())?;
             if j {
                 json(&report)?;
             } else {

@@ -29,7 +29,7 @@ fn state_and_lock_are_0600_in_a_0700_directory_of_ours() {
         let d = Dom::numbered("p", 1);
         let fx = Fixture::new(std::slice::from_ref(&d));
         let out = if first == "run" {
-            fx.run(&["run"])
+            fx.run(&["run", "--json"])
         } else {
             fx.hook(&d, "prepare")
         };
@@ -64,7 +64,7 @@ fn state_dir_writable_by_others_is_refused() {
         let fx = Fixture::new(std::slice::from_ref(&d));
         fs::create_dir_all(fx.state_dir()).unwrap();
         fs::set_permissions(fx.state_dir(), fs::Permissions::from_mode(loose)).unwrap();
-        let out = fx.run(&["run"]);
+        let out = fx.run(&["run", "--json"]);
         assert_eq!(out.code, Some(1), "{loose:o}: {}", out.stderr);
         let want = format!(
             "refusing to use the state directory {}: it is writable by others (mode {:o})",
@@ -98,7 +98,7 @@ fn state_dir_writable_by_others_is_refused() {
     let fx = Fixture::new(std::slice::from_ref(&d));
     fs::create_dir_all(fx.state_dir()).unwrap();
     fs::set_permissions(fx.state_dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    assert_eq!(fx.run(&["run"]).code, Some(0));
+    assert_eq!(fx.run(&["run", "--json"]).code, Some(0));
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn state_dir_owned_by_someone_else_is_refused() {
     fs::create_dir_all(fx.state_dir()).unwrap();
     std::os::unix::fs::chown(fx.state_dir(), Some(65534), Some(65534)).unwrap();
     fs::set_permissions(fx.state_dir(), fs::Permissions::from_mode(0o700)).unwrap();
-    let out = fx.run(&["run"]);
+    let out = fx.run(&["run", "--json"]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(
         out.stderr.contains("is owned by uid 65534, not by uid 0"),
@@ -132,7 +132,7 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
         fs::create_dir_all(fx.state_dir()).unwrap();
         symlink(&precious, fx.state_path()).unwrap();
         let out = if first == "run" {
-            fx.run(&["run"])
+            fx.run(&["run", "--json"])
         } else {
             let out = fx.hook(&d, "prepare");
             assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -140,7 +140,7 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
                 .unwrap()
                 .file_type()
                 .is_symlink());
-            fx.run(&["run"])
+            fx.run(&["run", "--json"])
         };
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert!(
@@ -160,7 +160,7 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
                 allowed_extra_files: vec!["state.json.bad-".into()],
                 ..Expect::default()
             },
-            &[out.stderr],
+            &[out.stdout],
         );
     }
     // at the lock path: refused; the target is never created
@@ -168,7 +168,7 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
     let target = fx.dir.path().join("created-through-the-link");
     fs::create_dir_all(fx.state_dir()).unwrap();
     symlink(&target, fx.state_dir().join("state.json.lock")).unwrap();
-    let out = fx.run(&["run"]);
+    let out = fx.run(&["run", "--json"]);
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr
@@ -194,7 +194,7 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
         )
         .unwrap();
     }
-    let out = fx.run(&["run"]);
+    let out = fx.run(&["run", "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(fs::read_to_string(&precious).unwrap(), "do not touch");
     assert_invariants(
@@ -203,7 +203,7 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
             present: vec![d],
             ..Expect::default()
         },
-        &[out.stderr],
+        &[out.stdout],
     );
 }
 
@@ -235,14 +235,17 @@ fn nothing_is_written_outside_the_state_directory() {
         let out = match step {
             "hook prepare" => fx.hook(&hooked, "prepare"),
             "hook stopped" => fx.hook(&hooked, "stopped"),
+            "run" => fx.run(&["run", "--json"]),
             s => fx.run(&s.split(' ').collect::<Vec<_>>()),
         };
         assert_eq!(out.code, Some(0), "{step}: {}", out.stderr);
-        logs.push(out.stderr);
+        if step == "run" {
+            logs.push(out.stdout);
+        }
     }
     // and with a bad state file moved aside
     fs::write(fx.state_path(), "garbage").unwrap();
-    assert_eq!(fx.run(&["run"]).code, Some(0));
+    assert_eq!(fx.run(&["run", "--json"]).code, Some(0));
     let after = snapshot(fx.dir.path());
     // the state directory itself is new (under var/lib, which existed? no: made)
     let new_parents: Vec<_> = after

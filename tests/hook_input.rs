@@ -29,14 +29,15 @@ fn recorded() -> (Fixture, Dom, State) {
     (fx, known, state)
 }
 
-/// A pass folds what the hook spooled; returns its log.
-fn pass(fx: &Fixture) -> String {
-    let out = fx.run(&["run"]);
+/// A pass folds what the hook spooled; returns its log (stderr) and its
+/// report (stdout).
+fn pass(fx: &Fixture) -> common::Ran {
+    let out = fx.run(&["run", "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    out.stderr
+    out
 }
 
-fn untouched(fx: &Fixture, known: &Dom, before: &State, what: &str, log: String) {
+fn untouched(fx: &Fixture, known: &Dom, before: &State, what: &str, report: String) {
     assert_eq!(fx.state().vms, before.vms, "{what}: the state changed");
     assert!(
         ksm_balloon::state::spool::read_all(&fx.state_path())
@@ -50,7 +51,7 @@ fn untouched(fx: &Fixture, known: &Dom, before: &State, what: &str, log: String)
             present: vec![known.clone()],
             ..Expect::default()
         },
-        &[log],
+        &[report],
     );
 }
 
@@ -136,14 +137,15 @@ fn bad_xml_is_logged_exit_0_state_untouched() {
             let out = fx.hook_raw(&["vm-bad", op, "begin", "-"], stdin.as_bytes());
             assert_eq!(out.code, Some(0), "{what}: {}", out.stderr);
             assert!(out.stdout.is_empty(), "{what}: printed on stdout");
-            let log = pass(&fx);
-            let line = log
+            let out = pass(&fx);
+            let line = out
+                .stderr
                 .lines()
                 .find(|l| l.contains(msg))
-                .unwrap_or_else(|| panic!("{what}: wanted {msg:?} in\n{log}"));
+                .unwrap_or_else(|| panic!("{what}: wanted {msg:?} in\n{}", out.stderr));
             assert!(line.contains("WARN"), "{what}: {line}");
             assert!(line.contains("hook \"vm-bad\""), "{what}: {line}");
-            untouched(&fx, &known, &before, &what, log);
+            untouched(&fx, &known, &before, &what, out.stdout);
         }
     }
 }
@@ -168,9 +170,13 @@ fn huge_xml_is_drained_not_left_in_the_pipe() {
     assert_eq!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("larger than 4194304 bytes"), "{err}");
-    let log = pass(&fx);
-    assert!(log.contains("larger than 4194304 bytes"), "{log}");
-    untouched(&fx, &known, &before, "12 MiB", log);
+    let out = pass(&fx);
+    assert!(
+        out.stderr.contains("larger than 4194304 bytes"),
+        "{}",
+        out.stderr
+    );
+    untouched(&fx, &known, &before, "12 MiB", out.stdout);
 }
 
 #[test]
@@ -240,7 +246,7 @@ fn missing_arguments_are_usage_errors_but_the_installed_hook_exits_0() {
     // sub-op and extra may be missing: they default to "-"
     let out = fx.hook_raw(&["vm-x", "frobnicate"], b"");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    untouched(&fx, &known, &before, "two args", pass(&fx));
+    untouched(&fx, &known, &before, "two args", pass(&fx).stdout);
     // the program libvirt runs: whatever it is given, it exits 0, prints
     // nothing on stdout, and says what was wrong on stderr
     for args in [&[][..], &["vm1"][..], &["vm1", "bogus", "x", "y", "z"][..]] {
@@ -263,7 +269,7 @@ fn missing_arguments_are_usage_errors_but_the_installed_hook_exits_0() {
                 "{args:?}: {out:?}"
             );
         }
-        untouched(&fx, &known, &before, "hook program", pass(&fx));
+        untouched(&fx, &known, &before, "hook program", pass(&fx).stdout);
     }
 }
 
@@ -355,15 +361,15 @@ fn a_stop_with_unreadable_xml_still_forgets_by_name() {
     let (fx, known, _) = recorded();
     let out = fx.hook_raw(&[&known.name, "stopped", "end", "-"], b"<domain");
     assert_eq!(out.code, Some(0));
-    let log = pass(&fx);
-    assert!(log.contains("not well-formed"), "{log}");
-    assert!(log.contains("forgot VM"), "{log}");
+    let out = pass(&fx);
+    assert!(out.stderr.contains("not well-formed"), "{}", out.stderr);
+    assert!(out.stderr.contains("forgot VM"), "{}", out.stderr);
     assert_invariants(
         &fx.state_path(),
         &Expect {
             absent: vec![known],
             ..Expect::default()
         },
-        &[log],
+        &[out.stdout],
     );
 }

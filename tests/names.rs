@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_invariants, resize_lines, Dom, Expect, Fixture};
+use common::{assert_invariants, report, resizes, Dom, Expect, Fixture};
 
 fn odd_names() -> Vec<String> {
     let long: String = "ж".repeat(100) + &"x".repeat(100);
@@ -49,7 +49,7 @@ fn odd_names_are_stored_shown_and_logged() {
         let out = fx.hook(d, "prepare");
         assert_eq!(out.code, Some(0), "{}", out.stderr);
     }
-    let out = fx.run(&["run"]);
+    let out = fx.run(&["run", "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     // the pass that folds the hooks' records says what each recorded
     for d in &hooked {
@@ -59,8 +59,8 @@ fn odd_names_are_stored_shown_and_logged() {
             out.stderr
         );
     }
-    // every listed VM grew, and each log line names it exactly
-    let resized: Vec<String> = resize_lines(&out.stderr)
+    // every listed VM grew, and the report names it exactly
+    let resized: Vec<String> = resizes(&report(&out.stdout))
         .into_iter()
         .map(|l| l.name)
         .collect();
@@ -73,7 +73,7 @@ fn odd_names_are_stored_shown_and_logged() {
         );
         assert!(out.stderr.contains(&format!("adopted VM {:?}", d.name)));
     }
-    logs.push(out.stderr);
+    logs.push(out.stdout);
     // stored exactly
     let state = fx.state();
     for d in listed.iter().chain(&hooked) {
@@ -116,7 +116,7 @@ fn odd_names_are_stored_shown_and_logged() {
     for d in &hooked {
         assert_eq!(fx.hook(d, "stopped").code, Some(0));
     }
-    let out = fx.run(&["run"]);
+    let out = fx.run(&["run", "--json"]);
     for d in &hooked {
         assert!(
             out.stderr.contains(&format!("forgot VM {:?}", d.name)),
@@ -124,7 +124,7 @@ fn odd_names_are_stored_shown_and_logged() {
             out.stderr
         );
     }
-    logs.push(out.stderr);
+    logs.push(out.stdout);
     assert_invariants(
         &fx.state_path(),
         &Expect {
