@@ -4,9 +4,11 @@ ksm-balloon.service runs (structured fields, not message text) and
 `ksm-balloon status --json` (the pass's own report).
 
 Usage:
-  judge.py runs SINCE_US < journal.json
-      every start of ksm-balloon.service since SINCE_US (realtime, µs) with
-      its result; exit 1 if a run failed
+  judge.py runs SINCE_US [UNTIL_US] < journal.json
+      every start of ksm-balloon.service since SINCE_US (realtime, µs; and
+      before UNTIL_US) with its result; exit 1 if a run failed
+  judge.py failed SINCE_US UNTIL_US < journal.json
+      how many runs started in that window failed
   judge.py intervals SINCE_US MIN LO HI < journal.json
       the intervals between consecutive starts (monotonic clock); exit 1 if
       fewer than MIN intervals or their median is outside [LO, HI] seconds
@@ -43,7 +45,7 @@ def journal():
             yield json.loads(line)
 
 
-def runs(since_us):
+def runs(since_us, until_us=None):
     """[(realtime_us, monotonic_us, invocation_id, result or None, end_us or None)]
     in order."""
     out, results, ends = [], {}, {}
@@ -54,7 +56,7 @@ def runs(since_us):
         inv = e.get("INVOCATION_ID")
         if e.get("MESSAGE_ID") == MSG_STARTING and e.get("JOB_TYPE") == "start":
             rt = int(e["__REALTIME_TIMESTAMP"])
-            if rt >= since_us:
+            if rt >= since_us and (until_us is None or rt < until_us):
                 out.append([rt, int(e["__MONOTONIC_TIMESTAMP"]), inv, None, None])
         elif e.get("JOB_TYPE") == "start" and e.get("JOB_RESULT") and inv:
             results[inv] = e["JOB_RESULT"]
@@ -64,8 +66,8 @@ def runs(since_us):
     return out
 
 
-def cmd_runs(since_us):
-    rs = runs(int(since_us))
+def cmd_runs(since_us, until_us=None):
+    rs = runs(int(since_us), None if until_us is None else int(until_us))
     bad = [r for r in rs if r[3] not in ("done", None)]
     running = [r for r in rs if r[3] is None]
     for rt, _mono, inv, res, end in rs:
@@ -74,6 +76,11 @@ def cmd_runs(since_us):
     print(f"  {len(rs)} passes started, {len(rs) - len(bad) - len(running)} done, "
           f"{len(bad)} failed, {len(running)} still running")
     return 1 if bad else 0
+
+
+def cmd_failed(since_us, until_us):
+    print(sum(1 for r in runs(int(since_us), int(until_us)) if r[3] not in ("done", None)))
+    return 0
 
 
 def cmd_intervals(since_us, minimum, lo, hi):
@@ -139,7 +146,7 @@ def water_fill(pool, caps):
 def cmd_share(path, tol):
     st = status(path)
     tol = int(tol)
-    managed = [v for v in st["vms"] if v["action"] != "skip"]
+    managed = [v for v in st["vms"] if v.get("managed", True) and v["action"] != "skip"]
     if not managed:
         print("  no managed VM")
         return 1
@@ -150,8 +157,9 @@ def cmd_share(path, tol):
         bonus = v["target_kib"] - v["floor_kib"]
         good = abs(bonus - w) <= 1024 and abs(v["current_kib"] - v["target_kib"]) <= tol
         ok &= good
+        extra = "".join(f", {k} {v[k]} KiB" for k in ("kept_kib", "squeezed_kib") if v.get(k))
         print(f"  {v['name']}: bonus {bonus} KiB (equal split {w} KiB), balloon {v['current_kib']} KiB, "
-              f"target {v['target_kib']} KiB{'' if good else '  <- not yet'}")
+              f"target {v['target_kib']} KiB{extra}{'' if good else '  <- not yet'}")
     return 0 if ok else 1
 
 
@@ -173,7 +181,7 @@ def cmd_storm(without, with_hook, slack):
 
 
 COMMANDS = {
-    "runs": cmd_runs, "intervals": cmd_intervals, "count": cmd_count, "overlap": cmd_overlap,
+    "runs": cmd_runs, "failed": cmd_failed, "intervals": cmd_intervals, "count": cmd_count, "overlap": cmd_overlap,
     "floors": cmd_floors, "share": cmd_share, "median": cmd_median, "storm": cmd_storm,
 }
 

@@ -28,12 +28,14 @@
 #   6. a host boot storm: 8 guests started at once, first without the hook,
 #      then with it while a pass runs: every create within 3 s of its time
 #      without the hook, every guest recorded with its floor, no timeout;
-#   7. the spool: a file a pass cannot use does not make passes run back to
-#      back, and the path unit stays active;
+#   7. the spool: a file a pass cannot use, and passes that fail (libvirt
+#      unreachable) while the hook records a VM, do not make passes run back
+#      to back; the spool is emptied and the path unit stays active;
 #   8. `systemctl disable --now ksm-balloon.timer` turns every pass off (the
 #      path unit too, while the hook keeps recording); `enable --now` brings
 #      both back and a pass folds in what was recorded meanwhile;
-#   9. every pass the suite saw succeeded; `rpm -e` stops and removes it all.
+#   9. every pass the suite saw succeeded (but those of 7 made to fail);
+#      `rpm -e` stops and removes it all.
 #
 # Everything it saw goes to stdout: the journal's ksm-balloon lines, the
 # intervals, the timings. Holds the real-stack lock (the host's KSM is
@@ -279,7 +281,9 @@ install_package() {
         check "$u started by the RPM's %post" sd_run systemctl -q is-active "$u"
     done
     sd_run ls -l "$HOOK" | sed 's/^/    /'
-    check "the hook is in place for libvirt" sd_run test -x "$HOOK"
+    check "the hook in libvirt's directory is a link to the hook program" \
+        [ "$(sd_run readlink -f "$HOOK")" = /usr/libexec/ksm-balloon/ksm-balloon-hook ]
+    check "the hook program is executable" sd_run test -x "$HOOK"
     check "libvirtd runs (started by systemd)" sd_run systemctl -q is-active libvirtd.service
     libvirtd_restart
     check "libvirtd restarted so it runs the hook" libvirtd_alive
@@ -438,17 +442,41 @@ boot_storm() {
     destroy_all
 }
 
-# Scenario 7: a file in the spool that no pass can use.
+# Scenario 7: a file in the spool that no pass can use; passes that fail.
+SPOOL=/var/lib/ksm-balloon/spool
+spool_empty() { [ -z "$(find "$SD_MERGED$SPOOL" -mindepth 1 2>/dev/null)" ]; }
+FAIL_FROM=0
+FAIL_UNTIL=0
 spool_junk() {
-    local mark spool=/var/lib/ksm-balloon/spool
+    local mark n
     wait_pass_idle
     mark=$(now_us)
-    sd_run sh -c "printf 'not a record' >$spool/junk && mkdir -p $spool/a-directory"
+    sd_run sh -c "printf 'not a record' >$SPOOL/junk && mkdir -p $SPOOL/a-directory"
     # 12 s: a timer pass, and whatever the path unit starts.
-    check "no passes back to back (at most 4 in 12 s)" watch_passes 12 4 "$mark"
-    sd_run ls -la "$spool" | sed 's/^/    /'
+    check "junk in the spool: no passes back to back (at most 4 in 12 s)" watch_passes 12 4 "$mark"
+    check "the junk was removed" spool_empty
     check "the path unit is still active" sd_run systemctl -q is-active ksm-balloon.path
-    sd_run rm -rf "$spool/junk" "$spool/a-directory"
+
+    # libvirt unreachable for the pass (the hook does not use libvirt).
+    wait_pass_idle
+    FAIL_FROM=$(now_us)
+    sd_run cp /etc/sysconfig/ksm-balloon /root/sysconfig.saved
+    sd_run sh -c 'echo "KSM_BALLOON_CONNECT=qemu+unix:///system?socket=/run/no-such-libvirt-sock" >>/etc/sysconfig/ksm-balloon'
+    guest_xml kbsd-fail
+    create_timed kbsd-fail >/dev/null
+    check "passes failing, a VM starts: no passes back to back (at most 4 in 12 s)" watch_passes 12 4 "$FAIL_FROM"
+    journal_json
+    n=$(judge failed "$FAIL_FROM" "$(now_us)" <"$WORK/journal.json")
+    echo "  passes that failed meanwhile: $n"
+    check "the passes did fail (libvirt unreachable)" [ "$n" -ge 1 ]
+    check "the failing passes emptied the spool all the same" spool_empty
+    check "the path unit is still active" sd_run systemctl -q is-active ksm-balloon.path
+    sd_run cp /root/sysconfig.saved /etc/sysconfig/ksm-balloon
+    wait_pass_idle
+    FAIL_UNTIL=$(now_us)
+    kb_wait_until 30 "a pass to record kbsd-fail" floors_ok kbsd-fail
+    check "the VM started while passes failed is recorded with its floor" floors_ok kbsd-fail
+    destroy_all
 }
 
 # Scenario 8: disable --now turns every pass off; enable --now brings them back.
@@ -481,9 +509,12 @@ disable_enable() {
 all_passes_and_erase() {
     wait_pass_idle
     journal_json
-    echo "  every ksm-balloon.service run since the container booted:"
-    judge runs 0 <"$WORK/journal.json" | tail -n 1
-    check "every pass of the whole run succeeded" judge runs 0 <"$WORK/journal.json" >/dev/null
+    echo "  every ksm-balloon.service run since the container booted, but scenario 7's failing window:"
+    judge runs 0 "$FAIL_FROM" <"$WORK/journal.json" | tail -n 1
+    judge runs "$FAIL_UNTIL" <"$WORK/journal.json" | tail -n 1
+    check "every pass of the whole run succeeded (but those made to fail)" \
+        judge runs 0 "$FAIL_FROM" <"$WORK/journal.json" >/dev/null
+    check "every pass after scenario 7 succeeded" judge runs "$FAIL_UNTIL" <"$WORK/journal.json" >/dev/null
     sd_run systemctl --failed --no-legend --plain | sed 's/^/    /'
     check "no unit failed" [ -z "$(sd_run systemctl --failed --no-legend --plain)" ]
     sd_run rpm -e ksm-balloon 2>&1 | sed 's/^/    | /'
@@ -508,7 +539,7 @@ scenario "3. the timer every 10 s; every VM gets its share" timer_and_share
 scenario "4. libvirtd restart with VMs running and a pass in flight" restart_libvirtd
 scenario "5. the hook's cost per VM start" hook_cost
 scenario "6. a host boot storm: 8 guests at once" boot_storm
-scenario "7. a file in the spool no pass can use" spool_junk
+scenario "7. junk in the spool; passes that fail" spool_junk
 scenario "8. disable --now turns every pass off; enable --now brings them back" disable_enable
 print_journal
 scenario "9. every pass succeeded; rpm -e removes it all" all_passes_and_erase
