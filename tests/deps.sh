@@ -15,6 +15,11 @@ PACKAGES=(
     # rpm2cpio/cpio/readelf to look inside the RPM; strace, iproute2 (below) and
     # libseccomp's Python binding for the sandboxed pass (tests/packaging/)
     rpm systemd man-db groff-base make rpm2cpio binutils strace git python3-seccomp
+    # rpmlint as a Fedora packager runs it on the RPM (Debian's package)
+    rpmlint
+    # the real systemd (tests/systemd/): a Debian root built by mmdebstrap
+    # (with the archive's keyring), booted by systemd-nspawn
+    mmdebstrap debian-archive-keyring systemd-container
     # helpers used by the scripts
     socat util-linux procps psmisc python3
     # reliability: ss (is a pass connected to libvirtd?); fuzzing: the C++
