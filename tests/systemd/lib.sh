@@ -204,7 +204,6 @@ sd_boot() {
     SD_NSPAWN_PID=$!
     kb_wait_until 30 "the container's systemd to start" sd_find_pid1 ||
         { tail -n 30 "$dir/console.log" >&2; kb_die "systemd-nspawn did not start a systemd"; }
-    sd_find_pid1
     SD_PID1=$(sd_find_pid1)
     kb_log "container $SD_MACHINE: nspawn pid $SD_NSPAWN_PID, its systemd is pid $SD_PID1 on the host"
     kb_wait_until 120 "the container's boot to finish" sd_booted ||

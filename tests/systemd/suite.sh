@@ -17,9 +17,9 @@
 #   2. a pass in flight never delays a VM start: a pass started, then
 #      `virsh create` at once, 6 times: every create within 3 s, no lock
 #      timeout logged, every VM recorded with its configured floor;
-#   3. the timer: 12 intervals between passes (the 6 guests running), median
-#      10 s (9.7-10.3), every pass succeeded; meanwhile the guests boot and
-#      every VM gets its share (floor + equal split of the savings);
+#   3. the timer: 12 intervals between passes once the 6 guests booted,
+#      median 10 s (9.7-10.3), every pass succeeded; then every VM gets its
+#      share (floor + equal split of the savings);
 #   4. libvirtd restarted with the VMs running and a pass in flight: no
 #      timeout, every VM keeps its floor;
 #   5. the hook's cost: median `virsh create` time with the hook minus
@@ -249,9 +249,9 @@ teardown() {
 }
 
 setup() {
-    kb_realstack_lock
     trap teardown EXIT
     trap 'exit 130' INT TERM
+    # What touches neither libvirtd nor KSM comes before the lock.
     if [ -n "${1:-}" ]; then
         SD_RPM=$(realpath "$1")
     else
@@ -259,10 +259,12 @@ setup() {
     fi
     rs_build_guest || kb_die "cannot build the guest image"
     sd_build_root
+    kb_realstack_lock
     kb_ksm_save
     # From no savings; then merging fast enough to see savings in seconds.
     kb_ksm_set 2
     kb_ksm_set 1 1000 20
+    SD_BOOTED_AT=$(date +%s)
     sd_boot "$WORK/container" --bind-ro="$RS_KERNEL" --bind-ro="$(dirname "$RS_INITRD")"
     kb_log "in the container: $(sd_run systemctl --version | head -n 1); $(sd_run libvirtd --version)"
     mkdir -p "$SD_MERGED$GDIR"
@@ -319,13 +321,18 @@ in_flight() {
 share_ok() {
     status_json "$WORK/status.json" && judge share "$WORK/status.json" $((5 * 1024)) >"$WORK/share.out"
 }
+# The container has been up long enough for the timer's OnBootSec= (30 s)
+# to have fired: that one pass comes on its own schedule, not 10 s after
+# the last.
+past_boot_pass() { [ "$(date +%s)" -ge $((SD_BOOTED_AT + 32)) ]; }
 timer_and_share() {
     local mark g
-    wait_pass_idle
-    mark=$(now_us)
     for g in "${INFLIGHT[@]}"; do
         kb_wait_until 240 "guest $g to boot" guest_ready "$g" || { check "guest $g booted" false; }
     done
+    kb_wait_until 60 "the timer's first pass after boot (OnBootSec=30s)" past_boot_pass
+    wait_pass_idle
+    mark=$(now_us)
     kb_wait_until 200 "13 passes started by the timer" passes_at_least 13 "$mark"
     journal_json
     judge runs "$mark" <"$WORK/journal.json"
