@@ -54,6 +54,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hand VMs whose balloon was set by hand back to ksm-balloon.
+    ///
+    /// A VM whose balloon someone else set (`virsh setmem`) is left alone
+    /// until it restarts or is released: its size now becomes where
+    /// ksm-balloon starts from.
+    Release {
+        /// Names (or UUIDs) of the VMs.
+        #[arg(required = true)]
+        vms: Vec<String>,
+    },
+    /// Re-read VMs' ksm-balloon metadata from libvirt (after
+    /// `virsh metadata --live`); every managed VM when none is named.
+    Reload {
+        /// Names (or UUIDs) of the VMs.
+        vms: Vec<String>,
+    },
     /// The libvirt qemu hook: `hook <domain> <operation> <sub-op> <extra>`, domain XML on stdin.
     ///
     /// Records a VM's floor and ceiling when it starts and forgets it when it
@@ -212,6 +228,11 @@ pub struct Settings {
     #[arg(long, global = true, env = "KSM_BALLOON_GUEST_STATS_PERIOD", default_value = "5", value_parser = parse_period)]
     pub guest_stats_period: u32,
 
+    /// A Prometheus text file every pass writes (atomically), e.g. in
+    /// node_exporter's textfile-collector directory; none by default.
+    #[arg(long, global = true, env = "KSM_BALLOON_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     /// Seconds a pass waits for the state lock before giving up (exit 1).
     #[arg(long, global = true, env = "KSM_BALLOON_LOCK_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
     pub lock_timeout: Duration,
@@ -269,6 +290,15 @@ impl Settings {
                 why: "must be an absolute path to a file".into(),
             });
         }
+        if let Some(m) = &self.metrics_file {
+            if !m.is_absolute() || m.file_name().is_none() {
+                return Err(UsageError {
+                    flag: "metrics-file",
+                    value: m.display().to_string(),
+                    why: "must be an absolute path to a file".into(),
+                });
+            }
+        }
         if self.connect.trim().is_empty() {
             return Err(UsageError {
                 flag: "connect",
@@ -277,7 +307,13 @@ impl Settings {
             });
         }
         Ok(Config {
-            paths: pass::Paths::under(&self.root, &self.state),
+            paths: pass::Paths {
+                metrics_file: self
+                    .metrics_file
+                    .as_deref()
+                    .map(|m| under_root(&self.root, m)),
+                ..pass::Paths::under(&self.root, &self.state)
+            },
             pass: pass::Settings {
                 metric: self.metric,
                 share: self.share,

@@ -1,6 +1,7 @@
 //! Libvirt domain XML: the few facts ksm-balloon needs from it (name, UUID,
-//! `<memory>`, `<currentMemory>`, whether a balloon device exists), read with
-//! a real XML parser.
+//! `<memory>`, `<currentMemory>`, whether a balloon device exists and
+//! deflates on OOM, ksm-balloon's own metadata element), read with a real
+//! XML parser.
 
 use roxmltree::{Document, Node};
 
@@ -17,6 +18,10 @@ pub struct DomainXml {
     pub current_memory_kib: u64,
     /// False only for `<memballoon model='none'/>`.
     pub balloon: bool,
+    /// `<memballoon autodeflate='on'>`: the balloon deflates on guest OOM.
+    pub autodeflate: bool,
+    /// ksm-balloon's metadata element (settings and problems).
+    pub metadata: crate::metadata::Parsed,
 }
 
 /// Why domain XML was rejected.
@@ -142,6 +147,8 @@ pub fn parse(xml: &str) -> Result<DomainXml, XmlError> {
         memory_kib,
         current_memory_kib,
         balloon,
+        autodeflate: crate::manual::balloon_autodeflate(root),
+        metadata: crate::metadata::from_node(root),
     })
 }
 
@@ -171,6 +178,8 @@ mod tests {
                 memory_kib: 262144,
                 current_memory_kib: 163840,
                 balloon: true,
+                autodeflate: false,
+                metadata: crate::metadata::Parsed::default(),
             })
         );
     }

@@ -151,6 +151,13 @@ pub enum VmStatus {
     NoBalloon,
     /// Paused, shutting down, or otherwise not running.
     NotRunning,
+    /// Its metadata says `manage="no"`.
+    OptedOut,
+    /// Its balloon was set by someone else: left alone until released.
+    HeldByHand,
+    /// Its balloon moved away from what was asked, not yet for long enough
+    /// to tell why: left alone this pass.
+    Unsettled,
 }
 
 /// A guest's own memory figures, from its balloon driver's statistics
@@ -188,6 +195,9 @@ pub struct VmView {
     pub actual_kib: u64,
     /// Its own figures, when it reports fresh ones.
     pub guest: Option<GuestView>,
+    /// Its weight in the split (the metadata's; 1 by default, 0 takes no
+    /// part of the pool).
+    pub weight: u32,
     /// Whether it takes part.
     pub status: VmStatus,
 }
@@ -201,6 +211,7 @@ impl VmView {
             current_kib,
             actual_kib: current_kib,
             guest: None,
+            weight: 1,
             status,
         }
     }
@@ -262,6 +273,12 @@ pub enum Reason {
     NoBalloon,
     /// Not running.
     NotRunning,
+    /// Its metadata says `manage="no"`.
+    OptedOut,
+    /// Its balloon was set by someone else: left alone until released.
+    HeldByHand,
+    /// Its balloon moved away from what was asked; left alone this pass.
+    Unsettled,
     /// Floor above ceiling: the record is impossible.
     BadBounds,
     /// Its balloon's figures could not be read this pass.
@@ -289,6 +306,9 @@ impl fmt::Display for Reason {
             Reason::NoHeadroom => "floor equals ceiling: no headroom",
             Reason::NoBalloon => "no balloon device",
             Reason::NotRunning => "not running",
+            Reason::OptedOut => "its metadata says manage=\"no\"",
+            Reason::HeldByHand => "set by someone else: left alone until released",
+            Reason::Unsettled => "its balloon moved away from what was asked: left alone this pass",
             Reason::BadBounds => "floor above ceiling",
             Reason::Unreadable => "its balloon could not be read this pass",
             Reason::Adopting => "no hook recorded it: adopted once its balloon settles",
@@ -443,7 +463,8 @@ fn slot(i: usize, vm: &VmView, policy: &Policy) -> Slot {
         weight: match policy.split {
             Split::Equal => 1,
             Split::Proportional => vm.floor_kib,
-        },
+        }
+        .saturating_mul(u64::from(vm.weight)),
     }
 }
 
@@ -513,6 +534,9 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
         decisions[i] = match vm.status {
             VmStatus::NoBalloon => Some(Decision::skip(vm, Reason::NoBalloon)),
             VmStatus::NotRunning => Some(Decision::skip(vm, Reason::NotRunning)),
+            VmStatus::OptedOut => Some(Decision::skip(vm, Reason::OptedOut)),
+            VmStatus::HeldByHand => Some(Decision::skip(vm, Reason::HeldByHand)),
+            VmStatus::Unsettled => Some(Decision::skip(vm, Reason::Unsettled)),
             VmStatus::Managed if vm.floor_kib > vm.ceiling_kib => {
                 Some(Decision::skip(vm, Reason::BadBounds))
             }
@@ -544,9 +568,14 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
     let (budget, mut split): (u64, Vec<(u64, u64)>) = if host.ksm_counters_live {
         let guard_cap = (i128::from(bonus_now) + room.max(0)) as u64;
         let budget = pool.min(guard_cap);
+        // A VM of weight 0 takes no part of the pool.
         let caps: Vec<u64> = slots
             .iter()
-            .map(|s| if under_reserve { s.bonus } else { s.headroom })
+            .map(|s| match (s.weight, under_reserve) {
+                (0, _) => 0,
+                (_, true) => s.bonus,
+                (_, false) => s.headroom,
+            })
             .collect();
         (budget, split_with_loans(budget, &slots, &caps))
     } else {
@@ -1095,6 +1124,33 @@ mod tests {
         );
         assert_eq!(d[2].target_kib, 120 * MIB);
         assert_eq!(d[3].target_kib, 160 * MIB);
+        assert_eq!(p.managed, 1);
+    }
+
+    #[test]
+    fn weights_split_the_pool_and_zero_takes_no_part() {
+        let mut a = roomy(vm(100, 500, 100));
+        let mut b = roomy(vm(100, 500, 100));
+        let mut c = roomy(vm(100, 500, 140));
+        a.weight = 2;
+        b.weight = 1;
+        c.weight = 0;
+        let p = plan(&Policy::default(), &host(90), &[a, b, c]);
+        assert_eq!(targets_mib(&p), [160, 130, 100]);
+        // and c, at weight 0, gives back what it holds (it can)
+        assert_eq!(p.decisions[2].action, Action::Shrink);
+    }
+
+    #[test]
+    fn opted_out_and_held_vms_are_left_alone() {
+        let mut o = vm(100, 300, 150);
+        o.status = VmStatus::OptedOut;
+        let mut h = vm(100, 300, 120);
+        h.status = VmStatus::HeldByHand;
+        let p = plan(&Policy::default(), &host(0), &[o, h, vm(100, 300, 100)]);
+        assert_eq!(p.decisions[0].reason, Reason::OptedOut);
+        assert_eq!(p.decisions[1].reason, Reason::HeldByHand);
+        assert!(p.decisions[..2].iter().all(|d| d.action == Action::Skip));
         assert_eq!(p.managed, 1);
     }
 

@@ -45,6 +45,8 @@ pub struct Paths {
     pub proc_locks: PathBuf,
     /// The state file.
     pub state: PathBuf,
+    /// The Prometheus text file every pass writes, if any.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Paths {
@@ -56,6 +58,7 @@ impl Paths {
             meminfo: at("/proc/meminfo"),
             proc_locks: at("/proc/locks"),
             state: crate::cli::under_root(root, state),
+            metrics_file: None,
         }
     }
 
@@ -169,6 +172,12 @@ pub struct VmReport {
     pub guest_stats_fresh: bool,
     /// Its balloon does not reach the last target (back-off).
     pub stuck: Option<Stuck>,
+    /// Its balloon was set by someone else and is left alone since then.
+    pub held_by_hand: Option<crate::manual::Held>,
+    /// Its metadata's `manage` (false: never resized).
+    pub manage: bool,
+    /// Its weight in the split (its metadata's).
+    pub weight: u32,
     /// How it came to be managed.
     pub source: Option<Source>,
     /// Adopted by this pass (no hook had recorded it).
@@ -222,6 +231,8 @@ pub struct Report {
     pub failed: u32,
     /// libvirt calls made.
     pub calls: CallCount,
+    /// Counters across passes, as this pass leaves them.
+    pub counters: crate::metrics::Counters,
     /// A problem with the state file, if there was one.
     pub state_problem: Option<String>,
 }
@@ -255,7 +266,7 @@ pub fn fold_spool(store: &Store, state: &mut State, log_it: bool) -> Vec<spool::
         if !log_it {
             continue;
         }
-        if let Some(p) = &f.problem {
+        for p in &f.problems {
             warn!("{}: {p}", f.call);
         }
         match (&f.outcome, state.vms.values().find(|v| v.name == f.name)) {
@@ -279,8 +290,82 @@ pub fn fold_spool(store: &Store, state: &mut State, log_it: bool) -> Vec<spool::
 }
 
 /// `ksm-balloon run`: under the pass lock, fold the hook spool, observe,
-/// plan, apply, save.
+/// plan, apply, save; then the metrics file, if one is set, whether the
+/// pass succeeded or not (a metrics file that cannot be written is logged,
+/// never a failed pass).
 pub fn run(
+    paths: &Paths,
+    settings: &Settings,
+    lock_timeout: Duration,
+    open: &mut Opener<'_>,
+    now: u64,
+) -> anyhow::Result<Report> {
+    let started = std::time::Instant::now();
+    let result = run_locked(paths, settings, lock_timeout, open, now);
+    if let Some(file) = &paths.metrics_file {
+        let input = metrics_input(paths, &result, now, started.elapsed().as_secs_f64());
+        if let Err(e) = crate::metrics::write(file, &input) {
+            warn!("{}", crate::errors::chain(&e));
+        }
+    }
+    result
+}
+
+/// What the metrics file says after a pass.
+pub fn metrics_input(
+    paths: &Paths,
+    result: &anyhow::Result<Report>,
+    now: u64,
+    duration_seconds: f64,
+) -> crate::metrics::MetricsInput {
+    use crate::metrics::{HostFigures, MetricsInput, PassFigures, VmFigures};
+    let pass = PassFigures {
+        at: now,
+        duration_seconds,
+        success: result.is_ok(),
+    };
+    match result {
+        Ok(r) => MetricsInput {
+            host: Some(HostFigures {
+                savings: crate::metrics::savings_by_metric(&r.ksm),
+                metric_in_use: r.metric.to_string(),
+                pool_kib: r.pool_kib,
+                budget_kib: r.budget_kib,
+                reserve_kib: r.reserve_kib,
+                available_kib: r.host.available_kib,
+            }),
+            vms: r
+                .vms
+                .iter()
+                .filter(|v| v.managed)
+                .map(|v| VmFigures {
+                    name: v.name.clone(),
+                    uuid: v.uuid.clone(),
+                    floor_kib: v.floor_kib,
+                    ceiling_kib: v.ceiling_kib,
+                    current_kib: v.current_kib,
+                    target_kib: v.target_kib,
+                    bonus_kib: v.target_kib.saturating_sub(v.floor_kib),
+                    held: v.held_by_hand.is_some(),
+                })
+                .collect(),
+            counters: r.counters,
+            pass,
+        },
+        Err(_) => MetricsInput {
+            host: None,
+            vms: Vec::new(),
+            counters: paths
+                .store()
+                .peek()
+                .map(|(s, _)| s.counters)
+                .unwrap_or_default(),
+            pass,
+        },
+    }
+}
+
+fn run_locked(
     paths: &Paths,
     settings: &Settings,
     lock_timeout: Duration,

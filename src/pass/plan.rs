@@ -231,29 +231,44 @@ fn reconcile(state: &mut State, obs: &Observation, notes: &mut Vec<Note>) -> Vec
             continue;
         }
         state.candidates.remove(&d.uuid);
+        let mut r = VmRecord::new(
+            d.name.clone(),
+            d.uuid.clone(),
+            floor,
+            ceiling,
+            balloon,
+            Source::Adopted,
+            now,
+        );
+        r.defined = Some((floor, ceiling));
+        if let Some(Ok(def)) = obs.definitions.get(&d.uuid) {
+            r.autodeflate = def.autodeflate;
+            let problems = def
+                .metadata
+                .problems
+                .iter()
+                .cloned()
+                .chain(r.apply_settings(def.metadata.settings.clone()));
+            for p in problems {
+                note(notes, Level::Warn, format!("VM {:?}: {p}; ignored", d.name));
+            }
+        }
+        r.manual = Some(crate::manual::History::adopted(
+            now,
+            d.sizes.map_or(floor, |s| s.current_kib),
+        ));
         note(
             notes,
             Level::Info,
             format!(
                 "adopted VM {:?} (no hook recorded it; installed while it ran?): floor {}, ceiling {}{}",
                 d.name,
-                Kib(floor),
-                Kib(ceiling),
+                Kib(r.floor_kib),
+                Kib(r.ceiling_kib),
                 if balloon { "" } else { ", no balloon device" }
             ),
         );
-        state.vms.insert(
-            d.uuid.clone(),
-            VmRecord::new(
-                d.name.clone(),
-                d.uuid.clone(),
-                floor,
-                ceiling,
-                balloon,
-                Source::Adopted,
-                now,
-            ),
-        );
+        state.vms.insert(d.uuid.clone(), r);
         adopted.push(d.uuid.clone());
     }
     adopted
@@ -304,7 +319,7 @@ pub fn plan(
     // The VMs the policy sees, in the order of the domains.
     let mut rows: Vec<Row> = Vec::new();
     for d in &obs.domains {
-        let (Some(r), Some(s)) = (state.vms.get(&d.uuid), d.sizes) else {
+        let (Some(r), Some(s)) = (state.vms.get_mut(&d.uuid), d.sizes) else {
             continue;
         };
         let actual = s.current_kib;
@@ -314,6 +329,38 @@ pub fn plan(
             Motion::Settled | Motion::Short(_) => actual,
         };
         let guest = guest_view(&d.guest, now);
+        // Was the balloon set by someone else? (Only for a VM we manage:
+        // one that opted out is nobody's business here.)
+        let hand = if r.balloon && d.running && r.settings.manage {
+            let was_held = r.manual.is_some_and(|h| h.held.is_some());
+            let hist = r
+                .manual
+                .get_or_insert_with(|| crate::manual::History::adopted(now, actual));
+            let decision = hist.observe(crate::manual::Observation {
+                at: now,
+                current_kib: actual,
+                maximum_kib: s.maximum_kib,
+                autodeflate: r.autodeflate,
+                usable_kib: d.guest.usable_kib,
+            });
+            if let (crate::manual::Decision::Manual { size_kib, .. }, false) = (decision, was_held)
+            {
+                note(
+                    &mut notes,
+                    Level::Warn,
+                    format!(
+                        "VM {:?}: its balloon was set to {} by someone else (ksm-balloon asked for {}): left alone until it restarts or 'ksm-balloon release {}'",
+                        d.name,
+                        Kib(size_kib),
+                        Kib(hist.asked_kib),
+                        d.name.escape_debug()
+                    ),
+                );
+            }
+            Some(decision)
+        } else {
+            None
+        };
         rows.push(Row {
             d,
             view: VmView {
@@ -322,12 +369,19 @@ pub fn plan(
                 current_kib: current,
                 actual_kib: actual,
                 guest,
+                weight: r.settings.weight,
                 status: if !r.balloon {
                     VmStatus::NoBalloon
                 } else if !d.running {
                     VmStatus::NotRunning
+                } else if !r.settings.manage {
+                    VmStatus::OptedOut
                 } else {
-                    VmStatus::Managed
+                    match hand {
+                        Some(crate::manual::Decision::Manual { .. }) => VmStatus::HeldByHand,
+                        Some(crate::manual::Decision::Unknown) => VmStatus::Unsettled,
+                        _ => VmStatus::Managed,
+                    }
                 },
             },
             motion,
@@ -560,6 +614,9 @@ pub fn plan(
             guest: d.guest,
             guest_stats_fresh: fresh,
             stuck: r.and_then(|r| r.stuck),
+            held_by_hand: r.and_then(|r| r.manual).and_then(|h| h.held),
+            manage: r.map_or(true, |r| r.settings.manage),
+            weight: r.map_or(crate::metadata::DEFAULT_WEIGHT, |r| r.settings.weight),
             source: r.map(|r| r.source),
             adopted: adopted.contains(&d.uuid),
             last_change_at: r.and_then(|r| r.last_change_at),
@@ -587,6 +644,7 @@ pub fn plan(
         resized: 0,
         failed: 0,
         calls: Default::default(),
+        counters: state.counters,
         state_problem: None,
     };
     Ok(Planned {

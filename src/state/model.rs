@@ -80,6 +80,20 @@ pub struct VmRecord {
     /// The pass turned the guest's memory statistics on (once per VM).
     #[serde(default)]
     pub stats_period_set: bool,
+    /// ksm-balloon's metadata of the VM, as read at its start, its
+    /// adoption or the last `reload` (manage, weight, floor, ceiling).
+    #[serde(default)]
+    pub settings: crate::metadata::VmSettings,
+    /// The floor and ceiling its definition gives, before the metadata's:
+    /// what `reload` checks new metadata against. KiB.
+    #[serde(default)]
+    pub defined: Option<(u64, u64)>,
+    /// Its balloon deflates on guest OOM (`autodeflate='on'`).
+    #[serde(default)]
+    pub autodeflate: bool,
+    /// What the manual-change detector remembers of its balloon.
+    #[serde(default)]
+    pub manual: Option<crate::manual::History>,
 }
 
 impl VmRecord {
@@ -107,7 +121,34 @@ impl VmRecord {
             stuck: None,
             kept_kib: 0,
             stats_period_set: false,
+            settings: crate::metadata::VmSettings::default(),
+            defined: None,
+            autodeflate: false,
+            manual: None,
         }
+    }
+
+    /// The floor and ceiling its definition gives (before the metadata's).
+    pub fn defined_bounds(&self) -> crate::metadata::Bounds {
+        let (f, c) = self.defined.unwrap_or((self.floor_kib, self.ceiling_kib));
+        crate::metadata::Bounds {
+            current_memory_kib: f,
+            memory_kib: c,
+        }
+    }
+
+    /// Applies `settings` (checked against the definition's bounds): the
+    /// floor and ceiling become the metadata's where it sets valid ones.
+    /// Returns what was wrong with them.
+    pub fn apply_settings(
+        &mut self,
+        settings: crate::metadata::VmSettings,
+    ) -> Vec<crate::metadata::Problem> {
+        let (eff, problems) = settings.resolve(self.defined_bounds());
+        self.floor_kib = eff.floor_kib;
+        self.ceiling_kib = eff.ceiling_kib;
+        self.settings = settings;
+        problems
     }
 }
 
@@ -153,6 +194,9 @@ pub struct State {
     /// Running domains not recorded yet, by UUID (see [`Candidate`]).
     #[serde(default)]
     pub candidates: BTreeMap<String, Candidate>,
+    /// Counters kept across passes (for the metrics file).
+    #[serde(default)]
+    pub counters: crate::metrics::Counters,
     /// The last pass, if any.
     #[serde(default)]
     pub last_pass: Option<LastPass>,
@@ -164,6 +208,7 @@ impl Default for State {
             version: STATE_VERSION,
             vms: BTreeMap::new(),
             candidates: BTreeMap::new(),
+            counters: crate::metrics::Counters::default(),
             last_pass: None,
         }
     }
