@@ -118,6 +118,18 @@ fn one_of<T: Copy + Send + Sync + 'static>(
     })
 }
 
+fn parse_window(s: &str) -> Result<u64, String> {
+    let v: u64 = s
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number of seconds"))?;
+    if v > 86_400 {
+        return Err(format!("{v} is more than a day"));
+    }
+    Ok(v)
+}
+
 fn parse_period(s: &str) -> Result<u32, String> {
     let v: u32 = s
         .trim()
@@ -228,6 +240,12 @@ pub struct Settings {
     #[arg(long, global = true, env = "KSM_BALLOON_GUEST_STATS_PERIOD", default_value = "5", value_parser = parse_period)]
     pub guest_stats_period: u32,
 
+    /// Lend only the savings that held this long: the smallest the passes
+    /// of that window saw (seconds; 0 lends the savings of the moment, as
+    /// the paper). A fall is followed at once.
+    #[arg(long, global = true, env = "KSM_BALLOON_HOLD_WINDOW", default_value = "60", value_parser = parse_window)]
+    pub hold_window: u64,
+
     /// A Prometheus text file every pass writes (atomically), e.g. in
     /// node_exporter's textfile-collector directory; none by default.
     #[arg(long, global = true, env = "KSM_BALLOON_METRICS_FILE")]
@@ -325,6 +343,7 @@ impl Settings {
                 max_squeeze_kib: self.max_squeeze.0,
                 blind_step_kib: self.blind_step.0,
                 guest_stats_period: self.guest_stats_period,
+                hold_window_secs: self.hold_window,
             },
             settings: self,
         })

@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::*;
 use crate::hypervisor::fake::{FakeDomain, FakeHv, Fault};
 use crate::hypervisor::{GuestStats, HvError, LiveDomain};
+use crate::policy::Split;
 
 const MIB: u64 = 1024;
 const T0: u64 = 1_800_000_000;
@@ -565,5 +566,160 @@ fn every_pass_writes_the_metrics_file_success_or_not() {
     assert!(
         text.contains(&format!("ksm_balloon_last_success_timestamp_seconds {T0}")),
         "{text}"
+    );
+}
+
+impl Host {
+    /// A fake QEMU for `d` in the fake /proc (pid file, stat, cmdline,
+    /// ksm_stat with `merging` pages and `profit` bytes).
+    fn qemu(&self, d: &FakeDomain, pid: u32, merging: u64, profit: i64) {
+        let root = self.dir.path();
+        let run = root.join("run/libvirt/qemu");
+        fs::create_dir_all(&run).unwrap();
+        fs::write(run.join(format!("{}.pid", d.live.name)), format!("{pid}\n")).unwrap();
+        self.process(
+            pid,
+            "qemu-system-x86",
+            &[
+                "/usr/bin/qemu-system-x86_64".to_string(),
+                "-name".into(),
+                format!("guest={},debug-threads=on", d.live.name),
+                "-uuid".into(),
+                d.live.uuid.clone(),
+            ],
+            merging,
+            profit,
+        );
+    }
+
+    /// A fake process in the fake /proc.
+    fn process(&self, pid: u32, comm: &str, args: &[String], merging: u64, profit: i64) {
+        let dir = self.paths.procs.proc_dir.join(pid.to_string());
+        fs::create_dir_all(&dir).unwrap();
+        let fields = vec!["0"; 19].join(" ");
+        fs::write(
+            dir.join("stat"),
+            format!("{pid} ({comm}) S {fields} 4242 0\n"),
+        )
+        .unwrap();
+        let mut cmd: Vec<u8> = Vec::new();
+        for a in args {
+            cmd.extend(a.as_bytes());
+            cmd.push(0);
+        }
+        fs::write(dir.join("cmdline"), cmd).unwrap();
+        fs::write(
+            dir.join("ksm_stat"),
+            format!("ksm_rmap_items {merging}\nksm_zero_pages 0\nksm_merging_pages {merging}\nksm_process_profit {profit}\n"),
+        )
+        .unwrap();
+    }
+
+    /// KSM counters as three processes merging 16000, 16000 and 8000 pages
+    /// (plus `other` pages of a host process) would leave them.
+    fn ksm_counters(&self, shared: u64, sharing: u64, profit: i64) {
+        let k = &self.paths.ksm_dir;
+        for (f, v) in [
+            ("run", "1".to_string()),
+            ("pages_shared", shared.to_string()),
+            ("pages_sharing", sharing.to_string()),
+            ("pages_unshared", "0".into()),
+            ("pages_volatile", "0".into()),
+            ("full_scans", "3".into()),
+            ("general_profit", profit.to_string()),
+        ] {
+            fs::write(k.join(f), format!("{v}\n")).unwrap();
+        }
+    }
+}
+
+#[test]
+fn contribution_lends_each_vm_what_its_pages_saved_and_not_the_hosts() {
+    let doms: Vec<_> = (1..=3).map(|n| defined(dom(n, 160, 320), 160)).collect();
+    let mut h = Host::new(doms.clone());
+    h.settings.split = Split::Contribution;
+    h.settings.hold_window_secs = 0;
+    // 40000 merging pages in VMs + 2000 in a host process; each KSM page
+    // mapped twice: shared 21000, sharing 21000 (r = 1/2)
+    let page = 4096i64;
+    h.qemu(&doms[0], 101, 16_000, 16_000 * page);
+    h.qemu(&doms[1], 102, 16_000, 16_000 * page);
+    h.qemu(&doms[2], 103, 8_000, 8_000 * page);
+    h.process(
+        200,
+        "ksm-merger",
+        &["/usr/local/bin/ksm-merger".into()],
+        2_000,
+        2_000 * page,
+    );
+    h.ksm_counters(21_000, 21_000, 21_000 * page);
+    let r = h.run(T0).unwrap();
+    let a = r.attribution.expect("an attribution");
+    // each merging page saved half a page: 20000 pages for the VMs, 1000
+    // for the host process, which is not lent
+    assert_eq!(
+        (a.host_kib, a.vms_kib, a.non_vm_kib),
+        (84_000, 80_000, 4_000)
+    );
+    assert_eq!(r.lendable_kib, 80_000);
+    let part = |n: &str| vm(&r, n).target_kib - 160 * MIB;
+    assert_eq!(
+        (part("vm1"), part("vm2"), part("vm3")),
+        (32_000, 32_000, 16_000)
+    );
+    assert_eq!(vm(&r, "vm3").contribution_share, Some(0.2));
+    assert_eq!(vm(&r, "vm1").ksm.map(|k| k.merging_pages), Some(16_000));
+    // under equal, the host process's savings are lent too (the paper)
+    let mut h2 = Host::new(doms.clone());
+    h2.settings.hold_window_secs = 0;
+    h2.ksm_counters(21_000, 21_000, 21_000 * page);
+    let r = h2.run(T0).unwrap();
+    assert_eq!(r.lendable_kib, 84_000);
+    assert!(r.attribution.is_none());
+    // a kernel without per-process figures: equal, with the reason said
+    let mut h3 = Host::new(doms);
+    h3.settings.split = Split::Contribution;
+    h3.ksm_counters(21_000, 21_000, 21_000 * page);
+    let r = h3.run(T0).unwrap();
+    assert!(r.attribution.is_none());
+    assert!(r.attribution_problem.is_some(), "{r:?}");
+    assert_eq!(vm(&r, "vm1").target_kib, vm(&r, "vm3").target_kib);
+}
+
+#[test]
+fn demand_lends_the_pool_to_the_vm_that_reads_with_its_memory_full() {
+    let doms: Vec<_> = (1..=3).map(|n| defined(dom(n, 160, 320), 160)).collect();
+    let mut h = Host::new(doms);
+    h.settings.split = Split::Demand;
+    h.settings.hold_window_secs = 0;
+    h.ksm(1, 90);
+    let set = |h: &Host, t: u64, busy_read: u64| {
+        for (n, d) in h.fake().domains.values_mut().enumerate() {
+            let busy = n == 0;
+            d.live.guest = GuestStats {
+                usable_kib: Some(100 * MIB),
+                unused_kib: Some(if busy { 4 } else { 90 } * MIB),
+                available_kib: Some(190 * MIB),
+                last_update: Some(t),
+                ..GuestStats::default()
+            };
+            d.live.block_rd_bytes = Some(if busy { busy_read } else { 1 << 20 });
+        }
+    };
+    set(&h, T0, 0);
+    let r = h.run(T0).unwrap();
+    // no rate yet: unknown demand, an equal split
+    assert_eq!(vm(&r, "vm1").target_kib, vm(&r, "vm2").target_kib);
+    // vm1 read 280 MiB in 10 s with 4 MiB free: 28 MiB/s
+    set(&h, T0 + 10, 280 << 20);
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(vm(&r, "vm1").demand, Some(28_000));
+    assert_eq!(vm(&r, "vm2").demand, Some(0));
+    let bonus = |n: &str| vm(&r, n).target_kib - 160 * MIB;
+    assert!(
+        bonus("vm1") > 8 * bonus("vm2"),
+        "{} {}",
+        bonus("vm1"),
+        bonus("vm2")
     );
 }

@@ -94,6 +94,22 @@ pub struct VmRecord {
     /// What the manual-change detector remembers of its balloon.
     #[serde(default)]
     pub manual: Option<crate::manual::History>,
+    /// Its disk reads at the last pass, for the demand split.
+    #[serde(default)]
+    pub io: Option<IoTrack>,
+}
+
+/// A VM's disk reads as the last pass saw them, and its smoothed demand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoTrack {
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// Bytes read from all its disks since it started.
+    pub rd_bytes: u64,
+    /// Its demand: disk reads while its memory was full, in thousandths of
+    /// a MiB/s, rising at once and halving every
+    /// [`crate::pass::plan::DEMAND_HALF_LIFE_SECS`].
+    pub demand: u64,
 }
 
 impl VmRecord {
@@ -125,6 +141,7 @@ impl VmRecord {
             defined: None,
             autodeflate: false,
             manual: None,
+            io: None,
         }
     }
 
@@ -197,6 +214,9 @@ pub struct State {
     /// Counters kept across passes (for the metrics file).
     #[serde(default)]
     pub counters: crate::metrics::Counters,
+    /// The savings the passes of the holding window saw: (time, KiB).
+    #[serde(default)]
+    pub savings_seen: Vec<(u64, u64)>,
     /// The last pass, if any.
     #[serde(default)]
     pub last_pass: Option<LastPass>,
@@ -209,6 +229,7 @@ impl Default for State {
             vms: BTreeMap::new(),
             candidates: BTreeMap::new(),
             counters: crate::metrics::Counters::default(),
+            savings_seen: Vec::new(),
             last_pass: None,
         }
     }
