@@ -15,6 +15,11 @@
 # Usage: tests/packaging/hook-direct.sh ROOT WORKDIR
 #   ROOT: the scratch root the RPM was installed into.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/lib/libvirtd.sh
+source "$here/../lib/libvirtd.sh"
+# shellcheck source=tests/lib/guest.sh
+source "$here/../lib/guest.sh"
 root=$(realpath "$1")
 work=$(realpath "$2")/hook-direct
 rm -rf "$work"
@@ -33,13 +38,8 @@ hook_with() {
     echo "$out"
 }
 
-xml() {
-    cat <<EOF
-<domain type='qemu'><name>$1</name><uuid>$2</uuid>
-<memory unit='KiB'>262144</memory><currentMemory unit='KiB'>196608</currentMemory>
-<devices><memballoon model='virtio'/></devices></domain>
-EOF
-}
+# xml NAME UUID: the domain XML libvirt hands the hook on stdin.
+xml() { kg_domain_xml "$1" --uuid "$2" --memory 256 --current 192; }
 uuid=5a1e0000-0000-4000-8000-00000000beef
 
 # call HOOK STATE ARGS...: runs HOOK as libvirtd does (env -i), with
