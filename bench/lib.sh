@@ -32,6 +32,7 @@ kbb_virsh() { virsh -q -c "$KB_URI" "$@"; }
 # $KBB_BIN when set (nothing is built); else the debug build for the short
 # (CI) version (SHORT = 1), which run-all.sh has already made, or the
 # release build for the full one.
+# shellcheck disable=SC2034 # BIN is for the caller
 kbb_pick_bin() {
     local repo
     repo=$(cd "$KBB_HERE/.." && pwd)

@@ -22,6 +22,8 @@ PACKAGES=(
     iproute2 g++
     # benchmarks (bench/): plots, and the static guest reader built by rustc
     python3-matplotlib libc6-dev
+    # lint of every shell script (tests/shellcheck.sh, run by .ci/run)
+    shellcheck
 )
 
 if [ "$(id -u)" -ne 0 ]; then

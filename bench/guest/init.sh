@@ -21,6 +21,8 @@
 mkdir -p /app
 
 app_mib=0 interval=2 seed=1
+# the kernel command line is one line of words
+# shellcheck disable=SC2013
 for kv in $(cat /proc/cmdline); do
     case $kv in
         kb.app_mib=*) app_mib=${kv#*=} ;;

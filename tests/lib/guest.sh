@@ -63,6 +63,7 @@ kg_copy_module() {
 # Built only when no cached image has the same key: the kernel version,
 # busybox's version, the module list, the bytes of INIT, the prelude and
 # every BINARY, and this recipe (these functions' text).
+# shellcheck disable=SC2034 # KG_KERNEL is for the caller
 kg_build_image() {
     local init=$1 v key dir tmp m b
     shift

@@ -76,8 +76,11 @@ printf 'KSM_BALLOON_SHARE=0.5\nif then fi (\n' >"$conf"
 h=$(hook_with "$bin" "$conf")
 call "$h" "$state" vm1 prepare begin - &&
     if recorded "$state"; then ok "a broken settings file: exit 0, vm1 still recorded"; else bad "a broken settings file stopped the record"; fi
-grep -q "does not parse" "$work/stderr" && ok "the broken settings file was reported" ||
+if grep -q "does not parse" "$work/stderr"; then
+    ok "the broken settings file was reported"
+else
     bad "the broken settings file went unreported (stderr: $(cat "$work/stderr"))"
+fi
 
 # 3. The binary missing: exit 0, stdin drained (libvirt would otherwise get
 # EPIPE writing the XML), nothing recorded.
@@ -108,6 +111,7 @@ h=$(hook_with "$bin" "$conf")
 # the systemctl calls it made, one a line.
 with_systemd() {
     : >"$work/calls"
+    # shellcheck disable=SC2016 # expanded by the inner sh, from its arguments
     xml vm1 "$uuid" | unshare --mount --propagation private -- sh -c '
         mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system &&
         exec env -i PATH="$1:/usr/sbin:/usr/bin:/sbin:/bin" SYSTEMCTL_LOG="$2" TIMER_ACTIVE="$3" \

@@ -288,6 +288,7 @@ rs_setup() {
         command -v "$tool" >/dev/null || kb_die "$tool is missing: run tests/deps.sh"
     done
     kb_realstack_lock
+    # shellcheck disable=SC2034 # for the suite's timing line
     RS_LOCKED_AT=$(date +%s)
     trap 'rs_teardown' EXIT
     trap 'exit 130' INT TERM

@@ -24,9 +24,9 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=../lib/libvirtd.sh
+# shellcheck source=tests/lib/libvirtd.sh
 . "$here/../lib/libvirtd.sh"
-# shellcheck source=lib.sh
+# shellcheck source=tests/realstack/lib.sh
 . "$here/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || kb_die "the real-stack suite must run as root"
@@ -76,7 +76,7 @@ pass_run() {
 # between S_BEFORE and S_AFTER (the drift while the pass ran), and the guest
 # must see the same change in its own MemTotal. Sets BONUS_<guest>.
 expect_bonuses() {
-    local lo hi g cap names=() caps=() i=0 blo bhi
+    local lo hi g names=() caps=() i=0 blo bhi
     lo=$((S_BEFORE < S_AFTER ? S_BEFORE : S_AFTER))
     hi=$((S_BEFORE < S_AFTER ? S_AFTER : S_BEFORE))
     for g in "$@"; do
@@ -187,6 +187,7 @@ s2_ksm_starts() {
     # Scenarios 6 and 7 count resizes in libvirt's monitor log: it must see these.
     check "libvirt's monitor log shows the pass's three balloon commands" \
         test "$(kb_monitor_balloon_calls "$mark")" -eq 3 || return 1
+    # shellcheck disable=SC2154 # BONUS_* are set by expect_bonuses (printf -v)
     figure "s2 savings $(mib "$S_BEFORE")..$(mib "$S_AFTER") MiB over 3 VMs -> bonus g1 $(mib "$BONUS_g1"), g2 $(mib "$BONUS_g2"), g3 $(mib "$BONUS_g3") MiB; MemTotal g1 $(rs_memtotal g1) kB"
 }
 

@@ -33,8 +33,10 @@ fi
 if [ -n "${KB_IN_PRIVATE:-}" ]; then
     for d in /run /etc/libvirt/qemu /etc/libvirt/hooks /etc/libvirt/storage \
         /var/lib/libvirt /var/log/libvirt /var/cache/libvirt; do
-        mkdir -p "$d" && mount -t tmpfs -o mode=0755 kb-private-libvirt "$d" ||
-            { echo "cannot mount a tmpfs over $d" >&2; exit 1; }
+        if ! { mkdir -p "$d" && mount -t tmpfs -o mode=0755 kb-private-libvirt "$d"; }; then
+            echo "cannot mount a tmpfs over $d" >&2
+            exit 1
+        fi
     done
 fi
 here=$(cd "$(dirname "$0")" && pwd)

@@ -53,7 +53,7 @@ kb_rel_expect 0 "hook \"new vm\" prepare begin: cannot write $state\.tmp\.[0-9]+
 kb_rel_same "$state" "$sha" "full: hook"; faults=$((faults + 1))
 kb_rel_expect 0 'State file problem|VM +FLOOR' "$work/log-full-status" -- "$KB_BIN" status
 kb_rel_same "$state" "$sha" "full: status"
-if ls "$dir" | grep -q '\.tmp\.'; then kb_die "a temp file was left behind: $(ls "$dir")"; fi
+if compgen -G "$dir/*.tmp.*" >/dev/null; then kb_die "a temp file was left behind: $(ls "$dir")"; fi
 rm "$dir/filler"
 kb_rel_expect 0 'libvirt calls this pass' "$work/log-full-after" -- "$KB_BIN" run
 kb_rel_check "$state" "$KSM_BALLOON_CONNECT" "$present" "" "$work/log-full-run:$work/log-full-after"
