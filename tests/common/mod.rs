@@ -20,7 +20,7 @@ use ksm_balloon::hypervisor::{self, Hypervisor, Libvirt};
 use ksm_balloon::state::{State, STATE_VERSION};
 
 pub mod node;
-pub use node::{node_xml, xml_escape, Dom};
+pub use node::{node_xml, Dom};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ksm-balloon");
