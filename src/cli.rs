@@ -9,9 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::ksm::Metric;
+use crate::pass;
 use crate::policy::Split;
 use crate::units::{parse_size_kib, SizeOrPercent};
 
@@ -35,8 +37,9 @@ pub enum Command {
         /// Print what the pass would do, and why, without changing anything.
         #[arg(long)]
         dry_run: bool,
-        /// With --dry-run: print JSON instead of a table.
-        #[arg(long, requires = "dry_run")]
+        /// Print the pass's report as JSON on stdout: what it saw and did
+        /// (with --dry-run: what it would do).
+        #[arg(long)]
         json: bool,
     },
     /// Print what the next pass would do, and why, without changing anything.
@@ -83,6 +86,30 @@ fn parse_share(s: &str) -> Result<f64, String> {
         .map_err(|_| format!("'{s}' is not a number"))?;
     if !(0.0..=1.0).contains(&v) {
         return Err(format!("{v} is not between 0 and 1"));
+    }
+    Ok(v)
+}
+
+/// A value parser for one of `all`'s names: clap lists them in the help
+/// and the completions, and names the flag and the value at fault.
+fn one_of<T: Copy + Send + Sync + 'static>(
+    all: &'static [(&'static str, T)],
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(all.iter().map(|(n, _)| *n)).map(move |s| {
+        all.iter()
+            .find(|(n, _)| *n == s)
+            .map_or(all[0].1, |(_, v)| *v)
+    })
+}
+
+fn parse_period(s: &str) -> Result<u32, String> {
+    let v: u32 = s
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number of seconds"))?;
+    if v > 3600 {
+        return Err(format!("{v} is more than 3600 seconds"));
     }
     Ok(v)
 }
@@ -134,14 +161,14 @@ pub struct Settings {
         long,
         global = true,
         env = "KSM_BALLOON_STATE",
-        default_value = "/var/lib/ksm-balloon/state.json"
+        default_value = crate::sysconfig::DEFAULT_STATE
     )]
     pub state: PathBuf,
 
     /// Which KSM counter is the savings: profit (general_profit), sharing
     /// (pages_sharing + ksm_zero_pages), shared (pages_shared, the paper's), or
     /// auto (profit where the kernel has it, else sharing).
-    #[arg(long, global = true, env = "KSM_BALLOON_METRIC", value_enum, default_value_t = Metric::Auto)]
+    #[arg(long, global = true, env = "KSM_BALLOON_METRIC", default_value = "auto", value_parser = one_of(&Metric::ALL))]
     pub metric: Metric,
 
     /// Fraction of the savings handed out to the VMs, 0 to 1.
@@ -149,7 +176,7 @@ pub struct Settings {
     pub share: f64,
 
     /// How the pool is divided: equal (the paper) or proportional to each VM's floor.
-    #[arg(long, global = true, env = "KSM_BALLOON_SPLIT", value_enum, default_value_t = Split::Equal)]
+    #[arg(long, global = true, env = "KSM_BALLOON_SPLIT", default_value = "equal", value_parser = one_of(&Split::ALL))]
     pub split: Split,
 
     /// Host MemAvailable to keep free: below it nothing grows and bonuses
@@ -165,17 +192,29 @@ pub struct Settings {
     #[arg(long, global = true, env = "KSM_BALLOON_MAX_GROW", default_value = "unlimited", value_parser = parse_limit)]
     pub max_grow: Limit,
 
-    /// Most a VM shrinks in one pass: a size, or "unlimited" (the paper).
+    /// Most a VM shrinks in one pass while the host is above its reserve:
+    /// a size, or "unlimited" (the paper).
     #[arg(long, global = true, env = "KSM_BALLOON_MAX_SHRINK", default_value = "unlimited", value_parser = parse_limit)]
     pub max_shrink: Limit,
+
+    /// Under the reserve, most of a VM's applications' memory taken in one
+    /// pass: a size, or "unlimited" (the host's whole shortfall at once).
+    #[arg(long, global = true, env = "KSM_BALLOON_MAX_SQUEEZE", default_value = "unlimited", value_parser = parse_limit)]
+    pub max_squeeze: Limit,
+
+    /// Most a VM without fresh guest statistics gives back in one pass: a
+    /// size, or "unlimited" (all of it at once, as the paper would).
+    #[arg(long, global = true, env = "KSM_BALLOON_BLIND_STEP", default_value = "16M", value_parser = parse_limit)]
+    pub blind_step: Limit,
+
+    /// Seconds between a guest's memory statistics, turned on (live only)
+    /// for a managed VM that reports none; 0 leaves guests alone.
+    #[arg(long, global = true, env = "KSM_BALLOON_GUEST_STATS_PERIOD", default_value = "5", value_parser = parse_period)]
+    pub guest_stats_period: u32,
 
     /// Seconds a pass waits for the state lock before giving up (exit 1).
     #[arg(long, global = true, env = "KSM_BALLOON_LOCK_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
     pub lock_timeout: Duration,
-
-    /// Seconds the hook waits for the state lock (it delays a VM start meanwhile).
-    #[arg(long, global = true, env = "KSM_BALLOON_HOOK_LOCK_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
-    pub hook_lock_timeout: Duration,
 }
 
 /// A setting that parsed but cannot be used.
@@ -195,12 +234,10 @@ pub struct UsageError {
 pub struct Config {
     /// The settings as given.
     pub settings: Settings,
-    /// `<root>/sys/kernel/mm/ksm`.
-    pub ksm_dir: PathBuf,
-    /// `<root>/proc/meminfo`.
-    pub meminfo: PathBuf,
-    /// `<root>/<state>`.
-    pub state_path: PathBuf,
+    /// Every path, under `--root`.
+    pub paths: pass::Paths,
+    /// What a pass needs of the settings.
+    pub pass: pass::Settings,
 }
 
 /// Resolves an absolute host path under `root`.
@@ -240,9 +277,19 @@ impl Settings {
             });
         }
         Ok(Config {
-            ksm_dir: under_root(&self.root, Path::new("/sys/kernel/mm/ksm")),
-            meminfo: under_root(&self.root, Path::new("/proc/meminfo")),
-            state_path: under_root(&self.root, &self.state),
+            paths: pass::Paths::under(&self.root, &self.state),
+            pass: pass::Settings {
+                metric: self.metric,
+                share: self.share,
+                split: self.split,
+                reserve: self.reserve,
+                deadband_kib: self.deadband,
+                max_grow_kib: self.max_grow.0,
+                max_shrink_kib: self.max_shrink.0,
+                max_squeeze_kib: self.max_squeeze.0,
+                blind_step_kib: self.blind_step.0,
+                guest_stats_period: self.guest_stats_period,
+            },
             settings: self,
         })
     }
@@ -271,7 +318,12 @@ mod tests {
         assert_eq!(s.max_grow, Limit(None));
         assert_eq!(s.max_shrink, Limit(None));
         assert_eq!(s.lock_timeout, Duration::from_secs(20));
-        assert_eq!(s.hook_lock_timeout, Duration::from_secs(5));
+        assert_eq!(s.max_squeeze, Limit(None));
+        assert_eq!(s.blind_step, Limit(Some(16384)));
+        assert_eq!(s.guest_stats_period, 5);
+        // the pass gets the same defaults the library has
+        let cfg = s.validate().unwrap();
+        assert_eq!(cfg.pass, pass::Settings::default());
     }
 
     #[test]

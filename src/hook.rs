@@ -1,19 +1,23 @@
-//! The libvirt qemu hook: `ksm-balloon hook <domain> <operation> <sub-op> <extra>`
-//! with the domain XML on stdin.
+//! The libvirt qemu hook, in two halves that never meet in time.
 //!
-//! libvirt waits for the hook while it starts or stops a VM, so this path
-//! never opens a libvirt connection (the daemon would deadlock), takes the
-//! lock for a short bounded time, and never fails a VM start: every problem
-//! is logged and the exit is 0. It prints nothing on stdout: for `migrate`
-//! and `restore`, libvirt would take whatever it printed as replacement XML.
+//! The hook's half ([`run`]): libvirt calls `<hook> <domain> <operation>
+//! <sub-op> <extra>` with the domain XML on stdin and waits for it while it
+//! starts or stops a VM. So this half reads stdin, and for the operations
+//! that matter drops one record into the spool ([`crate::state::spool`]):
+//! no lock, no libvirt connection, nothing printed on stdout (for
+//! `migrate` and `restore` libvirt would take it as replacement XML), and
+//! it never fails a VM start: every problem is returned for the caller to
+//! log, and the exit is 0.
+//!
+//! The pass's half ([`fold`]): under the pass lock, each spooled record is
+//! applied to the state in the order the hooks ran ([`apply`], pure).
 
 use std::io::{self, Read};
-use std::time::Duration;
-
-use log::{info, warn};
+use std::path::{Path, PathBuf};
 
 use crate::domxml::{self, DomainXml};
-use crate::state::{Loaded, Source, State, Store, VmRecord};
+use crate::state::spool::{self, HookRecord, SPOOL_VERSION};
+use crate::state::{Source, State, VmRecord};
 
 /// The most domain XML read from stdin; more is drained and ignored.
 pub const MAX_XML_BYTES: u64 = 4 << 20;
@@ -26,7 +30,8 @@ pub enum Event {
     Register,
     /// `started`: the XML already shows `<currentMemory>` equal to
     /// `<memory>`, so it says nothing about the floor; only note a VM that
-    /// was missed.
+    /// was missed. Spooled all the same: it asks for a pass, which sizes the
+    /// new VM within a second instead of at the next tick.
     Started,
     /// `reconnect`/`attach`/`restore`/`migrate`: the XML's size may include
     /// a bonus; keep a floor already known.
@@ -65,52 +70,70 @@ pub enum Outcome {
 }
 
 fn record_from(xml: &DomainXml, floor_kib: u64, source: Source, now: u64) -> VmRecord {
-    VmRecord {
-        name: xml.name.clone(),
-        uuid: xml.uuid.clone(),
+    VmRecord::new(
+        xml.name.clone(),
+        xml.uuid.clone(),
         floor_kib,
-        ceiling_kib: xml.memory_kib,
-        balloon: xml.balloon,
+        xml.memory_kib,
+        xml.balloon,
         source,
-        recorded_at: now,
-        last_target_kib: None,
-        last_change_at: None,
-    }
+        now,
+    )
 }
 
 /// Drops records of other UUIDs under the same name: a domain that was
-/// undefined and redefined while a stop event was missed.
-fn drop_stale_namesakes(state: &mut State, name: &str, uuid: &str) {
-    state.vms.retain(|k, v| {
-        let stale = v.name == name && k != uuid;
-        if stale {
-            warn!("dropping stale record of {name:?} (uuid {k}): the domain now has uuid {uuid}");
-        }
-        !stale
-    });
+/// undefined and redefined while a stop event was missed. Returns the
+/// UUIDs dropped.
+fn drop_stale_namesakes(state: &mut State, name: &str, uuid: &str) -> Vec<String> {
+    let stale: Vec<String> = state
+        .vms
+        .iter()
+        .filter(|(k, v)| v.name == name && k.as_str() != uuid)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &stale {
+        state.vms.remove(k);
+    }
+    stale
 }
 
-/// Applies one event to the state. Pure: no I/O but logging.
+/// Applies one event to the state. Pure. Applying the same record twice
+/// gives the same state as applying it once (a pass killed after saving
+/// but before removing the spool folds it again).
 pub fn apply(state: &mut State, event: Event, xml: &DomainXml, now: u64) -> Outcome {
     match event {
         Event::Ignore => Outcome::Nothing,
         Event::Register => {
             drop_stale_namesakes(state, &xml.name, &xml.uuid);
+            state.candidates.remove(&xml.uuid);
             let floor = xml.current_memory_kib.min(xml.memory_kib);
             let new = record_from(xml, floor, Source::Hook, now);
-            match state.vms.insert(xml.uuid.clone(), new) {
-                None => Outcome::Recorded,
-                Some(_) => Outcome::Updated,
+            match state.vms.get(&xml.uuid) {
+                // The same start told twice (prepare, then start; or a
+                // record folded again): keep what passes learnt since.
+                Some(old)
+                    if old.source == Source::Hook
+                        && old.floor_kib == new.floor_kib
+                        && old.ceiling_kib == new.ceiling_kib
+                        && old.balloon == new.balloon
+                        && old.name == new.name =>
+                {
+                    Outcome::Kept
+                }
+                Some(_) => {
+                    state.vms.insert(xml.uuid.clone(), new);
+                    Outcome::Updated
+                }
+                None => {
+                    state.vms.insert(xml.uuid.clone(), new);
+                    Outcome::Recorded
+                }
             }
         }
         Event::Started => {
             if state.vms.contains_key(&xml.uuid) {
                 Outcome::Kept
             } else {
-                warn!(
-                    "VM {:?} was not recorded at prepare/start; the next pass adopts it",
-                    xml.name
-                );
                 Outcome::Nothing
             }
         }
@@ -125,6 +148,7 @@ pub fn apply(state: &mut State, event: Event, xml: &DomainXml, now: u64) -> Outc
             }
             None => {
                 drop_stale_namesakes(state, &xml.name, &xml.uuid);
+                state.candidates.remove(&xml.uuid);
                 let floor = xml.current_memory_kib.min(xml.memory_kib);
                 state.vms.insert(
                     xml.uuid.clone(),
@@ -133,10 +157,13 @@ pub fn apply(state: &mut State, event: Event, xml: &DomainXml, now: u64) -> Outc
                 Outcome::Recorded
             }
         },
-        Event::Forget => match state.vms.remove(&xml.uuid) {
-            Some(_) => Outcome::Forgotten,
-            None => Outcome::Nothing,
-        },
+        Event::Forget => {
+            state.candidates.remove(&xml.uuid);
+            match state.vms.remove(&xml.uuid) {
+                Some(_) => Outcome::Forgotten,
+                None => Outcome::Nothing,
+            }
+        }
     }
 }
 
@@ -144,6 +171,7 @@ pub fn apply(state: &mut State, event: Event, xml: &DomainXml, now: u64) -> Outc
 pub fn forget_by_name(state: &mut State, name: &str) -> Outcome {
     let before = state.vms.len();
     state.vms.retain(|_, v| v.name != name);
+    state.candidates.retain(|_, c| c.name != name);
     if state.vms.len() < before {
         Outcome::Forgotten
     } else {
@@ -163,31 +191,27 @@ pub fn read_capped(mut input: impl Read) -> io::Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
-/// An error with its causes, `outer: inner: ...`, for one log line (the
-/// OS error that says why a file could not be written is a cause).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
+/// What one hook call did, for its caller to log.
+#[derive(Debug, Default)]
+pub struct HookRun {
+    /// The record dropped into the spool, if one was.
+    pub spooled: Option<PathBuf>,
+    /// Problems, one log line each (the call still exits 0).
+    pub problems: Vec<String>,
 }
 
-/// The hook's whole job. Never returns an error: a hook must not fail a VM
-/// start; everything is logged instead.
+/// The hook's whole job: read the XML from `input`, and for an operation
+/// that matters drop a record into the spool of `state_path`. Never fails:
+/// problems come back in [`HookRun::problems`].
 pub fn run(
-    store: &Store,
-    lock_timeout: Duration,
+    state_path: &Path,
     domain: &str,
     operation: &str,
     sub_op: &str,
     input: impl Read,
     now: u64,
-) {
-    let event = classify(operation);
+) -> HookRun {
+    let mut out = HookRun::default();
     // Names the call in every log line, quoted and escaped: an argument with
     // a newline must not start a second, forged log line.
     let at = format!(
@@ -196,101 +220,204 @@ pub fn run(
         sub_op.escape_debug()
     );
     // Read stdin whatever the event, so libvirt never writes into a closed pipe.
-    let text = match read_capped(input) {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            warn!("{at}: domain XML on stdin is larger than {MAX_XML_BYTES} bytes; ignored");
-            return;
-        }
-        Err(e) => {
-            warn!("{at}: cannot read the domain XML from stdin: {e}");
-            return;
-        }
-    };
-    if event == Event::Ignore {
-        info!("{at}: not an operation ksm-balloon acts on; ignored");
-        return;
-    }
-    let xml = match domxml::parse(&text) {
-        Ok(x) => Some(x),
-        Err(e) => {
-            warn!("{at}: {e}; state not changed by the XML");
-            None
-        }
-    };
-    if let Some(x) = &xml {
-        if x.name != domain {
-            warn!(
-                "hook called for {domain:?} but the XML names {:?}; using the XML",
-                x.name
-            );
-        }
-    }
-    if xml.is_none() && event != Event::Forget {
-        return;
-    }
-    let lock = match store.lock(lock_timeout) {
-        Ok(l) => l,
-        Err(e) => {
-            warn!("{at}: {}; the next pass will catch up", chain(&e));
-            return;
-        }
-    };
-    let mut state = match store.load(&lock, now) {
-        Ok(Loaded::Recovered {
-            state,
-            moved_to,
-            problem,
-        }) => {
-            warn!(
-                "state file {} was unusable ({problem}); moved to {}; rebuilding",
-                store.path().display(),
-                moved_to.display()
-            );
-            state
-        }
-        Ok(l) => l.into_state(),
-        Err(e) => {
-            warn!("{at}: {}; state not changed", chain(&e));
-            return;
-        }
-    };
-    let outcome = match &xml {
-        Some(x) => apply(&mut state, event, x, now),
-        None => forget_by_name(&mut state, domain),
-    };
-    let name = xml.as_ref().map_or(domain, |x| x.name.as_str());
-    let changed = !matches!(outcome, Outcome::Nothing | Outcome::Kept) || event == Event::KeepFloor;
-    // Say what happened only once it is on disk: a save that fails leaves
-    // the state as it was, and the log must not claim otherwise.
-    if changed {
-        if let Err(e) = store.save(&lock, &state) {
-            warn!(
-                "{at}: {}; state not changed (VM {name:?} not {})",
-                chain(&e),
-                if outcome == Outcome::Forgotten {
-                    "forgotten"
-                } else {
-                    "recorded"
-                }
-            );
-            return;
-        }
-    }
-    match (&outcome, state.vms.values().find(|v| v.name == name)) {
-        (Outcome::Recorded | Outcome::Updated, Some(r)) => info!(
-            "hook {}: recorded VM {name:?} floor {} ceiling {}{}",
-            operation.escape_debug(),
-            crate::units::Kib(r.floor_kib),
-            crate::units::Kib(r.ceiling_kib),
-            if r.balloon {
-                ""
-            } else {
-                " (no balloon device)"
-            }
+    let (xml, xml_problem) = match read_capped(input) {
+        Ok(Some(t)) => (Some(t), None),
+        Ok(None) => (
+            None,
+            Some(format!(
+                "the domain XML on stdin is larger than {MAX_XML_BYTES} bytes"
+            )),
         ),
-        (Outcome::Forgotten, _) => info!("hook {}: forgot VM {name:?}", operation.escape_debug()),
-        _ => log::debug!("{at}: VM {name:?}: {outcome:?}"),
+        Err(e) => (
+            None,
+            Some(format!("cannot read the domain XML from stdin: {e}")),
+        ),
+    };
+    if classify(operation) == Event::Ignore {
+        return out;
+    }
+    if let Some(p) = &xml_problem {
+        out.problems.push(format!("{at}: {p}"));
+    }
+    let record = HookRecord {
+        v: SPOOL_VERSION,
+        domain: domain.to_string(),
+        operation: operation.to_string(),
+        sub_op: sub_op.to_string(),
+        at: now,
+        xml,
+        xml_problem,
+    };
+    match spool::drop_record(state_path, &record) {
+        Ok(p) => out.spooled = Some(p),
+        Err(e) => out.problems.push(format!(
+            "{at}: cannot spool the record in {}: {e}; the next pass adopts the VM instead",
+            spool::dir_of(state_path).display()
+        )),
+    }
+    out
+}
+
+/// What folding one spooled record did, for the pass to log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Folded {
+    /// The hook call, `hook "<domain>" <operation> <sub-op>`.
+    pub call: String,
+    /// The VM's name (from its XML when there was one).
+    pub name: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// A problem with the record (its XML unusable, a name that differs).
+    pub problem: Option<String>,
+}
+
+/// Applies spooled hook records to the state, in the order given (the
+/// order the hooks ran). Pure.
+pub fn fold(state: &mut State, records: &[HookRecord]) -> Vec<Folded> {
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let call = format!(
+            "hook {:?} {} {}",
+            r.domain,
+            r.operation.escape_debug(),
+            r.sub_op.escape_debug()
+        );
+        let event = classify(&r.operation);
+        let parsed = match (&r.xml, &r.xml_problem) {
+            (Some(text), _) => domxml::parse(text).map_err(|e| e.to_string()),
+            (None, Some(p)) => Err(p.clone()),
+            (None, None) => Err("no domain XML".to_string()),
+        };
+        let (outcome, name, problem) = match parsed {
+            Ok(x) => {
+                let problem = (x.name != r.domain).then(|| {
+                    format!(
+                        "called for {:?} but the XML names {:?}; used the XML",
+                        r.domain, x.name
+                    )
+                });
+                (apply(state, event, &x, r.at), x.name, problem)
+            }
+            Err(why) if event == Event::Forget => (
+                forget_by_name(state, &r.domain),
+                r.domain.clone(),
+                Some(format!("{why}; forgot the VM by name")),
+            ),
+            Err(why) => (
+                Outcome::Nothing,
+                r.domain.clone(),
+                Some(format!("{why}; state not changed by it")),
+            ),
+        };
+        out.push(Folded {
+            call,
+            name,
+            outcome,
+            problem,
+        });
+    }
+    out
+}
+
+/// How verbose the hook is (`KSM_BALLOON_LOG`): problems always, each
+/// spooled record at `debug`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verbosity {
+    /// Problems only.
+    Problems,
+    /// Problems and what was spooled.
+    Debug,
+}
+
+/// The hook's settings: the state file (its spool is beside it) and the
+/// verbosity, from the settings file's text overridden by the environment.
+/// `Err` names the setting at fault.
+pub fn settings(
+    file_text: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(PathBuf, Verbosity), String> {
+    let get =
+        |key: &str| env(key).or_else(|| file_text.and_then(|t| crate::sysconfig::get(t, key)));
+    let root = PathBuf::from(get("KSM_BALLOON_ROOT").unwrap_or_else(|| "/".into()));
+    let state = PathBuf::from(
+        get("KSM_BALLOON_STATE").unwrap_or_else(|| crate::sysconfig::DEFAULT_STATE.into()),
+    );
+    if !root.is_absolute() {
+        return Err(format!(
+            "KSM_BALLOON_ROOT={:?} is not an absolute path",
+            root.display()
+        ));
+    }
+    if !state.is_absolute() || state.file_name().is_none() {
+        return Err(format!(
+            "KSM_BALLOON_STATE={:?} is not an absolute path to a file",
+            state.display()
+        ));
+    }
+    let verbosity = match get("KSM_BALLOON_LOG").as_deref() {
+        Some(l) if l.contains("debug") || l.contains("trace") => Verbosity::Debug,
+        _ => Verbosity::Problems,
+    };
+    Ok((crate::cli::under_root(&root, &state), verbosity))
+}
+
+/// Where the hook's log lines go: the system log where there is one (the
+/// journal under systemd), else stderr (libvirtd keeps a hook's stderr in
+/// its own log). `KSM_BALLOON_HOOK_LOG=stderr` forces stderr (for tests).
+fn log_line(line: &str) {
+    let forced_stderr = std::env::var_os("KSM_BALLOON_HOOK_LOG").is_some_and(|v| v == "stderr");
+    if !forced_stderr && Path::new("/dev/log").exists() {
+        let ident = c"ksm-balloon-hook";
+        let msg = std::ffi::CString::new(line.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: both strings are NUL-terminated and outlive the calls;
+        // the format takes exactly one string argument.
+        unsafe {
+            libc::openlog(ident.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
+            libc::syslog(libc::LOG_WARNING, c"%s".as_ptr(), msg.as_ptr());
+            libc::closelog();
+        }
+    } else {
+        eprintln!("ksm-balloon-hook: {line}");
+    }
+}
+
+/// The hook as a program: `args` are libvirt's (`<domain> <operation>
+/// <sub-op> <extra>`), `input` the domain XML. Reads the settings file
+/// (`KSM_BALLOON_CONFIG`, default [`crate::sysconfig::DEFAULT_PATH`]) and
+/// the environment, spools, logs problems. Always returns: the caller
+/// exits 0 whatever happened, so a VM start never fails because of it.
+pub fn entry(args: &[String], mut input: impl Read) {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let config = env("KSM_BALLOON_CONFIG").unwrap_or_else(|| crate::sysconfig::DEFAULT_PATH.into());
+    let file_text = std::fs::read_to_string(&config).ok();
+    let (state_path, verbosity) = match settings(file_text.as_deref(), env) {
+        Ok(s) => s,
+        Err(why) => {
+            let _ = io::copy(&mut input, &mut io::sink());
+            log_line(&format!(
+                "{why} (in {config} or the environment): nothing recorded; fix the setting"
+            ));
+            return;
+        }
+    };
+    let [domain, operation, rest @ ..] = args else {
+        let _ = io::copy(&mut input, &mut io::sink());
+        log_line(&format!(
+            "called with {} argument(s); libvirt passes <domain> <operation> <sub-op> <extra>",
+            args.len()
+        ));
+        return;
+    };
+    let sub_op = rest.first().map_or("-", String::as_str);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let r = run(&state_path, domain, operation, sub_op, input, now);
+    for p in &r.problems {
+        log_line(p);
+    }
+    if let (Verbosity::Debug, Some(p)) = (verbosity, &r.spooled) {
+        log_line(&format!("spooled {}", p.display()));
     }
 }
 
@@ -305,6 +432,22 @@ mod tests {
             memory_kib: memory,
             current_memory_kib: current,
             balloon: true,
+        }
+    }
+
+    fn text(current: u64, memory: u64) -> String {
+        format!("<domain><name>g1</name><uuid>u1</uuid><memory>{memory}</memory><currentMemory>{current}</currentMemory></domain>")
+    }
+
+    fn rec(op: &str, xml: Option<String>, at: u64) -> HookRecord {
+        HookRecord {
+            v: SPOOL_VERSION,
+            domain: "g1".into(),
+            operation: op.into(),
+            sub_op: "begin".into(),
+            at,
+            xml,
+            xml_problem: None,
         }
     }
 
@@ -337,7 +480,7 @@ mod tests {
         );
         assert_eq!(
             apply(&mut s, Event::Register, &xml(160, 256), 2),
-            Outcome::Updated
+            Outcome::Kept
         );
         // at started, libvirt shows currentMemory == memory: must not matter
         assert_eq!(
@@ -346,6 +489,23 @@ mod tests {
         );
         assert_eq!(s.vms["u1"].floor_kib, 160);
         assert_eq!(s.vms["u1"].ceiling_kib, 256);
+        assert_eq!(s.vms["u1"].recorded_at, 1);
+    }
+
+    #[test]
+    fn a_restart_with_a_new_definition_updates_the_record() {
+        let mut s = State::default();
+        apply(&mut s, Event::Register, &xml(160, 256), 1);
+        s.vms.get_mut("u1").unwrap().last_target_kib = Some(200);
+        assert_eq!(
+            apply(&mut s, Event::Register, &xml(128, 512), 9),
+            Outcome::Updated
+        );
+        let r = &s.vms["u1"];
+        assert_eq!(
+            (r.floor_kib, r.ceiling_kib, r.last_target_kib),
+            (128, 512, None)
+        );
     }
 
     #[test]
@@ -400,6 +560,96 @@ mod tests {
         other.uuid = "u2".into();
         apply(&mut s, Event::Register, &other, 2);
         assert_eq!(s.vms.keys().collect::<Vec<_>>(), ["u2"]);
+    }
+
+    #[test]
+    fn fold_applies_in_order_and_twice_is_once() {
+        let records = [
+            rec("prepare", Some(text(160, 256)), 1),
+            rec("start", Some(text(160, 256)), 1),
+            rec("started", Some(text(256, 256)), 2),
+        ];
+        let mut s = State::default();
+        let f = fold(&mut s, &records);
+        let outcomes: Vec<_> = f.iter().map(|f| f.outcome.clone()).collect();
+        assert_eq!(outcomes, [Outcome::Recorded, Outcome::Kept, Outcome::Kept]);
+        let once = s.clone();
+        fold(&mut s, &records);
+        assert_eq!(s, once);
+        let f = fold(&mut s, &[rec("stopped", Some(text(160, 256)), 5)]);
+        assert_eq!(f[0].outcome, Outcome::Forgotten);
+        assert!(s.vms.is_empty());
+    }
+
+    #[test]
+    fn fold_forgets_by_name_when_a_stops_xml_is_unusable() {
+        let mut s = State::default();
+        fold(&mut s, &[rec("prepare", Some(text(160, 256)), 1)]);
+        let f = fold(&mut s, &[rec("release", Some("<domain".into()), 2)]);
+        assert_eq!(f[0].outcome, Outcome::Forgotten);
+        assert!(f[0]
+            .problem
+            .as_ref()
+            .unwrap()
+            .contains("forgot the VM by name"));
+        // an unusable start changes nothing and says so
+        let f = fold(&mut s, &[rec("prepare", None, 3)]);
+        assert_eq!(f[0].outcome, Outcome::Nothing);
+        assert!(f[0].problem.is_some());
+    }
+
+    #[test]
+    fn hook_run_spools_what_matters_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let r = run(
+            &state,
+            "g1",
+            "prepare",
+            "begin",
+            text(160, 256).as_bytes(),
+            1,
+        );
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        let p = r.spooled.unwrap();
+        let got = spool::parse(&std::fs::read_to_string(p).unwrap()).unwrap();
+        assert_eq!(got.operation, "prepare");
+        assert_eq!(got.xml.as_deref(), Some(text(160, 256).as_str()));
+        let r = run(&state, "g1", "shutdown", "end", &b"<domain/>"[..], 1);
+        assert!(r.spooled.is_none() && r.problems.is_empty());
+        assert_eq!(spool::read_all(&state).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn settings_from_file_and_environment() {
+        let none = |_: &str| None;
+        assert_eq!(
+            settings(None, none).unwrap(),
+            (
+                PathBuf::from("/var/lib/ksm-balloon/state.json"),
+                Verbosity::Problems
+            )
+        );
+        let file = "KSM_BALLOON_STATE=/run/t/state.json\nKSM_BALLOON_LOG=debug\n";
+        assert_eq!(
+            settings(Some(file), none).unwrap(),
+            (PathBuf::from("/run/t/state.json"), Verbosity::Debug)
+        );
+        let env = |k: &str| (k == "KSM_BALLOON_ROOT").then(|| "/fake".to_string());
+        assert_eq!(
+            settings(Some(file), env).unwrap().0,
+            PathBuf::from("/fake/run/t/state.json")
+        );
+        let err = settings(Some("KSM_BALLOON_STATE=relative.json"), none).unwrap_err();
+        assert!(err.contains("KSM_BALLOON_STATE"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_pass_setting_does_not_stop_the_hook() {
+        // Issue 12: the binary exited 2 on KSM_BALLOON_RESERVE=lots before
+        // reading stdin. The hook reads only the settings it needs.
+        let file = "KSM_BALLOON_RESERVE=lots\nKSM_BALLOON_SHARE=2\n";
+        assert!(settings(Some(file), |_: &str| None).is_ok());
     }
 
     #[test]

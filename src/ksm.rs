@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Which counter stands for "what KSM saved".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// `profit` where the kernel has `general_profit`, else `sharing`.
@@ -25,14 +25,37 @@ pub enum Metric {
     Shared,
 }
 
+impl Metric {
+    /// Every metric, by the name the settings use.
+    pub const ALL: [(&'static str, Metric); 4] = [
+        ("auto", Metric::Auto),
+        ("profit", Metric::Profit),
+        ("sharing", Metric::Sharing),
+        ("shared", Metric::Shared),
+    ];
+}
+
 impl fmt::Display for Metric {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Metric::Auto => "auto",
-            Metric::Profit => "profit",
-            Metric::Sharing => "sharing",
-            Metric::Shared => "shared",
-        })
+        let name = Metric::ALL
+            .iter()
+            .find(|(_, m)| m == self)
+            .map_or("?", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Metric, String> {
+        Metric::ALL
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Metric::ALL.iter().map(|(n, _)| *n).collect();
+                format!("'{s}' is not a metric (one of: {})", names.join(", "))
+            })
     }
 }
 

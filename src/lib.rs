@@ -6,14 +6,21 @@
 //! sysfs, meminfo, the state file, libvirt and the clock sit at the edges
 //! ([`ksm::read`], [`meminfo::read`], [`state::Store`], [`hypervisor`]).
 
+pub mod attribution;
 pub mod cli;
 pub mod domxml;
+pub mod errors;
 pub mod hook;
 pub mod hypervisor;
 pub mod ksm;
+pub mod manual;
 pub mod meminfo;
+pub mod metadata;
+pub mod metrics;
 pub mod pass;
 pub mod policy;
+pub mod procksm;
 pub mod render;
 pub mod state;
+pub mod sysconfig;
 pub mod units;

@@ -9,7 +9,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{CommandFactory, Parser};
 use ksm_balloon::cli::{Cli, Command, Config};
 use ksm_balloon::hypervisor::{self, Hypervisor, Libvirt};
-use ksm_balloon::state::Store;
 use ksm_balloon::{hook, pass, render};
 
 fn init_logging() {
@@ -62,15 +61,27 @@ fn json(report: &pass::Report) -> anyhow::Result<()> {
 
 fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
     match command {
-        Command::Run { dry_run: false, .. } => {
-            pass::run(cfg, &mut open(cfg), now())?;
+        Command::Run {
+            dry_run: false,
+            json: j,
+        } => {
+            let report = pass::run(
+                &cfg.paths,
+                &cfg.pass,
+                cfg.settings.lock_timeout,
+                &mut open(cfg),
+                now(),
+            )?;
+            if j {
+                json(&report)?;
+            }
         }
         Command::Run {
             dry_run: true,
             json: j,
         }
         | Command::Plan { json: j } => {
-            let report = pass::dry_run(cfg, &mut open(cfg), now())?;
+            let report = pass::dry_run(&cfg.paths, &cfg.pass, &mut open(cfg), now())?;
             if j {
                 json(&report)?;
             } else {
@@ -78,7 +89,7 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
             }
         }
         Command::Status { json: j } => {
-            let report = pass::dry_run(cfg, &mut open(cfg), now())?;
+            let report = pass::dry_run(&cfg.paths, &cfg.pass, &mut open(cfg), now())?;
             if j {
                 json(&report)?;
             } else {
@@ -89,18 +100,10 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
             domain,
             operation,
             sub_op,
-            extra: _,
+            extra,
         } => {
-            let store = Store::new(cfg.state_path.clone());
-            hook::run(
-                &store,
-                cfg.settings.hook_lock_timeout,
-                &domain,
-                &operation,
-                &sub_op,
-                io::stdin().lock(),
-                now(),
-            );
+            // Reached only with flags before `hook`; see main().
+            hook::entry(&[domain, operation, sub_op, extra], io::stdin().lock());
         }
         Command::Completions { shell } => {
             let mut buf = Vec::new();
@@ -112,6 +115,19 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // The hook is answered before the command line is parsed: it reads only
+    // the settings it needs, so a setting only a pass uses (an invalid
+    // KSM_BALLOON_RESERVE, say) can never stop a VM from starting.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if args.first().map(String::as_str) == Some("hook")
+        && args.get(1).is_some_and(|a| !a.starts_with('-'))
+    {
+        hook::entry(&args[1..], io::stdin().lock());
+        return ExitCode::SUCCESS;
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -8,18 +8,30 @@
 //! among the managed VMs; each VM's target is its floor (the size it was
 //! started with) plus its part, never above its ceiling (its boot-time
 //! maximum). What a VM cannot take because it reaches its ceiling goes to the
-//! others (water-filling). When the savings shrink, the targets shrink in the
-//! same pass.
+//! others (water-filling).
+//!
+//! The loan rule (safe recall): the bonus is a loan. When the savings
+//! shrink, a VM gives back only what it can give without harm: what it
+//! leaves free, then what it uses as page cache (its `MemAvailable`, as the
+//! guest reports it through the balloon's statistics), less a margin for
+//! the guest's kernel and balloon driver. What its applications hold it
+//! keeps while the host is above its reserve; that part of the pool is not
+//! lent to the others. A guest whose statistics are missing or stale gives
+//! back at most a bounded step per pass.
 //!
 //! The host guard: the total bonus handed out never exceeds what is already
 //! handed out plus what the host has available above its reserve. Below the
-//! reserve, no VM grows and the bonuses shrink by the shortfall.
+//! reserve nothing grows and the bonuses shrink by exactly the shortfall
+//! (whatever the deadband): first from what guests leave free, then from
+//! their caches, and only then, in proportion to their bonuses, from their
+//! applications' memory (the host wins; the plan names every guest squeezed).
 
 use serde::Serialize;
 use std::fmt;
+use std::str::FromStr;
 
 /// How the pool is divided among the managed VMs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     /// Every managed VM gets the same amount (the paper).
@@ -28,12 +40,35 @@ pub enum Split {
     Proportional,
 }
 
+impl Split {
+    /// Every split, by the name the settings use.
+    pub const ALL: [(&'static str, Split); 2] = [
+        ("equal", Split::Equal),
+        ("proportional", Split::Proportional),
+    ];
+}
+
 impl fmt::Display for Split {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Split::Equal => "equal",
-            Split::Proportional => "proportional",
-        })
+        let name = Split::ALL
+            .iter()
+            .find(|(_, s)| s == self)
+            .map_or("?", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+impl FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Split, String> {
+        Split::ALL
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Split::ALL.iter().map(|(n, _)| *n).collect();
+                format!("'{s}' is not a split (one of: {})", names.join(", "))
+            })
     }
 }
 
@@ -50,8 +85,15 @@ pub struct Policy {
     pub deadband_kib: u64,
     /// At most this much growth per VM per pass (None: unlimited, the paper).
     pub max_grow_kib: Option<u64>,
-    /// At most this much shrink per VM per pass (None: unlimited, the paper).
+    /// At most this much shrink per VM per pass, above the reserve (None:
+    /// unlimited, the paper). Under the reserve the host wins.
     pub max_shrink_kib: Option<u64>,
+    /// Under the reserve, at most this much of a VM's applications' memory
+    /// is taken per pass (None: the whole shortfall at once).
+    pub max_squeeze_kib: Option<u64>,
+    /// The most a VM without fresh statistics gives back per pass above the
+    /// reserve, in KiB (None: all of it, as the paper would).
+    pub blind_step_kib: Option<u64>,
 }
 
 impl Default for Policy {
@@ -63,12 +105,23 @@ impl Default for Policy {
             deadband_kib: DEFAULT_DEADBAND_KIB,
             max_grow_kib: None,
             max_shrink_kib: None,
+            max_squeeze_kib: None,
+            blind_step_kib: Some(DEFAULT_BLIND_STEP_KIB),
         }
     }
 }
 
 /// The default deadband: 4 MiB.
 pub const DEFAULT_DEADBAND_KIB: u64 = 4 * 1024;
+
+/// The default step a VM without fresh statistics gives back per pass: 16 MiB.
+pub const DEFAULT_BLIND_STEP_KIB: u64 = 16 * 1024;
+
+/// The guest keeps at least this much of its `MemAvailable`: 16 MiB.
+pub const GUEST_MARGIN_MIN_KIB: u64 = 16 * 1024;
+
+/// ... or this percentage of its memory, whichever is more.
+pub const GUEST_MARGIN_PERCENT: u64 = 5;
 
 /// A return to the floor is applied once the VM is more than this above it,
 /// even inside the deadband, so "savings gone" really means "back at the floor".
@@ -100,6 +153,27 @@ pub enum VmStatus {
     NotRunning,
 }
 
+/// A guest's own memory figures, from its balloon driver's statistics
+/// (fresh ones only). KiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct GuestView {
+    /// Its `MemAvailable` (`balloon.usable`): what it can give without
+    /// swapping or killing, free memory and reclaimable cache.
+    pub usable_kib: u64,
+    /// Its `MemFree` (`balloon.unused`): what it leaves free.
+    pub unused_kib: u64,
+    /// Its `MemTotal` (`balloon.available`).
+    pub total_kib: u64,
+}
+
+impl GuestView {
+    /// The margin the guest keeps: the larger of [`GUEST_MARGIN_MIN_KIB`]
+    /// and [`GUEST_MARGIN_PERCENT`] of its memory.
+    pub fn margin_kib(&self) -> u64 {
+        GUEST_MARGIN_MIN_KIB.max(self.total_kib / 100 * GUEST_MARGIN_PERCENT)
+    }
+}
+
 /// One VM as the policy sees it. Sizes in KiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct VmView {
@@ -107,10 +181,35 @@ pub struct VmView {
     pub floor_kib: u64,
     /// Its ceiling: its boot-time maximum.
     pub ceiling_kib: u64,
-    /// Its balloon's size now.
+    /// The size its balloon is at, or on its way to (a target asked by an
+    /// earlier pass that it has not reached yet).
     pub current_kib: u64,
+    /// The size its balloon is at now.
+    pub actual_kib: u64,
+    /// Its own figures, when it reports fresh ones.
+    pub guest: Option<GuestView>,
     /// Whether it takes part.
     pub status: VmStatus,
+}
+
+impl VmView {
+    /// A VM at rest (nothing in flight) without guest statistics.
+    pub fn new(floor_kib: u64, ceiling_kib: u64, current_kib: u64, status: VmStatus) -> VmView {
+        VmView {
+            floor_kib,
+            ceiling_kib,
+            current_kib,
+            actual_kib: current_kib,
+            guest: None,
+            status,
+        }
+    }
+
+    /// The same VM with fresh guest statistics.
+    pub fn with_guest(mut self, guest: GuestView) -> VmView {
+        self.guest = Some(guest);
+        self
+    }
 }
 
 /// What to do with a VM this pass.
@@ -137,6 +236,12 @@ pub enum Reason {
     Ceiling,
     /// The host guard cut the pool or stopped growth.
     HostGuard,
+    /// The host is under its reserve: squeezed into its applications' memory.
+    Squeezed,
+    /// It keeps what its applications hold: the savings no longer cover it.
+    Kept,
+    /// No fresh guest statistics: it gives back a bounded step per pass.
+    BlindStep,
     /// KSM is not merging: sizes held.
     KsmStopped,
     /// A per-pass growth or shrink limit applied.
@@ -147,6 +252,10 @@ pub enum Reason {
     Steady,
     /// Within the deadband of the target.
     Deadband,
+    /// A target asked earlier is still on its way.
+    InFlight,
+    /// Its balloon does not reach what was asked: not asked again yet.
+    Backoff,
     /// Floor equals ceiling: no headroom to give.
     NoHeadroom,
     /// No balloon device.
@@ -155,6 +264,10 @@ pub enum Reason {
     NotRunning,
     /// Floor above ceiling: the record is impossible.
     BadBounds,
+    /// Its balloon's figures could not be read this pass.
+    Unreadable,
+    /// Not recorded by a hook: adopted once its balloon has settled.
+    Adopting,
 }
 
 impl fmt::Display for Reason {
@@ -163,15 +276,22 @@ impl fmt::Display for Reason {
             Reason::Share => "floor plus its share of the savings",
             Reason::Ceiling => "its share reaches its ceiling",
             Reason::HostGuard => "host guard: MemAvailable near the reserve",
+            Reason::Squeezed => "host under its reserve: squeezed into its applications' memory",
+            Reason::Kept => "keeps what its applications hold (the savings no longer cover it)",
+            Reason::BlindStep => "no fresh guest statistics: a bounded step per pass",
             Reason::KsmStopped => "KSM is not merging: sizes held",
             Reason::StepLimit => "per-pass step limit",
             Reason::OutOfBounds => "size was outside [floor, ceiling]",
             Reason::Steady => "at its target",
             Reason::Deadband => "within the deadband",
+            Reason::InFlight => "an earlier target is still on its way",
+            Reason::Backoff => "its balloon does not reach the target: asked again later",
             Reason::NoHeadroom => "floor equals ceiling: no headroom",
             Reason::NoBalloon => "no balloon device",
             Reason::NotRunning => "not running",
             Reason::BadBounds => "floor above ceiling",
+            Reason::Unreadable => "its balloon could not be read this pass",
+            Reason::Adopting => "no hook recorded it: adopted once its balloon settles",
         })
     }
 }
@@ -185,9 +305,27 @@ pub struct Decision {
     pub action: Action,
     /// Why.
     pub reason: Reason,
+    /// What it keeps above what the savings give it, because it cannot
+    /// give it back without harm (safe recall), in KiB.
+    pub kept_kib: u64,
+    /// What the host guard takes from its applications' memory, in KiB.
+    pub squeezed_kib: u64,
+    /// What it could give back without harm this pass, in KiB.
+    pub givable_kib: u64,
 }
 
 impl Decision {
+    fn skip(vm: &VmView, reason: Reason) -> Decision {
+        Decision {
+            target_kib: vm.current_kib,
+            action: Action::Skip,
+            reason,
+            kept_kib: 0,
+            squeezed_kib: 0,
+            givable_kib: 0,
+        }
+    }
+
     /// The size the VM has after this decision is applied.
     pub fn applied_kib(&self, current_kib: u64) -> u64 {
         match self.action {
@@ -213,6 +351,14 @@ pub struct Plan {
     pub bonus_now_kib: u64,
     /// MemAvailable is under the reserve: nothing grows.
     pub under_reserve: bool,
+    /// How far under the reserve, in KiB (0 above it).
+    pub shortfall_kib: u64,
+    /// What the bonuses shrink by this pass, in KiB.
+    pub recalled_kib: u64,
+    /// What VMs keep that the savings no longer cover, in KiB.
+    pub kept_kib: u64,
+    /// What the guard takes from applications' memory, in KiB.
+    pub squeezed_kib: u64,
     /// How many VMs take part in the split.
     pub managed: usize,
     /// One decision per input VM, in input order.
@@ -222,7 +368,7 @@ pub struct Plan {
 /// Divides `pool` among slots with capacity `caps` and weights `weights`,
 /// filling the smallest capacity-per-weight first so that what a slot cannot
 /// take goes to the others. Each slot gets at most its cap; the total is at
-/// most `pool`.
+/// most `pool`, and exactly `pool` when the caps allow it.
 pub fn water_fill(pool: u64, caps: &[u64], weights: &[u64]) -> Vec<u64> {
     assert_eq!(caps.len(), weights.len());
     let weights: Vec<u128> = weights.iter().map(|&w| u128::from(w.max(1))).collect();
@@ -246,6 +392,114 @@ pub fn water_fill(pool: u64, caps: &[u64], weights: &[u64]) -> Vec<u64> {
     out
 }
 
+/// One eligible VM while the plan is worked out. Sizes in KiB.
+struct Slot {
+    /// Index into the input.
+    i: usize,
+    floor: u64,
+    headroom: u64,
+    /// Its bonus now (current size, clamped into its bounds, above floor).
+    bonus: u64,
+    /// What it can give back without harm: the free part ...
+    give_free: u64,
+    /// ... and the page-cache part (for a VM without fresh statistics, the
+    /// blind step).
+    give_cache: u64,
+    blind: bool,
+    weight: u64,
+}
+
+impl Slot {
+    fn give(&self) -> u64 {
+        self.give_free + self.give_cache
+    }
+}
+
+fn slot(i: usize, vm: &VmView, policy: &Policy) -> Slot {
+    let cur = vm.current_kib.clamp(vm.floor_kib, vm.ceiling_kib);
+    let bonus = cur - vm.floor_kib;
+    let (give_free, give_cache, blind) = match vm.guest {
+        Some(g) => {
+            // A shrink still on its way takes its part of what the guest
+            // has available before anything this pass asks for.
+            let in_flight = vm.actual_kib.saturating_sub(vm.current_kib);
+            let reserve = g.margin_kib() + in_flight;
+            let usable = g.usable_kib.saturating_sub(reserve);
+            let free = g.unused_kib.saturating_sub(reserve).min(usable);
+            (free, usable - free, false)
+        }
+        None => (0, policy.blind_step_kib.unwrap_or(u64::MAX), true),
+    };
+    let give_free = give_free.min(bonus);
+    let give_cache = give_cache.min(bonus - give_free);
+    Slot {
+        i,
+        floor: vm.floor_kib,
+        headroom: vm.ceiling_kib - vm.floor_kib,
+        bonus,
+        give_free,
+        give_cache,
+        blind,
+        weight: match policy.split {
+            Split::Equal => 1,
+            Split::Proportional => vm.floor_kib,
+        },
+    }
+}
+
+/// The split with the loan rule: water-fill `budget`; a VM whose part
+/// would take back more than it can give keeps its bonus less what it can
+/// give, and the rest of the budget is filled among the others, until no
+/// VM is asked for more than it can give. Returns (bonus, its part of the
+/// plain split) per slot: what it keeps is the difference.
+fn split_with_loans(budget: u64, slots: &[Slot], caps: &[u64]) -> Vec<(u64, u64)> {
+    let weights: Vec<u64> = slots.iter().map(|s| s.weight).collect();
+    let ideal = water_fill(budget, caps, &weights);
+    let mut fixed: Vec<Option<u64>> = vec![None; slots.len()];
+    loop {
+        let open: Vec<usize> = (0..slots.len()).filter(|&k| fixed[k].is_none()).collect();
+        let held: u64 = fixed.iter().flatten().sum();
+        let alloc = water_fill(
+            budget.saturating_sub(held),
+            &open.iter().map(|&k| caps[k]).collect::<Vec<_>>(),
+            &open.iter().map(|&k| weights[k]).collect::<Vec<_>>(),
+        );
+        let mut changed = false;
+        for (j, &k) in open.iter().enumerate() {
+            let s = &slots[k];
+            if s.bonus > alloc[j] + s.give() {
+                fixed[k] = Some(s.bonus - s.give());
+                changed = true;
+            }
+        }
+        if !changed {
+            return (0..slots.len())
+                .map(|k| {
+                    let b = fixed[k].unwrap_or_else(|| {
+                        alloc[open.iter().position(|&o| o == k).expect("open slot")]
+                    });
+                    (b, ideal[k])
+                })
+                .collect();
+        }
+    }
+}
+
+/// Takes up to `want` from `avail` (per slot), largest first (fewest
+/// resizes); returns what was taken from each.
+fn take_largest_first(want: u64, avail: &[u64]) -> Vec<u64> {
+    let mut order: Vec<usize> = (0..avail.len()).collect();
+    order.sort_by(|&a, &b| avail[b].cmp(&avail[a]).then(a.cmp(&b)));
+    let mut left = want;
+    let mut out = vec![0; avail.len()];
+    for k in order {
+        let t = avail[k].min(left);
+        out[k] = t;
+        left -= t;
+    }
+    out
+}
+
 /// Works out every VM's target. Pure: same input, same output.
 pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
     let share = if policy.share.is_finite() {
@@ -254,100 +508,153 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
         0.0
     };
     let mut decisions: Vec<Option<Decision>> = vec![None; vms.len()];
-    let mut eligible = Vec::new();
+    let mut slots = Vec::new();
     for (i, vm) in vms.iter().enumerate() {
-        let skip = |reason| {
-            Some(Decision {
-                target_kib: vm.current_kib,
-                action: Action::Skip,
-                reason,
-            })
-        };
         decisions[i] = match vm.status {
-            VmStatus::NoBalloon => skip(Reason::NoBalloon),
-            VmStatus::NotRunning => skip(Reason::NotRunning),
-            VmStatus::Managed if vm.floor_kib > vm.ceiling_kib => skip(Reason::BadBounds),
-            VmStatus::Managed if vm.floor_kib == vm.ceiling_kib => skip(Reason::NoHeadroom),
+            VmStatus::NoBalloon => Some(Decision::skip(vm, Reason::NoBalloon)),
+            VmStatus::NotRunning => Some(Decision::skip(vm, Reason::NotRunning)),
+            VmStatus::Managed if vm.floor_kib > vm.ceiling_kib => {
+                Some(Decision::skip(vm, Reason::BadBounds))
+            }
+            VmStatus::Managed if vm.floor_kib == vm.ceiling_kib => {
+                Some(Decision::skip(vm, Reason::NoHeadroom))
+            }
             VmStatus::Managed => {
-                eligible.push(i);
+                slots.push(slot(i, vm, policy));
                 None
             }
         };
     }
 
-    let bonus_of = |vm: &VmView| vm.current_kib.clamp(vm.floor_kib, vm.ceiling_kib) - vm.floor_kib;
-    let bonus_now: u64 = eligible.iter().map(|&i| bonus_of(&vms[i])).sum();
+    let bonus_now: u64 = slots.iter().map(|s| s.bonus).sum();
     let pool = if host.ksm_counters_live {
         (host.savings_kib as f64 * share).floor() as u64
     } else {
         0
     };
     let room = i128::from(host.available_kib) - i128::from(policy.reserve_kib);
-    let guard_cap = (i128::from(bonus_now) + room).max(0) as u64;
     let under_reserve = room < 0;
+    let shortfall = if under_reserve { (-room) as u64 } else { 0 };
 
-    let (wanted, caps): (u64, Vec<u64>) = if host.ksm_counters_live {
-        let caps = eligible
+    // The split (KSM live) or the sizes held (KSM stopped), with the loan
+    // rule: (bonus, its part of the plain split) per slot.
+    // Under the reserve nothing grows, so nothing is taken from one VM to
+    // grow another: the split is capped at each VM's bonus now, and takes
+    // back only what the fallen savings no longer cover.
+    let (budget, mut split): (u64, Vec<(u64, u64)>) = if host.ksm_counters_live {
+        let guard_cap = (i128::from(bonus_now) + room.max(0)) as u64;
+        let budget = pool.min(guard_cap);
+        let caps: Vec<u64> = slots
             .iter()
-            .map(|&i| vms[i].ceiling_kib - vms[i].floor_kib)
+            .map(|s| if under_reserve { s.bonus } else { s.headroom })
             .collect();
-        (pool, caps)
+        (budget, split_with_loans(budget, &slots, &caps))
     } else {
-        let caps = eligible.iter().map(|&i| bonus_of(&vms[i])).collect();
-        (bonus_now, caps)
+        (
+            bonus_now,
+            slots.iter().map(|s| (s.bonus, s.bonus)).collect(),
+        )
     };
-    let budget = wanted.min(guard_cap);
-    let guarded = budget < wanted;
-    let weights: Vec<u64> = eligible
-        .iter()
-        .map(|&i| match policy.split {
-            Split::Equal => 1,
-            Split::Proportional => vms[i].floor_kib,
-        })
-        .collect();
-    let alloc = water_fill(budget, &caps, &weights);
+    let guarded = host.ksm_counters_live && budget < pool;
 
-    for (k, &i) in eligible.iter().enumerate() {
-        let vm = &vms[i];
-        let headroom = vm.ceiling_kib - vm.floor_kib;
-        let mut target = vm.floor_kib + alloc[k];
-        let mut reason = if !host.ksm_counters_live {
+    // Under the reserve: nothing grows, and the bonuses shrink by exactly
+    // the shortfall (or by what the split already takes back, if more).
+    let mut squeezed = vec![0u64; slots.len()];
+    if under_reserve {
+        for (k, s) in slots.iter().enumerate() {
+            split[k].0 = split[k].0.min(s.bonus);
+        }
+        let recalled: u64 = slots.iter().zip(&split).map(|(s, b)| s.bonus - b.0).sum();
+        let required = shortfall.min(bonus_now);
+        let mut left = required.saturating_sub(recalled);
+        // First what guests leave free, then their caches (largest first),
+        // then their applications' memory, in proportion to their bonuses.
+        for class in [0, 1] {
+            let avail: Vec<u64> = slots
+                .iter()
+                .zip(&split)
+                .map(|(s, b)| {
+                    let given = s.bonus - b.0;
+                    let free_left = s.give_free.saturating_sub(given);
+                    let cache_left = s.give().saturating_sub(given.max(s.give_free));
+                    let a = if class == 0 { free_left } else { cache_left };
+                    a.min(b.0)
+                })
+                .collect();
+            for (k, t) in take_largest_first(left, &avail).into_iter().enumerate() {
+                split[k].0 -= t;
+                left -= t;
+            }
+        }
+        if left > 0 {
+            let caps: Vec<u64> = split
+                .iter()
+                .map(|b| policy.max_squeeze_kib.map_or(b.0, |m| b.0.min(m)))
+                .collect();
+            let weights: Vec<u64> = split.iter().map(|b| b.0).collect();
+            for (k, t) in water_fill(left, &caps, &weights).into_iter().enumerate() {
+                split[k].0 -= t;
+                squeezed[k] = t;
+            }
+        }
+    }
+
+    for (k, s) in slots.iter().enumerate() {
+        let vm = &vms[s.i];
+        let (bonus, ideal) = split[k];
+        let kept = bonus.saturating_sub(ideal);
+        let mut target = s.floor + bonus;
+        let cur = s.floor + s.bonus;
+        let mut reason = if squeezed[k] > 0 {
+            Reason::Squeezed
+        } else if !host.ksm_counters_live {
             Reason::KsmStopped
+        } else if under_reserve && bonus < s.bonus {
+            Reason::HostGuard
+        } else if kept > 0 && s.blind {
+            Reason::BlindStep
+        } else if kept > 0 {
+            Reason::Kept
         } else if guarded {
             Reason::HostGuard
-        } else if alloc[k] == headroom && headroom > 0 {
+        } else if bonus == s.headroom && s.headroom > 0 {
             Reason::Ceiling
         } else {
             Reason::Share
         };
-        let current_in_bounds = vm.current_kib.clamp(vm.floor_kib, vm.ceiling_kib);
-        if under_reserve && target > current_in_bounds {
-            target = current_in_bounds;
-            reason = Reason::HostGuard;
-        }
         if let Some(g) = policy.max_grow_kib {
             if target > vm.current_kib.saturating_add(g) {
                 target = vm.current_kib.saturating_add(g);
                 reason = Reason::StepLimit;
             }
         }
-        if let Some(s) = policy.max_shrink_kib {
-            if target.saturating_add(s) < vm.current_kib {
-                target = vm.current_kib - s;
-                reason = Reason::StepLimit;
+        if !under_reserve {
+            if let Some(m) = policy.max_shrink_kib {
+                if target.saturating_add(m) < vm.current_kib {
+                    target = vm.current_kib - m;
+                    reason = Reason::StepLimit;
+                }
             }
         }
         // Bounds win over everything above.
         let target = target.clamp(vm.floor_kib, vm.ceiling_kib);
-        let out_of_bounds = vm.current_kib != current_in_bounds;
+        let out_of_bounds = vm.current_kib != cur;
         let diff = target.abs_diff(vm.current_kib);
         let band = if target == vm.floor_kib {
             policy.deadband_kib.min(FLOOR_TOLERANCE_KIB)
         } else {
             policy.deadband_kib
         };
+        // Under the reserve every shrink counts towards the shortfall: no
+        // deadband holds one back.
+        let exempt = under_reserve && target < vm.current_kib;
         let (action, reason) = if diff == 0 {
-            (Action::Hold, Reason::Steady)
+            let r = if kept > 0 || squeezed[k] > 0 {
+                reason
+            } else {
+                Reason::Steady
+            };
+            (Action::Hold, r)
         } else if out_of_bounds {
             let a = if target > vm.current_kib {
                 Action::Grow
@@ -355,30 +662,45 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
                 Action::Shrink
             };
             (a, Reason::OutOfBounds)
-        } else if diff <= band {
+        } else if diff <= band && !exempt {
             (Action::Hold, Reason::Deadband)
         } else if target > vm.current_kib {
             (Action::Grow, reason)
         } else {
             (Action::Shrink, reason)
         };
-        decisions[i] = Some(Decision {
+        decisions[s.i] = Some(Decision {
             target_kib: target,
             action,
             reason,
+            kept_kib: kept,
+            squeezed_kib: squeezed[k],
+            givable_kib: s.give(),
         });
     }
 
+    let decisions: Vec<Decision> = decisions
+        .into_iter()
+        .map(|d| d.expect("every VM has a decision"))
+        .collect();
+    let recalled_kib = slots
+        .iter()
+        .map(|s| {
+            let d = &decisions[s.i];
+            (s.floor + s.bonus).saturating_sub(d.applied_kib(vms[s.i].current_kib))
+        })
+        .sum();
     Plan {
         pool_kib: pool,
         budget_kib: budget,
         bonus_now_kib: bonus_now,
         under_reserve,
-        managed: eligible.len(),
-        decisions: decisions
-            .into_iter()
-            .map(|d| d.expect("every VM has a decision"))
-            .collect(),
+        shortfall_kib: shortfall,
+        recalled_kib,
+        kept_kib: decisions.iter().map(|d| d.kept_kib).sum(),
+        squeezed_kib: decisions.iter().map(|d| d.squeezed_kib).sum(),
+        managed: slots.len(),
+        decisions,
     }
 }
 
@@ -389,12 +711,22 @@ mod tests {
     const MIB: u64 = 1024;
 
     fn vm(floor: u64, ceiling: u64, current: u64) -> VmView {
-        VmView {
-            floor_kib: floor * MIB,
-            ceiling_kib: ceiling * MIB,
-            current_kib: current * MIB,
-            status: VmStatus::Managed,
-        }
+        VmView::new(floor * MIB, ceiling * MIB, current * MIB, VmStatus::Managed)
+    }
+
+    /// A guest whose statistics say it has `usable` MiB available, `free`
+    /// MiB of it free, of `total` MiB.
+    fn guest(v: VmView, usable: u64, free: u64, total: u64) -> VmView {
+        v.with_guest(GuestView {
+            usable_kib: usable * MIB,
+            unused_kib: free * MIB,
+            total_kib: total * MIB,
+        })
+    }
+
+    /// A guest that could give everything back.
+    fn roomy(v: VmView) -> VmView {
+        guest(v, 4096, 4096, 4096)
     }
 
     fn host(savings_mib: u64) -> HostView {
@@ -465,13 +797,106 @@ mod tests {
     }
 
     #[test]
-    fn shrinks_when_savings_fall() {
-        let vms = [vm(160, 256, 200), vm(160, 256, 200)];
+    fn splits_by_name() {
+        for (name, s) in Split::ALL {
+            assert_eq!(name.parse::<Split>(), Ok(s));
+            assert_eq!(s.to_string(), name);
+        }
+        assert!("fair".parse::<Split>().unwrap_err().contains("equal"));
+    }
+
+    #[test]
+    fn shrinks_when_savings_fall_as_far_as_the_guest_can_give() {
+        let vms = [roomy(vm(160, 256, 200)), roomy(vm(160, 256, 200))];
         let p = plan(&Policy::default(), &host(20), &vms);
         assert_eq!(targets_mib(&p), [170, 170]);
         assert!(p.decisions.iter().all(|d| d.action == Action::Shrink));
         let p = plan(&Policy::default(), &host(0), &vms);
         assert_eq!(targets_mib(&p), [160, 160]);
+    }
+
+    #[test]
+    fn loan_rule_table() {
+        // Savings gone (pool 0), host far above its reserve; one VM at
+        // 240 MiB (floor 160), its guest reporting (usable, free, total).
+        // Margin: max(16 MiB, 5 % of total).
+        // (usable, free, total, expected target, kept, reason)
+        type Row = (u64, u64, u64, u64, u64, Reason);
+        let table: &[Row] = &[
+            // plenty available: all the way back to the floor
+            (200, 150, 200, 160, 0, Reason::Share),
+            // 50 available - 16 margin = 34 givable: keeps 46
+            (50, 10, 200, 206, 46, Reason::Kept),
+            // nothing above the margin: keeps it all, holds
+            (16, 16, 200, 240, 80, Reason::Kept),
+            // a big guest's margin is 5 % of its memory: 400 total -> 20
+            (60, 60, 400, 200, 40, Reason::Kept),
+        ];
+        for &(usable, free, total, want, kept, reason) in table {
+            let v = guest(vm(160, 320, 240), usable, free, total);
+            let p = plan(&Policy::default(), &host(0), &[v]);
+            let d = p.decisions[0];
+            assert_eq!(
+                (d.target_kib / MIB, d.kept_kib / MIB, d.reason),
+                (want, kept, reason),
+                "usable {usable} free {free} total {total}"
+            );
+            assert!(d.target_kib >= v.floor_kib);
+        }
+    }
+
+    #[test]
+    fn what_one_vm_keeps_is_not_lent_to_the_others() {
+        // a holds 80 MiB of bonus it cannot give; b is at its floor. The
+        // pool fell to 40: a keeps 80, so b gets nothing rather than 20.
+        let a = guest(vm(160, 320, 240), 16, 16, 200);
+        let b = roomy(vm(160, 320, 160));
+        let p = plan(&Policy::default(), &host(40), &[a, b]);
+        assert_eq!(targets_mib(&p), [240, 160]);
+        assert_eq!(p.kept_kib, 60 * MIB);
+        // a bigger pool: a's equal part (60) is still under what it holds
+        // (80), b gets the rest
+        let p = plan(&Policy::default(), &host(120), &[a, b]);
+        assert_eq!(targets_mib(&p), [240, 200]);
+        assert_eq!(p.kept_kib, 20 * MIB);
+        // once its part covers what it holds, it keeps nothing extra
+        let p = plan(&Policy::default(), &host(160), &[a, b]);
+        assert_eq!(targets_mib(&p), [240, 240]);
+        assert_eq!(p.kept_kib, 0);
+    }
+
+    #[test]
+    fn a_guest_without_fresh_statistics_gives_a_bounded_step() {
+        let p = plan(&Policy::default(), &host(0), &[vm(160, 320, 240)]);
+        let d = p.decisions[0];
+        assert_eq!(d.target_kib, 224 * MIB);
+        assert_eq!(d.reason, Reason::BlindStep);
+        let policy = Policy {
+            blind_step_kib: None,
+            ..Policy::default()
+        };
+        assert_eq!(
+            plan(&policy, &host(0), &[vm(160, 320, 240)]).decisions[0].target_kib,
+            160 * MIB
+        );
+    }
+
+    #[test]
+    fn a_shrink_in_flight_counts_against_what_the_guest_can_give() {
+        // Asked for 200 last pass, still at 240; the guest reports 60 MiB
+        // available at 240: 40 of it goes to the shrink on its way, 16 is
+        // the margin, 4 more can go.
+        let mut v = guest(vm(160, 320, 200), 60, 60, 200);
+        v.actual_kib = 240 * MIB;
+        let p = plan(
+            &Policy {
+                deadband_kib: 0,
+                ..Policy::default()
+            },
+            &host(0),
+            &[v],
+        );
+        assert_eq!(p.decisions[0].target_kib, 196 * MIB);
     }
 
     #[test]
@@ -490,15 +915,16 @@ mod tests {
             ..Policy::default()
         };
         // 5 MiB move: inside the 8 MiB deadband
-        let p = plan(&policy, &host(30), &[vm(100, 200, 125)]);
+        let p = plan(&policy, &host(30), &[roomy(vm(100, 200, 125))]);
         assert_eq!(p.decisions[0].action, Action::Hold);
         assert_eq!(p.decisions[0].reason, Reason::Deadband);
         // but a return to the floor from 3 MiB above it is applied
-        let p = plan(&policy, &host(0), &[vm(100, 200, 103)]);
+        let p = plan(&policy, &host(0), &[roomy(vm(100, 200, 103))]);
         assert_eq!(p.decisions[0].action, Action::Shrink);
         // and within the floor tolerance it is not
-        let mut v = vm(100, 200, 100);
+        let mut v = roomy(vm(100, 200, 100));
         v.current_kib += 512;
+        v.actual_kib = v.current_kib;
         let p = plan(&policy, &host(0), &[v]);
         assert_eq!(p.decisions[0].action, Action::Hold);
     }
@@ -516,43 +942,99 @@ mod tests {
             .all(|d| d.action == Action::Hold && d.reason == Reason::Steady));
     }
 
+    fn short_host(savings: u64, available: u64) -> (Policy, HostView) {
+        (
+            Policy {
+                reserve_kib: 1000 * MIB,
+                ..Policy::default()
+            },
+            HostView {
+                savings_kib: savings * MIB,
+                ksm_counters_live: true,
+                available_kib: available * MIB,
+            },
+        )
+    }
+
     #[test]
-    fn guard_under_reserve_shrinks_and_never_grows() {
-        let policy = Policy {
-            reserve_kib: 1000 * MIB,
-            ..Policy::default()
-        };
-        // 900 MiB available, 1000 reserve: 100 MiB short. Bonuses now 60+60.
-        let h = HostView {
-            savings_kib: 500 * MIB,
-            ksm_counters_live: true,
-            available_kib: 900 * MIB,
-        };
-        let p = plan(
-            &policy,
-            &h,
-            &[vm(100, 300, 160), vm(100, 300, 160), vm(100, 300, 100)],
-        );
+    fn guard_under_reserve_shrinks_by_the_shortfall_and_never_grows() {
+        // 900 MiB available, 1000 reserve: 100 MiB short. Bonuses 60+60+0.
+        let (policy, h) = short_host(500, 900);
+        let vms = [
+            roomy(vm(100, 300, 160)),
+            roomy(vm(100, 300, 160)),
+            roomy(vm(100, 300, 100)),
+        ];
+        let p = plan(&policy, &h, &vms);
         assert!(p.under_reserve);
-        assert_eq!(p.budget_kib, 20 * MIB);
-        // the budget of 20 would give each 6.67; nobody grows, the two shrink
-        let t = targets_mib(&p);
-        assert!(t[0] < 160 && t[1] < 160, "{t:?}");
-        assert_eq!(t[2], 100);
+        assert_eq!(p.shortfall_kib, 100 * MIB);
+        assert_eq!(p.recalled_kib, 100 * MIB);
         assert!(p.decisions.iter().all(|d| d.action != Action::Grow));
+        assert_eq!(p.squeezed_kib, 0);
+    }
+
+    #[test]
+    fn guard_shrinks_below_the_deadband_regression() {
+        // Issue 11 bug (a): 20 VMs each 30 MiB above their floors, the host
+        // 70 MiB under its reserve: each VM's part (3.5 MiB) is under the
+        // 4 MiB deadband, and no VM was resized at all.
+        let (policy, h) = short_host(600, 930);
+        let vms = vec![roomy(vm(100, 300, 130)); 20];
+        let p = plan(&policy, &h, &vms);
+        let applied: u64 = vms
+            .iter()
+            .zip(&p.decisions)
+            .map(|(v, d)| v.current_kib - d.applied_kib(v.current_kib))
+            .sum();
+        assert_eq!(applied, 70 * MIB);
+    }
+
+    #[test]
+    fn guard_takes_back_the_shortfall_not_more_with_unequal_bonuses_regression() {
+        // Issue 11 bug (b): bonuses 100/40/0 MiB, host 60 MiB short: the
+        // guard took back 86.7 MiB, because the VM at its floor kept an
+        // equal part of a budget it could not use.
+        let (policy, h) = short_host(140, 940);
+        let vms = [
+            roomy(vm(100, 300, 200)),
+            roomy(vm(100, 300, 140)),
+            roomy(vm(100, 300, 100)),
+        ];
+        let p = plan(&policy, &h, &vms);
+        assert_eq!(p.recalled_kib, 60 * MIB);
+        assert_eq!(targets_mib(&p)[2], 100);
+    }
+
+    #[test]
+    fn under_the_reserve_free_memory_goes_first_then_cache_then_applications() {
+        // 30 MiB short. a has 20 MiB free above the margin, b 20 MiB of
+        // cache: a gives its free 20, b 10 of its cache; nobody is squeezed.
+        let (policy, h) = short_host(1000, 970);
+        let a = guest(vm(100, 300, 200), 36, 36, 200);
+        let b = guest(vm(100, 300, 200), 36, 0, 200);
+        let p = plan(&policy, &h, &[a, b]);
+        assert_eq!(targets_mib(&p), [180, 190]);
+        assert_eq!(p.squeezed_kib, 0);
+        // 80 MiB short: both give their 20, the last 40 are squeezed from
+        // their applications in proportion to their bonuses (80 and 80)
+        let (policy, h) = short_host(1000, 920);
+        let p = plan(&policy, &h, &[a, b]);
+        assert_eq!(targets_mib(&p), [160, 160]);
+        assert_eq!(p.squeezed_kib, 40 * MIB);
+        assert!(p.decisions.iter().all(|d| d.reason == Reason::Squeezed));
+        // a per-pass squeeze limit holds the squeeze back
+        let policy = Policy {
+            max_squeeze_kib: Some(5 * MIB),
+            ..policy
+        };
+        let p = plan(&policy, &h, &[a, b]);
+        assert_eq!(targets_mib(&p), [175, 175]);
     }
 
     #[test]
     fn guard_above_reserve_caps_growth_at_the_room() {
-        let policy = Policy {
-            reserve_kib: 1000 * MIB,
-            ..Policy::default()
-        };
-        let h = HostView {
-            savings_kib: 500 * MIB,
-            ksm_counters_live: true,
-            available_kib: 1040 * MIB,
-        };
+        let (policy, mut h) = short_host(500, 1040);
+        h.available_kib = 1040 * MIB;
         let p = plan(&policy, &h, &[vm(100, 300, 100), vm(100, 300, 100)]);
         assert!(!p.under_reserve);
         assert_eq!(p.budget_kib, 40 * MIB);
@@ -586,7 +1068,7 @@ mod tests {
         let p = plan(&policy, &host(100), &[vm(100, 300, 100)]);
         assert_eq!(p.decisions[0].target_kib, 110 * MIB);
         assert_eq!(p.decisions[0].reason, Reason::StepLimit);
-        let p = plan(&policy, &host(0), &[vm(100, 300, 150)]);
+        let p = plan(&policy, &host(0), &[roomy(vm(100, 300, 150))]);
         assert_eq!(p.decisions[0].target_kib, 145 * MIB);
     }
 

@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::pass::Report;
-use crate::policy::Action;
+use crate::pass::{Report, VmReport};
+use crate::policy::{Action, Reason};
 use crate::units::Kib;
 
 /// A name fit for one table cell: control characters escaped, the rest kept.
@@ -105,10 +105,77 @@ fn header(r: &Report) -> String {
         Kib(r.reserve_kib),
         if r.under_reserve { " -- UNDER RESERVE" } else { "" }
     );
+    if r.under_reserve || r.kept_kib > 0 || r.squeezed_kib > 0 {
+        let _ = writeln!(
+            out,
+            "Loans: VMs keep {} the savings no longer cover; {}",
+            Kib(r.kept_kib),
+            if r.under_reserve {
+                format!(
+                    "host {} under its reserve: bonuses shrink by {}, {} of it from applications' memory",
+                    Kib(r.shortfall_kib),
+                    Kib(r.recalled_kib),
+                    Kib(r.squeezed_kib)
+                )
+            } else {
+                "the host is above its reserve, so they keep it".into()
+            }
+        );
+    }
     if let Some(p) = &r.state_problem {
         let _ = writeln!(out, "State file problem: {p}");
     }
     out
+}
+
+/// What `status` says about one VM beyond its figures.
+fn note(r: &Report, v: &VmReport) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    match v.action {
+        Action::Skip => parts.push(v.reason.to_string()),
+        Action::Grow | Action::Shrink => {
+            parts.push(format!("next pass: {:?} ({})", v.action, v.reason).to_lowercase())
+        }
+        Action::Hold => {
+            if matches!(v.reason, Reason::Backoff | Reason::InFlight) {
+                parts.push(v.reason.to_string());
+            }
+        }
+    }
+    if v.adopted {
+        parts.push("not yet recorded: the next pass adopts it".into());
+    }
+    if let Some(p) = v.pending_kib {
+        parts.push(format!("on its way to {}", Kib(p)));
+    }
+    if v.kept_kib > 0 {
+        parts.push(format!(
+            "keeps {} its applications hold (the savings no longer cover it)",
+            Kib(v.kept_kib)
+        ));
+    }
+    if v.squeezed_kib > 0 {
+        parts.push(format!(
+            "squeezed {} into its applications' memory (host under its reserve)",
+            Kib(v.squeezed_kib)
+        ));
+    }
+    if let Some(st) = v.stuck {
+        parts.push(format!(
+            "balloon stays at {} since {}; asked again {}",
+            Kib(st.at_kib),
+            utc(st.since),
+            if st.retry_at > r.at {
+                format!("in {}s", st.retry_at - r.at)
+            } else {
+                "at the next pass".into()
+            }
+        ));
+    }
+    if v.managed && v.action != Action::Skip && !v.guest_stats_fresh {
+        parts.push("no fresh guest statistics".into());
+    }
+    parts.join("; ")
 }
 
 /// The `status` table.
@@ -125,20 +192,13 @@ pub fn status(r: &Report) -> String {
         "CURRENT",
         "CEILING",
         "SHARE",
+        "KEPT",
         "LAST CHANGE",
         "NOTE",
     ]
     .map(String::from)
     .to_vec()];
     for v in &r.vms {
-        let note = match v.action {
-            Action::Skip => v.reason.to_string(),
-            _ if v.adopted => "not yet recorded: the next pass adopts it".into(),
-            Action::Hold => String::new(),
-            Action::Grow | Action::Shrink => {
-                format!("next pass: {:?} ({})", v.action, v.reason).to_lowercase()
-            }
-        };
         rows.push(vec![
             cell(&v.name),
             Kib(v.floor_kib).to_string(),
@@ -146,8 +206,13 @@ pub fn status(r: &Report) -> String {
             Kib(v.current_kib).to_string(),
             Kib(v.ceiling_kib).to_string(),
             format!("{:.1}%", v.share_of_pool * 100.0),
+            if v.kept_kib > 0 {
+                Kib(v.kept_kib).to_string()
+            } else {
+                "-".into()
+            },
             ago(r.at, v.last_change_at),
-            note,
+            note(r, v),
         ]);
     }
     out.push_str(&table(&rows));

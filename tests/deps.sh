@@ -22,6 +22,10 @@ PACKAGES=(
     iproute2 g++
     # benchmarks (bench/): plots, and the static guest reader built by rustc
     python3-matplotlib libc6-dev
+    # the operator's view (tests/metrics/, tests/metadata/): promtool checks
+    # the metrics file, node_exporter serves it, xmllint validates the
+    # metadata examples against docs/metadata.rng, curl scrapes
+    prometheus prometheus-node-exporter libxml2-utils curl
     # lint of every shell script (tests/shellcheck.sh, run by .ci/run)
     shellcheck
 )

@@ -29,13 +29,25 @@ fn state_and_lock_are_0600_in_a_0700_directory_of_ours() {
         let d = Dom::numbered("p", 1);
         let fx = Fixture::new(std::slice::from_ref(&d));
         let out = if first == "run" {
-            fx.run(&["run"])
+            fx.run(&["run", "--json"])
         } else {
             fx.hook(&d, "prepare")
         };
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert_eq!(mode(&fx.state_dir()), 0o700, "{first}: directory");
-        for p in [fx.state_path(), fx.state_dir().join("state.json.lock")] {
+        let files = if first == "run" {
+            vec![fx.state_path(), fx.state_dir().join("state.json.lock")]
+        } else {
+            // the hook only drops a record into the spool
+            let spool = fx.state_dir().join("spool");
+            assert_eq!(mode(&spool), 0o700, "{first}: spool");
+            fs::read_dir(&spool)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect()
+        };
+        assert!(!files.is_empty());
+        for p in files {
             assert_eq!(mode(&p), 0o600, "{first}: {}", p.display());
             assert_eq!(fs::metadata(&p).unwrap().uid(), euid());
         }
@@ -52,7 +64,7 @@ fn state_dir_writable_by_others_is_refused() {
         let fx = Fixture::new(std::slice::from_ref(&d));
         fs::create_dir_all(fx.state_dir()).unwrap();
         fs::set_permissions(fx.state_dir(), fs::Permissions::from_mode(loose)).unwrap();
-        let out = fx.run(&["run"]);
+        let out = fx.run(&["run", "--json"]);
         assert_eq!(out.code, Some(1), "{loose:o}: {}", out.stderr);
         let want = format!(
             "refusing to use the state directory {}: it is writable by others (mode {:o})",
@@ -66,14 +78,27 @@ fn state_dir_writable_by_others_is_refused() {
         );
         let out = fx.hook(&d, "prepare");
         assert_eq!(out.code, Some(0), "hook must not fail a VM start");
-        assert!(out.stderr.contains(&want), "{}", out.stderr);
+        let hook_want = format!(
+            "cannot spool the record in {}/spool: {} is owned by uid {} with mode {:o}; it must be owned by uid {} and writable by no one else",
+            fx.state_dir().display(),
+            fx.state_dir().display(),
+            euid(),
+            loose & 0o777,
+            euid()
+        );
+        assert!(
+            out.stderr.contains(&hook_want),
+            "{hook_want}\n{}",
+            out.stderr
+        );
         assert!(!fx.state_path().exists() && !fx.state_dir().join("state.json.lock").exists());
+        assert!(!fx.state_dir().join("spool").exists());
     }
     // a 0755 directory (what mkdir -p makes) is fine
     let fx = Fixture::new(std::slice::from_ref(&d));
     fs::create_dir_all(fx.state_dir()).unwrap();
     fs::set_permissions(fx.state_dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    assert_eq!(fx.run(&["run"]).code, Some(0));
+    assert_eq!(fx.run(&["run", "--json"]).code, Some(0));
 }
 
 #[test]
@@ -86,7 +111,7 @@ fn state_dir_owned_by_someone_else_is_refused() {
     fs::create_dir_all(fx.state_dir()).unwrap();
     std::os::unix::fs::chown(fx.state_dir(), Some(65534), Some(65534)).unwrap();
     fs::set_permissions(fx.state_dir(), fs::Permissions::from_mode(0o700)).unwrap();
-    let out = fx.run(&["run"]);
+    let out = fx.run(&["run", "--json"]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(
         out.stderr.contains("is owned by uid 65534, not by uid 0"),
@@ -98,7 +123,8 @@ fn state_dir_owned_by_someone_else_is_refused() {
 #[test]
 fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
     let d = Dom::numbered("p", 1);
-    // at the state path: the link is moved aside, its target untouched
+    // at the state path: the link is moved aside by the first pass (the
+    // hook never opens the state), its target untouched
     for first in ["run", "hook"] {
         let fx = Fixture::new(std::slice::from_ref(&d));
         let precious = fx.dir.path().join("precious");
@@ -106,9 +132,15 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
         fs::create_dir_all(fx.state_dir()).unwrap();
         symlink(&precious, fx.state_path()).unwrap();
         let out = if first == "run" {
-            fx.run(&["run"])
+            fx.run(&["run", "--json"])
         } else {
-            fx.hook(&d, "prepare")
+            let out = fx.hook(&d, "prepare");
+            assert_eq!(out.code, Some(0), "{}", out.stderr);
+            assert!(fs::symlink_metadata(fx.state_path())
+                .unwrap()
+                .file_type()
+                .is_symlink());
+            fx.run(&["run", "--json"])
         };
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert!(
@@ -128,7 +160,7 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
                 allowed_extra_files: vec!["state.json.bad-".into()],
                 ..Expect::default()
             },
-            &[out.stderr],
+            &[out.stdout],
         );
     }
     // at the lock path: refused; the target is never created
@@ -136,7 +168,7 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
     let target = fx.dir.path().join("created-through-the-link");
     fs::create_dir_all(fx.state_dir()).unwrap();
     symlink(&target, fx.state_dir().join("state.json.lock")).unwrap();
-    let out = fx.run(&["run"]);
+    let out = fx.run(&["run", "--json"]);
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr
@@ -144,13 +176,11 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
         "{}",
         out.stderr
     );
+    // the hook never takes the lock: it spools and leaves the link alone
     let out = fx.hook(&d, "prepare");
-    assert_eq!(out.code, Some(0));
-    assert!(
-        out.stderr.contains("it is a symbolic link"),
-        "{}",
-        out.stderr
-    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("spooled"), "{}", out.stderr);
+    assert!(!out.stderr.contains("cannot"), "{}", out.stderr);
     assert!(!target.exists());
     // at a temp path: removed as a stale temp file, its target untouched
     let fx = Fixture::new(std::slice::from_ref(&d));
@@ -164,7 +194,7 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
         )
         .unwrap();
     }
-    let out = fx.run(&["run"]);
+    let out = fx.run(&["run", "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(fs::read_to_string(&precious).unwrap(), "do not touch");
     assert_invariants(
@@ -173,7 +203,7 @@ fn symlinks_at_state_lock_and_temp_paths_are_not_followed() {
             present: vec![d],
             ..Expect::default()
         },
-        &[out.stderr],
+        &[out.stdout],
     );
 }
 
@@ -205,14 +235,17 @@ fn nothing_is_written_outside_the_state_directory() {
         let out = match step {
             "hook prepare" => fx.hook(&hooked, "prepare"),
             "hook stopped" => fx.hook(&hooked, "stopped"),
+            "run" => fx.run(&["run", "--json"]),
             s => fx.run(&s.split(' ').collect::<Vec<_>>()),
         };
         assert_eq!(out.code, Some(0), "{step}: {}", out.stderr);
-        logs.push(out.stderr);
+        if step == "run" {
+            logs.push(out.stdout);
+        }
     }
     // and with a bad state file moved aside
     fs::write(fx.state_path(), "garbage").unwrap();
-    assert_eq!(fx.run(&["run"]).code, Some(0));
+    assert_eq!(fx.run(&["run", "--json"]).code, Some(0));
     let after = snapshot(fx.dir.path());
     // the state directory itself is new (under var/lib, which existed? no: made)
     let new_parents: Vec<_> = after
@@ -264,6 +297,7 @@ fn with_full_state_dir(fx: &Fixture, setup: &str, script: &str) -> String {
         .env("KSM_BALLOON_ROOT", &fx.root)
         .env("KSM_BALLOON_CONNECT", fx.uri())
         .env("KSM_BALLOON_LOG", "info")
+        .env("KSM_BALLOON_HOOK_LOG", "stderr")
         .env("KSM_BALLOON_LOG_STYLE", "never")
         .output()
         .unwrap();
@@ -290,7 +324,7 @@ fn hook_store_errors_name_their_cause() {
         &format!("\"$B\" hook {} prepare begin - < {}", d.name, xml.display()),
     );
     assert!(
-        log.contains("state.json.tmp.") && log.contains("No space left on device"),
+        log.contains("cannot spool the record") && log.contains("No space left on device"),
         "{log}"
     );
 }
@@ -314,14 +348,17 @@ fn hook_does_not_claim_a_record_it_could_not_save() {
             "\"$B\" hook b002 prepare begin - < {dir}/b002; \"$B\" hook a001 stopped end - < {dir}/a001"
         ),
     );
+    // The hook claims nothing: the pass says what it recorded, once the
+    // record is folded into a saved state. A record it could not drop is
+    // named with the reason.
     assert!(!log.contains("recorded VM"), "{log}");
     assert!(!log.contains("forgot VM"), "{log}");
     assert!(
-        log.contains("state not changed (VM \"b002\" not recorded)"),
+        log.contains("hook \"b002\" prepare begin: cannot spool the record"),
         "{log}"
     );
     assert!(
-        log.contains("state not changed (VM \"a001\" not forgotten)"),
+        log.contains("hook \"a001\" stopped end: cannot spool the record"),
         "{log}"
     );
 }

@@ -11,11 +11,15 @@
 //!   from the driver on the pass's own connection (the test driver forgets
 //!   everything when its connection closes);
 //! - `expected/calls`: the libvirt calls the pass made;
+//! - `expected/report.json`: the pass's report (`run --json`), with the
+//!   fake root's path replaced by `<root>`;
 //! - `expected/state/`: the state directory after the pass (the lock file's
 //!   pid replaced by `<pid>`).
 //!
-//! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the expected files;
-//! review the diff before committing it.
+//! One test function per case, so each runs and fails alone
+//! (`cargo test --test golden case_04`); `every_case_has_a_test` fails when a
+//! directory has none. `UPDATE_GOLDEN=1 cargo test --test golden` rewrites
+//! the expected files; review the diff before committing it.
 
 #![allow(clippy::unwrap_used)] // a test helper that fails should panic
 
@@ -116,7 +120,18 @@ fn run_case(case: &Path) -> Result<(), String> {
     let mut open = || -> anyhow::Result<Box<dyn Hypervisor>> {
         Ok(Box::new(Libvirt::from_connect(&uri, conn.clone())))
     };
-    let report = pass::run(&cfg, &mut open, NOW).map_err(|e| format!("{e:#}"))?;
+    let report = pass::run(
+        &cfg.paths,
+        &cfg.pass,
+        cfg.settings.lock_timeout,
+        &mut open,
+        NOW,
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    let report_json = serde_json::to_string_pretty(&report)
+        .unwrap()
+        .replace(&root.display().to_string(), "<root>")
+        + "\n";
 
     let mut sizes = String::new();
     let mut doms: Vec<(String, u64)> = conn
@@ -131,8 +146,8 @@ fn run_case(case: &Path) -> Result<(), String> {
     }
     let c = report.calls;
     let calls = format!(
-        "bulk_stats {}\nper_domain_info {}\nxml {}\nset_memory {}\n",
-        c.bulk_stats, c.per_domain_info, c.xml, c.set_memory
+        "bulk_stats {}\nper_domain_info {}\nxml {}\nset_memory {}\nstats_period {}\n",
+        c.bulk_stats, c.per_domain_info, c.xml, c.set_memory, c.stats_period
     );
     let state = tree(&root.join("var/lib/ksm-balloon"));
 
@@ -141,6 +156,7 @@ fn run_case(case: &Path) -> Result<(), String> {
         fs::create_dir_all(&expected).unwrap();
         fs::write(expected.join("sizes"), &sizes).unwrap();
         fs::write(expected.join("calls"), &calls).unwrap();
+        fs::write(expected.join("report.json"), &report_json).unwrap();
         write_tree(&expected.join("state"), &state);
         return Ok(());
     }
@@ -156,6 +172,12 @@ fn run_case(case: &Path) -> Result<(), String> {
         problems.push(format!(
             "calls differ:\n--- expected\n{}--- got\n{calls}",
             want("calls")
+        ));
+    }
+    if want("report.json") != report_json {
+        problems.push(format!(
+            "report differs:\n--- expected\n{}--- got\n{report_json}",
+            want("report.json")
         ));
     }
     let want_state = tree(&expected.join("state"));
@@ -196,20 +218,51 @@ fn cases() -> Vec<PathBuf> {
     out
 }
 
-#[test]
-fn golden_cases() {
-    let cases = cases();
-    assert!(cases.len() >= 10, "golden cases missing: {cases:?}");
-    let mut failed = Vec::new();
-    for case in &cases {
-        let name = case.file_name().unwrap().to_string_lossy().to_string();
-        match run_case(case) {
-            Ok(()) => eprintln!("ok   {name}"),
-            Err(e) => {
-                eprintln!("FAIL {name}\n{e}");
-                failed.push(name);
-            }
-        }
+/// Runs the case in `tests/<name>/`.
+fn case(name: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(name);
+    assert!(dir.is_dir(), "no case directory {}", dir.display());
+    if let Err(e) = run_case(&dir) {
+        panic!("golden case {name} failed:\n{e}");
     }
-    assert!(failed.is_empty(), "golden cases failed: {failed:?}");
+}
+
+macro_rules! golden {
+    ($($f:ident => $dir:literal,)*) => {
+        $(#[test] fn $f() { case($dir) })*
+        const CASES: &[&str] = &[$($dir),*];
+    };
+}
+
+golden! {
+    case_01_adopt_equal_split => "01-adopt-equal-split",
+    case_02_water_filling => "02-water-filling",
+    case_03_savings_fall => "03-savings-fall",
+    case_04_host_guard => "04-host-guard",
+    case_05_no_balloon_no_headroom => "05-no-balloon-no-headroom",
+    case_06_ksm_stopped => "06-ksm-stopped",
+    case_07_metric_shared => "07-metric-shared",
+    case_08_corrupt_state => "08-corrupt-state",
+    case_09_stale_and_starting_records => "09-stale-and-starting-records",
+    case_10_proportional_split => "10-proportional-split",
+    case_11_test_default_driver => "11-test-default-driver",
+    case_12_deadband => "12-deadband",
+    case_13_below_floor_restored => "13-below-floor-restored",
+    case_14_share_and_step_limit => "14-share-and-step-limit",
+    case_15_old_kernel_auto_metric => "15-old-kernel-auto-metric",
+}
+
+#[test]
+fn every_case_has_a_test() {
+    let dirs: Vec<String> = cases()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let listed: Vec<String> = CASES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        dirs, listed,
+        "tests/NN-* directories and golden! cases differ"
+    );
 }

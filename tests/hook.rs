@@ -1,6 +1,11 @@
-//! The hook as libvirt runs it: the binary, the arguments libvirt passes and
-//! the domain XML libvirt 9.0 really gave a hook script on this platform
+//! The hook as libvirt runs it: both programs (`ksm-balloon-hook`, which
+//! the package installs as the hook, and `ksm-balloon hook`, for hook
+//! scripts of an older install), the arguments libvirt passes and the
+//! domain XML libvirt 9.0 really gave a hook script on this platform
 //! (captured into tests/fixtures/hook-xml/ from a real `virsh create`).
+//!
+//! The hook only spools records; "the state" here is what the next pass
+//! starts from: the state file with the spooled records folded in.
 
 #![allow(clippy::unwrap_used)] // a test helper that fails should panic
 
@@ -10,7 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ksm_balloon::hook;
+use ksm_balloon::state::{spool, State};
+
 const BIN: &str = env!("CARGO_BIN_EXE_ksm-balloon");
+const HOOK_BIN: &str = env!("CARGO_BIN_EXE_ksm-balloon-hook");
 const UUID: &str = "02f216df-951e-4915-8db4-1257673b8525";
 
 fn fixture(name: &str) -> String {
@@ -22,12 +31,25 @@ fn fixture(name: &str) -> String {
 
 struct Host {
     dir: tempfile::TempDir,
+    /// Run the hook as `ksm-balloon hook` rather than `ksm-balloon-hook`.
+    subcommand: bool,
+}
+
+/// Runs `test` once with each of the two hook programs.
+fn both(test: impl Fn(Host)) {
+    for subcommand in [false, true] {
+        test(Host {
+            dir: tempfile::tempdir().unwrap(),
+            subcommand,
+        });
+    }
 }
 
 impl Host {
     fn new() -> Host {
         Host {
             dir: tempfile::tempdir().unwrap(),
+            subcommand: false,
         }
     }
 
@@ -35,8 +57,27 @@ impl Host {
         self.dir.path().join("var/lib/ksm-balloon/state.json")
     }
 
+    /// The state the next pass starts from, and the problems folding the
+    /// spool found.
+    fn folded(&self) -> (State, Vec<String>) {
+        let mut state = match std::fs::read_to_string(self.state_path()) {
+            Ok(t) => State::parse(&t).unwrap(),
+            Err(_) => State::default(),
+        };
+        let records: Vec<_> = spool::read_all(&self.state_path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record.unwrap())
+            .collect();
+        let problems = hook::fold(&mut state, &records)
+            .into_iter()
+            .filter_map(|f| f.problem)
+            .collect();
+        (state, problems)
+    }
+
     fn state(&self) -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(self.state_path()).unwrap()).unwrap()
+        serde_json::to_value(self.folded().0).unwrap()
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -44,15 +85,30 @@ impl Host {
         c.env_clear()
             .env("KSM_BALLOON_ROOT", self.dir.path())
             .env("KSM_BALLOON_LOG", "debug")
+            .env("KSM_BALLOON_HOOK_LOG", "stderr")
             .args(args);
         c
     }
 
     fn hook(&self, args: &[&str], stdin: &str) -> Output {
-        let mut full = vec!["hook"];
-        full.extend_from_slice(args);
-        let mut child = self
-            .cmd(&full)
+        let mut c = if self.subcommand {
+            let mut full = vec!["hook"];
+            full.extend_from_slice(args);
+            self.cmd(&full)
+        } else {
+            let mut h = Command::new(HOOK_BIN);
+            h.env_clear()
+                .env("KSM_BALLOON_ROOT", self.dir.path())
+                .env(
+                    "KSM_BALLOON_CONFIG",
+                    self.dir.path().join("no-such-settings-file"),
+                )
+                .env("KSM_BALLOON_LOG", "debug")
+                .env("KSM_BALLOON_HOOK_LOG", "stderr")
+                .args(args);
+            h
+        };
+        let mut child = c
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -83,7 +139,10 @@ impl Host {
 
 #[test]
 fn start_and_stop_sequence_from_real_libvirt_xml() {
-    let h = Host::new();
+    both(|h| start_and_stop(&h));
+}
+
+fn start_and_stop(h: &Host) {
     h.hook(
         &["g1", "prepare", "begin", "-"],
         &fixture("prepare-begin.xml"),
@@ -108,7 +167,10 @@ fn start_and_stop_sequence_from_real_libvirt_xml() {
 
 #[test]
 fn reconnect_keeps_the_floor_it_knows() {
-    let h = Host::new();
+    both(|h| reconnect(&h));
+}
+
+fn reconnect(h: &Host) {
     h.hook(
         &["g1", "prepare", "begin", "-"],
         &fixture("prepare-begin.xml"),
@@ -124,36 +186,136 @@ fn reconnect_keeps_the_floor_it_knows() {
 
 #[test]
 fn unknown_operations_and_bad_xml_leave_the_state_alone() {
-    let h = Host::new();
+    both(|h| unknown_and_bad(&h));
+}
+
+fn unknown_and_bad(h: &Host) {
     h.hook(
         &["g1", "prepare", "begin", "-"],
         &fixture("prepare-begin.xml"),
     );
-    let before = std::fs::read(h.state_path()).unwrap();
+    let before = h.folded().0;
+    let spooled = || spool::read_all(&h.state_path()).unwrap().len();
+    assert_eq!(spooled(), 1);
+    // an operation ksm-balloon does not act on is not even spooled
     h.hook(
         &["g1", "frobnicate", "begin", "-"],
         &fixture("prepare-begin.xml"),
     );
+    assert_eq!(spooled(), 1);
+    // bad XML is spooled as given; the pass folding it says what is wrong
+    // and changes nothing
     h.hook(&["g1", "start", "begin", "-"], "");
-    let out = h.hook(&["g1", "start", "begin", "-"], "<domain><name>g1</name>");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not well-formed"));
-    let out = h.hook(
+    h.hook(&["g1", "start", "begin", "-"], "<domain><name>g1</name>");
+    h.hook(
         &["g1", "start", "begin", "-"],
         "<domain><name>g1</name><uuid>x</uuid></domain>",
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no <memory> element"));
-    assert_eq!(std::fs::read(h.state_path()).unwrap(), before);
+    let (after, problems) = h.folded();
+    assert_eq!(after, before);
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].contains("empty"), "{problems:?}");
+    assert!(problems[1].contains("not well-formed"), "{problems:?}");
+    assert!(problems[2].contains("no <memory> element"), "{problems:?}");
 }
 
 #[test]
 fn a_stop_with_unreadable_xml_still_forgets_the_vm_by_name() {
-    let h = Host::new();
-    h.hook(
-        &["g1", "prepare", "begin", "-"],
-        &fixture("prepare-begin.xml"),
-    );
-    h.hook(&["g1", "stopped", "end", "-"], "not xml");
-    assert!(h.state()["vms"].as_object().unwrap().is_empty());
+    both(|h| {
+        h.hook(
+            &["g1", "prepare", "begin", "-"],
+            &fixture("prepare-begin.xml"),
+        );
+        h.hook(&["g1", "stopped", "end", "-"], "not xml");
+        assert!(h.state()["vms"].as_object().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn the_hook_program_reads_its_settings_file() {
+    // libvirtd gives hooks a bare environment: the settings file is how the
+    // hook and the timer's pass agree on the state file.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("elsewhere/state.json");
+    let settings = dir.path().join("sysconfig");
+    std::fs::write(
+        &settings,
+        format!(
+            "# as /etc/sysconfig/ksm-balloon\nKSM_BALLOON_STATE={}\nKSM_BALLOON_RESERVE=lots\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(HOOK_BIN)
+        .env_clear()
+        .env("KSM_BALLOON_CONFIG", &settings)
+        .env("KSM_BALLOON_HOOK_LOG", "stderr")
+        .args(["g1", "prepare", "begin", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(fixture("prepare-begin.xml").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    let records = spool::read_all(&state).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].record.as_ref().unwrap().operation, "prepare");
+}
+
+#[test]
+fn an_invalid_setting_never_stops_the_hook() {
+    // Issue 12: `ksm-balloon hook` exited 2 on KSM_BALLOON_RESERVE=lots
+    // before reading stdin. Both programs read only what the hook needs.
+    both(|h| {
+        let mut c = if h.subcommand {
+            h.cmd(&["hook", "g1", "prepare", "begin", "-"])
+        } else {
+            let mut c = Command::new(HOOK_BIN);
+            c.env("KSM_BALLOON_ROOT", h.dir.path())
+                .args(["g1", "prepare", "begin", "-"]);
+            c
+        };
+        c.env("KSM_BALLOON_RESERVE", "lots")
+            .env("KSM_BALLOON_SHARE", "7")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(fixture("prepare-begin.xml").as_bytes())
+            .unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        assert_eq!(h.state()["vms"][UUID]["floor_kib"], 163840);
+    });
+}
+
+#[test]
+fn the_hook_program_does_not_load_libvirt() {
+    // A VM start waits for the hook three times; loading libvirt's library
+    // tree cost about 100 ms a call (issue 10). The dynamic section of the
+    // hook program must not name libvirt (readelf from binutils).
+    let out = Command::new("readelf")
+        .args(["-d", HOOK_BIN])
+        .output()
+        .expect("readelf (binutils) is needed by this test");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(NEEDED)"), "{text}");
+    assert!(!text.contains("libvirt"), "{text}");
+    // the control: the pass program does load it, so the check can fail
+    let out = Command::new("readelf").args(["-d", BIN]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("libvirt.so"));
 }
 
 /// Accepts one connection on `listener` within `wait`, if any arrives.
@@ -184,23 +346,33 @@ fn the_hook_opens_no_libvirt_connection() {
         ("stopped", "stopped-end.xml"),
         ("release", "release-end.xml"),
     ] {
-        let mut c = h.cmd(&["--connect", &uri, "hook", "g1", op, "begin", "-"]);
-        c.env("LIBVIRT_DEFAULT_URI", &uri)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = c.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(fixture(xml).as_bytes())
-            .unwrap();
-        assert_eq!(child.wait().unwrap().code(), Some(0));
-        assert!(
-            !accepted_within(&listener, Duration::from_millis(50)),
-            "hook {op} connected to libvirt"
-        );
+        for hook_program in [false, true] {
+            let mut c = if hook_program {
+                let mut c = Command::new(HOOK_BIN);
+                c.env("KSM_BALLOON_ROOT", h.dir.path())
+                    .env("KSM_BALLOON_CONNECT", &uri)
+                    .args(["g1", op, "begin", "-"]);
+                c
+            } else {
+                h.cmd(&["--connect", &uri, "hook", "g1", op, "begin", "-"])
+            };
+            c.env("LIBVIRT_DEFAULT_URI", &uri)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = c.spawn().unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(fixture(xml).as_bytes())
+                .unwrap();
+            assert_eq!(child.wait().unwrap().code(), Some(0));
+            assert!(
+                !accepted_within(&listener, Duration::from_millis(50)),
+                "hook {op} connected to libvirt"
+            );
+        }
     }
 
     // The control: a pass with the same URI does reach the socket, so the

@@ -9,21 +9,19 @@ mod common;
 
 use std::fs;
 
-use common::{check, resize_lines, unquote_debug, Dom, Expect, Fixture};
+use common::{check, report, resizes, Dom, Expect, Fixture};
 use ksm_balloon::state::{Source, State, VmRecord};
 
 fn record(d: &Dom) -> VmRecord {
-    VmRecord {
-        name: d.name.clone(),
-        uuid: d.uuid.clone(),
-        floor_kib: d.current_kib,
-        ceiling_kib: d.memory_kib,
-        balloon: true,
-        source: Source::Hook,
-        recorded_at: 1,
-        last_target_kib: None,
-        last_change_at: None,
-    }
+    VmRecord::new(
+        d.name.clone(),
+        d.uuid.clone(),
+        d.current_kib,
+        d.memory_kib,
+        true,
+        Source::Hook,
+        1,
+    )
 }
 
 fn write(fx: &Fixture, s: &State) {
@@ -31,9 +29,9 @@ fn write(fx: &Fixture, s: &State) {
     fs::write(fx.state_path(), s.to_json()).unwrap();
 }
 
-fn violations(fx: &Fixture, e: &Expect, logs: &[&str]) -> String {
-    let logs: Vec<String> = logs.iter().map(|s| s.to_string()).collect();
-    match check(&fx.state_path(), e, &logs) {
+fn violations(fx: &Fixture, e: &Expect, reports: &[&str]) -> String {
+    let reports: Vec<String> = reports.iter().map(|s| s.to_string()).collect();
+    match check(&fx.state_path(), e, &reports) {
         Ok(_) => String::new(),
         Err(v) => v,
     }
@@ -43,14 +41,14 @@ fn violations(fx: &Fixture, e: &Expect, logs: &[&str]) -> String {
 fn a_good_state_passes() {
     let a = Dom::numbered("a", 1);
     let fx = Fixture::new(std::slice::from_ref(&a));
-    let out = fx.run(&["run"]);
+    let out = fx.run(&["run", "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let e = Expect {
         present: vec![a],
         live_uri: Some(fx.uri()),
         ..Expect::default()
     };
-    assert_eq!(violations(&fx, &e, &[&out.stderr]), "");
+    assert_eq!(violations(&fx, &e, &[&out.stdout]), "");
 }
 
 #[test]
@@ -111,39 +109,54 @@ fn each_broken_invariant_is_reported() {
     s.vms.insert(a.uuid.clone(), record(&a));
     write(&fx, &s);
     fs::write(fx.state_dir().join("state.json.tmp.123"), "x").unwrap();
-    let log = "[2026-01-01T00:00:00Z WARN ] host MemAvailable 1.0 GiB is under the reserve 2.0 GiB: no VM grows, bonuses shrink\n\
-               [2026-01-01T00:00:00Z INFO ] VM \"a001\": 160.0 MiB -> 300.0 MiB (+140.0 MiB; floor plus its share of the savings): 1 GiB savings, pool 1 GiB over 1 VMs\n";
-    let v = violations(&fx, &Expect::default(), &[log]);
+    let grew = |from: u64, to: u64, reason: &str| {
+        serde_json::json!({
+            "under_reserve": true,
+            "vms": [{"name": "a001", "action": "grow", "current_kib": from,
+                     "target_kib": to, "reason": reason, "error": null}]
+        })
+        .to_string()
+    };
+    let v = violations(&fx, &Expect::default(), &[&grew(163_840, 307_200, "share")]);
     assert!(v.contains("under the reserve grew"), "{v}");
     assert!(v.contains("outside [163840, 262144]"), "{v}");
     assert!(v.contains("state.json.tmp.123"), "{v}");
     // a bounds repair up to the floor is allowed under the reserve
     fs::remove_file(fx.state_dir().join("state.json.tmp.123")).unwrap();
-    let log = "[x WARN ] host MemAvailable 1.0 GiB is under the reserve 2.0 GiB\n\
-               [x INFO ] VM \"a001\": 100.0 MiB -> 160.0 MiB (+60.0 MiB; size was outside [floor, ceiling]): x\n";
-    assert_eq!(violations(&fx, &Expect::default(), &[log]), "");
+    let repair = grew(102_400, 163_840, "out-of-bounds");
+    assert_eq!(violations(&fx, &Expect::default(), &[&repair]), "");
+    // and something that is not a report is itself a violation: a checker
+    // handed log text would otherwise see nothing and pass
+    let v = violations(&fx, &Expect::default(), &["[x INFO ] VM \"a001\": 1 -> 2"]);
+    assert!(v.contains("not a pass report"), "{v}");
 }
 
 #[test]
-fn log_lines_parse_back_with_odd_names() {
+fn resizes_read_back_from_a_real_report() {
     let name = "we\"ird \\ näme\t";
-    let line = format!(
-        "[t INFO ] VM {name:?}: 160.0 MiB -> 1.25 GiB (+1.1 GiB; its share reaches its ceiling): 2 GiB savings, pool 2 GiB over 1 VMs"
-    );
-    let l = &resize_lines(&line)[0];
+    let a = Dom {
+        name: name.into(),
+        ..Dom::numbered("a", 1)
+    };
+    let fx = Fixture::new(std::slice::from_ref(&a));
+    let out = fx.run(&["run", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let l = &resizes(&report(&out.stdout))[0];
     assert_eq!(l.name, name);
-    assert!(l.grew);
-    assert_eq!(l.new.0, 1.25 * 1048576.0);
-    assert_eq!(l.reason, "its share reaches its ceiling");
-    assert_eq!(unquote_debug("\"\\u{1b}x\"").as_deref(), Some("\u{1b}x"));
+    assert_eq!(l.from_kib, 163_840);
+    assert!(l.to_kib > l.from_kib);
+    assert_eq!(
+        l.reason, "ceiling",
+        "one VM takes the whole pool up to its ceiling"
+    );
 }
 
 /// The same checker against a real host, for the shell scenarios
 /// (tests/reliability/*.sh): KB_CHECK_STATE (the state file), KB_CHECK_URI
 /// (every active domain must be recorded, its balloon within bounds),
 /// KB_CHECK_PRESENT / KB_CHECK_ABSENT (`name=uuid=floor_kib=ceiling_kib`
-/// entries separated by ';'), KB_CHECK_LOGS (files holding pass logs,
-/// separated by ':').
+/// entries separated by ';'), KB_CHECK_REPORTS (files holding pass reports,
+/// `run --json` output, separated by ':').
 #[test]
 #[ignore = "run by the shell scenarios with KB_CHECK_* set"]
 fn check_from_env() {
@@ -167,7 +180,7 @@ fn check_from_env() {
     };
     let state = std::path::PathBuf::from(var("KB_CHECK_STATE"));
     assert!(state.is_absolute(), "KB_CHECK_STATE must be set");
-    let logs: Vec<String> = var("KB_CHECK_LOGS")
+    let reports: Vec<String> = var("KB_CHECK_REPORTS")
         .split(':')
         .filter(|s| !s.is_empty())
         .map(|p| fs::read_to_string(p).unwrap())
@@ -183,6 +196,6 @@ fn check_from_env() {
             .collect(),
         ..Expect::default()
     };
-    let s = common::assert_invariants(&state, &e, &logs);
+    let s = common::assert_invariants(&state, &e, &reports);
     println!("invariants hold: {} VM(s) recorded", s.vms.len());
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_invariants, resize_lines, Dom, Expect, Fixture};
+use common::{assert_invariants, report, resizes, Dom, Expect, Fixture};
 
 fn odd_names() -> Vec<String> {
     let long: String = "ж".repeat(100) + &"x".repeat(100);
@@ -48,17 +48,19 @@ fn odd_names_are_stored_shown_and_logged() {
     for d in &hooked {
         let out = fx.hook(d, "prepare");
         assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
+    let out = fx.run(&["run", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // the pass that folds the hooks' records says what each recorded
+    for d in &hooked {
         assert!(
             out.stderr.contains(&format!("recorded VM {:?}", d.name)),
             "{}",
             out.stderr
         );
-        logs.push(out.stderr);
     }
-    let out = fx.run(&["run"]);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    // every listed VM grew, and each log line names it exactly
-    let resized: Vec<String> = resize_lines(&out.stderr)
+    // every listed VM grew, and the report names it exactly
+    let resized: Vec<String> = resizes(&report(&out.stdout))
         .into_iter()
         .map(|l| l.name)
         .collect();
@@ -71,7 +73,7 @@ fn odd_names_are_stored_shown_and_logged() {
         );
         assert!(out.stderr.contains(&format!("adopted VM {:?}", d.name)));
     }
-    logs.push(out.stderr);
+    logs.push(out.stdout);
     // stored exactly
     let state = fx.state();
     for d in listed.iter().chain(&hooked) {
@@ -112,14 +114,17 @@ fn odd_names_are_stored_shown_and_logged() {
     }
     // forgotten by name at stop
     for d in &hooked {
-        let out = fx.hook(d, "stopped");
+        assert_eq!(fx.hook(d, "stopped").code, Some(0));
+    }
+    let out = fx.run(&["run", "--json"]);
+    for d in &hooked {
         assert!(
             out.stderr.contains(&format!("forgot VM {:?}", d.name)),
             "{}",
             out.stderr
         );
-        logs.push(out.stderr);
     }
+    logs.push(out.stdout);
     assert_invariants(
         &fx.state_path(),
         &Expect {
@@ -134,25 +139,34 @@ fn odd_names_are_stored_shown_and_logged() {
 
 #[test]
 fn hook_log_lines_quote_the_names_they_are_given() {
-    // The hook's own arguments are logged too: a name (or operation) with a
-    // newline must not start a second, forged log line.
+    // The hook's own arguments are logged too (by the hook, and by the pass
+    // that folds its record): a name (or operation) with a newline must not
+    // start a second, forged log line.
     let fx = Fixture::new(&[]);
     let forged = "vm\n[2026-01-01T00:00:00Z ERROR] forged line";
+    let no_forged_line = |what: &str, log: &str| {
+        assert!(
+            !log.lines().any(|l| l.contains("forged")
+                && !l.contains("WARN")
+                && !l.contains("INFO")
+                && !l.contains("DEBUG")),
+            "{what}: a forged log line:\n{log}"
+        );
+    };
     for (args, stdin) in [
         (vec![forged, "prepare", "begin", "-"], ""),
         (vec!["vm", "frob\n[x ERROR] forged op", "begin", "-"], ""),
         (vec![forged, "start", "begin", "-"], "<domain"),
+        (vec![forged, "stopped", "end", "-"], "<domain"),
     ] {
         let out = fx.hook_raw(&args, stdin.as_bytes());
         assert_eq!(out.code, Some(0));
-        assert!(
-            !out.stderr.lines().any(|l| l.contains("forged")
-                && !l.contains("WARN")
-                && !l.contains("INFO")
-                && !l.contains("DEBUG")),
-            "{args:?}: a forged log line:\n{}",
-            out.stderr
-        );
-        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        no_forged_line(&format!("hook {args:?}"), &out.stderr);
+        let out = fx.run(&["run"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        no_forged_line(&format!("pass after {args:?}"), &out.stderr);
+        if args[1] != "prepare" && !args[1].starts_with("frob") {
+            assert!(out.stderr.contains("hook \"vm\\n[2026"), "{}", out.stderr);
+        }
     }
 }

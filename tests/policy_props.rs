@@ -1,24 +1,32 @@
 //! Property tests of the policy: for any input, every target stays within
-//! [floor, ceiling], the bonuses handed out never exceed the pool, nothing
-//! grows under the reserve, skipped VMs keep their size, and the policy is
-//! deterministic.
+//! [floor, ceiling], the bonuses handed out never exceed the pool (but for
+//! what VMs keep under the loan rule), nothing grows under the reserve,
+//! skipped VMs keep their size, and the policy is deterministic. The loan
+//! rule: above the reserve no VM gives back more than it can without harm
+//! (its MemAvailable less the margin; a bounded step without fresh
+//! statistics). The guard: under the reserve the bonuses shrink by exactly
+//! the shortfall, whatever the deadband and however unequal the bonuses.
 
 #![allow(clippy::unwrap_used)] // a test helper that fails should panic
 
-use ksm_balloon::policy::{plan, Action, HostView, Policy, Split, VmStatus, VmView};
+use ksm_balloon::policy::{
+    plan, Action, GuestView, HostView, Plan, Policy, Split, VmStatus, VmView,
+};
 use proptest::prelude::*;
 
 fn vm_strategy() -> impl Strategy<Value = VmView> {
     (1u64..1 << 24, 0u64..1 << 22, 0u64..1 << 25, 0u8..10).prop_map(
-        |(floor, headroom, current, kind)| VmView {
-            floor_kib: floor,
-            ceiling_kib: floor + headroom,
-            current_kib: current,
-            status: match kind {
-                0 => VmStatus::NoBalloon,
-                1 => VmStatus::NotRunning,
-                _ => VmStatus::Managed,
-            },
+        |(floor, headroom, current, kind)| {
+            VmView::new(
+                floor,
+                floor + headroom,
+                current,
+                match kind {
+                    0 => VmStatus::NoBalloon,
+                    1 => VmStatus::NotRunning,
+                    _ => VmStatus::Managed,
+                },
+            )
         },
     )
 }
@@ -43,6 +51,7 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
             deadband_kib: deadband,
             max_grow_kib: grow,
             max_shrink_kib: shrink,
+            ..Policy::default()
         })
 }
 
@@ -86,20 +95,21 @@ proptest! {
     }
 
     #[test]
-    fn bonuses_never_exceed_the_pool(
+    fn bonuses_never_exceed_the_pool_but_for_what_vms_keep(
         policy in policy_strategy(),
         host in host_strategy(),
         vms in proptest::collection::vec(vm_strategy(), 0..12),
     ) {
         // Per-pass shrink limits may keep a bonus above a fallen pool for a
-        // while; without them the handed-out sum is at most the pool.
+        // while; without them the handed-out sum is at most the pool plus
+        // what VMs keep because they cannot give it back.
         let policy = Policy { max_shrink_kib: None, ..policy };
         let p = plan(&policy, &host, &vms);
         let sum: u64 = vms.iter().zip(&p.decisions)
             .filter(|(v, d)| d.action != Action::Skip && v.current_kib >= v.floor_kib)
             .map(|(v, d)| d.target_kib - v.floor_kib)
             .sum();
-        prop_assert!(sum <= p.budget_kib, "sum {sum} budget {}", p.budget_kib);
+        prop_assert!(sum <= p.budget_kib + p.kept_kib, "sum {sum} budget {} kept {}", p.budget_kib, p.kept_kib);
         prop_assert!(p.budget_kib <= p.pool_kib || !host.ksm_counters_live);
     }
 
@@ -133,7 +143,8 @@ proptest! {
             if let Some(g) = policy.max_grow_kib {
                 prop_assert!(d.target_kib <= vm.current_kib + g);
             }
-            if let Some(s) = policy.max_shrink_kib {
+            // under the reserve the host wins over the shrink limit
+            if let (Some(s), false) = (policy.max_shrink_kib, p.under_reserve) {
                 prop_assert!(d.target_kib + s >= vm.current_kib);
             }
         }
@@ -161,7 +172,7 @@ proptest! {
         n in 1usize..8,
         floor in 1u64..1 << 20,
     ) {
-        let vms = vec![VmView { floor_kib: floor, ceiling_kib: floor + (1 << 21), current_kib: floor, status: VmStatus::Managed }; n];
+        let vms = vec![VmView::new(floor, floor + (1 << 21), floor, VmStatus::Managed); n];
         let host = HostView { savings_kib: savings, ksm_counters_live: true, available_kib: u64::MAX / 4 };
         let p = plan(&Policy { deadband_kib: 0, ..Policy::default() }, &host, &vms);
         let bonuses: Vec<u64> = p.decisions.iter().map(|d| d.target_kib - floor).collect();
@@ -170,5 +181,134 @@ proptest! {
         // integer KiB rounding: at most one KiB apart, nothing lost beyond n-1 KiB
         prop_assert!(max - min <= 1, "{bonuses:?}");
         prop_assert!(savings - bonuses.iter().sum::<u64>() < n as u64);
+    }
+}
+
+const MIB: u64 = 1024;
+
+/// Managed VMs with headroom, inside their bounds, with fresh guest
+/// statistics (`usable` anywhere from nothing to everything).
+fn guest_vm_strategy() -> impl Strategy<Value = VmView> {
+    (64u64..4096, 1u64..2048, 0u64..=100, 0u64..4096, 0u64..=100).prop_map(
+        |(floor, headroom, at_pct, usable, free_pct)| {
+            let floor = floor * MIB;
+            let headroom = headroom * MIB;
+            let current = floor + headroom * at_pct / 100;
+            let usable = usable * MIB;
+            VmView::new(floor, floor + headroom, current, VmStatus::Managed).with_guest(GuestView {
+                usable_kib: usable,
+                unused_kib: usable * free_pct / 100,
+                total_kib: current * 3 / 4,
+            })
+        },
+    )
+}
+
+/// What `p` takes back from the VMs in all, when applied.
+fn recalled(vms: &[VmView], p: &Plan) -> u64 {
+    vms.iter()
+        .zip(&p.decisions)
+        .map(|(v, d)| v.current_kib - d.applied_kib(v.current_kib).min(v.current_kib))
+        .sum()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn above_the_reserve_no_vm_gives_back_more_than_it_can(
+        savings in 0u64..1 << 22,
+        deadband in 0u64..1 << 14,
+        blind in any::<bool>(),
+        vms in proptest::collection::vec(guest_vm_strategy(), 1..10),
+    ) {
+        let mut vms = vms;
+        if blind {
+            for v in &mut vms {
+                v.guest = None;
+            }
+        }
+        let policy = Policy { deadband_kib: deadband, ..Policy::default() };
+        let host = HostView { savings_kib: savings, ksm_counters_live: true, available_kib: u64::MAX / 4 };
+        let p = plan(&policy, &host, &vms);
+        for (v, d) in vms.iter().zip(&p.decisions) {
+            let given = v.current_kib.saturating_sub(d.applied_kib(v.current_kib));
+            let can = match v.guest {
+                Some(g) => g.usable_kib.saturating_sub(g.margin_kib()),
+                None => policy.blind_step_kib.unwrap(),
+            };
+            prop_assert!(given <= can, "{v:?} gave {given} of {can}: {d:?}");
+            prop_assert_eq!(d.squeezed_kib, 0);
+        }
+    }
+
+    #[test]
+    fn under_the_reserve_the_bonuses_shrink_by_the_shortfall_regression(
+        short in 1u64..1 << 20,
+        deadband in 0u64..1 << 14,
+        vms in proptest::collection::vec(guest_vm_strategy(), 1..20),
+        stats in any::<bool>(),
+    ) {
+        // Issue 11 bugs (a) and (b): a required shrink under the deadband
+        // was held; unequal bonuses made the guard take back far more than
+        // the shortfall. With the savings covering every ceiling, the split
+        // itself takes nothing back, so what is taken is the guard's alone.
+        let mut vms = vms;
+        if !stats {
+            for v in &mut vms {
+                v.guest = None;
+            }
+        }
+        let headroom: u64 = vms.iter().map(|v| v.ceiling_kib - v.floor_kib).sum();
+        let bonus: u64 = vms.iter().map(|v| v.current_kib - v.floor_kib).sum();
+        let policy = Policy { deadband_kib: deadband, reserve_kib: 1 << 40, ..Policy::default() };
+        let host = HostView {
+            savings_kib: headroom,
+            ksm_counters_live: true,
+            available_kib: (1 << 40) - short,
+        };
+        let p = plan(&policy, &host, &vms);
+        prop_assert!(p.under_reserve);
+        prop_assert_eq!(recalled(&vms, &p), short.min(bonus));
+        prop_assert!(p.decisions.iter().all(|d| d.action != Action::Grow));
+    }
+
+    #[test]
+    fn under_the_reserve_harmless_memory_goes_before_anyone_is_squeezed(
+        short in 1u64..1 << 20,
+        vms in proptest::collection::vec(guest_vm_strategy(), 1..10),
+    ) {
+        let headroom: u64 = vms.iter().map(|v| v.ceiling_kib - v.floor_kib).sum();
+        let policy = Policy { reserve_kib: 1 << 40, ..Policy::default() };
+        let host = HostView {
+            savings_kib: headroom,
+            ksm_counters_live: true,
+            available_kib: (1 << 40) - short,
+        };
+        let p = plan(&policy, &host, &vms);
+        let givable: u64 = p.decisions.iter().map(|d| d.givable_kib).sum();
+        if p.squeezed_kib > 0 {
+            // squeezing only once everything harmless is taken
+            prop_assert!(recalled(&vms, &p) >= givable, "{p:?}");
+        } else {
+            prop_assert!(recalled(&vms, &p) <= givable.max(short));
+        }
+    }
+
+    #[test]
+    fn under_the_reserve_no_more_than_the_shortfall_or_the_fallen_savings(
+        short in 1u64..1 << 20,
+        savings in 0u64..1 << 22,
+        deadband in 0u64..1 << 14,
+        vms in proptest::collection::vec(guest_vm_strategy(), 1..12),
+    ) {
+        let bonus: u64 = vms.iter().map(|v| v.current_kib - v.floor_kib).sum();
+        let policy = Policy { deadband_kib: deadband, reserve_kib: 1 << 40, ..Policy::default() };
+        let host = HostView { savings_kib: savings, ksm_counters_live: true, available_kib: (1 << 40) - short };
+        let p = plan(&policy, &host, &vms);
+        let r = recalled(&vms, &p);
+        let required = short.min(bonus);
+        prop_assert!(r >= required, "recalled {r} < required {required}");
+        prop_assert!(r <= required.max(bonus.saturating_sub(savings)), "recalled {r}: {p:?}");
     }
 }

@@ -56,6 +56,10 @@ impl Rig {
             &root,
             "--connect",
             &self.uri,
+            // the test driver reports no guest statistics; these tests are
+            // about the split, not the loan rule
+            "--blind-step",
+            "unlimited",
             "run",
         ])
         .unwrap();
@@ -69,7 +73,15 @@ impl Rig {
                 self.conn.clone(),
             )))
         };
-        pass::run(&self.config(), &mut open, now).unwrap()
+        let cfg = self.config();
+        pass::run(
+            &cfg.paths,
+            &cfg.pass,
+            cfg.settings.lock_timeout,
+            &mut open,
+            now,
+        )
+        .unwrap()
     }
 
     fn sizes(&self) -> Vec<u64> {

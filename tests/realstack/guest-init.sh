@@ -15,6 +15,8 @@
 #                          disk /dev/vda into tmpfs (the same data in every
 #                          guest, different in every page: what KSM merges
 #                          across guests)
+#      random <MiB> <token> the same, but <MiB> MiB of the guest's own random
+#                          bytes: nothing KSM can merge
 #      drop <token>        delete it
 #    The fill is capped at 48 MiB: a guest whose tmpfs outgrows its balloon
 #    panics, and at its 160 MiB floor this guest has about 110 MiB.
@@ -54,6 +56,18 @@ commands() {
                         echo "KB-DONE $token filled $arg"
                     else
                         echo "KB-DONE $token failed: fill $arg"
+                    fi
+                    ;;
+                random)
+                    [ "$arg" -le 48 ] 2>/dev/null || {
+                        echo "KB-DONE $token refused: random $arg"
+                        continue
+                    }
+                    rm -f /fill/data
+                    if dd if=/dev/urandom of=/fill/data bs=1M count="$arg" 2>/dev/null; then
+                        echo "KB-DONE $token random $arg"
+                    else
+                        echo "KB-DONE $token failed: random $arg"
                     fi
                     ;;
                 drop)

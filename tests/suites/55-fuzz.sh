@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bounded fuzzing of the parsers (fuzz/, cargo-fuzz + libFuzzer with
 # AddressSanitizer): the state file, the hook's domain XML, the command
-# line, the KSM counter files and /proc/meminfo. Each target runs for
+# line, the KSM counter files, /proc/meminfo, the per-process KSM files and
+# the per-VM metadata. Each target runs for
 # KB_FUZZ_SECS seconds (default 30) from the seed corpus in fuzz/corpus/<target>
 # (copied: the committed corpus is never changed). A crash fails the suite
 # and leaves its input in fuzz/artifacts/<target>/. Prints executions per target.

@@ -1,0 +1,154 @@
+//! Step 3 of a pass: the libvirt writes the plan asks for (resizes, and a
+//! guest statistics period where one is missing), then [`record`] of what
+//! happened into the state and the report. A VM that vanished or refuses
+//! is logged and skipped, never fatal to the others; a lost connection
+//! stops the writes, and what was done before it is still recorded.
+
+use log::{error, info, warn};
+
+use crate::errors::chain;
+use crate::hypervisor::{HvError, Hypervisor};
+use crate::state::{LastPass, State};
+use crate::units::{Kib, KibDelta};
+
+use super::plan::Planned;
+use super::Report;
+
+/// What the writes did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Per resize of the plan, in its order: `Ok` or the error's text.
+    /// Shorter than the plan's list when a fatal error stopped the writes.
+    pub resizes: Vec<Result<(), String>>,
+    /// Per statistics period of the plan, likewise.
+    pub stats_periods: Vec<Result<(), String>>,
+    /// The error that stopped the writes (the connection is gone).
+    pub fatal: Option<HvError>,
+}
+
+/// Makes the writes `planned` asks for.
+pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
+    let mut out = Applied::default();
+    let r = &planned.report;
+    for z in &planned.resizes {
+        match hv.set_memory(&z.uuid, z.to_kib) {
+            Ok(()) => {
+                info!(
+                    "VM {:?}: {} -> {} ({}; {}): {} savings, {} handed out over {} VMs",
+                    z.name,
+                    Kib(z.from_kib),
+                    Kib(z.to_kib),
+                    KibDelta(z.to_kib as i64 - z.from_kib as i64),
+                    z.reason,
+                    Kib(r.savings_kib),
+                    Kib(r.budget_kib),
+                    r.vms.iter().filter(|v| v.managed).count()
+                );
+                out.resizes.push(Ok(()));
+            }
+            Err(e) if e.is_fatal() => {
+                out.fatal = Some(e);
+                return out;
+            }
+            Err(e) => {
+                warn!(
+                    "VM {:?}: resize to {} skipped: {}",
+                    z.name,
+                    Kib(z.to_kib),
+                    chain(&e)
+                );
+                out.resizes.push(Err(chain(&e)));
+            }
+        }
+    }
+    for s in &planned.stats_periods {
+        match hv.set_stats_period(&s.uuid, s.seconds) {
+            Ok(()) => {
+                info!(
+                    "VM {:?}: turned its guest's memory statistics on (every {} s, live only): the loan rule needs them",
+                    s.name, s.seconds
+                );
+                out.stats_periods.push(Ok(()));
+            }
+            Err(e) if e.is_fatal() => {
+                out.fatal = Some(e);
+                return out;
+            }
+            Err(e) => {
+                warn!(
+                    "VM {:?}: cannot turn its guest's memory statistics on: {}; it is treated as a guest without statistics",
+                    s.name,
+                    chain(&e)
+                );
+                out.stats_periods.push(Err(chain(&e)));
+            }
+        }
+    }
+    out
+}
+
+/// Writes what `applied` did into the plan's state and report: each
+/// resize made is the VM's last ask (target, time, the size it was asked
+/// from); each statistics period set is not asked again; the pass's
+/// figures go into `last_pass`.
+pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) {
+    let Planned {
+        mut state,
+        mut report,
+        resizes,
+        stats_periods,
+        ..
+    } = planned;
+    for (z, result) in resizes.iter().zip(&applied.resizes) {
+        let vm = report.vms.iter_mut().find(|v| v.uuid == z.uuid);
+        match result {
+            Ok(()) => {
+                report.resized += 1;
+                if let Some(r) = state.vms.get_mut(&z.uuid) {
+                    r.last_target_kib = Some(z.to_kib);
+                    r.last_change_at = Some(now);
+                    r.asked_from_kib = Some(z.from_kib);
+                }
+                if let Some(v) = vm {
+                    v.last_change_at = Some(now);
+                }
+            }
+            Err(e) => {
+                report.failed += 1;
+                if let Some(v) = vm {
+                    v.error = Some(e.clone());
+                }
+            }
+        }
+    }
+    for (s, result) in stats_periods.iter().zip(&applied.stats_periods) {
+        if let (Ok(()), Some(r)) = (result, state.vms.get_mut(&s.uuid)) {
+            r.stats_period_set = true;
+        }
+        if result.is_err() {
+            // Not asked again every pass: the guest is treated as one
+            // without statistics until it restarts.
+            if let Some(r) = state.vms.get_mut(&s.uuid) {
+                r.stats_period_set = true;
+            }
+        }
+    }
+    if report.failed > 0 {
+        error!(
+            "{} of {} resizes failed this pass",
+            report.failed,
+            report.failed + report.resized
+        );
+    }
+    state.last_pass = Some(LastPass {
+        at: now,
+        metric: report.metric.to_string(),
+        savings_kib: report.savings_kib,
+        pool_kib: report.pool_kib,
+        budget_kib: report.budget_kib,
+        available_kib: report.host.available_kib,
+        resized: report.resized,
+        failed: report.failed,
+    });
+    (state, report)
+}

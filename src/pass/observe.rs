@@ -1,0 +1,79 @@
+//! Step 1 of a pass: what the host and libvirt say now. Reads only; the
+//! state is consulted (to know which running domains no hook recorded, and
+//! so need their definition to be adopted) but never changed.
+
+use std::collections::BTreeMap;
+
+use log::warn;
+
+use crate::domxml::{self, DomainXml};
+use crate::errors::chain;
+use crate::hypervisor::{HvError, Hypervisor, LiveDomain};
+use crate::ksm::{self, KsmCounters};
+use crate::meminfo::{self, MemInfo};
+use crate::state::State;
+
+use super::Paths;
+
+/// Everything a pass plans from.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// The KSM counters.
+    pub ksm: KsmCounters,
+    /// The host's meminfo.
+    pub mem: MemInfo,
+    /// Every active domain, by name then UUID.
+    pub domains: Vec<LiveDomain>,
+    /// The definition of each running domain no hook recorded, by UUID (or
+    /// why it could not be had).
+    pub definitions: BTreeMap<String, Result<DomainXml, String>>,
+}
+
+/// Reads KSM and meminfo.
+pub fn read_host(paths: &Paths) -> anyhow::Result<(KsmCounters, MemInfo)> {
+    let ksm = ksm::read(&paths.ksm_dir, ksm::host_page_size())?;
+    let mem = meminfo::read(&paths.meminfo)?;
+    Ok((ksm, mem))
+}
+
+/// Lists the domains (one bulk call) and fetches the definition of each
+/// running one that `state` does not know. A fatal libvirt error (the
+/// connection is gone) ends the pass.
+pub fn observe(
+    ksm: KsmCounters,
+    mem: MemInfo,
+    hv: &mut dyn Hypervisor,
+    state: &State,
+    now: u64,
+) -> Result<Observation, HvError> {
+    let mut domains = hv.domains()?;
+    domains.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
+    let mut definitions = BTreeMap::new();
+    for d in &domains {
+        if state.vms.contains_key(&d.uuid) || !d.running || d.sizes.is_none() {
+            continue;
+        }
+        let def = match hv.inactive_xml(&d.uuid) {
+            Ok(text) => domxml::parse(&text).map_err(|e| e.to_string()),
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                warn!(
+                    "VM {:?}: cannot fetch its definition to adopt it: {}",
+                    d.name,
+                    chain(&e)
+                );
+                Err(chain(&e))
+            }
+        };
+        definitions.insert(d.uuid.clone(), def);
+    }
+    Ok(Observation {
+        at: now,
+        ksm,
+        mem,
+        domains,
+        definitions,
+    })
+}

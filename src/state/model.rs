@@ -1,0 +1,346 @@
+//! The state file's format: which VMs ksm-balloon manages, with their floors
+//! and ceilings, what it last asked of each balloon, and what the last pass
+//! did. Pure: [`State::parse`] validates a file's text, [`State::to_json`]
+//! writes it; no I/O here (the store is [`super::store`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The format version this build reads and writes. Fields added since
+/// version 1 all have defaults, so a version-1 file of an older build reads
+/// as it is, and an older build ignores the fields it does not know.
+pub const STATE_VERSION: u32 = 1;
+
+/// The largest state file read (a host with thousands of VMs fits easily).
+pub const MAX_STATE_BYTES: u64 = 64 << 20;
+
+/// How a VM came to be recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// By the hook, from the XML libvirt gave at `prepare` or `start`.
+    Hook,
+    /// By the hook at `reconnect`, `attach`, `restore` or `migrate`, with no
+    /// floor known before: the XML's current size was taken.
+    HookLive,
+    /// By a pass that found it running but unrecorded.
+    Adopted,
+}
+
+/// A balloon that does not reach what was asked of it: not asked again for
+/// the same thing until `retry_at` (exponential back-off) or until the
+/// target moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stuck {
+    /// When the pass first found it short of its target.
+    pub since: u64,
+    /// The size it stays at, KiB.
+    pub at_kib: u64,
+    /// The next time the same target may be asked again.
+    pub retry_at: u64,
+    /// How many times it was asked and did not get there.
+    pub tries: u32,
+}
+
+/// One managed VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The domain's name.
+    pub name: String,
+    /// The domain's UUID (the key).
+    pub uuid: String,
+    /// The size it was started with: never shrunk below, in KiB.
+    pub floor_kib: u64,
+    /// Its boot-time maximum: never grown past, in KiB.
+    pub ceiling_kib: u64,
+    /// Whether it has a balloon device.
+    pub balloon: bool,
+    /// How it was recorded.
+    pub source: Source,
+    /// When it was recorded (seconds since the epoch).
+    pub recorded_at: u64,
+    /// The last target asked of its balloon, in KiB.
+    #[serde(default)]
+    pub last_target_kib: Option<u64>,
+    /// When that target was asked (seconds since the epoch).
+    #[serde(default)]
+    pub last_change_at: Option<u64>,
+    /// The balloon's size when that target was asked, in KiB: a balloon
+    /// between the two is on its way.
+    #[serde(default)]
+    pub asked_from_kib: Option<u64>,
+    /// Set when its balloon does not reach the last target.
+    #[serde(default)]
+    pub stuck: Option<Stuck>,
+    /// What it keeps above its target because it cannot give it back
+    /// (safe recall), as last logged, in KiB; 0 outside such an episode.
+    #[serde(default)]
+    pub kept_kib: u64,
+    /// The pass turned the guest's memory statistics on (once per VM).
+    #[serde(default)]
+    pub stats_period_set: bool,
+}
+
+impl VmRecord {
+    /// A new record with nothing asked yet.
+    pub fn new(
+        name: String,
+        uuid: String,
+        floor_kib: u64,
+        ceiling_kib: u64,
+        balloon: bool,
+        source: Source,
+        recorded_at: u64,
+    ) -> VmRecord {
+        VmRecord {
+            name,
+            uuid,
+            floor_kib,
+            ceiling_kib,
+            balloon,
+            source,
+            recorded_at,
+            last_target_kib: None,
+            last_change_at: None,
+            asked_from_kib: None,
+            stuck: None,
+            kept_kib: 0,
+            stats_period_set: false,
+        }
+    }
+}
+
+/// A running domain no hook recorded, seen by a pass but not adopted yet:
+/// a VM still starting has not inflated its balloon to its configured size,
+/// and adopting it now would take its maximum for its floor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The domain's name.
+    pub name: String,
+    /// When a pass first saw it.
+    pub first_seen: u64,
+}
+
+/// What the last pass saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastPass {
+    /// When it ran (seconds since the epoch).
+    pub at: u64,
+    /// The metric used.
+    pub metric: String,
+    /// The savings, in KiB.
+    pub savings_kib: u64,
+    /// The pool (savings × share), in KiB.
+    pub pool_kib: u64,
+    /// What was handed out after the host guard, in KiB.
+    pub budget_kib: u64,
+    /// The host's MemAvailable, in KiB.
+    pub available_kib: u64,
+    /// Resize calls made.
+    pub resized: u32,
+    /// VMs skipped because libvirt refused or they vanished.
+    pub failed: u32,
+}
+
+/// The whole state file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The format version.
+    pub version: u32,
+    /// Managed VMs by UUID.
+    pub vms: BTreeMap<String, VmRecord>,
+    /// Running domains not recorded yet, by UUID (see [`Candidate`]).
+    #[serde(default)]
+    pub candidates: BTreeMap<String, Candidate>,
+    /// The last pass, if any.
+    #[serde(default)]
+    pub last_pass: Option<LastPass>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            version: STATE_VERSION,
+            vms: BTreeMap::new(),
+            candidates: BTreeMap::new(),
+            last_pass: None,
+        }
+    }
+}
+
+/// Why a state file's text was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateParseError {
+    /// Empty file.
+    #[error("the file is empty")]
+    Empty,
+    /// Not JSON of the right shape.
+    #[error("not a valid state document: {0}")]
+    Syntax(String),
+    /// Written by a newer ksm-balloon.
+    #[error("format version {found} is not supported (this build reads version {STATE_VERSION})")]
+    Version {
+        /// The version in the file.
+        found: u32,
+    },
+    /// Values that cannot be true.
+    #[error("impossible record for VM {name:?}: {what}")]
+    Impossible {
+        /// The VM.
+        name: String,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+impl State {
+    /// Parses and validates a state file's text.
+    pub fn parse(text: &str) -> Result<State, StateParseError> {
+        if text.trim().is_empty() {
+            return Err(StateParseError::Empty);
+        }
+        #[derive(Deserialize)]
+        struct Probe {
+            version: u32,
+        }
+        let probe: Probe =
+            serde_json::from_str(text).map_err(|e| StateParseError::Syntax(e.to_string()))?;
+        if probe.version != STATE_VERSION {
+            return Err(StateParseError::Version {
+                found: probe.version,
+            });
+        }
+        let state: State =
+            serde_json::from_str(text).map_err(|e| StateParseError::Syntax(e.to_string()))?;
+        state.validate()?;
+        Ok(state)
+    }
+
+    fn validate(&self) -> Result<(), StateParseError> {
+        for (key, vm) in &self.vms {
+            let bad = |what: String| {
+                Err(StateParseError::Impossible {
+                    name: vm.name.clone(),
+                    what,
+                })
+            };
+            if *key != vm.uuid {
+                return bad(format!(
+                    "stored under key {key:?} but its uuid is {:?}",
+                    vm.uuid
+                ));
+            }
+            if vm.floor_kib == 0 {
+                return bad("floor is 0".into());
+            }
+            if vm.floor_kib > vm.ceiling_kib {
+                return bad(format!(
+                    "floor {} KiB is above ceiling {} KiB",
+                    vm.floor_kib, vm.ceiling_kib
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The state as the file's text.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("state always serialises");
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(uuid: &str, floor: u64, ceiling: u64) -> VmRecord {
+        VmRecord::new(
+            format!("vm-{uuid}"),
+            uuid.into(),
+            floor,
+            ceiling,
+            true,
+            Source::Hook,
+            1,
+        )
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut s = State::default();
+        let mut r = record("u1", 100, 200);
+        r.stuck = Some(Stuck {
+            since: 3,
+            at_kib: 150,
+            retry_at: 63,
+            tries: 1,
+        });
+        s.vms.insert("u1".into(), r);
+        s.candidates.insert(
+            "u2".into(),
+            Candidate {
+                name: "starting".into(),
+                first_seen: 4,
+            },
+        );
+        s.last_pass = Some(LastPass {
+            at: 5,
+            metric: "profit".into(),
+            ..LastPass::default()
+        });
+        assert_eq!(State::parse(&s.to_json()), Ok(s));
+    }
+
+    #[test]
+    fn a_version_1_file_of_the_first_release_still_reads() {
+        // Written by the first release, before the ask, back-off and
+        // candidate fields existed: an upgrade must not lose the floors.
+        let text = r#"{"version":1,"vms":{"u":{"name":"n","uuid":"u","floor_kib":100,"ceiling_kib":200,"balloon":true,"source":"hook","recorded_at":7,"last_target_kib":150,"last_change_at":9}},"last_pass":null}"#;
+        let s = State::parse(text).unwrap();
+        let r = &s.vms["u"];
+        assert_eq!(
+            (r.floor_kib, r.last_target_kib, r.stuck),
+            (100, Some(150), None)
+        );
+        assert!(s.candidates.is_empty());
+    }
+
+    #[test]
+    fn rejects() {
+        assert_eq!(State::parse(""), Err(StateParseError::Empty));
+        assert_eq!(State::parse("  \n"), Err(StateParseError::Empty));
+        assert!(matches!(State::parse("{"), Err(StateParseError::Syntax(_))));
+        assert!(matches!(
+            State::parse("[]"),
+            Err(StateParseError::Syntax(_))
+        ));
+        assert_eq!(
+            State::parse(r#"{"version": 2, "vms": {}}"#),
+            Err(StateParseError::Version { found: 2 })
+        );
+        let mut s = State::default();
+        s.vms.insert("u1".into(), record("u1", 300, 200));
+        assert!(matches!(
+            State::parse(&s.to_json()),
+            Err(StateParseError::Impossible { .. })
+        ));
+        let mut s = State::default();
+        s.vms.insert("other".into(), record("u1", 100, 200));
+        assert!(matches!(
+            State::parse(&s.to_json()),
+            Err(StateParseError::Impossible { .. })
+        ));
+        let mut s = State::default();
+        s.vms.insert("u1".into(), record("u1", 0, 200));
+        assert!(State::parse(&s.to_json()).is_err());
+        // negative sizes are not sizes
+        let text = r#"{"version":1,"vms":{"u":{"name":"n","uuid":"u","floor_kib":-1,"ceiling_kib":2,"balloon":true,"source":"hook","recorded_at":0}}}"#;
+        assert!(matches!(
+            State::parse(text),
+            Err(StateParseError::Syntax(_))
+        ));
+    }
+}
