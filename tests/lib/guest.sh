@@ -152,8 +152,9 @@ kg_xml_escape() {
 }
 
 # kg_domain_xml NAME OPTION...: the guest's libvirt domain XML on stdout.
-#   --memory MIB        the maximum (<memory>); required
-#   --current MIB       the size it boots at (<currentMemory>); default MIB
+#   --memory SIZE       the maximum (<memory>); required
+#   --current SIZE      the size it boots at (<currentMemory>); default SIZE
+#   --unit UNIT         of both sizes: MiB (default) or KiB
 #   --type TYPE         the domain type; default qemu (software emulation)
 #   --uuid UUID         default: libvirt makes one up
 #   --kernel FILE --initrd FILE [--cmdline TEXT]
@@ -170,7 +171,7 @@ kg_xml_escape() {
 #   --console FILE      ttyS0 written to FILE
 #   --socket FILE       ttyS1 as a unix socket the host connects to at FILE
 kg_domain_xml() {
-    local name=$1 type=qemu uuid='' mem='' cur='' kernel='' initrd='' cmdline=''
+    local name=$1 type=qemu uuid='' mem='' cur='' unit=MiB kernel='' initrd='' cmdline=''
     local balloon=virtio stats=2 console='' socket='' disks=() d
     shift
     while [ $# -gt 0 ]; do
@@ -178,6 +179,7 @@ kg_domain_xml() {
         case $1 in
             --memory) mem=$2 ;;
             --current) cur=$2 ;;
+            --unit) unit=$2 ;;
             --type) type=$2 ;;
             --uuid) uuid=$2 ;;
             --kernel) kernel=$2 ;;
@@ -196,8 +198,8 @@ kg_domain_xml() {
     echo "<domain type='$type'>"
     echo "  <name>$(kg_xml_escape "$name")</name>"
     [ -z "$uuid" ] || echo "  <uuid>$uuid</uuid>"
-    echo "  <memory unit='MiB'>$mem</memory>"
-    echo "  <currentMemory unit='MiB'>${cur:-$mem}</currentMemory>"
+    echo "  <memory unit='$unit'>$mem</memory>"
+    echo "  <currentMemory unit='$unit'>${cur:-$mem}</currentMemory>"
     echo "  <vcpu>1</vcpu>"
     echo "  <os>"
     echo "    <type arch='x86_64' machine='pc'>hvm</type>"
