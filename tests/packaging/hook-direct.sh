@@ -15,6 +15,11 @@
 # Usage: tests/packaging/hook-direct.sh ROOT WORKDIR
 #   ROOT: the scratch root the RPM was installed into.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/lib/libvirtd.sh
+source "$here/../lib/libvirtd.sh"
+# shellcheck source=tests/lib/guest.sh
+source "$here/../lib/guest.sh"
 root=$(realpath "$1")
 work=$(realpath "$2")/hook-direct
 rm -rf "$work"
@@ -33,13 +38,8 @@ hook_with() {
     echo "$out"
 }
 
-xml() {
-    cat <<EOF
-<domain type='qemu'><name>$1</name><uuid>$2</uuid>
-<memory unit='KiB'>262144</memory><currentMemory unit='KiB'>196608</currentMemory>
-<devices><memballoon model='virtio'/></devices></domain>
-EOF
-}
+# xml NAME UUID: the domain XML libvirt hands the hook on stdin.
+xml() { kg_domain_xml "$1" --uuid "$2" --memory 256 --current 192; }
 uuid=5a1e0000-0000-4000-8000-00000000beef
 
 # call HOOK STATE ARGS...: runs HOOK as libvirtd does (env -i), with
@@ -76,8 +76,11 @@ printf 'KSM_BALLOON_SHARE=0.5\nif then fi (\n' >"$conf"
 h=$(hook_with "$bin" "$conf")
 call "$h" "$state" vm1 prepare begin - &&
     if recorded "$state"; then ok "a broken settings file: exit 0, vm1 still recorded"; else bad "a broken settings file stopped the record"; fi
-grep -q "does not parse" "$work/stderr" && ok "the broken settings file was reported" ||
+if grep -q "does not parse" "$work/stderr"; then
+    ok "the broken settings file was reported"
+else
     bad "the broken settings file went unreported (stderr: $(cat "$work/stderr"))"
+fi
 
 # 3. The binary missing: exit 0, stdin drained (libvirt would otherwise get
 # EPIPE writing the XML), nothing recorded.
@@ -108,6 +111,7 @@ h=$(hook_with "$bin" "$conf")
 # the systemctl calls it made, one a line.
 with_systemd() {
     : >"$work/calls"
+    # shellcheck disable=SC2016 # expanded by the inner sh, from its arguments
     xml vm1 "$uuid" | unshare --mount --propagation private -- sh -c '
         mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system &&
         exec env -i PATH="$1:/usr/sbin:/usr/bin:/sbin:/bin" SYSTEMCTL_LOG="$2" TIMER_ACTIVE="$3" \
