@@ -6,7 +6,7 @@
 //! the flag and value at fault, exit 2), then [`Settings::validate`] resolves
 //! paths under `--root` and checks what one flag alone cannot.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -279,10 +279,7 @@ pub struct Config {
     pub pass: pass::Settings,
 }
 
-/// Resolves an absolute host path under `root`.
-pub fn under_root(root: &Path, path: &Path) -> PathBuf {
-    root.join(path.strip_prefix("/").unwrap_or(path))
-}
+pub use crate::paths::under_root;
 
 impl Settings {
     /// The second stage: checks and resolves.
@@ -410,17 +407,5 @@ mod tests {
         assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
         assert_eq!(parse_seconds("20s"), Ok(Duration::from_secs(20)));
         assert!(parse_seconds("-1").is_err());
-    }
-
-    #[test]
-    fn paths_resolve_under_root() {
-        assert_eq!(
-            under_root(Path::new("/tmp/r"), Path::new("/var/lib/x/state.json")),
-            PathBuf::from("/tmp/r/var/lib/x/state.json")
-        );
-        assert_eq!(
-            under_root(Path::new("/"), Path::new("/sys/kernel/mm/ksm")),
-            PathBuf::from("/sys/kernel/mm/ksm")
-        );
     }
 }

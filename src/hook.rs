@@ -314,7 +314,7 @@ pub fn fold(state: &mut State, records: &[HookRecord]) -> Vec<Folded> {
         );
         let event = classify(&r.operation);
         let parsed = match (&r.xml, &r.xml_problem) {
-            (Some(text), _) => domxml::parse(text).map_err(|e| e.to_string()),
+            (Some(text), _) => domxml::parse(text).map_err(|e| crate::errors::chain(&e)),
             (None, Some(p)) => Err(p.clone()),
             (None, None) => Err("no domain XML".to_string()),
         };
@@ -396,7 +396,7 @@ pub fn settings(
         Some(l) if l.contains("debug") || l.contains("trace") => Verbosity::Debug,
         _ => Verbosity::Problems,
     };
-    Ok((crate::cli::under_root(&root, &state), verbosity))
+    Ok((crate::paths::under_root(&root, &state), verbosity))
 }
 
 /// Where the hook's log lines go: the system log where there is one (the

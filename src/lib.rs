@@ -19,6 +19,7 @@ pub mod meminfo;
 pub mod metadata;
 pub mod metrics;
 pub mod pass;
+pub mod paths;
 pub mod policy;
 pub mod procksm;
 pub mod render;

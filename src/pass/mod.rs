@@ -54,12 +54,12 @@ pub struct Paths {
 impl Paths {
     /// Every path under `root`, the state at `state` (absolute, host view).
     pub fn under(root: &Path, state: &Path) -> Paths {
-        let at = |p: &str| crate::cli::under_root(root, Path::new(p));
+        let at = |p: &str| crate::paths::under_root(root, Path::new(p));
         Paths {
             ksm_dir: at("/sys/kernel/mm/ksm"),
             meminfo: at("/proc/meminfo"),
             proc_locks: at("/proc/locks"),
-            state: crate::cli::under_root(root, state),
+            state: crate::paths::under_root(root, state),
             metrics_file: None,
             procs: crate::procksm::ProcPaths::under(root),
         }

@@ -87,7 +87,7 @@ pub fn observe(
             continue;
         }
         let def = match hv.inactive_xml(&d.uuid) {
-            Ok(text) => domxml::parse(&text).map_err(|e| e.to_string()),
+            Ok(text) => domxml::parse(&text).map_err(|e| chain(&e)),
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 warn!(
