@@ -63,8 +63,6 @@ KSM_SLEEP_MS=${KBB_KSM_SLEEP_MS:-20}
 
 # shellcheck source=tests/lib/libvirtd.sh
 . tests/lib/libvirtd.sh
-# shellcheck source=tests/realstack/lib.sh
-. tests/realstack/lib.sh
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 

@@ -60,8 +60,11 @@ if [ $do_test = 1 ]; then
     # the test driver parses the whole node XML at every connection (0.35 s
     # at N = 1000 on the reference machine): above alt_max that tick would
     # take over ten minutes and measure the parser, so it is not run there.
+    # the node XMLs come from the generator the Rust tests use
+    cargo build --locked --quiet --example testdriver-node
     "$PY" bench/pass_cost.py --driver test --n "$ns" --repeat "$repeat" \
         --alt-repeat "$alt_repeat" --alt-process-max-n "$alt_max" --bin "$BIN" --check \
+        --node-xml-bin "$REPO/target/debug/examples/testdriver-node" \
         --json "$out/pass-cost-test.json" --markdown "$out/pass-cost-test.md"
 fi
 
@@ -69,8 +72,6 @@ if [ $do_qemu = 1 ]; then
     echo "=== pass cost, real stack (qemu:///system)"
     # shellcheck source=tests/lib/libvirtd.sh
     . tests/lib/libvirtd.sh
-    # shellcheck source=tests/realstack/lib.sh
-    . tests/realstack/lib.sh
     kb_realstack_lock
     kb_ksm_save
     cleanup() {

@@ -22,8 +22,10 @@ virDomainSetMemoryFlags; with a remote URI also the RPC messages sent to
 libvirtd). Timed runs are separate runs with logging off.
 
 Drivers:
-  --driver test   libvirt's test driver, `test:///<dir>/node.xml` generated
-                  here. The test driver keeps its state per connection only,
+  --driver test   libvirt's test driver, `test:///<dir>/node.xml` written by
+                  the generator the Rust tests use (--node-xml-bin: the
+                  testdriver-node example, tests/common/node.rs). The test
+                  driver keeps its state per connection only,
                   so every process starts from the node XML: the steady and
                   moved situations are set up by writing the node XML's
                   <currentMemory> equal to what the first pass set (read
@@ -175,19 +177,13 @@ def quiet_env():
     return e
 
 
-def node_xml(names_uuids, current_kib):
-    parts = [
-        "<node><cpu><mhz>2000</mhz><model>i686</model><active>2</active><nodes>1</nodes>"
-        "<sockets>1</sockets><cores>2</cores><threads>1</threads></cpu><memory>25165824</memory>"
-    ]
-    for (name, uuid), cur in zip(names_uuids, current_kib):
-        parts.append(
-            f"<domain type='test'><name>{name}</name><uuid>{uuid}</uuid>"
-            f"<memory unit='MiB'>{CEIL_MIB}</memory><currentMemory unit='KiB'>{cur}</currentMemory>"
-            "<vcpu>1</vcpu><os><type>hvm</type></os></domain>"
-        )
-    parts.append("</node>")
-    return "".join(parts)
+def node_xml(generator, names_uuids, current_kib):
+    """The test-driver node XML, from the generator the Rust tests use
+    (tests/common/node.rs, through its testdriver-node example)."""
+    doms = [{"name": name, "uuid": uuid, "memory_kib": CEIL_MIB * 1024, "current_kib": cur}
+            for (name, uuid), cur in zip(names_uuids, current_kib)]
+    return subprocess.run([generator], input=json.dumps(doms), capture_output=True, text=True,
+                          check=True).stdout
 
 
 def make_root(path, profit_bytes):
@@ -210,16 +206,17 @@ class TestDriver:
 
     remote = False
 
-    def __init__(self, n, work):
+    def __init__(self, n, work, generator):
         self.n = n
         self.work = work
+        self.generator = generator
         self.node = os.path.join(work, "node.xml")
         self.uri = f"test://{self.node}"
         self.vms = [(f"vm-{i:04}", f"{i:08x}-0000-4000-8000-000000000000") for i in range(n)]
 
     def set_sizes(self, kib):
         with open(self.node, "w") as f:
-            f.write(node_xml(self.vms, kib))
+            f.write(node_xml(self.generator, self.vms, kib))
 
     def targets_from_state(self, state_path):
         with open(state_path) as f:
@@ -474,6 +471,8 @@ def main():
                     help="skip the one-process-per-call alternative above this N")
     ap.add_argument("--alt-modes", default="process,session")
     ap.add_argument("--bin", default=os.path.join(REPO, "target/release/ksm-balloon"))
+    ap.add_argument("--node-xml-bin", default=os.path.join(REPO, "target/debug/examples/testdriver-node"),
+                    help="test driver: the node XML generator (cargo build --example testdriver-node)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", help="write the table here")
     ap.add_argument("--check", action="store_true", help="fail unless every count is as claimed")
@@ -481,6 +480,8 @@ def main():
     args.alt_modes = [m for m in args.alt_modes.split(",") if m]
     if not os.access(args.bin, os.X_OK):
         raise SystemExit(f"{args.bin} is not built (cargo build --release)")
+    if args.driver == "test" and not os.access(args.node_xml_bin, os.X_OK):
+        raise SystemExit(f"{args.node_xml_bin} is not built (cargo build --example testdriver-node)")
 
     results = []
     with tempfile.TemporaryDirectory(prefix="kb-pass-cost-") as work:
@@ -488,7 +489,7 @@ def main():
             for n in [int(x) for x in args.n.split(",")]:
                 wd = os.path.join(work, f"n{n}")
                 os.makedirs(wd)
-                results += bench_n(TestDriver(n, wd), args, wd)
+                results += bench_n(TestDriver(n, wd, args.node_xml_bin), args, wd)
         else:
             names = [d for d in args.domains.split(",") if d]
             if not names:

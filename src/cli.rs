@@ -6,7 +6,7 @@
 //! the flag and value at fault, exit 2), then [`Settings::validate`] resolves
 //! paths under `--root` and checks what one flag alone cannot.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -54,6 +54,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hand VMs whose balloon was set by hand back to ksm-balloon.
+    ///
+    /// A VM whose balloon someone else set (`virsh setmem`) is left alone
+    /// until it restarts or is released: its size now becomes where
+    /// ksm-balloon starts from.
+    Release {
+        /// Names (or UUIDs) of the VMs.
+        #[arg(required = true)]
+        vms: Vec<String>,
+    },
+    /// Re-read VMs' ksm-balloon metadata from libvirt (after
+    /// `virsh metadata --live`); every managed VM when none is named.
+    Reload {
+        /// Names (or UUIDs) of the VMs.
+        vms: Vec<String>,
+    },
     /// The libvirt qemu hook: `hook <domain> <operation> <sub-op> <extra>`, domain XML on stdin.
     ///
     /// Records a VM's floor and ceiling when it starts and forgets it when it
@@ -100,6 +116,18 @@ fn one_of<T: Copy + Send + Sync + 'static>(
             .find(|(n, _)| *n == s)
             .map_or(all[0].1, |(_, v)| *v)
     })
+}
+
+fn parse_window(s: &str) -> Result<u64, String> {
+    let v: u64 = s
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number of seconds"))?;
+    if v > 86_400 {
+        return Err(format!("{v} is more than a day"));
+    }
+    Ok(v)
 }
 
 fn parse_period(s: &str) -> Result<u32, String> {
@@ -212,6 +240,17 @@ pub struct Settings {
     #[arg(long, global = true, env = "KSM_BALLOON_GUEST_STATS_PERIOD", default_value = "5", value_parser = parse_period)]
     pub guest_stats_period: u32,
 
+    /// Lend only the savings that held this long: the smallest the passes
+    /// of that window saw (seconds; 0 lends the savings of the moment, as
+    /// the paper). A fall is followed at once.
+    #[arg(long, global = true, env = "KSM_BALLOON_HOLD_WINDOW", default_value = "60", value_parser = parse_window)]
+    pub hold_window: u64,
+
+    /// A Prometheus text file every pass writes (atomically), e.g. in
+    /// node_exporter's textfile-collector directory; none by default.
+    #[arg(long, global = true, env = "KSM_BALLOON_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     /// Seconds a pass waits for the state lock before giving up (exit 1).
     #[arg(long, global = true, env = "KSM_BALLOON_LOCK_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
     pub lock_timeout: Duration,
@@ -240,10 +279,7 @@ pub struct Config {
     pub pass: pass::Settings,
 }
 
-/// Resolves an absolute host path under `root`.
-pub fn under_root(root: &Path, path: &Path) -> PathBuf {
-    root.join(path.strip_prefix("/").unwrap_or(path))
-}
+pub use crate::paths::under_root;
 
 impl Settings {
     /// The second stage: checks and resolves.
@@ -269,6 +305,15 @@ impl Settings {
                 why: "must be an absolute path to a file".into(),
             });
         }
+        if let Some(m) = &self.metrics_file {
+            if !m.is_absolute() || m.file_name().is_none() {
+                return Err(UsageError {
+                    flag: "metrics-file",
+                    value: m.display().to_string(),
+                    why: "must be an absolute path to a file".into(),
+                });
+            }
+        }
         if self.connect.trim().is_empty() {
             return Err(UsageError {
                 flag: "connect",
@@ -277,7 +322,13 @@ impl Settings {
             });
         }
         Ok(Config {
-            paths: pass::Paths::under(&self.root, &self.state),
+            paths: pass::Paths {
+                metrics_file: self
+                    .metrics_file
+                    .as_deref()
+                    .map(|m| under_root(&self.root, m)),
+                ..pass::Paths::under(&self.root, &self.state)
+            },
             pass: pass::Settings {
                 metric: self.metric,
                 share: self.share,
@@ -289,6 +340,7 @@ impl Settings {
                 max_squeeze_kib: self.max_squeeze.0,
                 blind_step_kib: self.blind_step.0,
                 guest_stats_period: self.guest_stats_period,
+                hold_window_secs: self.hold_window,
             },
             settings: self,
         })
@@ -355,17 +407,5 @@ mod tests {
         assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
         assert_eq!(parse_seconds("20s"), Ok(Duration::from_secs(20)));
         assert!(parse_seconds("-1").is_err());
-    }
-
-    #[test]
-    fn paths_resolve_under_root() {
-        assert_eq!(
-            under_root(Path::new("/tmp/r"), Path::new("/var/lib/x/state.json")),
-            PathBuf::from("/tmp/r/var/lib/x/state.json")
-        );
-        assert_eq!(
-            under_root(Path::new("/"), Path::new("/sys/kernel/mm/ksm")),
-            PathBuf::from("/sys/kernel/mm/ksm")
-        );
     }
 }

@@ -1,6 +1,7 @@
 //! Libvirt domain XML: the few facts ksm-balloon needs from it (name, UUID,
-//! `<memory>`, `<currentMemory>`, whether a balloon device exists), read with
-//! a real XML parser.
+//! `<memory>`, `<currentMemory>`, whether a balloon device exists and
+//! deflates on OOM, ksm-balloon's own metadata element), read with a real
+//! XML parser.
 
 use roxmltree::{Document, Node};
 
@@ -17,6 +18,10 @@ pub struct DomainXml {
     pub current_memory_kib: u64,
     /// False only for `<memballoon model='none'/>`.
     pub balloon: bool,
+    /// `<memballoon autodeflate='on'>`: the balloon deflates on guest OOM.
+    pub autodeflate: bool,
+    /// ksm-balloon's metadata element (settings and problems).
+    pub metadata: crate::metadata::Parsed,
 }
 
 /// Why domain XML was rejected.
@@ -26,8 +31,8 @@ pub enum XmlError {
     #[error("the domain XML is empty")]
     Empty,
     /// Not well-formed.
-    #[error("the domain XML is not well-formed: {0}")]
-    Malformed(String),
+    #[error("the domain XML is not well-formed")]
+    Malformed(#[source] roxmltree::Error),
     /// Well-formed but not a domain.
     #[error("the XML's root element is <{0}>, not <domain>")]
     NotADomain(String),
@@ -48,37 +53,7 @@ pub enum XmlError {
     },
 }
 
-/// Converts a libvirt scaled integer to KiB, rounding up.
-///
-/// Units as libvirt documents them: `b`/`bytes`; `KB`, `MB`, `GB`, `TB`,
-/// `PB`, `EB` are powers of 1000; `k`/`KiB`, `M`/`MiB`, ... powers of 1024.
-/// The default unit is KiB.
-pub fn scaled_to_kib(value: &str, unit: Option<&str>) -> Result<u64, String> {
-    let v: u64 = value
-        .trim()
-        .parse()
-        .map_err(|_| "not a whole non-negative number".to_string())?;
-    let unit = unit.unwrap_or("KiB").trim();
-    let bytes_per: u128 = match unit {
-        "b" | "B" | "bytes" => 1,
-        "KB" => 1000,
-        "k" | "K" | "KiB" => 1 << 10,
-        "MB" => 1000u128.pow(2),
-        "m" | "M" | "MiB" => 1 << 20,
-        "GB" => 1000u128.pow(3),
-        "g" | "G" | "GiB" => 1 << 30,
-        "TB" => 1000u128.pow(4),
-        "t" | "T" | "TiB" => 1 << 40,
-        "PB" => 1000u128.pow(5),
-        "p" | "P" | "PiB" => 1 << 50,
-        "EB" => 1000u128.pow(6),
-        "e" | "E" | "EiB" => 1 << 60,
-        other => return Err(format!("unknown unit {other:?}")),
-    };
-    let bytes = u128::from(v) * bytes_per;
-    let kib = bytes.div_ceil(1024);
-    u64::try_from(kib).map_err(|_| "too large".to_string())
-}
+pub use crate::units::scaled_to_kib;
 
 fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
     node.children()
@@ -106,7 +81,7 @@ pub fn parse(xml: &str) -> Result<DomainXml, XmlError> {
     if xml.trim().is_empty() {
         return Err(XmlError::Empty);
     }
-    let doc = Document::parse(xml).map_err(|e| XmlError::Malformed(e.to_string()))?;
+    let doc = Document::parse(xml).map_err(XmlError::Malformed)?;
     let root = doc.root_element();
     if root.tag_name().name() != "domain" {
         return Err(XmlError::NotADomain(
@@ -142,6 +117,8 @@ pub fn parse(xml: &str) -> Result<DomainXml, XmlError> {
         memory_kib,
         current_memory_kib,
         balloon,
+        autodeflate: crate::manual::balloon_autodeflate(root),
+        metadata: crate::metadata::from_node(root),
     })
 }
 
@@ -171,6 +148,8 @@ mod tests {
                 memory_kib: 262144,
                 current_memory_kib: 163840,
                 balloon: true,
+                autodeflate: false,
+                metadata: crate::metadata::Parsed::default(),
             })
         );
     }

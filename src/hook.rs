@@ -69,8 +69,11 @@ pub enum Outcome {
     Nothing,
 }
 
-fn record_from(xml: &DomainXml, floor_kib: u64, source: Source, now: u64) -> VmRecord {
-    VmRecord::new(
+/// A record of the VM `xml` describes, booting at `floor_kib`: its
+/// metadata applied (a valid floor or ceiling of its own replaces the
+/// definition's), the manual-change detector started.
+pub fn record_from(xml: &DomainXml, floor_kib: u64, source: Source, now: u64) -> VmRecord {
+    let mut r = VmRecord::new(
         xml.name.clone(),
         xml.uuid.clone(),
         floor_kib,
@@ -78,7 +81,32 @@ fn record_from(xml: &DomainXml, floor_kib: u64, source: Source, now: u64) -> VmR
         xml.balloon,
         source,
         now,
-    )
+    );
+    r.defined = Some((floor_kib, xml.memory_kib.max(floor_kib)));
+    r.autodeflate = xml.autodeflate;
+    r.apply_settings(xml.metadata.settings.clone());
+    r.manual = Some(crate::manual::History::started(
+        now,
+        r.floor_kib,
+        xml.memory_kib,
+    ));
+    r
+}
+
+/// What is wrong with the metadata of the VM `xml` describes, booting at
+/// `floor_kib`, one line each, naming the VM.
+pub fn metadata_problems(xml: &DomainXml, floor_kib: u64) -> Vec<String> {
+    let bounds = crate::metadata::Bounds {
+        current_memory_kib: floor_kib,
+        memory_kib: xml.memory_kib.max(floor_kib),
+    };
+    let (_, resolved) = xml.metadata.settings.resolve(bounds);
+    xml.metadata
+        .problems
+        .iter()
+        .chain(&resolved)
+        .map(|p| format!("VM {:?}: {p}; ignored", xml.name))
+        .collect()
 }
 
 /// Drops records of other UUIDs under the same name: a domain that was
@@ -116,6 +144,7 @@ pub fn apply(state: &mut State, event: Event, xml: &DomainXml, now: u64) -> Outc
                         && old.floor_kib == new.floor_kib
                         && old.ceiling_kib == new.ceiling_kib
                         && old.balloon == new.balloon
+                        && old.settings == new.settings
                         && old.name == new.name =>
                 {
                     Outcome::Kept
@@ -267,8 +296,9 @@ pub struct Folded {
     pub name: String,
     /// What happened.
     pub outcome: Outcome,
-    /// A problem with the record (its XML unusable, a name that differs).
-    pub problem: Option<String>,
+    /// Problems with the record (its XML unusable, a name that differs,
+    /// metadata ignored).
+    pub problems: Vec<String>,
 }
 
 /// Applies spooled hook records to the state, in the order given (the
@@ -284,36 +314,44 @@ pub fn fold(state: &mut State, records: &[HookRecord]) -> Vec<Folded> {
         );
         let event = classify(&r.operation);
         let parsed = match (&r.xml, &r.xml_problem) {
-            (Some(text), _) => domxml::parse(text).map_err(|e| e.to_string()),
+            (Some(text), _) => domxml::parse(text).map_err(|e| crate::errors::chain(&e)),
             (None, Some(p)) => Err(p.clone()),
             (None, None) => Err("no domain XML".to_string()),
         };
-        let (outcome, name, problem) = match parsed {
+        let (outcome, name, problems) = match parsed {
             Ok(x) => {
-                let problem = (x.name != r.domain).then(|| {
-                    format!(
-                        "called for {:?} but the XML names {:?}; used the XML",
-                        r.domain, x.name
-                    )
-                });
-                (apply(state, event, &x, r.at), x.name, problem)
+                let mut problems: Vec<String> = (x.name != r.domain)
+                    .then(|| {
+                        format!(
+                            "called for {:?} but the XML names {:?}; used the XML",
+                            r.domain, x.name
+                        )
+                    })
+                    .into_iter()
+                    .collect();
+                let outcome = apply(state, event, &x, r.at);
+                if matches!(outcome, Outcome::Recorded | Outcome::Updated) {
+                    let floor = x.current_memory_kib.min(x.memory_kib);
+                    problems.extend(metadata_problems(&x, floor));
+                }
+                (outcome, x.name, problems)
             }
             Err(why) if event == Event::Forget => (
                 forget_by_name(state, &r.domain),
                 r.domain.clone(),
-                Some(format!("{why}; forgot the VM by name")),
+                vec![format!("{why}; forgot the VM by name")],
             ),
             Err(why) => (
                 Outcome::Nothing,
                 r.domain.clone(),
-                Some(format!("{why}; state not changed by it")),
+                vec![format!("{why}; state not changed by it")],
             ),
         };
         out.push(Folded {
             call,
             name,
             outcome,
-            problem,
+            problems,
         });
     }
     out
@@ -358,7 +396,7 @@ pub fn settings(
         Some(l) if l.contains("debug") || l.contains("trace") => Verbosity::Debug,
         _ => Verbosity::Problems,
     };
-    Ok((crate::cli::under_root(&root, &state), verbosity))
+    Ok((crate::paths::under_root(&root, &state), verbosity))
 }
 
 /// Where the hook's log lines go: the system log where there is one (the
@@ -432,6 +470,8 @@ mod tests {
             memory_kib: memory,
             current_memory_kib: current,
             balloon: true,
+            autodeflate: false,
+            metadata: crate::metadata::Parsed::default(),
         }
     }
 
@@ -587,15 +627,11 @@ mod tests {
         fold(&mut s, &[rec("prepare", Some(text(160, 256)), 1)]);
         let f = fold(&mut s, &[rec("release", Some("<domain".into()), 2)]);
         assert_eq!(f[0].outcome, Outcome::Forgotten);
-        assert!(f[0]
-            .problem
-            .as_ref()
-            .unwrap()
-            .contains("forgot the VM by name"));
+        assert!(f[0].problems[0].contains("forgot the VM by name"));
         // an unusable start changes nothing and says so
         let f = fold(&mut s, &[rec("prepare", None, 3)]);
         assert_eq!(f[0].outcome, Outcome::Nothing);
-        assert!(f[0].problem.is_some());
+        assert_eq!(f[0].problems.len(), 1);
     }
 
     #[test]

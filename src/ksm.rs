@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub enum Metric {
     /// `profit` where the kernel has `general_profit`, else `sharing`.
     Auto,
-    /// `general_profit`: what KSM saved net of its own metadata (Linux >= 6.1).
+    /// `general_profit`: what KSM saved net of its own metadata (Linux >= 6.4).
     Profit,
     /// `pages_sharing + ksm_zero_pages`: the kernel's own "how much saved".
     Sharing,
@@ -109,7 +109,7 @@ pub enum KsmError {
         text: String,
     },
     /// The chosen metric needs a counter this kernel lacks.
-    #[error("metric '{metric}' needs {} which this kernel does not have (Linux >= 6.1 has it); use --metric sharing or shared", .path.display())]
+    #[error("metric '{metric}' needs {} which this kernel does not have (Linux >= 6.4 has it); use --metric sharing or shared", .path.display())]
     MetricUnavailable {
         /// The metric asked for.
         metric: Metric,

@@ -6,6 +6,7 @@
 //! sysfs, meminfo, the state file, libvirt and the clock sit at the edges
 //! ([`ksm::read`], [`meminfo::read`], [`state::Store`], [`hypervisor`]).
 
+pub mod admin;
 pub mod attribution;
 pub mod cli;
 pub mod domxml;
@@ -18,6 +19,7 @@ pub mod meminfo;
 pub mod metadata;
 pub mod metrics;
 pub mod pass;
+pub mod paths;
 pub mod policy;
 pub mod procksm;
 pub mod render;

@@ -96,6 +96,21 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
                 print(&render::status(&report))?;
             }
         }
+        Command::Release { vms } => {
+            let lines =
+                ksm_balloon::admin::release(&cfg.paths, cfg.settings.lock_timeout, &vms, now())?;
+            print(&(lines.join("\n") + "\n"))?;
+        }
+        Command::Reload { vms } => {
+            let lines = ksm_balloon::admin::reload(
+                &cfg.paths,
+                cfg.settings.lock_timeout,
+                &mut open(cfg),
+                &vms,
+                now(),
+            )?;
+            print(&(lines.join("\n") + "\n"))?;
+        }
         Command::Hook {
             domain,
             operation,

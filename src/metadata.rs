@@ -28,7 +28,7 @@ use std::fmt;
 use roxmltree::{Document, Node};
 use serde::{Deserialize, Serialize};
 
-use crate::domxml::scaled_to_kib;
+use crate::units::scaled_to_kib;
 use crate::units::Kib;
 
 /// ksm-balloon's XML namespace for this version of the element.

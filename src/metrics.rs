@@ -108,7 +108,7 @@ pub struct MetricsInput {
 }
 
 /// The savings by each metric the kernel provides (`profit` needs Linux
-/// 6.1's `general_profit`).
+/// 6.4's `general_profit`).
 pub fn savings_by_metric(ksm: &KsmCounters) -> Vec<SavingsFigure> {
     [Metric::Profit, Metric::Sharing, Metric::Shared]
         .into_iter()

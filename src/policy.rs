@@ -32,21 +32,48 @@ use std::str::FromStr;
 
 /// How the pool is divided among the managed VMs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Split {
     /// Every managed VM gets the same amount (the paper).
     Equal,
     /// Each VM gets an amount proportional to its floor (bigger VMs get more).
     Proportional,
+    /// By I/O demand: a VM that keeps reading from disk with its memory
+    /// full of cache gets more, an idle one little ([`VmView::demand`]).
+    Demand,
+    /// By contribution: each VM in proportion to what its own pages saved
+    /// ([`VmView::contribution_kib`]); only the VMs' part of the savings is
+    /// lent.
+    Contribution,
+    /// Contribution scaled by demand: what each VM earned, moved toward the
+    /// VMs whose I/O it cuts.
+    ContributionDemand,
 }
 
 impl Split {
     /// Every split, by the name the settings use.
-    pub const ALL: [(&'static str, Split); 2] = [
+    pub const ALL: [(&'static str, Split); 5] = [
         ("equal", Split::Equal),
         ("proportional", Split::Proportional),
+        ("demand", Split::Demand),
+        ("contribution", Split::Contribution),
+        ("contribution-demand", Split::ContributionDemand),
     ];
+
+    /// The split needs each VM's part of the savings (per-process figures).
+    pub fn needs_contribution(self) -> bool {
+        matches!(self, Split::Contribution | Split::ContributionDemand)
+    }
+
+    /// The split needs each VM's I/O demand.
+    pub fn needs_demand(self) -> bool {
+        matches!(self, Split::Demand | Split::ContributionDemand)
+    }
 }
+
+/// An idle VM's demand weight, and the unit of [`VmView::demand`]: one
+/// MiB/s of disk reads under memory pressure counts as much as being there.
+pub const DEMAND_BASE: u64 = 1000;
 
 impl fmt::Display for Split {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -130,7 +157,9 @@ pub const FLOOR_TOLERANCE_KIB: u64 = 1024;
 /// What the host looks like this pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct HostView {
-    /// KSM's savings by the chosen metric, in KiB.
+    /// KSM's savings by the chosen metric, in KiB: what has held over the
+    /// holding window (lend only what holds), and for the contribution
+    /// splits only the VMs' part.
     pub savings_kib: u64,
     /// KSM's counters are live: it is merging (`run` = 1), or it unmerged
     /// everything (`run` = 2, the counters cleared: the savings are gone).
@@ -151,6 +180,13 @@ pub enum VmStatus {
     NoBalloon,
     /// Paused, shutting down, or otherwise not running.
     NotRunning,
+    /// Its metadata says `manage="no"`.
+    OptedOut,
+    /// Its balloon was set by someone else: left alone until released.
+    HeldByHand,
+    /// Its balloon moved away from what was asked, not yet for long enough
+    /// to tell why: left alone this pass.
+    Unsettled,
 }
 
 /// A guest's own memory figures, from its balloon driver's statistics
@@ -188,6 +224,16 @@ pub struct VmView {
     pub actual_kib: u64,
     /// Its own figures, when it reports fresh ones.
     pub guest: Option<GuestView>,
+    /// Its weight in the split (the metadata's; 1 by default, 0 takes no
+    /// part of the pool).
+    pub weight: u32,
+    /// Its I/O demand: disk reads while its memory is full, in thousandths
+    /// of a MiB/s (smoothed); `None` when unknown (no fresh statistics):
+    /// it then counts as an average VM, never as none nor as infinite.
+    pub demand: Option<u64>,
+    /// Its part of the host's savings (from the kernel's per-process
+    /// figures), KiB; `None` when unknown: counted as an average VM.
+    pub contribution_kib: Option<u64>,
     /// Whether it takes part.
     pub status: VmStatus,
 }
@@ -201,6 +247,9 @@ impl VmView {
             current_kib,
             actual_kib: current_kib,
             guest: None,
+            weight: 1,
+            demand: None,
+            contribution_kib: None,
             status,
         }
     }
@@ -262,6 +311,12 @@ pub enum Reason {
     NoBalloon,
     /// Not running.
     NotRunning,
+    /// Its metadata says `manage="no"`.
+    OptedOut,
+    /// Its balloon was set by someone else: left alone until released.
+    HeldByHand,
+    /// Its balloon moved away from what was asked; left alone this pass.
+    Unsettled,
     /// Floor above ceiling: the record is impossible.
     BadBounds,
     /// Its balloon's figures could not be read this pass.
@@ -289,6 +344,9 @@ impl fmt::Display for Reason {
             Reason::NoHeadroom => "floor equals ceiling: no headroom",
             Reason::NoBalloon => "no balloon device",
             Reason::NotRunning => "not running",
+            Reason::OptedOut => "its metadata says manage=\"no\"",
+            Reason::HeldByHand => "set by someone else: left alone until released",
+            Reason::Unsettled => "its balloon moved away from what was asked: left alone this pass",
             Reason::BadBounds => "floor above ceiling",
             Reason::Unreadable => "its balloon could not be read this pass",
             Reason::Adopting => "no hook recorded it: adopted once its balloon settles",
@@ -440,11 +498,57 @@ fn slot(i: usize, vm: &VmView, policy: &Policy) -> Slot {
         give_free,
         give_cache,
         blind,
-        weight: match policy.split {
-            Split::Equal => 1,
-            Split::Proportional => vm.floor_kib,
-        },
+        weight: 0,
     }
+}
+
+/// Each eligible VM's weight in the split: by the split, times its
+/// metadata weight. A VM whose demand or contribution is unknown counts as
+/// the average of those known (an equal split when none is known).
+fn split_weights(split: Split, vms: &[&VmView]) -> Vec<u64> {
+    let mean = |xs: Vec<u64>, default: u64| -> u64 {
+        if xs.is_empty() {
+            default
+        } else {
+            (xs.iter().map(|&x| u128::from(x)).sum::<u128>() / xs.len() as u128) as u64
+        }
+    };
+    let demand: Vec<u64> = {
+        let known: Vec<u64> = vms.iter().filter_map(|v| v.demand).collect();
+        let avg = mean(known, 0);
+        vms.iter()
+            .map(|v| DEMAND_BASE + v.demand.unwrap_or(avg))
+            .collect()
+    };
+    let contribution: Vec<u64> = {
+        let known: Vec<u64> = vms.iter().filter_map(|v| v.contribution_kib).collect();
+        let any = !known.is_empty();
+        let avg = mean(known, 1);
+        vms.iter()
+            .map(|v| {
+                if any {
+                    v.contribution_kib.unwrap_or(avg)
+                } else {
+                    1
+                }
+            })
+            .collect()
+    };
+    vms.iter()
+        .enumerate()
+        .map(|(k, v)| {
+            let w: u128 = match split {
+                Split::Equal => 1,
+                Split::Proportional => u128::from(v.floor_kib),
+                Split::Demand => u128::from(demand[k]),
+                Split::Contribution => u128::from(contribution[k]),
+                Split::ContributionDemand => {
+                    u128::from(contribution[k]) * u128::from(demand[k]) / u128::from(DEMAND_BASE)
+                }
+            };
+            u64::try_from(w.saturating_mul(u128::from(v.weight))).unwrap_or(u64::MAX)
+        })
+        .collect()
 }
 
 /// The split with the loan rule: water-fill `budget`; a VM whose part
@@ -513,6 +617,9 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
         decisions[i] = match vm.status {
             VmStatus::NoBalloon => Some(Decision::skip(vm, Reason::NoBalloon)),
             VmStatus::NotRunning => Some(Decision::skip(vm, Reason::NotRunning)),
+            VmStatus::OptedOut => Some(Decision::skip(vm, Reason::OptedOut)),
+            VmStatus::HeldByHand => Some(Decision::skip(vm, Reason::HeldByHand)),
+            VmStatus::Unsettled => Some(Decision::skip(vm, Reason::Unsettled)),
             VmStatus::Managed if vm.floor_kib > vm.ceiling_kib => {
                 Some(Decision::skip(vm, Reason::BadBounds))
             }
@@ -526,6 +633,12 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
         };
     }
 
+    {
+        let eligible: Vec<&VmView> = slots.iter().map(|s| &vms[s.i]).collect();
+        for (s, w) in slots.iter_mut().zip(split_weights(policy.split, &eligible)) {
+            s.weight = w;
+        }
+    }
     let bonus_now: u64 = slots.iter().map(|s| s.bonus).sum();
     let pool = if host.ksm_counters_live {
         (host.savings_kib as f64 * share).floor() as u64
@@ -544,9 +657,14 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
     let (budget, mut split): (u64, Vec<(u64, u64)>) = if host.ksm_counters_live {
         let guard_cap = (i128::from(bonus_now) + room.max(0)) as u64;
         let budget = pool.min(guard_cap);
+        // A VM of weight 0 takes no part of the pool.
         let caps: Vec<u64> = slots
             .iter()
-            .map(|s| if under_reserve { s.bonus } else { s.headroom })
+            .map(|s| match (s.weight, under_reserve) {
+                (0, _) => 0,
+                (_, true) => s.bonus,
+                (_, false) => s.headroom,
+            })
             .collect();
         (budget, split_with_loans(budget, &slots, &caps))
     } else {
@@ -1095,6 +1213,95 @@ mod tests {
         );
         assert_eq!(d[2].target_kib, 120 * MIB);
         assert_eq!(d[3].target_kib, 160 * MIB);
+        assert_eq!(p.managed, 1);
+    }
+
+    #[test]
+    fn weights_split_the_pool_and_zero_takes_no_part() {
+        let mut a = roomy(vm(100, 500, 100));
+        let mut b = roomy(vm(100, 500, 100));
+        let mut c = roomy(vm(100, 500, 140));
+        a.weight = 2;
+        b.weight = 1;
+        c.weight = 0;
+        let p = plan(&Policy::default(), &host(90), &[a, b, c]);
+        assert_eq!(targets_mib(&p), [160, 130, 100]);
+        // and c, at weight 0, gives back what it holds (it can)
+        assert_eq!(p.decisions[2].action, Action::Shrink);
+    }
+
+    #[test]
+    fn demand_split_table() {
+        // (demands, expected targets): 90 MiB over three VMs of 100..300
+        type Row<'a> = (&'a [Option<u64>], &'a [u64]);
+        let table: &[Row] = &[
+            // nobody reads: equal
+            (&[Some(0), Some(0), Some(0)], &[130, 130, 130]),
+            // one reads 28 MiB/s with its memory full: 29 : 1 : 1
+            (&[Some(28_000), Some(0), Some(0)], &[184, 102, 102]),
+            // unknown counts as the average of the known (14): 29 : 15 : 1
+            (&[Some(28_000), None, Some(0)], &[158, 130, 102]),
+            // nothing known: equal, never zero nor everything
+            (&[None, None, None], &[130, 130, 130]),
+        ];
+        for (demands, want) in table {
+            let vms: Vec<VmView> = demands
+                .iter()
+                .map(|&d| {
+                    let mut v = roomy(vm(100, 300, 100));
+                    v.demand = d;
+                    v
+                })
+                .collect();
+            let policy = Policy {
+                split: Split::Demand,
+                ..Policy::default()
+            };
+            let p = plan(&policy, &host(90), &vms);
+            assert_eq!(&targets_mib(&p), want, "{demands:?}");
+        }
+    }
+
+    #[test]
+    fn contribution_split_and_its_combination_with_demand() {
+        let mk = |c: Option<u64>, d: Option<u64>| {
+            let mut v = roomy(vm(100, 300, 100));
+            v.contribution_kib = c;
+            v.demand = d;
+            v
+        };
+        // contributions 60 : 30 : 0 MiB: the pool in proportion; the VM
+        // that saved nothing gets nothing
+        let vms = [
+            mk(Some(60 * MIB), Some(0)),
+            mk(Some(30 * MIB), Some(9000)),
+            mk(Some(0), Some(0)),
+        ];
+        let policy = |split| Policy {
+            split,
+            ..Policy::default()
+        };
+        let p = plan(&policy(Split::Contribution), &host(90), &vms);
+        assert_eq!(targets_mib(&p), [160, 130, 100]);
+        // scaled by demand (1 : 10 : 1): 60 : 300 : 0
+        let p = plan(&policy(Split::ContributionDemand), &host(90), &vms);
+        assert_eq!(targets_mib(&p), [115, 175, 100]);
+        // no contribution known at all: equal
+        let vms = [mk(None, None), mk(None, None)];
+        let p = plan(&policy(Split::Contribution), &host(90), &vms);
+        assert_eq!(targets_mib(&p), [145, 145]);
+    }
+
+    #[test]
+    fn opted_out_and_held_vms_are_left_alone() {
+        let mut o = vm(100, 300, 150);
+        o.status = VmStatus::OptedOut;
+        let mut h = vm(100, 300, 120);
+        h.status = VmStatus::HeldByHand;
+        let p = plan(&Policy::default(), &host(0), &[o, h, vm(100, 300, 100)]);
+        assert_eq!(p.decisions[0].reason, Reason::OptedOut);
+        assert_eq!(p.decisions[1].reason, Reason::HeldByHand);
+        assert!(p.decisions[..2].iter().all(|d| d.action == Action::Skip));
         assert_eq!(p.managed, 1);
     }
 

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cli::under_root;
+use crate::paths::under_root;
 
 /// One `/proc/<pid>/ksm_stat`, as far as this kernel prints it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

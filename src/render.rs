@@ -105,6 +105,33 @@ fn header(r: &Report) -> String {
         Kib(r.reserve_kib),
         if r.under_reserve { " -- UNDER RESERVE" } else { "" }
     );
+    if r.lendable_kib != r.savings_kib {
+        let _ = writeln!(
+            out,
+            "Lent from: {} (what held over the last {} s{})",
+            Kib(r.lendable_kib),
+            r.policy_window_secs,
+            if r.attribution.is_some() {
+                ", the VMs' part"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(a) = &r.attribution {
+        let _ = writeln!(
+            out,
+            "Whose savings: VMs {}, other processes and unaccounted pages {} (only the VMs' part is lent)",
+            Kib(a.vms_kib.max(0) as u64),
+            Kib(a.non_vm_kib.max(0) as u64),
+        );
+    }
+    if let Some(p) = &r.attribution_problem {
+        let _ = writeln!(
+            out,
+            "Whose savings: unknown ({p}); the pool is split equally"
+        );
+    }
     if r.under_reserve || r.kept_kib > 0 || r.squeezed_kib > 0 {
         let _ = writeln!(
             out,
@@ -171,6 +198,25 @@ fn note(r: &Report, v: &VmReport) -> String {
                 "at the next pass".into()
             }
         ));
+    }
+    if let (Some(k), Some(share)) = (v.ksm, v.contribution_share) {
+        parts.push(format!(
+            "saved {} ({:.0}% of the VMs'; {} merging pages)",
+            Kib(k.attributed_kib.max(0) as u64),
+            share * 100.0,
+            k.merging_pages
+        ));
+    }
+    if let Some(p) = &v.ksm_problem {
+        parts.push(format!("own KSM figures unknown: {p}"));
+    }
+    if let Some(d) = v.demand {
+        if d > 0 {
+            parts.push(format!(
+                "reads {:.1} MiB/s with its memory full",
+                d as f64 / 1000.0
+            ));
+        }
     }
     if v.managed && v.action != Action::Skip && !v.guest_stats_fresh {
         parts.push("no fresh guest statistics".into());

@@ -45,6 +45,38 @@ pub fn parse_size_kib(text: &str) -> Result<u64, String> {
     Ok((bytes / 1024.0).ceil() as u64)
 }
 
+/// Converts a libvirt scaled integer to KiB, rounding up.
+///
+/// Units as libvirt documents them: `b`/`bytes`; `KB`, `MB`, `GB`, `TB`,
+/// `PB`, `EB` are powers of 1000; `k`/`KiB`, `M`/`MiB`, ... powers of 1024.
+/// The default unit is KiB.
+pub fn scaled_to_kib(value: &str, unit: Option<&str>) -> Result<u64, String> {
+    let v: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| "not a whole non-negative number".to_string())?;
+    let unit = unit.unwrap_or("KiB").trim();
+    let bytes_per: u128 = match unit {
+        "b" | "B" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "K" | "KiB" => 1 << 10,
+        "MB" => 1000u128.pow(2),
+        "m" | "M" | "MiB" => 1 << 20,
+        "GB" => 1000u128.pow(3),
+        "g" | "G" | "GiB" => 1 << 30,
+        "TB" => 1000u128.pow(4),
+        "t" | "T" | "TiB" => 1 << 40,
+        "PB" => 1000u128.pow(5),
+        "p" | "P" | "PiB" => 1 << 50,
+        "EB" => 1000u128.pow(6),
+        "e" | "E" | "EiB" => 1 << 60,
+        other => return Err(format!("unknown unit {other:?}")),
+    };
+    let bytes = u128::from(v) * bytes_per;
+    let kib = bytes.div_ceil(1024);
+    u64::try_from(kib).map_err(|_| "too large".to_string())
+}
+
 /// A size that is either absolute or a percentage of something (the host's
 /// memory, for the reserve).
 #[derive(Clone, Copy, Debug, PartialEq)]

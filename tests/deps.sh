@@ -31,6 +31,8 @@ PACKAGES=(
     # the metrics file, node_exporter serves it, xmllint validates the
     # metadata examples against docs/metadata.rng, curl scrapes
     prometheus prometheus-node-exporter libxml2-utils curl
+    # lint of every shell script (tests/shellcheck.sh, run by .ci/run)
+    shellcheck
 )
 
 if [ "$(id -u)" -ne 0 ]; then

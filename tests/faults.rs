@@ -72,6 +72,9 @@ impl Hypervisor for DestroyBeforeResize {
     fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
         self.inner.set_stats_period(uuid, seconds)
     }
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        self.inner.metadata(uuid)
+    }
     fn calls(&self) -> CallCount {
         self.inner.calls()
     }

@@ -252,6 +252,8 @@ golden! {
     case_13_below_floor_restored => "13-below-floor-restored",
     case_14_share_and_step_limit => "14-share-and-step-limit",
     case_15_old_kernel_auto_metric => "15-old-kernel-auto-metric",
+    case_16_contribution_split => "16-contribution-split",
+    case_17_metadata => "17-metadata",
 }
 
 #[test]

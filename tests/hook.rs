@@ -71,7 +71,7 @@ impl Host {
             .collect();
         let problems = hook::fold(&mut state, &records)
             .into_iter()
-            .filter_map(|f| f.problem)
+            .flat_map(|f| f.problems)
             .collect();
         (state, problems)
     }

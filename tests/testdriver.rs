@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used)] // a test helper that fails should panic
 
-use std::fmt::Write;
 use std::fs;
 use std::path::Path;
 
@@ -15,17 +14,8 @@ use ksm_balloon::hypervisor::{Hypervisor, Libvirt};
 use ksm_balloon::pass::{self, Report};
 use virt::connect::Connect;
 
-fn node_xml(n: usize) -> String {
-    let mut s = String::from("<node><cpu><mhz>2000</mhz><model>i686</model><active>2</active><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads></cpu><memory>25165824</memory>");
-    for i in 0..n {
-        write!(
-            s,
-            "<domain type='test'><name>vm-{i:04}</name><uuid>{i:08x}-0000-4000-8000-000000000000</uuid><memory unit='MiB'>256</memory><currentMemory unit='MiB'>160</currentMemory><vcpu>1</vcpu><os><type>hvm</type></os></domain>"
-        )
-        .unwrap();
-    }
-    s + "</node>"
-}
+mod common;
+use common::{node_xml, Dom};
 
 struct Rig {
     dir: tempfile::TempDir,
@@ -45,7 +35,8 @@ impl Rig {
             }
         }
         let node = dir.path().join("node.xml");
-        fs::write(&node, node_xml(n)).unwrap();
+        let doms: Vec<Dom> = (0..n as u32).map(|i| Dom::numbered("vm-", i)).collect();
+        fs::write(&node, node_xml(&doms)).unwrap();
         let uri = format!("test://{}", node.display());
         ksm_balloon::hypervisor::quiet_libvirt();
         let conn = Connect::open(Some(&uri)).unwrap();

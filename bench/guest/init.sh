@@ -1,7 +1,8 @@
 #!/bin/sh
 # /init of the I/O benchmark's guest (busybox initramfs, Debian kernel),
-# packed by bench/guest/build.sh with /bin/busybox, the virtio modules and
-# the static reader (bench/guest/reader.rs).
+# packed by tests/lib/guest.sh (kg_build_image, from bench/lib.sh) with
+# /bin/busybox, the virtio modules and the static reader
+# (bench/guest/reader.rs).
 #
 # What the guest does, all reported on ttyS0 (the console file):
 #  - loads the virtio PCI, balloon and block drivers;
@@ -14,18 +15,14 @@
 #  - prints "KB-GUEST-READY", then runs the reader on kbdata forever:
 #    random 1 MiB reads through the page cache, one "KB-TPUT ..." line
 #    every kb.interval seconds (see reader.rs).
-/bin/busybox --install -s /bin
-export PATH=/bin
-mkdir -p /proc /sys /dev /app
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-    virtio_balloon virtio_blk; do
-    insmod "/modules/$m.ko" || echo "KB-INSMOD-FAILED $m"
-done
+# busybox, /proc, /sys, /dev and the virtio drivers (tests/lib/guest-prelude.sh)
+# shellcheck source=tests/lib/guest-prelude.sh
+. /lib/guest-prelude.sh
+mkdir -p /app
 
 app_mib=0 interval=2 seed=1
+# the kernel command line is one line of words
+# shellcheck disable=SC2013
 for kv in $(cat /proc/cmdline); do
     case $kv in
         kb.app_mib=*) app_mib=${kv#*=} ;;

@@ -20,6 +20,8 @@ pub struct FakeDomain {
     /// The smallest size its balloon reaches when asked for less (a guest
     /// that cannot give more); `None`: it reaches any target.
     pub lowest_kib: Option<u64>,
+    /// ksm-balloon's metadata element in its live definition.
+    pub metadata: Option<String>,
 }
 
 impl FakeDomain {
@@ -39,6 +41,7 @@ impl FakeDomain {
             },
             xml: None,
             lowest_kib: None,
+            metadata: None,
         }
     }
 }
@@ -175,6 +178,15 @@ impl Hypervisor for FakeHv {
         self.calls.stats_period += 1;
         self.stats_periods.push((uuid.to_string(), seconds));
         Ok(())
+    }
+
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        self.calls.metadata += 1;
+        let d = self.domains.get(uuid).ok_or_else(|| HvError::Gone {
+            name: uuid.to_string(),
+            source: msg("no such domain"),
+        })?;
+        Ok(d.metadata.clone())
     }
 
     fn calls(&self) -> CallCount {

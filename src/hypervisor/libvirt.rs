@@ -292,6 +292,31 @@ impl Hypervisor for Libvirt {
         r.map_err(|e| self.classify("virDomainSetMemoryStatsPeriod", &name, e))
     }
 
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        let Some((name, dom)) = self.handles.get(uuid) else {
+            return Err(gone(uuid));
+        };
+        self.calls.metadata += 1;
+        let r = dom.metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(crate::metadata::NAMESPACE),
+            sys::VIR_DOMAIN_AFFECT_LIVE,
+        );
+        let name = name.clone();
+        match r {
+            Ok(text) => Ok(Some(text)),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    virt::enumutil::Enum::Known(ErrorNumber::NoDomainMetadata)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.classify("virDomainGetMetadata", &name, e)),
+        }
+    }
+
     fn calls(&self) -> CallCount {
         self.calls
     }

@@ -80,6 +80,8 @@ pub struct CallCount {
     pub set_memory: u32,
     /// Statistics-period calls (once per VM that lacked guest statistics).
     pub stats_period: u32,
+    /// Metadata reads (`reload` only).
+    pub metadata: u32,
 }
 
 /// libvirt's own error, as a source of an [`HvError`].
@@ -160,6 +162,9 @@ pub trait Hypervisor {
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError>;
     /// Turns on (live only) the guest's balloon statistics every `seconds`.
     fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError>;
+    /// ksm-balloon's metadata element of a running domain (its live
+    /// definition), `None` when it has none. Only `reload` asks for it.
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError>;
     /// The calls made so far.
     fn calls(&self) -> CallCount;
 }

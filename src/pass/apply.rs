@@ -108,6 +108,9 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) 
                     r.last_target_kib = Some(z.to_kib);
                     r.last_change_at = Some(now);
                     r.asked_from_kib = Some(z.from_kib);
+                    if let Some(h) = r.manual.as_mut() {
+                        h.asked(now, z.to_kib, z.from_kib);
+                    }
                 }
                 if let Some(v) = vm {
                     v.last_change_at = Some(now);
@@ -140,6 +143,12 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) 
             report.failed + report.resized
         );
     }
+    state.counters.resizes += u64::from(report.resized);
+    state.counters.resize_failures += u64::from(report.failed);
+    if applied.fatal.is_none() {
+        state.counters.last_success_at = Some(now);
+    }
+    report.counters = state.counters;
     state.last_pass = Some(LastPass {
         at: now,
         metric: report.metric.to_string(),

@@ -45,17 +45,23 @@ pub struct Paths {
     pub proc_locks: PathBuf,
     /// The state file.
     pub state: PathBuf,
+    /// The Prometheus text file every pass writes, if any.
+    pub metrics_file: Option<PathBuf>,
+    /// `/proc` and libvirt's pid files, for the per-process KSM figures.
+    pub procs: crate::procksm::ProcPaths,
 }
 
 impl Paths {
     /// Every path under `root`, the state at `state` (absolute, host view).
     pub fn under(root: &Path, state: &Path) -> Paths {
-        let at = |p: &str| crate::cli::under_root(root, Path::new(p));
+        let at = |p: &str| crate::paths::under_root(root, Path::new(p));
         Paths {
             ksm_dir: at("/sys/kernel/mm/ksm"),
             meminfo: at("/proc/meminfo"),
             proc_locks: at("/proc/locks"),
-            state: crate::cli::under_root(root, state),
+            state: crate::paths::under_root(root, state),
+            metrics_file: None,
+            procs: crate::procksm::ProcPaths::under(root),
         }
     }
 
@@ -90,6 +96,9 @@ pub struct Settings {
     /// The statistics period the pass turns on for a guest that reports
     /// none (seconds; 0: never touch it).
     pub guest_stats_period: u32,
+    /// Lend only the savings that held this long (the smallest the passes
+    /// of that window saw); 0 lends the savings of the moment (the paper).
+    pub hold_window_secs: u64,
 }
 
 impl Default for Settings {
@@ -106,6 +115,7 @@ impl Default for Settings {
             max_squeeze_kib: None,
             blind_step_kib: p.blind_step_kib,
             guest_stats_period: DEFAULT_GUEST_STATS_PERIOD,
+            hold_window_secs: DEFAULT_HOLD_WINDOW_SECS,
         }
     }
 }
@@ -113,6 +123,9 @@ impl Default for Settings {
 /// The guest statistics period turned on by default: 5 s, so figures are
 /// at most 5 s old at a pass every 10 s.
 pub const DEFAULT_GUEST_STATS_PERIOD: u32 = 5;
+
+/// The holding window by default: a minute of passes.
+pub const DEFAULT_HOLD_WINDOW_SECS: u64 = 60;
 
 impl Settings {
     /// The policy's settings, the reserve resolved against `mem_total_kib`.
@@ -128,6 +141,30 @@ impl Settings {
             blind_step_kib: self.blind_step_kib,
         }
     }
+}
+
+/// A VM's own KSM figures (from its QEMU's `/proc/<pid>/ksm_stat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct VmKsm {
+    /// Its QEMU's pid.
+    pub pid: u32,
+    /// `ksm_merging_pages`: its pages KSM merged.
+    pub merging_pages: u64,
+    /// Its part of the host's savings by the metric in use, KiB.
+    pub attributed_kib: i64,
+}
+
+/// Whose savings: the VMs' part and the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct AttributionReport {
+    /// The host's savings by the metric in use, KiB.
+    pub host_kib: i64,
+    /// The VMs' parts together, KiB.
+    pub vms_kib: i64,
+    /// The rest: other processes, and pages no live process accounts for.
+    pub non_vm_kib: i64,
+    /// What the other processes' own figures add up to, KiB.
+    pub others_kib: Option<i64>,
 }
 
 /// One active domain in a report.
@@ -169,6 +206,21 @@ pub struct VmReport {
     pub guest_stats_fresh: bool,
     /// Its balloon does not reach the last target (back-off).
     pub stuck: Option<Stuck>,
+    /// Its balloon was set by someone else and is left alone since then.
+    pub held_by_hand: Option<crate::manual::Held>,
+    /// Its metadata's `manage` (false: never resized).
+    pub manage: bool,
+    /// Its weight in the split (its metadata's).
+    pub weight: u32,
+    /// Its I/O demand (demand splits): thousandths of a MiB/s of disk
+    /// reads while its memory was full, smoothed; `None` when unknown.
+    pub demand: Option<u64>,
+    /// Its own KSM figures (contribution splits).
+    pub ksm: Option<VmKsm>,
+    /// Its part of the VMs' savings, 0 to 1 (contribution splits).
+    pub contribution_share: Option<f64>,
+    /// Why its own KSM figures could not be had (contribution splits).
+    pub ksm_problem: Option<String>,
     /// How it came to be managed.
     pub source: Option<Source>,
     /// Adopted by this pass (no hook had recorded it).
@@ -192,6 +244,15 @@ pub struct Report {
     pub metric: Metric,
     /// The savings, KiB.
     pub savings_kib: u64,
+    /// What the pool is taken from, KiB: the savings that held over the
+    /// holding window (for the contribution splits, the VMs' part of them).
+    pub lendable_kib: u64,
+    /// Whose savings (contribution splits).
+    pub attribution: Option<AttributionReport>,
+    /// Why there is no attribution this pass (contribution splits).
+    pub attribution_problem: Option<String>,
+    /// The holding window, seconds.
+    pub policy_window_secs: u64,
     /// Savings × share, KiB.
     pub pool_kib: u64,
     /// What was handed out after the host guard, KiB.
@@ -222,6 +283,8 @@ pub struct Report {
     pub failed: u32,
     /// libvirt calls made.
     pub calls: CallCount,
+    /// Counters across passes, as this pass leaves them.
+    pub counters: crate::metrics::Counters,
     /// A problem with the state file, if there was one.
     pub state_problem: Option<String>,
 }
@@ -255,7 +318,7 @@ pub fn fold_spool(store: &Store, state: &mut State, log_it: bool) -> Vec<spool::
         if !log_it {
             continue;
         }
-        if let Some(p) = &f.problem {
+        for p in &f.problems {
             warn!("{}: {p}", f.call);
         }
         match (&f.outcome, state.vms.values().find(|v| v.name == f.name)) {
@@ -279,8 +342,82 @@ pub fn fold_spool(store: &Store, state: &mut State, log_it: bool) -> Vec<spool::
 }
 
 /// `ksm-balloon run`: under the pass lock, fold the hook spool, observe,
-/// plan, apply, save.
+/// plan, apply, save; then the metrics file, if one is set, whether the
+/// pass succeeded or not (a metrics file that cannot be written is logged,
+/// never a failed pass).
 pub fn run(
+    paths: &Paths,
+    settings: &Settings,
+    lock_timeout: Duration,
+    open: &mut Opener<'_>,
+    now: u64,
+) -> anyhow::Result<Report> {
+    let started = std::time::Instant::now();
+    let result = run_locked(paths, settings, lock_timeout, open, now);
+    if let Some(file) = &paths.metrics_file {
+        let input = metrics_input(paths, &result, now, started.elapsed().as_secs_f64());
+        if let Err(e) = crate::metrics::write(file, &input) {
+            warn!("{}", crate::errors::chain(&e));
+        }
+    }
+    result
+}
+
+/// What the metrics file says after a pass.
+pub fn metrics_input(
+    paths: &Paths,
+    result: &anyhow::Result<Report>,
+    now: u64,
+    duration_seconds: f64,
+) -> crate::metrics::MetricsInput {
+    use crate::metrics::{HostFigures, MetricsInput, PassFigures, VmFigures};
+    let pass = PassFigures {
+        at: now,
+        duration_seconds,
+        success: result.is_ok(),
+    };
+    match result {
+        Ok(r) => MetricsInput {
+            host: Some(HostFigures {
+                savings: crate::metrics::savings_by_metric(&r.ksm),
+                metric_in_use: r.metric.to_string(),
+                pool_kib: r.pool_kib,
+                budget_kib: r.budget_kib,
+                reserve_kib: r.reserve_kib,
+                available_kib: r.host.available_kib,
+            }),
+            vms: r
+                .vms
+                .iter()
+                .filter(|v| v.managed)
+                .map(|v| VmFigures {
+                    name: v.name.clone(),
+                    uuid: v.uuid.clone(),
+                    floor_kib: v.floor_kib,
+                    ceiling_kib: v.ceiling_kib,
+                    current_kib: v.current_kib,
+                    target_kib: v.target_kib,
+                    bonus_kib: v.target_kib.saturating_sub(v.floor_kib),
+                    held: v.held_by_hand.is_some(),
+                })
+                .collect(),
+            counters: r.counters,
+            pass,
+        },
+        Err(_) => MetricsInput {
+            host: None,
+            vms: Vec::new(),
+            counters: paths
+                .store()
+                .peek()
+                .map(|(s, _)| s.counters)
+                .unwrap_or_default(),
+            pass,
+        },
+    }
+}
+
+fn run_locked(
     paths: &Paths,
     settings: &Settings,
     lock_timeout: Duration,
@@ -318,7 +455,8 @@ pub fn run(
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     debug!("connected to libvirt");
-    let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now)?;
+    let procs = settings.split.needs_contribution().then_some(&paths.procs);
+    let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     for n in &planned.notes {
         log!(n.level, "{}", n.text);
@@ -357,7 +495,8 @@ pub fn dry_run(
     let folded = fold_spool(&store, &mut state, false);
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
-    let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now)?;
+    let procs = settings.split.needs_contribution().then_some(&paths.procs);
+    let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     let mut report = planned.report;
     report.dry_run = true;

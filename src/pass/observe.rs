@@ -11,6 +11,7 @@ use crate::errors::chain;
 use crate::hypervisor::{HvError, Hypervisor, LiveDomain};
 use crate::ksm::{self, KsmCounters};
 use crate::meminfo::{self, MemInfo};
+use crate::procksm::{self, AllProcesses, ProcPaths, VmProcess};
 use crate::state::State;
 
 use super::Paths;
@@ -29,6 +30,34 @@ pub struct Observation {
     /// The definition of each running domain no hook recorded, by UUID (or
     /// why it could not be had).
     pub definitions: BTreeMap<String, Result<DomainXml, String>>,
+    /// The kernel's per-process KSM figures, when the split needs them.
+    pub procs: Option<ProcReading>,
+}
+
+/// The kernel's per-process KSM figures of one pass.
+#[derive(Clone, Debug)]
+pub struct ProcReading {
+    /// Each running VM's QEMU and its figures, by UUID (or why they could
+    /// not be had).
+    pub vms: BTreeMap<String, Result<VmProcess, String>>,
+    /// Every process's figures (for what the others saved), or why not.
+    pub all: Result<AllProcesses, String>,
+}
+
+/// Reads the per-process figures of the running `domains` (a VM adopted
+/// this pass counts too), and of every process. Never fails: each problem
+/// is the VM's (or the host's) fallback, logged by the plan.
+pub fn read_procs(paths: &ProcPaths, domains: &[LiveDomain]) -> ProcReading {
+    let vms = domains
+        .iter()
+        .filter(|d| d.running)
+        .map(|d| {
+            let r = procksm::read_vm(paths, &d.name, Some(&d.uuid)).map_err(|e| chain(&e));
+            (d.uuid.clone(), r)
+        })
+        .collect();
+    let all = procksm::read_all(&paths.proc_dir).map_err(|e| chain(&e));
+    ProcReading { vms, all }
 }
 
 /// Reads KSM and meminfo.
@@ -38,15 +67,17 @@ pub fn read_host(paths: &Paths) -> anyhow::Result<(KsmCounters, MemInfo)> {
     Ok((ksm, mem))
 }
 
-/// Lists the domains (one bulk call) and fetches the definition of each
-/// running one that `state` does not know. A fatal libvirt error (the
-/// connection is gone) ends the pass.
+/// Lists the domains (one bulk call), fetches the definition of each
+/// running one that `state` does not know, and reads the per-process KSM
+/// figures when `procs` says where. A fatal libvirt error (the connection
+/// is gone) ends the pass.
 pub fn observe(
     ksm: KsmCounters,
     mem: MemInfo,
     hv: &mut dyn Hypervisor,
     state: &State,
     now: u64,
+    procs: Option<&ProcPaths>,
 ) -> Result<Observation, HvError> {
     let mut domains = hv.domains()?;
     domains.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
@@ -56,7 +87,7 @@ pub fn observe(
             continue;
         }
         let def = match hv.inactive_xml(&d.uuid) {
-            Ok(text) => domxml::parse(&text).map_err(|e| e.to_string()),
+            Ok(text) => domxml::parse(&text).map_err(|e| chain(&e)),
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 warn!(
@@ -69,11 +100,13 @@ pub fn observe(
         };
         definitions.insert(d.uuid.clone(), def);
     }
+    let procs = procs.map(|p| read_procs(p, &domains));
     Ok(Observation {
         at: now,
         ksm,
         mem,
         domains,
         definitions,
+        procs,
     })
 }

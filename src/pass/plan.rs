@@ -17,19 +17,21 @@
 //!   thing again until an exponential back-off expires.
 //! - Run the policy ([`crate::policy::plan`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use log::Level;
 
+use crate::attribution::Attribution;
 use crate::domxml::DomainXml;
 use crate::hypervisor::{GuestStats, LiveDomain};
 use crate::ksm::KsmError;
 use crate::policy::{self, Action, Decision, GuestView, HostView, Reason, VmStatus, VmView};
-use crate::state::{Candidate, Source, State, Stuck, VmRecord};
+use crate::state::{Candidate, IoTrack, Source, State, Stuck, VmRecord};
 use crate::units::Kib;
 
 use super::observe::Observation;
-use super::{Report, Settings, VmReport};
+use super::{AttributionReport, Report, Settings, VmKsm, VmReport};
 
 /// A record this young whose domain is not active yet is a VM still
 /// starting (the hook ran at `prepare`): kept, not forgotten.
@@ -147,6 +149,120 @@ pub fn guest_view(g: &GuestStats, now: u64) -> Option<GuestView> {
     }
 }
 
+/// A VM's demand halves every this long once it stops reading (it rises
+/// at once when it reads): the pool follows a VM that goes busy within a
+/// pass, one that goes idle within a few, and a busy VM whose working set
+/// now fits in the memory it was lent is not recalled the pass its reads
+/// stop.
+pub const DEMAND_HALF_LIFE_SECS: u64 = 60;
+
+/// A guest whose free memory is under this (or its margin, if more) has
+/// its memory full: its reads would be cut by more memory. A tenth of its
+/// memory: measured, a guest re-reading its disk kept about 4 MiB free of
+/// 190, idle ones about 90.
+pub const FULL_PERCENT: u64 = 10;
+
+/// Takes a pass's reading of a VM's disk reads into its track, and says its
+/// demand (thousandths of a MiB/s of reads while its memory was full,
+/// smoothed), or `None` when it cannot be known this pass (no fresh guest
+/// statistics, no disk figures, or no earlier reading to take a rate from).
+pub fn track_io(
+    prev: Option<IoTrack>,
+    rd_bytes: Option<u64>,
+    guest: Option<GuestView>,
+    now: u64,
+) -> (Option<IoTrack>, Option<u64>) {
+    let Some(rd) = rd_bytes else {
+        return (prev, None);
+    };
+    let decayed = prev.map_or(0, |p| {
+        let dt = now.saturating_sub(p.at) as f64;
+        (p.demand as f64 * 0.5f64.powf(dt / DEMAND_HALF_LIFE_SECS as f64)) as u64
+    });
+    let reading = match (prev, guest) {
+        (Some(p), Some(g)) if now > p.at && rd >= p.rd_bytes => {
+            let full = g.unused_kib <= g.margin_kib().max(g.total_kib / 100 * FULL_PERCENT);
+            let rate = u128::from(rd - p.rd_bytes) * 1000 / (1 << 20) / u128::from(now - p.at);
+            Some(if full {
+                u64::try_from(rate).unwrap_or(u64::MAX)
+            } else {
+                0
+            })
+        }
+        _ => None,
+    };
+    let demand = reading.map_or(decayed, |r| r.max(decayed));
+    (
+        Some(IoTrack {
+            at: now,
+            rd_bytes: rd,
+            demand,
+        }),
+        reading.map(|_| demand),
+    )
+}
+
+/// Lend only what holds: records `now_kib` in `seen` (dropping readings
+/// older than `window_secs`) and returns the smallest reading of the
+/// window, the present one included, so a fall is followed at once and a
+/// rise only once it has lasted the window.
+pub fn hold(seen: &mut Vec<(u64, u64)>, now_kib: u64, now: u64, window_secs: u64) -> u64 {
+    if window_secs == 0 {
+        seen.clear();
+        return now_kib;
+    }
+    seen.retain(|&(at, _)| at <= now && now - at < window_secs);
+    seen.push((now, now_kib));
+    seen.iter().map(|&(_, k)| k).min().unwrap_or(now_kib)
+}
+
+/// The VMs' parts of the host's savings from the per-process figures:
+/// (the attribution, each VM's QEMU pid and merging pages and part by
+/// UUID), or why there is none this pass.
+fn attribute_vms(
+    obs: &Observation,
+    metric: crate::ksm::Metric,
+) -> Result<(Attribution, BTreeMap<String, VmKsm>), String> {
+    let procs = obs
+        .procs
+        .as_ref()
+        .ok_or("per-process figures were not read")?;
+    let all = procs.all.as_ref().map_err(Clone::clone)?;
+    let mut uuids = Vec::new();
+    let mut figures = Vec::new();
+    for (uuid, r) in &procs.vms {
+        if let Ok(vp) = r {
+            if let Some(f) = crate::attribution::ProcessFigures::from_stat(&vp.stat) {
+                uuids.push((uuid.clone(), vp.pid, f.merging_pages));
+                figures.push(f);
+            }
+        }
+    }
+    let vm_pids: std::collections::BTreeSet<u32> = uuids.iter().map(|(_, p, _)| *p).collect();
+    let others: Vec<_> = all
+        .others(&vm_pids)
+        .filter_map(crate::attribution::ProcessFigures::from_stat)
+        .collect();
+    let host = crate::attribution::HostFigures::from_counters(&obs.ksm);
+    let a = crate::attribution::attribute(&host, metric, &figures, Some(&others))
+        .map_err(|e| e.to_string())?;
+    let parts = uuids
+        .into_iter()
+        .zip(&a.vm_kib)
+        .map(|((uuid, pid, merging_pages), &kib)| {
+            (
+                uuid,
+                VmKsm {
+                    pid,
+                    merging_pages,
+                    attributed_kib: kib,
+                },
+            )
+        })
+        .collect();
+    Ok((a, parts))
+}
+
 /// The back-off after `tries` failed tries.
 pub fn backoff_secs(tries: u32) -> u64 {
     BACKOFF_FIRST_SECS
@@ -231,29 +347,44 @@ fn reconcile(state: &mut State, obs: &Observation, notes: &mut Vec<Note>) -> Vec
             continue;
         }
         state.candidates.remove(&d.uuid);
+        let mut r = VmRecord::new(
+            d.name.clone(),
+            d.uuid.clone(),
+            floor,
+            ceiling,
+            balloon,
+            Source::Adopted,
+            now,
+        );
+        r.defined = Some((floor, ceiling));
+        if let Some(Ok(def)) = obs.definitions.get(&d.uuid) {
+            r.autodeflate = def.autodeflate;
+            let problems = def
+                .metadata
+                .problems
+                .iter()
+                .cloned()
+                .chain(r.apply_settings(def.metadata.settings.clone()));
+            for p in problems {
+                note(notes, Level::Warn, format!("VM {:?}: {p}; ignored", d.name));
+            }
+        }
+        r.manual = Some(crate::manual::History::adopted(
+            now,
+            d.sizes.map_or(floor, |s| s.current_kib),
+        ));
         note(
             notes,
             Level::Info,
             format!(
                 "adopted VM {:?} (no hook recorded it; installed while it ran?): floor {}, ceiling {}{}",
                 d.name,
-                Kib(floor),
-                Kib(ceiling),
+                Kib(r.floor_kib),
+                Kib(r.ceiling_kib),
                 if balloon { "" } else { ", no balloon device" }
             ),
         );
-        state.vms.insert(
-            d.uuid.clone(),
-            VmRecord::new(
-                d.name.clone(),
-                d.uuid.clone(),
-                floor,
-                ceiling,
-                balloon,
-                Source::Adopted,
-                now,
-            ),
-        );
+        state.vms.insert(d.uuid.clone(), r);
         adopted.push(d.uuid.clone());
     }
     adopted
@@ -300,11 +431,68 @@ pub fn plan(
     }
     let adopted = reconcile(&mut state, obs, &mut notes);
     let policy = settings.policy(obs.mem.total_kib);
+    // Whose savings: the VMs' parts, for the contribution splits.
+    let (attribution, parts) = if settings.split.needs_contribution() {
+        match attribute_vms(obs, savings.metric) {
+            Ok((a, parts)) => (
+                Ok(AttributionReport {
+                    host_kib: a.host_kib,
+                    vms_kib: a.vms_kib,
+                    non_vm_kib: a.non_vm_kib,
+                    others_kib: a.others_kib,
+                }),
+                parts,
+            ),
+            Err(why) => {
+                note(
+                    &mut notes,
+                    Level::Debug,
+                    format!("no per-process KSM figures ({why}): the split is equal this pass"),
+                );
+                (Err(why), BTreeMap::new())
+            }
+        }
+    } else {
+        (Err("not needed by this split".to_string()), BTreeMap::new())
+    };
+    if let Some(procs) = &obs.procs {
+        for (uuid, r) in &procs.vms {
+            if let Err(why) = r {
+                let name = state
+                    .vms
+                    .get(uuid)
+                    .map_or(uuid.as_str(), |r| r.name.as_str());
+                note(
+                    &mut notes,
+                    Level::Debug,
+                    format!(
+                        "VM {name:?}: no per-process KSM figures ({why}); counted as an average VM"
+                    ),
+                );
+            }
+        }
+    }
+    // Lend only what holds (of the VMs' part, for the contribution splits).
+    let lendable_now = match &attribution {
+        Ok(a) => u64::try_from(a.vms_kib).unwrap_or(0),
+        Err(_) => savings.kib,
+    };
+    let lendable = if obs.ksm.counters_live() {
+        hold(
+            &mut state.savings_seen,
+            lendable_now,
+            now,
+            settings.hold_window_secs,
+        )
+    } else {
+        state.savings_seen.clear();
+        lendable_now
+    };
 
     // The VMs the policy sees, in the order of the domains.
     let mut rows: Vec<Row> = Vec::new();
     for d in &obs.domains {
-        let (Some(r), Some(s)) = (state.vms.get(&d.uuid), d.sizes) else {
+        let (Some(r), Some(s)) = (state.vms.get_mut(&d.uuid), d.sizes) else {
             continue;
         };
         let actual = s.current_kib;
@@ -314,6 +502,40 @@ pub fn plan(
             Motion::Settled | Motion::Short(_) => actual,
         };
         let guest = guest_view(&d.guest, now);
+        let (io, demand) = track_io(r.io, d.block_rd_bytes, guest, now);
+        r.io = io;
+        // Was the balloon set by someone else? (Only for a VM we manage:
+        // one that opted out is nobody's business here.)
+        let hand = if r.balloon && d.running && r.settings.manage {
+            let was_held = r.manual.is_some_and(|h| h.held.is_some());
+            let hist = r
+                .manual
+                .get_or_insert_with(|| crate::manual::History::adopted(now, actual));
+            let decision = hist.observe(crate::manual::Observation {
+                at: now,
+                current_kib: actual,
+                maximum_kib: s.maximum_kib,
+                autodeflate: r.autodeflate,
+                usable_kib: d.guest.usable_kib,
+            });
+            if let (crate::manual::Decision::Manual { size_kib, .. }, false) = (decision, was_held)
+            {
+                note(
+                    &mut notes,
+                    Level::Warn,
+                    format!(
+                        "VM {:?}: its balloon was set to {} by someone else (ksm-balloon asked for {}): left alone until it restarts or 'ksm-balloon release {}'",
+                        d.name,
+                        Kib(size_kib),
+                        Kib(hist.asked_kib),
+                        d.name.escape_debug()
+                    ),
+                );
+            }
+            Some(decision)
+        } else {
+            None
+        };
         rows.push(Row {
             d,
             view: VmView {
@@ -322,12 +544,23 @@ pub fn plan(
                 current_kib: current,
                 actual_kib: actual,
                 guest,
+                weight: r.settings.weight,
+                demand,
+                contribution_kib: parts
+                    .get(&d.uuid)
+                    .map(|p| u64::try_from(p.attributed_kib).unwrap_or(0)),
                 status: if !r.balloon {
                     VmStatus::NoBalloon
                 } else if !d.running {
                     VmStatus::NotRunning
+                } else if !r.settings.manage {
+                    VmStatus::OptedOut
                 } else {
-                    VmStatus::Managed
+                    match hand {
+                        Some(crate::manual::Decision::Manual { .. }) => VmStatus::HeldByHand,
+                        Some(crate::manual::Decision::Unknown) => VmStatus::Unsettled,
+                        _ => VmStatus::Managed,
+                    }
                 },
             },
             motion,
@@ -336,7 +569,7 @@ pub fn plan(
     }
     let views: Vec<VmView> = rows.iter().map(|r| r.view).collect();
     let host = HostView {
-        savings_kib: savings.kib,
+        savings_kib: lendable,
         ksm_counters_live: obs.ksm.counters_live(),
         available_kib: obs.mem.available_kib,
     };
@@ -559,7 +792,23 @@ pub fn plan(
             givable_kib: dec.givable_kib,
             guest: d.guest,
             guest_stats_fresh: fresh,
+            demand: view.and_then(|v| v.demand),
+            ksm: parts.get(&d.uuid).copied(),
+            contribution_share: match (&attribution, parts.get(&d.uuid)) {
+                (Ok(a), Some(p)) if a.vms_kib > 0 => {
+                    Some(p.attributed_kib.max(0) as f64 / a.vms_kib as f64)
+                }
+                _ => None,
+            },
+            ksm_problem: obs
+                .procs
+                .as_ref()
+                .and_then(|p| p.vms.get(&d.uuid))
+                .and_then(|r| r.as_ref().err().cloned()),
             stuck: r.and_then(|r| r.stuck),
+            held_by_hand: r.and_then(|r| r.manual).and_then(|h| h.held),
+            manage: r.map_or(true, |r| r.settings.manage),
+            weight: r.map_or(crate::metadata::DEFAULT_WEIGHT, |r| r.settings.weight),
             source: r.map(|r| r.source),
             adopted: adopted.contains(&d.uuid),
             last_change_at: r.and_then(|r| r.last_change_at),
@@ -572,6 +821,14 @@ pub fn plan(
         ksm: obs.ksm.clone(),
         metric: savings.metric,
         savings_kib: savings.kib,
+        lendable_kib: lendable,
+        policy_window_secs: settings.hold_window_secs,
+        attribution: attribution.as_ref().ok().copied(),
+        attribution_problem: if settings.split.needs_contribution() {
+            attribution.as_ref().err().cloned()
+        } else {
+            None
+        },
         pool_kib: p.pool_kib,
         budget_kib: p.budget_kib,
         host: obs.mem,
@@ -587,6 +844,7 @@ pub fn plan(
         resized: 0,
         failed: 0,
         calls: Default::default(),
+        counters: state.counters,
         state_problem: None,
     };
     Ok(Planned {
@@ -596,4 +854,57 @@ pub fn plan(
         stats_periods,
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024;
+
+    fn guest(free_mib: u64) -> Option<GuestView> {
+        Some(GuestView {
+            usable_kib: 100 * MIB,
+            unused_kib: free_mib * MIB,
+            total_kib: 190 * MIB,
+        })
+    }
+
+    #[test]
+    fn demand_is_reads_while_memory_is_full() {
+        // the first reading gives no rate: unknown
+        let (t, d) = track_io(None, Some(0), guest(4), 0);
+        assert_eq!(d, None);
+        // 100 MiB read in 10 s with 4 MiB free: 10 MiB/s
+        let (t, d) = track_io(t, Some(100 << 20), guest(4), 10);
+        assert_eq!(d, Some(10_000));
+        // the same reads with 90 MiB free: cold reads, more memory would
+        // not cut them; the demand only decays (60 s half-life)
+        let (t2, d2) = track_io(t, Some(200 << 20), guest(90), 70);
+        assert_eq!(d2, Some(5_000));
+        // no fresh guest statistics: unknown, the track still moves on
+        let (t3, d3) = track_io(t2, Some(300 << 20), None, 80);
+        assert_eq!(d3, None);
+        assert_eq!(t3.unwrap().rd_bytes, 300 << 20);
+        // a VM restarted (counters went back): no rate this pass
+        let (_, d4) = track_io(t3, Some(5), guest(4), 90);
+        assert_eq!(d4, None);
+        // no disk figures at all: unknown, the track kept
+        assert_eq!(track_io(t, None, guest(4), 20), (t, None));
+    }
+
+    #[test]
+    fn only_what_held_over_the_window_is_lent() {
+        let mut seen = Vec::new();
+        assert_eq!(hold(&mut seen, 100, 0, 60), 100);
+        // a peak is not lent until it has lasted the window
+        assert_eq!(hold(&mut seen, 180, 10, 60), 100);
+        assert_eq!(hold(&mut seen, 180, 50, 60), 100);
+        assert_eq!(hold(&mut seen, 180, 60, 60), 180);
+        // a fall is followed at once
+        assert_eq!(hold(&mut seen, 90, 70, 60), 90);
+        // window 0: the savings of the moment (the paper)
+        assert_eq!(hold(&mut seen, 500, 80, 0), 500);
+        assert!(seen.is_empty());
+    }
 }

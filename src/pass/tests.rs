@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::*;
 use crate::hypervisor::fake::{FakeDomain, FakeHv, Fault};
 use crate::hypervisor::{GuestStats, HvError, LiveDomain};
+use crate::policy::Split;
 
 const MIB: u64 = 1024;
 const T0: u64 = 1_800_000_000;
@@ -35,6 +36,9 @@ impl Hypervisor for Shared {
     }
     fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
         self.0.borrow_mut().set_stats_period(uuid, seconds)
+    }
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        self.0.borrow_mut().metadata(uuid)
     }
     fn calls(&self) -> CallCount {
         self.0.borrow().calls()
@@ -401,4 +405,321 @@ fn dry_run_changes_nothing_and_sees_spooled_records() {
     assert!(!h.paths.state.exists());
     assert_eq!(h.fake().resizes, []);
     drop(h.dir);
+}
+
+/// `d` defined with ksm-balloon's metadata element `meta` (its inner XML).
+fn with_metadata(d: FakeDomain, floor_mib: u64, meta: &str) -> FakeDomain {
+    let mut d = defined(d, floor_mib);
+    let xml = d.xml.take().unwrap().replace(
+        "</domain>",
+        &format!(
+            "<metadata><ksm-balloon:vm xmlns:ksm-balloon='{}' {meta}</metadata></domain>",
+            crate::metadata::NAMESPACE
+        ),
+    );
+    d.xml = Some(xml);
+    d
+}
+
+#[test]
+fn metadata_opts_out_and_weighs_the_split() {
+    let h = Host::new(vec![
+        with_metadata(dom(1, 160, 320), 160, "manage='no'/>"),
+        with_metadata(dom(2, 160, 320), 160, "weight='2'/>"),
+        defined(dom(3, 160, 320), 160),
+    ]);
+    h.ksm(1, 90);
+    let r = h.run(T0).unwrap();
+    let (a, b, c) = (vm(&r, "vm1"), vm(&r, "vm2"), vm(&r, "vm3"));
+    assert_eq!((a.action, a.reason), (Action::Skip, Reason::OptedOut));
+    assert!(!a.manage);
+    assert_eq!(b.weight, 2);
+    assert_eq!(b.target_kib - b.floor_kib, 60 * MIB);
+    assert_eq!(c.target_kib - c.floor_kib, 30 * MIB);
+    assert_eq!(
+        h.fake().current("00000001-0000-4000-8000-000000000000"),
+        Some(160 * MIB)
+    );
+}
+
+#[test]
+fn metadata_floor_and_ceiling_apply_and_bad_values_are_ignored() {
+    let h = Host::new(vec![
+        with_metadata(dom(1, 160, 320), 160, "><ksm-balloon:floor unit='MiB'>200</ksm-balloon:floor><ksm-balloon:ceiling unit='MiB'>240</ksm-balloon:ceiling></ksm-balloon:vm>"),
+        with_metadata(dom(2, 160, 320), 160, "weight='lots'><ksm-balloon:floor unit='MiB'>999</ksm-balloon:floor></ksm-balloon:vm>"),
+    ]);
+    h.ksm(1, 500);
+    let r = h.run(T0).unwrap();
+    let (a, b) = (vm(&r, "vm1"), vm(&r, "vm2"));
+    assert_eq!(
+        (a.floor_kib, a.ceiling_kib, a.target_kib),
+        (200 * MIB, 240 * MIB, 240 * MIB)
+    );
+    // both bad values fall back to the defaults: weight 1, floor 160
+    assert_eq!((b.floor_kib, b.weight), (160 * MIB, 1));
+}
+
+#[test]
+fn a_balloon_set_by_hand_is_left_alone_until_released() {
+    let h = Host::new(vec![
+        defined(dom(1, 160, 320), 160),
+        defined(dom(2, 160, 320), 160),
+    ]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 80);
+    h.run(T0).unwrap();
+    assert_eq!(h.fake().current(uuid), Some(200 * MIB));
+    h.run(T0 + 10).unwrap();
+    // the operator: virsh setmem vm1 280M
+    h.fake().set_memory(uuid, 280 * MIB).unwrap();
+    let r = h.run(T0 + 20).unwrap();
+    assert_eq!(
+        vm(&r, "vm1").reason,
+        Reason::Unsettled,
+        "seen once: not yet sure"
+    );
+    let r = h.run(T0 + 30).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.action, v.reason), (Action::Skip, Reason::HeldByHand));
+    assert_eq!(v.held_by_hand.map(|h| h.size_kib), Some(280 * MIB));
+    // the other VM is managed as before (the pool is its alone while vm1
+    // is held), and vm1 stays where it was set
+    assert_eq!(vm(&r, "vm2").target_kib, 240 * MIB);
+    for t in [40, 50, 60] {
+        h.run(T0 + t).unwrap();
+    }
+    assert_eq!(h.fake().current(uuid), Some(280 * MIB));
+    let lines =
+        crate::admin::release(&h.paths, Duration::from_secs(5), &["vm1".into()], T0 + 65).unwrap();
+    assert!(lines[0].contains("released at 280.0 MiB"), "{lines:?}");
+    // managed again: it gives back its hand-set bonus, 16 MiB a pass as a
+    // guest without statistics does
+    let r = h.run(T0 + 70).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!(
+        (v.action, v.reason, v.target_kib),
+        (Action::Shrink, Reason::BlindStep, 264 * MIB)
+    );
+    assert!(v.held_by_hand.is_none());
+    // releasing what is not held says so; an unknown name is an error
+    let lines =
+        crate::admin::release(&h.paths, Duration::from_secs(5), &["vm2".into()], T0 + 75).unwrap();
+    assert!(lines[0].contains("not held by hand"), "{lines:?}");
+    assert!(
+        crate::admin::release(&h.paths, Duration::from_secs(5), &["nope".into()], T0 + 75).is_err()
+    );
+}
+
+#[test]
+fn reload_reads_the_live_metadata_once_per_vm() {
+    let h = Host::new(vec![
+        defined(dom(1, 160, 320), 160),
+        defined(dom(2, 160, 320), 160),
+    ]);
+    h.ksm(1, 60);
+    h.run(T0).unwrap();
+    let before = h.fake().calls();
+    assert_eq!(before.metadata, 0, "a pass never reads metadata");
+    // virsh metadata --live vm1 ... manage='no'
+    h.fake()
+        .domains
+        .get_mut("00000001-0000-4000-8000-000000000000")
+        .unwrap()
+        .metadata = Some("<vm manage='no'/>".into());
+    let hv = h.hv.clone();
+    let mut open = move || Ok(Box::new(hv.clone()) as Box<dyn Hypervisor>);
+    let lines =
+        crate::admin::reload(&h.paths, Duration::from_secs(5), &mut open, &[], T0 + 5).unwrap();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].contains("manage no"), "{lines:?}");
+    assert_eq!(h.fake().calls().metadata, 2);
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(vm(&r, "vm1").reason, Reason::OptedOut);
+    assert_eq!(
+        vm(&r, "vm2").target_kib,
+        220 * MIB,
+        "the whole pool goes to vm2"
+    );
+}
+
+#[test]
+fn every_pass_writes_the_metrics_file_success_or_not() {
+    let mut h = Host::new(vec![defined(dom(1, 160, 320), 160)]);
+    let file = h.dir.path().join("textfile/ksm-balloon.prom");
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    h.paths.metrics_file = Some(file.clone());
+    h.ksm(1, 40);
+    h.run(T0).unwrap();
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.contains("ksm_balloon_pass_success 1"), "{text}");
+    assert!(text.contains("ksm_balloon_resizes_total 1"), "{text}");
+    assert!(
+        text.contains("ksm_balloon_vm_target_bytes{domain=\"vm1\""),
+        "{text}"
+    );
+    // KSM gone: the pass fails, the file says so and keeps the counters
+    fs::remove_dir_all(&h.paths.ksm_dir).unwrap();
+    assert!(h.run(T0 + 10).is_err());
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.contains("ksm_balloon_pass_success 0"), "{text}");
+    assert!(text.contains("ksm_balloon_resizes_total 1"), "{text}");
+    assert!(
+        text.contains(&format!("ksm_balloon_last_success_timestamp_seconds {T0}")),
+        "{text}"
+    );
+}
+
+impl Host {
+    /// A fake QEMU for `d` in the fake /proc (pid file, stat, cmdline,
+    /// ksm_stat with `merging` pages and `profit` bytes).
+    fn qemu(&self, d: &FakeDomain, pid: u32, merging: u64, profit: i64) {
+        let root = self.dir.path();
+        let run = root.join("run/libvirt/qemu");
+        fs::create_dir_all(&run).unwrap();
+        fs::write(run.join(format!("{}.pid", d.live.name)), format!("{pid}\n")).unwrap();
+        self.process(
+            pid,
+            "qemu-system-x86",
+            &[
+                "/usr/bin/qemu-system-x86_64".to_string(),
+                "-name".into(),
+                format!("guest={},debug-threads=on", d.live.name),
+                "-uuid".into(),
+                d.live.uuid.clone(),
+            ],
+            merging,
+            profit,
+        );
+    }
+
+    /// A fake process in the fake /proc.
+    fn process(&self, pid: u32, comm: &str, args: &[String], merging: u64, profit: i64) {
+        let dir = self.paths.procs.proc_dir.join(pid.to_string());
+        fs::create_dir_all(&dir).unwrap();
+        let fields = vec!["0"; 19].join(" ");
+        fs::write(
+            dir.join("stat"),
+            format!("{pid} ({comm}) S {fields} 4242 0\n"),
+        )
+        .unwrap();
+        let mut cmd: Vec<u8> = Vec::new();
+        for a in args {
+            cmd.extend(a.as_bytes());
+            cmd.push(0);
+        }
+        fs::write(dir.join("cmdline"), cmd).unwrap();
+        fs::write(
+            dir.join("ksm_stat"),
+            format!("ksm_rmap_items {merging}\nksm_zero_pages 0\nksm_merging_pages {merging}\nksm_process_profit {profit}\n"),
+        )
+        .unwrap();
+    }
+
+    /// KSM counters as three processes merging 16000, 16000 and 8000 pages
+    /// (plus `other` pages of a host process) would leave them.
+    fn ksm_counters(&self, shared: u64, sharing: u64, profit: i64) {
+        let k = &self.paths.ksm_dir;
+        for (f, v) in [
+            ("run", "1".to_string()),
+            ("pages_shared", shared.to_string()),
+            ("pages_sharing", sharing.to_string()),
+            ("pages_unshared", "0".into()),
+            ("pages_volatile", "0".into()),
+            ("full_scans", "3".into()),
+            ("general_profit", profit.to_string()),
+        ] {
+            fs::write(k.join(f), format!("{v}\n")).unwrap();
+        }
+    }
+}
+
+#[test]
+fn contribution_lends_each_vm_what_its_pages_saved_and_not_the_hosts() {
+    let doms: Vec<_> = (1..=3).map(|n| defined(dom(n, 160, 320), 160)).collect();
+    let mut h = Host::new(doms.clone());
+    h.settings.split = Split::Contribution;
+    h.settings.hold_window_secs = 0;
+    // 40000 merging pages in VMs + 2000 in a host process; each KSM page
+    // mapped twice: shared 21000, sharing 21000 (r = 1/2)
+    let page = 4096i64;
+    h.qemu(&doms[0], 101, 16_000, 16_000 * page);
+    h.qemu(&doms[1], 102, 16_000, 16_000 * page);
+    h.qemu(&doms[2], 103, 8_000, 8_000 * page);
+    h.process(
+        200,
+        "ksm-merger",
+        &["/usr/local/bin/ksm-merger".into()],
+        2_000,
+        2_000 * page,
+    );
+    h.ksm_counters(21_000, 21_000, 21_000 * page);
+    let r = h.run(T0).unwrap();
+    let a = r.attribution.expect("an attribution");
+    // each merging page saved half a page: 20000 pages for the VMs, 1000
+    // for the host process, which is not lent
+    assert_eq!(
+        (a.host_kib, a.vms_kib, a.non_vm_kib),
+        (84_000, 80_000, 4_000)
+    );
+    assert_eq!(r.lendable_kib, 80_000);
+    let part = |n: &str| vm(&r, n).target_kib - 160 * MIB;
+    assert_eq!(
+        (part("vm1"), part("vm2"), part("vm3")),
+        (32_000, 32_000, 16_000)
+    );
+    assert_eq!(vm(&r, "vm3").contribution_share, Some(0.2));
+    assert_eq!(vm(&r, "vm1").ksm.map(|k| k.merging_pages), Some(16_000));
+    // under equal, the host process's savings are lent too (the paper)
+    let mut h2 = Host::new(doms.clone());
+    h2.settings.hold_window_secs = 0;
+    h2.ksm_counters(21_000, 21_000, 21_000 * page);
+    let r = h2.run(T0).unwrap();
+    assert_eq!(r.lendable_kib, 84_000);
+    assert!(r.attribution.is_none());
+    // a kernel without per-process figures: equal, with the reason said
+    let mut h3 = Host::new(doms);
+    h3.settings.split = Split::Contribution;
+    h3.ksm_counters(21_000, 21_000, 21_000 * page);
+    let r = h3.run(T0).unwrap();
+    assert!(r.attribution.is_none());
+    assert!(r.attribution_problem.is_some(), "{r:?}");
+    assert_eq!(vm(&r, "vm1").target_kib, vm(&r, "vm3").target_kib);
+}
+
+#[test]
+fn demand_lends_the_pool_to_the_vm_that_reads_with_its_memory_full() {
+    let doms: Vec<_> = (1..=3).map(|n| defined(dom(n, 160, 320), 160)).collect();
+    let mut h = Host::new(doms);
+    h.settings.split = Split::Demand;
+    h.settings.hold_window_secs = 0;
+    h.ksm(1, 90);
+    let set = |h: &Host, t: u64, busy_read: u64| {
+        for (n, d) in h.fake().domains.values_mut().enumerate() {
+            let busy = n == 0;
+            d.live.guest = GuestStats {
+                usable_kib: Some(100 * MIB),
+                unused_kib: Some(if busy { 4 } else { 90 } * MIB),
+                available_kib: Some(190 * MIB),
+                last_update: Some(t),
+                ..GuestStats::default()
+            };
+            d.live.block_rd_bytes = Some(if busy { busy_read } else { 1 << 20 });
+        }
+    };
+    set(&h, T0, 0);
+    let r = h.run(T0).unwrap();
+    // no rate yet: unknown demand, an equal split
+    assert_eq!(vm(&r, "vm1").target_kib, vm(&r, "vm2").target_kib);
+    // vm1 read 280 MiB in 10 s with 4 MiB free: 28 MiB/s
+    set(&h, T0 + 10, 280 << 20);
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(vm(&r, "vm1").demand, Some(28_000));
+    assert_eq!(vm(&r, "vm2").demand, Some(0));
+    let bonus = |n: &str| vm(&r, n).target_kib - 160 * MIB;
+    assert!(
+        bonus("vm1") > 8 * bonus("vm2"),
+        "{} {}",
+        bonus("vm1"),
+        bonus("vm2")
+    );
 }

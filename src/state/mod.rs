@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use model::{
-    Candidate, LastPass, Source, State, StateParseError, Stuck, VmRecord, MAX_STATE_BYTES,
+    Candidate, IoTrack, LastPass, Source, State, StateParseError, Stuck, VmRecord, MAX_STATE_BYTES,
     STATE_VERSION,
 };
 pub use store::{Loaded, Locked, Store};

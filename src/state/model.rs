@@ -80,6 +80,36 @@ pub struct VmRecord {
     /// The pass turned the guest's memory statistics on (once per VM).
     #[serde(default)]
     pub stats_period_set: bool,
+    /// ksm-balloon's metadata of the VM, as read at its start, its
+    /// adoption or the last `reload` (manage, weight, floor, ceiling).
+    #[serde(default)]
+    pub settings: crate::metadata::VmSettings,
+    /// The floor and ceiling its definition gives, before the metadata's:
+    /// what `reload` checks new metadata against. KiB.
+    #[serde(default)]
+    pub defined: Option<(u64, u64)>,
+    /// Its balloon deflates on guest OOM (`autodeflate='on'`).
+    #[serde(default)]
+    pub autodeflate: bool,
+    /// What the manual-change detector remembers of its balloon.
+    #[serde(default)]
+    pub manual: Option<crate::manual::History>,
+    /// Its disk reads at the last pass, for the demand split.
+    #[serde(default)]
+    pub io: Option<IoTrack>,
+}
+
+/// A VM's disk reads as the last pass saw them, and its smoothed demand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoTrack {
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// Bytes read from all its disks since it started.
+    pub rd_bytes: u64,
+    /// Its demand: disk reads while its memory was full, in thousandths of
+    /// a MiB/s, rising at once and halving every
+    /// [`crate::pass::plan::DEMAND_HALF_LIFE_SECS`].
+    pub demand: u64,
 }
 
 impl VmRecord {
@@ -107,7 +137,35 @@ impl VmRecord {
             stuck: None,
             kept_kib: 0,
             stats_period_set: false,
+            settings: crate::metadata::VmSettings::default(),
+            defined: None,
+            autodeflate: false,
+            manual: None,
+            io: None,
         }
+    }
+
+    /// The floor and ceiling its definition gives (before the metadata's).
+    pub fn defined_bounds(&self) -> crate::metadata::Bounds {
+        let (f, c) = self.defined.unwrap_or((self.floor_kib, self.ceiling_kib));
+        crate::metadata::Bounds {
+            current_memory_kib: f,
+            memory_kib: c,
+        }
+    }
+
+    /// Applies `settings` (checked against the definition's bounds): the
+    /// floor and ceiling become the metadata's where it sets valid ones.
+    /// Returns what was wrong with them.
+    pub fn apply_settings(
+        &mut self,
+        settings: crate::metadata::VmSettings,
+    ) -> Vec<crate::metadata::Problem> {
+        let (eff, problems) = settings.resolve(self.defined_bounds());
+        self.floor_kib = eff.floor_kib;
+        self.ceiling_kib = eff.ceiling_kib;
+        self.settings = settings;
+        problems
     }
 }
 
@@ -153,6 +211,12 @@ pub struct State {
     /// Running domains not recorded yet, by UUID (see [`Candidate`]).
     #[serde(default)]
     pub candidates: BTreeMap<String, Candidate>,
+    /// Counters kept across passes (for the metrics file).
+    #[serde(default)]
+    pub counters: crate::metrics::Counters,
+    /// The savings the passes of the holding window saw: (time, KiB).
+    #[serde(default)]
+    pub savings_seen: Vec<(u64, u64)>,
     /// The last pass, if any.
     #[serde(default)]
     pub last_pass: Option<LastPass>,
@@ -164,6 +228,8 @@ impl Default for State {
             version: STATE_VERSION,
             vms: BTreeMap::new(),
             candidates: BTreeMap::new(),
+            counters: crate::metrics::Counters::default(),
+            savings_seen: Vec::new(),
             last_pass: None,
         }
     }

@@ -1,9 +1,10 @@
 //! Shared support for the reliability integration tests (tests/storm.rs,
-//! tests/faults.rs, tests/bad_input.rs, tests/files.rs, tests/invariants.rs):
-//! a throw-away fake host (a copy of tests/fixtures/root plus a libvirt
-//! test-driver node XML with the domains a test wants), helpers that run the
-//! built binary against it, and the invariants checker every scenario ends
-//! with ([`check`]).
+//! tests/faults.rs, tests/bad_input.rs, tests/files.rs, tests/invariants.rs)
+//! and the test-driver tests (tests/testdriver.rs): a throw-away fake host (a
+//! copy of tests/fixtures/root plus a libvirt test-driver node XML with the
+//! domains a test wants, from [`node`]), helpers that run the built binary
+//! against it, and the invariants checker every scenario ends with
+//! ([`check`]).
 //!
 //! Each integration test file is its own crate and uses only part of this.
 #![allow(dead_code, clippy::unwrap_used)]
@@ -18,6 +19,9 @@ use std::process::{Child, Command, Output, Stdio};
 use ksm_balloon::hypervisor::{self, Hypervisor, Libvirt};
 use ksm_balloon::state::{State, STATE_VERSION};
 
+pub mod node;
+pub use node::{node_xml, Dom};
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ksm-balloon");
 
@@ -27,64 +31,6 @@ pub const HOOK_BIN: &str = env!("CARGO_BIN_EXE_ksm-balloon-hook");
 /// tests/fixtures in the source tree.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// One domain: listed by the test driver (running) or only told to the hook.
-#[derive(Clone, Debug)]
-pub struct Dom {
-    pub name: String,
-    pub uuid: String,
-    pub memory_kib: u64,
-    pub current_kib: u64,
-    pub balloon: bool,
-}
-
-impl Dom {
-    /// A domain with a 160 MiB floor and a 256 MiB ceiling, the uuid built from `n`.
-    pub fn numbered(prefix: &str, n: u32) -> Dom {
-        Dom {
-            name: format!("{prefix}{n:03}"),
-            uuid: format!("{:08x}-0000-4000-8000-{:012x}", n, n),
-            memory_kib: 256 * 1024,
-            current_kib: 160 * 1024,
-            balloon: true,
-        }
-    }
-
-    /// The `<domain>` element (test-driver flavour, also fine for the hook).
-    pub fn xml(&self) -> String {
-        format!(
-            "<domain type='test'>\n  <name>{}</name>\n  <uuid>{}</uuid>\n  <memory unit='KiB'>{}</memory>\n  <currentMemory unit='KiB'>{}</currentMemory>\n  <vcpu>1</vcpu><os><type>hvm</type></os>\n{}</domain>\n",
-            xml_escape(&self.name),
-            self.uuid,
-            self.memory_kib,
-            self.current_kib,
-            if self.balloon {
-                ""
-            } else {
-                "  <devices><memballoon model='none'/></devices>\n"
-            }
-        )
-    }
-}
-
-/// Escapes text for an XML element or attribute.
-pub fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
-
-/// A test-driver node document with `doms` running.
-pub fn node_xml(doms: &[Dom]) -> String {
-    let mut s = String::from("<node>\n  <cpu><mhz>2000</mhz><model>i686</model><active>2</active><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads></cpu>\n  <memory>25165824</memory>\n");
-    for d in doms {
-        s.push_str(&d.xml());
-    }
-    s.push_str("</node>\n");
-    s
 }
 
 /// What one invocation of the binary did.

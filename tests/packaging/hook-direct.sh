@@ -16,6 +16,11 @@
 # Usage: tests/packaging/hook-direct.sh ROOT WORKDIR
 #   ROOT: the scratch root the RPM was installed into.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/lib/libvirtd.sh
+source "$here/../lib/libvirtd.sh"
+# shellcheck source=tests/lib/guest.sh
+source "$here/../lib/guest.sh"
 root=$(realpath "$1")
 work=$(realpath "$2")/hook-direct
 rm -rf "$work"
@@ -26,13 +31,8 @@ fails=0
 ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-xml() {
-    cat <<EOF
-<domain type='qemu'><name>vm1</name><uuid>5a1e0000-0000-4000-8000-00000000beef</uuid>
-<memory unit='KiB'>262144</memory><currentMemory unit='KiB'>196608</currentMemory>
-<devices><memballoon model='virtio'/></devices></domain>
-EOF
-}
+# xml: the domain XML libvirt hands the hook on stdin.
+xml() { kg_domain_xml vm1 --uuid 5a1e0000-0000-4000-8000-00000000beef --memory 256 --current 192; }
 
 # call CONFIG ARGS...: runs the hook as libvirtd does (env -i, XML on stdin
 # followed by 300 kB of padding), with KSM_BALLOON_CONFIG=CONFIG and its log

@@ -25,8 +25,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(realpath "$1")
 work=$(realpath "$2")/hook
-# shellcheck source=../lib/libvirtd.sh
+# shellcheck source=tests/lib/libvirtd.sh
 source "$here/../lib/libvirtd.sh"
+# shellcheck source=tests/lib/guest.sh
+source "$here/../lib/guest.sh"
 
 bin=$root/usr/bin/ksm-balloon
 installed_hook=$root/usr/libexec/ksm-balloon/ksm-balloon-hook
@@ -50,12 +52,8 @@ chmod 0700 "$(dirname "$state")"
 
 cleanup() {
     local rc=$?
-    local n
-    for n in "$name" "$name2"; do
-        if virsh -c "$KB_URI" domstate "$n" >/dev/null 2>&1; then
-            virsh -c "$KB_URI" destroy "$n" >/dev/null 2>&1 || true
-        fi
-    done
+    kg_destroy "$name" || true
+    kg_destroy "$name2" || true
     rm -f "$KB_HOOK_PATH"
     if [ "$rc" -ne 0 ]; then
         kb_log "hook test failed; libvirtd log tail:"
@@ -100,22 +98,13 @@ print(r["name"], r["floor_kib"], r["ceiling_kib"], r["source"])
 PY
 }
 
-cat >"$work/domain.xml" <<EOF
-<domain type='qemu'>
-  <name>$name</name>
-  <memory unit='MiB'>64</memory>
-  <currentMemory unit='MiB'>48</currentMemory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <memballoon model='virtio'><stats period='2'/></memballoon>
-  </devices>
-</domain>
-EOF
+# A VM with no OS: it idles in the firmware, which is all the hook and a
+# pass need.
+kg_domain_xml "$name" --memory 64 --current 48 >"$work/domain.xml"
+kg_domain_xml "$name2" --memory 64 --current 48 >"$work/domain2.xml"
 
 t0=$(date +%s%N)
-virsh -c "$KB_URI" create "$work/domain.xml" >/dev/null ||
-    kb_die "virsh create failed with the hook in place"
+kg_create "$work/domain.xml" "with the hook in place"
 t1=$(date +%s%N)
 uuid=$(virsh -c "$KB_URI" domuuid "$name" | tr -d '[:space:]')
 kb_log "started $name ($uuid): virsh create took $(( (t1 - t0) / 1000000 )) ms with the hook"
@@ -166,10 +155,8 @@ kb_log "after destroy and a pass: no record of $name, spool empty"
 # still start and stop, and nothing is recorded any more.
 rm -f "$KB_HOOK_PATH"
 before=$(sha256sum "$state")
-sed "s|<name>$name</name>|<name>$name2</name>|" "$work/domain.xml" >"$work/domain2.xml"
 t0=$(date +%s%N)
-virsh -c "$KB_URI" create "$work/domain2.xml" >/dev/null ||
-    kb_die "with the hook script removed (libvirtd not restarted), virsh create failed"
+kg_create "$work/domain2.xml" "with the hook script removed (libvirtd not restarted)"
 t1=$(date +%s%N)
 virsh -c "$KB_URI" destroy "$name2" >/dev/null ||
     kb_die "with the hook script removed (libvirtd not restarted), virsh destroy failed"

@@ -21,17 +21,22 @@
 # LockPersonality, SystemCallArchitectures.
 #
 # Usage: sandbox-pass.sh BIN UNIT CONFIG STATE UUID WORKDIR
-#   UNIT: the installed ksm-balloon.service. STATE must not be under /tmp
-#   (PrivateTmp hides /tmp, as it would from the service). Called by
+#   UNIT: the installed ksm-balloon.service. STATE and WORKDIR must not be
+#   under /tmp (PrivateTmp hides /tmp, as it would from the service), and
+#   nothing the sandbox runs is read from the checkout, which may lie under
+#   /tmp: unit_sandbox.py is copied into WORKDIR first. Called by
 #   hook-realstack.sh under the real-stack lock.
 set -euo pipefail
 bin=$1 unit=$2 config=$3 state=$4 uuid=$5 work=$6
 here=$(cd "$(dirname "$0")" && pwd)
 statedir=$(dirname "$state")
 uri=${KB_URI:-qemu:///system}
-case "$statedir" in /tmp | /tmp/*) echo "sandbox-pass: STATE under /tmp" >&2; exit 1 ;; esac
+for d in "$statedir" "$(realpath -m "$work")"; do
+    case "$d" in /tmp | /tmp/*) echo "sandbox-pass: $d is under /tmp" >&2; exit 1 ;; esac
+done
 rm -rf "$work"
 mkdir -p "$work/trace"
+cp "$here/unit_sandbox.py" "$work/unit_sandbox.py"
 
 log() { printf '[%s] sandbox-pass: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
@@ -92,7 +97,7 @@ SANDBOX
 
 rc=0
 unshare --mount --net --propagation private -- \
-    bash "$work/sandbox.sh" "$bin" "$config" "$statedir" "$work/trace" "$uri" "$unit" "$here/unit_sandbox.py" \
+    bash "$work/sandbox.sh" "$bin" "$config" "$statedir" "$work/trace" "$uri" "$unit" "$work/unit_sandbox.py" \
     >"$work/stdout" 2>"$work/stderr" || rc=$?
 log "pass in the sandbox exited $rc; its log:"
 sed 's/^/    /' "$work/stderr" >&2

@@ -55,6 +55,7 @@ run() {
     local script=$1 arg=$2 enabled=$3 got want
     shift 3
     : >"$work/calls"
+    # shellcheck disable=SC2016 # expanded by the inner sh, from its arguments
     unshare --mount --propagation private -- sh -c '
         mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system &&
         exec env PATH="$1:/usr/bin:/bin" SYSTEMCTL_LOG="$2" SYSTEMCTL_ENABLED="$3" sh "$4" "$5"

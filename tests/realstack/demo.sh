@@ -36,9 +36,9 @@ command -v cargo >/dev/null ||
     { echo "demo.sh: cargo is missing: install a Rust toolchain (rustup) first" >&2; exit 1; }
 cargo build --release --locked --quiet
 
-# shellcheck source=../lib/libvirtd.sh
+# shellcheck source=tests/lib/libvirtd.sh
 . tests/lib/libvirtd.sh
-# shellcheck source=lib.sh
+# shellcheck source=tests/realstack/lib.sh
 . tests/realstack/lib.sh
 
 read -r TICKS1 TICKS2 TICKS3 <<<"${DEMO_TICKS:-5 4 3}"

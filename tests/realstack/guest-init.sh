@@ -1,8 +1,8 @@
 #!/bin/sh
 # /init of the real-stack test guest (busybox initramfs, Debian kernel).
-# tests/realstack/lib.sh packs it with /bin/busybox and the virtio modules
-# into an initramfs; its hash is part of the cached image's key, so editing
-# this file rebuilds the image.
+# tests/lib/guest.sh (kg_build_image) packs it with /bin/busybox and the
+# virtio modules into an initramfs; its hash is part of the cached image's
+# key, so editing this file rebuilds the image.
 #
 # What the guest does:
 #  - loads the virtio PCI, balloon and block drivers;
@@ -20,16 +20,10 @@
 #      drop <token>        delete it
 #    The fill is capped at 48 MiB: a guest whose tmpfs outgrows its balloon
 #    panics, and at its 160 MiB floor this guest has about 110 MiB.
-/bin/busybox --install -s /bin
-export PATH=/bin
-mkdir -p /proc /sys /dev /fill
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-    virtio_balloon virtio_blk; do
-    insmod "/modules/$m.ko" || echo "KB-INSMOD-FAILED $m"
-done
+# busybox, /proc, /sys, /dev and the virtio drivers (tests/lib/guest-prelude.sh)
+# shellcheck source=tests/lib/guest-prelude.sh
+. /lib/guest-prelude.sh
+mkdir -p /fill
 mount -t tmpfs -o size=48m tmpfs /fill
 echo "KB-GUEST-READY $(uname -r)"
 

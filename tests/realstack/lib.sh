@@ -1,22 +1,25 @@
 # shellcheck shell=bash
 # The real-stack harness shared by tests/realstack/suite.sh and demo.sh:
-# the test guest (built from installed packages, cached), its domain XML,
+# this suite's guest (tests/lib/guest.sh with guest-init.sh as its /init),
 # booting and destroying guests, reading what libvirt and the guest say
 # about its memory, sending it commands, the KSM counters, running
 # ksm-balloon with the test's settings, and a full teardown.
 #
-# Source it after tests/lib/libvirtd.sh. Every function is prefixed rs_.
-# Guests are transient libvirt domains named "kbrs-*"; only those are ever
-# destroyed.
+# Source it after tests/lib/libvirtd.sh; it sources tests/lib/guest.sh.
+# Every function is prefixed rs_. Guests are transient libvirt domains
+# named "kbrs-*"; only those are ever destroyed.
 
 RS_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/lib/guest.sh
+. "$RS_HERE/../lib/guest.sh"
+# shellcheck disable=SC2034 # for the scripts that source this file
 RS_REPO=$(cd "$RS_HERE/../.." && pwd)
 # Runtime files: consoles, command sockets, ksm-balloon's config and state.
 RS_RUN=${RS_RUN:-/run/ksm-balloon-test}
-RS_CACHE=${RS_CACHE:-/var/cache/ksm-balloon-tests}
 RS_CONFIG=$RS_RUN/config
 RS_STATE=$RS_RUN/state.json
 RS_PREFIX=kbrs-
+# shellcheck disable=SC2034 # for the scripts that source this file
 RS_MIB=1024 # KiB per MiB
 
 # The shared read-only disk the guests copy identical data from (MiB).
@@ -24,142 +27,46 @@ RS_DATA_MIB=64
 
 rs_virsh() { virsh -q -c "$KB_URI" "$@"; }
 
-# --- the guest image ------------------------------------------------------
+# --- the guest ------------------------------------------------------------
 
-# The newest installed Debian kernel that has the virtio balloon module.
-rs_guest_kernel_version() {
-    local v
-    for v in $(ls -1 /lib/modules | sort -rV); do
-        if [ -r "/boot/vmlinuz-$v" ] &&
-            ls "/lib/modules/$v/kernel/drivers/virtio/virtio_balloon.ko"* >/dev/null 2>&1; then
-            echo "$v"
-            return 0
-        fi
-    done
-    return 1
-}
-
-RS_MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-    virtio_balloon virtio_blk)
-
-# rs_copy_module VERSION NAME DESTDIR: the module as a plain .ko (Debian may
-# ship them compressed; busybox insmod wants them plain).
-rs_copy_module() {
-    local v=$1 m=$2 dest=$3 f
-    f=$(find "/lib/modules/$v/kernel/drivers/virtio" "/lib/modules/$v/kernel/drivers/block" \
-        -name "$m.ko*" | head -n1)
-    [ -n "$f" ] || { kb_log "module $m not found for kernel $v"; return 1; }
-    case $f in
-        *.ko) cp "$f" "$dest/$m.ko" ;;
-        *.ko.xz) xz -dc "$f" >"$dest/$m.ko" ;;
-        *.ko.zst) zstd -qdc "$f" >"$dest/$m.ko" ;;
-        *.ko.gz) gzip -dc "$f" >"$dest/$m.ko" ;;
-        *) kb_log "module $f: unknown compression"; return 1 ;;
-    esac
-}
-
-# rs_build_guest: sets RS_KERNEL, RS_INITRD and RS_DATA, building the
-# initramfs (and the shared data disk) unless a cached one with the same key
-# exists. The key: kernel version, busybox version, module list, this
-# guest's /init and the build recipe itself (these functions' text).
+# rs_build_guest: sets RS_KERNEL, RS_INITRD and RS_DATA: this suite's guest
+# image (tests/lib/guest.sh with tests/realstack/guest-init.sh as /init),
+# built unless cached, and the shared data disk.
 rs_build_guest() {
-    local v key dir tmp m
-    v=$(rs_guest_kernel_version) ||
-        kb_die "no installed kernel with virtio_balloon under /lib/modules (is linux-image-amd64 installed?)"
-    [ -x /bin/busybox ] || kb_die "/bin/busybox is missing (busybox-static)"
-    key=$( {
-        echo "$v"
-        /bin/busybox | head -n1
-        echo "${RS_MODULES[*]}"
-        cat "$RS_HERE/guest-init.sh"
-        declare -f rs_build_guest rs_copy_module
-    } | sha256sum | cut -c1-16)
-    dir=$RS_CACHE/guest-$v-$key
-    RS_KERNEL=/boot/vmlinuz-$v
-    RS_INITRD=$dir/initrd.img
-    RS_DATA=$RS_CACHE/shared-data-${RS_DATA_MIB}M.img
-    mkdir -p "$RS_CACHE"
-    if [ ! -s "$RS_INITRD" ]; then
-        kb_log "building the guest initramfs for kernel $v into $dir"
-        tmp=$(mktemp -d)
-        mkdir -p "$tmp/root/bin" "$tmp/root/modules" "$tmp/root/fill"
-        cp /bin/busybox "$tmp/root/bin/busybox"
-        ln -s busybox "$tmp/root/bin/sh"
-        for m in "${RS_MODULES[@]}"; do
-            rs_copy_module "$v" "$m" "$tmp/root/modules" || { rm -rf "$tmp"; return 1; }
-        done
-        install -m 0755 "$RS_HERE/guest-init.sh" "$tmp/root/init"
-        mkdir -p "$dir"
-        (cd "$tmp/root" && find . | cpio -o -H newc --quiet | gzip -9) >"$tmp/initrd.img"
-        mv "$tmp/initrd.img" "$RS_INITRD"
-        rm -rf "$tmp"
-    fi
-    if [ "$(stat -c %s "$RS_DATA" 2>/dev/null)" != $((RS_DATA_MIB * 1048576)) ]; then
-        kb_log "writing the shared data disk $RS_DATA ($RS_DATA_MIB MiB of random bytes)"
-        head -c $((RS_DATA_MIB * 1048576)) /dev/urandom >"$RS_DATA.tmp"
-        mv "$RS_DATA.tmp" "$RS_DATA"
-    fi
+    kg_build_image "$RS_HERE/guest-init.sh" || return 1
+    RS_KERNEL=$KG_KERNEL
+    RS_INITRD=$KG_INITRD
+    RS_DATA=$(kg_disk shared-data "$RS_DATA_MIB")
 }
 
-# --- guests ----------------------------------------------------------------
+rs_console() { kg_console "$RS_RUN" "$1"; }
+rs_socket() { kg_socket "$RS_RUN" "$1"; }
 
-rs_console() { echo "$RS_RUN/$1.console"; }
-rs_socket() { echo "$RS_RUN/$1.cmd"; }
+# rs_guest_args NAME MEMORY_MIB CURRENT_MIB [BALLOON(virtio|none)]: sets
+# RS_GUEST_ARGS to kg_domain_xml's options for the suite's guest NAME (the
+# image, the shared data disk read-only, its command socket in RS_RUN), all
+# but its console, which kg_boot adds.
+rs_guest_args() {
+    RS_GUEST_ARGS=(--memory "$2" --current "$3" --balloon "${4:-virtio}"
+        --kernel "$RS_KERNEL" --initrd "$RS_INITRD" --disk "$RS_DATA,ro,shared"
+        --socket "$(rs_socket "$1")")
+}
 
-# rs_domain_xml NAME MEMORY_MIB CURRENT_MIB BALLOON(virtio|none)
+# rs_domain_xml NAME MEMORY_MIB CURRENT_MIB [BALLOON]: the suite's guest's
+# domain XML, its console in RS_RUN.
 rs_domain_xml() {
-    local name=$1 mem=$2 cur=$3 balloon=$4 stats=''
-    [ "$balloon" = virtio ] && stats="<stats period='2'/>"
-    cat <<XML
-<domain type='qemu'>
-  <name>$name</name>
-  <memory unit='MiB'>$mem</memory>
-  <currentMemory unit='MiB'>$cur</currentMemory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$RS_KERNEL</kernel>
-    <initrd>$RS_INITRD</initrd>
-    <cmdline>console=ttyS0 quiet</cmdline>
-  </os>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source file='$RS_DATA'/>
-      <target dev='vda' bus='virtio'/>
-      <readonly/>
-      <shareable/>
-    </disk>
-    <controller type='usb' model='none'/>
-    <serial type='file'>
-      <source path='$(rs_console "$name")'/>
-      <target port='0'/>
-    </serial>
-    <serial type='unix'>
-      <source mode='bind' path='$(rs_socket "$name")'/>
-      <target port='1'/>
-    </serial>
-    <memballoon model='$balloon'>$stats</memballoon>
-  </devices>
-</domain>
-XML
+    rs_guest_args "$@"
+    kg_domain_xml "$1" "${RS_GUEST_ARGS[@]}" --console "$(rs_console "$1")"
 }
 
 # rs_boot NAME MEMORY_MIB CURRENT_MIB [BALLOON]: creates the transient
-# domain (libvirt runs the hook meanwhile). Does not wait for the guest.
+# domain kbrs-NAME (libvirt runs the hook meanwhile). Does not wait for the
+# guest.
 rs_boot() {
-    local name=$RS_PREFIX$1 xml
-    xml=$RS_RUN/$name.xml
-    rm -f "$(rs_console "$name")" "$(rs_socket "$name")"
-    rs_domain_xml "$name" "$2" "$3" "${4:-virtio}" >"$xml"
-    rs_virsh create "$xml" >/dev/null || kb_die "virsh create $name failed"
+    local name=$RS_PREFIX$1
+    rs_guest_args "$name" "${@:2}"
+    kg_boot "$RS_RUN" "$name" "${RS_GUEST_ARGS[@]}"
 }
-
-rs_guest_ready() { grep -q '^KB-GUEST-READY' "$(rs_console "$RS_PREFIX$1")" 2>/dev/null; }
 
 # rs_wait_ready SECONDS GUEST...: every guest printed its ready marker and a
 # first MEMTOTAL line.
@@ -167,7 +74,7 @@ rs_wait_ready() {
     local limit=$1 g
     shift
     for g in "$@"; do
-        kb_wait_until "$limit" "guest $g to boot (marker on its console)" rs_guest_ready "$g" ||
+        kg_wait_console "$limit" "$(rs_console "$RS_PREFIX$g")" '^KB-GUEST-READY' "guest $g" ||
             return 1
         kb_wait_until 20 "guest $g to print MEMTOTAL" rs_memtotal "$g" || return 1
     done
@@ -238,17 +145,8 @@ sys.exit(1)
 PY
 }
 
-rs_destroy() { rs_virsh destroy "$RS_PREFIX$1" >/dev/null 2>&1; }
-
-# Every kbrs-* domain libvirt runs.
-rs_our_domains() { rs_virsh list --name 2>/dev/null | grep "^$RS_PREFIX" || true; }
-
-rs_destroy_all() {
-    local d
-    for d in $(rs_our_domains); do
-        virsh -q -c "$KB_URI" destroy "$d" >/dev/null 2>&1 || true
-    done
-}
+rs_destroy() { kg_destroy "$RS_PREFIX$1"; }
+rs_destroy_all() { kg_destroy_all "$RS_PREFIX"; }
 
 # --- KSM --------------------------------------------------------------------
 
@@ -390,6 +288,7 @@ rs_setup() {
         command -v "$tool" >/dev/null || kb_die "$tool is missing: run tests/deps.sh"
     done
     kb_realstack_lock
+    # shellcheck disable=SC2034 # for the suite's timing line
     RS_LOCKED_AT=$(date +%s)
     trap 'rs_teardown' EXIT
     trap 'exit 130' INT TERM
@@ -406,17 +305,8 @@ rs_setup() {
 }
 
 rs_diagnostics() {
-    local c
     echo "=============== diagnostics"
-    for c in "$RS_RUN"/*.console; do
-        [ -e "$c" ] || continue
-        echo "--- console $(basename "$c" .console) (last 15 lines)"
-        tail -n 15 "$c" | tr -d '\r'
-    done
-    kb_libvirtd_log_tail 40
-    echo "--- virsh list"
-    rs_virsh list --all 2>&1 || true
-    echo "--- KSM: run=$(rs_ksm run) pages_sharing=$(rs_ksm pages_sharing) general_profit=$(rs_ksm general_profit 2>/dev/null)"
+    kg_diagnostics "$RS_RUN"
     echo "--- state $RS_STATE"
     cat "$RS_STATE" 2>&1 || true
     echo "--- ksm-balloon status"

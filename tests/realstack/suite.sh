@@ -24,9 +24,9 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=../lib/libvirtd.sh
+# shellcheck source=tests/lib/libvirtd.sh
 . "$here/../lib/libvirtd.sh"
-# shellcheck source=lib.sh
+# shellcheck source=tests/realstack/lib.sh
 . "$here/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || kb_die "the real-stack suite must run as root"
@@ -36,6 +36,7 @@ FLOOR=$((160 * RS_MIB))
 CEIL=$((256 * RS_MIB))
 CEIL3=$((192 * RS_MIB))
 TOL=$RS_MIB # rounding to balloon pages and integer division
+DEADBAND=$((4 * RS_MIB)) # ksm-balloon's default: a VM this close to its target is left
 FIGURES=()
 FAILED=()
 PASSED=()
@@ -59,10 +60,16 @@ check() {
 }
 
 # pass_run LABEL [ARGS...]: one `ksm-balloon run` as the timer would run it;
-# sets PASS_RC, S_BEFORE and S_AFTER (savings read right before and after).
+# sets PASS_RC, S_BEFORE and S_AFTER (savings read right before and after)
+# and PRE_ACTUAL[guest] (each guest's balloon right before).
+declare -A PRE_ACTUAL=()
 pass_run() {
-    local label=$1
+    local label=$1 d
     shift
+    PRE_ACTUAL=()
+    for d in $(kg_domains "$RS_PREFIX"); do
+        PRE_ACTUAL[${d#"$RS_PREFIX"}]=$(rs_actual "${d#"$RS_PREFIX"}") || true
+    done
     S_BEFORE=$(rs_savings_kib)
     rs_kb "$@" run >"$RS_RUN/pass-$label.out" 2>&1
     PASS_RC=$?
@@ -74,9 +81,11 @@ pass_run() {
 # expect_bonuses GUEST=HEADROOM ...: after a pass, each guest's balloon must
 # reach floor + its water-filled share of the savings, for savings anywhere
 # between S_BEFORE and S_AFTER (the drift while the pass ran), and the guest
-# must see the same change in its own MemTotal. Sets BONUS_<guest>.
+# must see the same change in its own MemTotal. A guest whose balloon was
+# already within the deadband of that before the pass may also stay where
+# it was (the tool holds a VM that close to its target). Sets BONUS_<guest>.
 expect_bonuses() {
-    local lo hi g cap names=() caps=() i=0 blo bhi
+    local lo hi g names=() caps=() i=0 blo bhi
     lo=$((S_BEFORE < S_AFTER ? S_BEFORE : S_AFTER))
     hi=$((S_BEFORE < S_AFTER ? S_AFTER : S_BEFORE))
     for g in "$@"; do
@@ -90,18 +99,33 @@ expect_bonuses() {
         g=${names[$i]}
         local want_lo=$((FLOOR + blo[i] - TOL)) want_hi=$((FLOOR + bhi[i] + TOL))
         [ "${blo[$i]}" -eq "${caps[$i]}" ] && want_hi=$((FLOOR + caps[i])) && want_lo=$want_hi
-        if ! kb_wait_until 30 "$g balloon to reach [$want_lo, $want_hi] KiB" rs_actual_within "$g" "$want_lo" "$want_hi"; then
-            echo "  FAIL: $g: dommemstat actual $(rs_actual "$g") KiB, expected $want_lo..$want_hi KiB (floor + $(mib "${blo[$i]}")..$(mib "${bhi[$i]}") MiB)"
+        local pre=${PRE_ACTUAL[$g]:-} held=''
+        if [ -n "$pre" ] && [ "$pre" -ge $((want_lo - DEADBAND)) ] && [ "$pre" -le $((want_hi + DEADBAND)) ]; then
+            held=$pre
+        fi
+        if ! kb_wait_until 30 "$g balloon to reach [$want_lo, $want_hi] KiB${held:+ or stay at $held}" \
+            balloon_as_expected "$g" "$want_lo" "$want_hi" "$held"; then
+            echo "  FAIL: $g: dommemstat actual $(rs_actual "$g") KiB, expected $want_lo..$want_hi KiB (floor + $(mib "${blo[$i]}")..$(mib "${bhi[$i]}") MiB)${held:+ or $held KiB (where it was, within the deadband)}"
             ok=1
             continue
         fi
         local actual
         actual=$(rs_actual "$g")
         printf -v "BONUS_$g" '%s' $((actual - FLOOR))
-        echo "  ok: $g: dommemstat actual $actual KiB ($(mib "$actual") MiB) = floor + $(mib $((actual - FLOOR))) MiB; expected floor + $(mib "${blo[$i]}")..$(mib "${bhi[$i]}") MiB of $(mib "$lo")..$(mib "$hi") MiB savings"
+        local note=''
+        if [ "$actual" = "$held" ] && ! rs_actual_within "$g" "$want_lo" "$want_hi"; then
+            note=" (left where it was: within the deadband of that)"
+        fi
+        echo "  ok: $g: dommemstat actual $actual KiB ($(mib "$actual") MiB) = floor + $(mib $((actual - FLOOR))) MiB; expected floor + $(mib "${blo[$i]}")..$(mib "${bhi[$i]}") MiB of $(mib "$lo")..$(mib "$hi") MiB savings$note"
         expect_memtotal "$g" "$actual" || ok=1
     done
     return $ok
+}
+
+# balloon_as_expected GUEST LO HI [HELD]: the balloon is in [LO, HI], or at
+# HELD when given.
+balloon_as_expected() {
+    rs_actual_within "$1" "$2" "$3" || { [ -n "${4:-}" ] && rs_actual_is "$1" "$4"; }
 }
 
 # expect_memtotal GUEST ACTUAL_KIB: the guest's own MemTotal moved from its
@@ -187,6 +211,7 @@ s2_ksm_starts() {
     # Scenarios 6 and 7 count resizes in libvirt's monitor log: it must see these.
     check "libvirt's monitor log shows the pass's three balloon commands" \
         test "$(kb_monitor_balloon_calls "$mark")" -eq 3 || return 1
+    # shellcheck disable=SC2154 # BONUS_* are set by expect_bonuses (printf -v)
     figure "s2 savings $(mib "$S_BEFORE")..$(mib "$S_AFTER") MiB over 3 VMs -> bonus g1 $(mib "$BONUS_g1"), g2 $(mib "$BONUS_g2"), g3 $(mib "$BONUS_g3") MiB; MemTotal g1 $(rs_memtotal g1) kB"
 }
 

@@ -33,8 +33,10 @@ fi
 if [ -n "${KB_IN_PRIVATE:-}" ]; then
     for d in /run /etc/libvirt/qemu /etc/libvirt/hooks /etc/libvirt/storage \
         /var/lib/libvirt /var/log/libvirt /var/cache/libvirt; do
-        mkdir -p "$d" && mount -t tmpfs -o mode=0755 kb-private-libvirt "$d" ||
-            { echo "cannot mount a tmpfs over $d" >&2; exit 1; }
+        if ! { mkdir -p "$d" && mount -t tmpfs -o mode=0755 kb-private-libvirt "$d"; }; then
+            echo "cannot mount a tmpfs over $d" >&2
+            exit 1
+        fi
     done
 fi
 here=$(cd "$(dirname "$0")" && pwd)
@@ -42,6 +44,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../lib/libvirtd.sh"
 # shellcheck source=tests/reliability/lib.sh
 source "$here/lib.sh"
+# shellcheck source=tests/lib/guest.sh
+source "$here/../lib/guest.sh"
 
 kb_realstack_lock
 kb_libvirtd_start
@@ -56,7 +60,7 @@ cleanup() {
     [ -n "$pass_pid" ] && kill -9 "$pass_pid" 2>/dev/null
     [ -n "$qemu_pid" ] && kill -CONT "$qemu_pid" 2>/dev/null
     kb_libvirtd_alive || kb_libvirtd_start
-    virsh -c "$KB_URI" destroy "$name" >/dev/null 2>&1
+    kg_destroy "$name"
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -81,20 +85,9 @@ state=$work/root/var/lib/ksm-balloon/state.json
 others=$(virsh -c "$KB_URI" list --name | grep -v '^$' || true)
 [ -z "$others" ] || kb_log "note: other domains are running and will be managed too: $others"
 
-cat >"$work/dom.xml" <<XML
-<domain type='qemu'>
-  <name>$name</name>
-  <uuid>$uuid</uuid>
-  <memory unit='MiB'>256</memory>
-  <currentMemory unit='MiB'>192</currentMemory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices><memballoon model='virtio'><stats period='2'/></memballoon></devices>
-</domain>
-XML
+kg_domain_xml "$name" --uuid "$uuid" --memory 256 --current 192 >"$work/dom.xml"
 virsh -c "$KB_URI" create "$work/dom.xml" >/dev/null || { on_failure; kb_die "cannot start $name"; }
-kb_wait_until 30 "$name running" sh -c "virsh -c '$KB_URI' domstate '$name' | grep -q running" ||
-    { on_failure; kb_die "$name did not run"; }
+kg_wait_running 30 "$name" || { on_failure; kb_die "$name did not run"; }
 qemu_pid=$(cat "/run/libvirt/qemu/$name.pid")
 # what libvirt's hook would have told us at prepare
 "$KB_BIN" hook "$name" prepare begin - <"$work/dom.xml" 2>"$work/log-hook"
@@ -171,7 +164,7 @@ kb_rel_same "$state" "$sha" "C (libvirtd killed mid-call)"; injected=$((injected
 kill -CONT "$qemu_pid"
 kb_wait_until 30 "the killed libvirtd to be gone" sh -c "! kill -0 $pid" || kb_die "libvirtd still there"
 kb_libvirtd_start
-kb_wait_until 30 "$name reconnected" sh -c "virsh -c '$KB_URI' domstate '$name' | grep -q running" ||
+kg_wait_running 30 "$name" ||
     { on_failure; kb_die "$name lost after the libvirtd restart"; }
 kb_rel_expect 0 'set_memory: 1 }' "$work/log-c-next" -- "$KB_BIN" run
 kb_rel_check "$state" "$KB_URI" "$present" "" "$work/log-c:$work/log-c-next"

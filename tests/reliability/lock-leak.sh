@@ -21,7 +21,11 @@ bash -c "
 "
 pid=$(cat "$work/daemon.pid")
 kill -0 "$pid" || { echo "FAIL: the stand-in daemon is not running"; exit 1; }
-if ls -l "/proc/$pid/fd" | grep -q "$KB_REALSTACK_LOCK"; then
+held=no
+for fd in /proc/"$pid"/fd/*; do
+    if [ "$fd" -ef "$KB_REALSTACK_LOCK" ]; then held=yes; fi
+done
+if [ "$held" = yes ]; then
     echo "FAIL: the daemon holds the real-stack lock's file descriptor"
     exit 1
 fi

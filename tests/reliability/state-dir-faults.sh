@@ -15,6 +15,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../lib/libvirtd.sh"
 # shellcheck source=tests/reliability/lib.sh
 source "$here/lib.sh"
+# shellcheck source=tests/lib/guest.sh
+source "$here/../lib/guest.sh"
 
 work=$(mktemp -d)
 dir=$work/root/var/lib/ksm-balloon
@@ -28,12 +30,17 @@ export KSM_BALLOON_LOG=debug
 state=$dir/state.json
 faults=0
 
-extra_xml="<domain type='kvm'><name>extra vm</name><uuid>33333333-3333-4333-8333-333333333333</uuid><memory unit='MiB'>512</memory><currentMemory unit='MiB'>384</currentMemory></domain>"
-new_xml="<domain type='kvm'><name>new vm</name><uuid>44444444-4444-4444-8444-444444444444</uuid><memory unit='MiB'>512</memory><currentMemory unit='MiB'>384</currentMemory></domain>"
+# What libvirt would hand the hook for two VMs the test driver does not list.
+extra_xml=$work/extra.xml
+new_xml=$work/new.xml
+kg_domain_xml 'extra vm' --type kvm --uuid 33333333-3333-4333-8333-333333333333 \
+    --memory 512 --current 384 >"$extra_xml"
+kg_domain_xml 'new vm' --type kvm --uuid 44444444-4444-4444-8444-444444444444 \
+    --memory 512 --current 384 >"$new_xml"
 present="web1=11111111-1111-1111-1111-111111111111=163840=262144;web 2 \"quoted\"=22222222-2222-2222-2222-222222222222=163840=262144;extra vm=33333333-3333-4333-8333-333333333333=393216=524288"
 
 kb_rel_expect 0 'VM "web1": 160.0 MiB -> ' "$work/log-0" -- "$KB_BIN" run
-kb_rel_expect 0 'recorded VM "extra vm"' "$work/log-1" -- sh -c "printf '%s' \"$extra_xml\" | '$KB_BIN' hook 'extra vm' prepare begin -"
+kb_rel_expect 0 'recorded VM "extra vm"' "$work/log-1" -- "$KB_BIN" hook 'extra vm' prepare begin - <"$extra_xml"
 sha=$(sha256sum "$state" | cut -d' ' -f1)
 
 # --- full
@@ -42,11 +49,11 @@ kb_log "state directory full: $(df -h --output=avail "$dir" | tail -1) left"
 kb_rel_expect 1 "cannot write $state\.tmp\.[0-9]+: No space left on device" "$work/log-full-run" -- "$KB_BIN" run
 kb_rel_same "$state" "$sha" "full: run"; faults=$((faults + 1))
 kb_rel_expect 0 "hook \"new vm\" prepare begin: cannot write $state\.tmp\.[0-9]+: No space left on device.*; state not changed" \
-    "$work/log-full-hook" -- sh -c "printf '%s' \"$new_xml\" | '$KB_BIN' hook 'new vm' prepare begin -"
+    "$work/log-full-hook" -- "$KB_BIN" hook 'new vm' prepare begin - <"$new_xml"
 kb_rel_same "$state" "$sha" "full: hook"; faults=$((faults + 1))
 kb_rel_expect 0 'State file problem|VM +FLOOR' "$work/log-full-status" -- "$KB_BIN" status
 kb_rel_same "$state" "$sha" "full: status"
-if ls "$dir" | grep -q '\.tmp\.'; then kb_die "a temp file was left behind: $(ls "$dir")"; fi
+if compgen -G "$dir/*.tmp.*" >/dev/null; then kb_die "a temp file was left behind: $(ls "$dir")"; fi
 rm "$dir/filler"
 kb_rel_expect 0 'libvirt calls this pass' "$work/log-full-after" -- "$KB_BIN" run
 kb_rel_check "$state" "$KSM_BALLOON_CONNECT" "$present" "" "$work/log-full-run:$work/log-full-after"
@@ -67,7 +74,7 @@ kb_rel_check "$state" "$KSM_BALLOON_CONNECT" \
     "web1=11111111-1111-1111-1111-111111111111=163840=262144;web 2 \"quoted\"=22222222-2222-2222-2222-222222222222=163840=262144" \
     "" "$work/log-fullbad-after" "state.json.bad-"
 rm "$dir"/state.json.bad-*
-printf '%s' "$extra_xml" | "$KB_BIN" hook 'extra vm' prepare begin - 2>/dev/null
+"$KB_BIN" hook 'extra vm' prepare begin - <"$extra_xml" 2>/dev/null
 : "$sha_before"
 
 # --- read-only
@@ -76,7 +83,7 @@ mount -o remount,ro "$dir" || kb_die "cannot remount read-only"
 kb_rel_expect 1 "cannot open the lock file $state\.lock: Read-only file system" "$work/log-ro-run" -- "$KB_BIN" run
 kb_rel_same "$state" "$sha" "read-only: run"; faults=$((faults + 1))
 kb_rel_expect 0 "hook \"new vm\" prepare begin: cannot open the lock file $state\.lock: Read-only file system" \
-    "$work/log-ro-hook" -- sh -c "printf '%s' \"$new_xml\" | '$KB_BIN' hook 'new vm' prepare begin -"
+    "$work/log-ro-hook" -- "$KB_BIN" hook 'new vm' prepare begin - <"$new_xml"
 kb_rel_same "$state" "$sha" "read-only: hook"; faults=$((faults + 1))
 kb_rel_expect 0 'VM +FLOOR' "$work/log-ro-status" -- "$KB_BIN" status
 mount -o remount,rw "$dir"

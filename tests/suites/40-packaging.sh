@@ -35,8 +35,10 @@
 # tests/systemd/suite.sh (the same commit gives the same package).
 #
 # KB_KEEP=1 keeps the work directory (printed) for a look afterwards.
+# The check functions below run through step(), which shellcheck cannot see:
+# shellcheck disable=SC2317
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 repo=$PWD
 here=$repo/tests/packaging
 started=$(date +%s)
@@ -233,8 +235,9 @@ check_make_install() {
         { echo "the hook link does not follow PREFIX: $(readlink "$d/etc/libvirt/hooks/qemu.d/ksm-balloon")"; e=1; }
     [ "$(stat -c %a "$d/var/lib/ksm-balloon")" = 700 ] || { echo "state dir not 0700"; e=1; }
     [ "$(stat -c %a "$d/var/lib/ksm-balloon/spool")" = 700 ] || { echo "spool dir not 0700"; e=1; }
-    [ -x "$d/usr/local/bin/ksm-balloon" ] && [ -s "$d/usr/local/share/zsh/site-functions/_ksm-balloon" ] ||
-        { echo "binary or completions missing"; e=1; }
+    if [ ! -x "$d/usr/local/bin/ksm-balloon" ] || [ ! -s "$d/usr/local/share/zsh/site-functions/_ksm-balloon" ]; then
+        echo "binary or completions missing"; e=1
+    fi
     echo "KSM_BALLOON_SHARE=0.5" >>"$d/etc/sysconfig/ksm-balloon"
     make --no-print-directory -s install DESTDIR="$d" PREFIX=/usr/local CARGO_TARGET_DIR="$t" >/dev/null ||
         { echo "second make install failed"; return 1; }

@@ -25,6 +25,8 @@ cd fuzz
 cargo fuzz build >/dev/null 2>&1 || { cargo fuzz build; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# count DIR: the files in DIR.
+count() { find "$1" -mindepth 1 -maxdepth 1 | wc -l; }
 total=0
 failed=0
 summary=()
@@ -42,8 +44,8 @@ for target in $(cargo fuzz list); do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     total=$((total + ${execs:-0}))
     summary+=("$(printf '%-14s %-5s %10s executions in %ss, corpus %s -> %s inputs' \
-        "$target" "$status" "${execs:-?}" "$secs" "$(ls "corpus/$target" | wc -l)" \
-        "$(( $(ls "$work/$target" | wc -l) + $(ls "corpus/$target" | wc -l) ))")")
+        "$target" "$status" "${execs:-?}" "$secs" "$(count "corpus/$target")" \
+        "$(( $(count "$work/$target") + $(count "corpus/$target") ))")")
 done
 printf '%s\n' "${summary[@]}"
 echo "55-fuzz: $total executions in all, $([ "$failed" = 0 ] && echo 0 || echo some) crashes"

@@ -48,8 +48,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 # shellcheck source=../lib/libvirtd.sh
 . "$here/../lib/libvirtd.sh"
-# shellcheck source=../realstack/lib.sh
-. "$here/../realstack/lib.sh" # rs_build_guest: the guest kernel and initramfs
+# shellcheck source=../lib/guest.sh
+. "$here/../lib/guest.sh"
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
@@ -129,36 +129,13 @@ watch_passes() {
 console() { echo "$SD_MERGED$GDIR/$1.console"; }
 
 # guest_xml NAME: a transient domain with headroom (floor 160 MiB, ceiling
-# 256 MiB), the guest kernel and initramfs of tests/realstack (bound into
-# the container read-only), its console in a file, a virtio balloon with
-# statistics every 2 s.
+# 256 MiB), the real-stack guest's kernel and initramfs (bound into the
+# container read-only at the same paths), its console in a file inside the
+# container, a virtio balloon with statistics every 2 s.
 guest_xml() {
-    cat >"$SD_MERGED$GDIR/$1.xml" <<XML
-<domain type='qemu'>
-  <name>$1</name>
-  <memory unit='KiB'>$CEIL</memory>
-  <currentMemory unit='KiB'>$FLOOR</currentMemory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$RS_KERNEL</kernel>
-    <initrd>$RS_INITRD</initrd>
-    <cmdline>console=ttyS0 quiet</cmdline>
-  </os>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <controller type='usb' model='none'/>
-    <serial type='file'>
-      <source path='$GDIR/$1.console'/>
-      <target port='0'/>
-    </serial>
-    <memballoon model='virtio'><stats period='2'/></memballoon>
-  </devices>
-</domain>
-XML
+    kg_domain_xml "$1" --unit KiB --memory "$CEIL" --current "$FLOOR" \
+        --kernel "$KG_KERNEL" --initrd "$KG_INITRD" --console "$GDIR/$1.console" \
+        >"$SD_MERGED$GDIR/$1.xml"
     rm -f "$(console "$1")"
 }
 
@@ -257,7 +234,7 @@ setup() {
     else
         sd_rpm "$repo" "$WORK/rpmbuild"
     fi
-    rs_build_guest || kb_die "cannot build the guest image"
+    kg_build_image "$repo/tests/realstack/guest-init.sh" || kb_die "cannot build the guest image"
     sd_build_root
     kb_realstack_lock
     kb_ksm_save
@@ -265,7 +242,7 @@ setup() {
     kb_ksm_set 2
     kb_ksm_set 1 1000 20
     SD_BOOTED_AT=$(date +%s)
-    sd_boot "$WORK/container" --bind-ro="$RS_KERNEL" --bind-ro="$(dirname "$RS_INITRD")"
+    sd_boot "$WORK/container" --bind-ro="$KG_KERNEL" --bind-ro="$(dirname "$KG_INITRD")"
     kb_log "in the container: $(sd_run systemctl --version | head -n 1); $(sd_run libvirtd --version)"
     mkdir -p "$SD_MERGED$GDIR"
 }

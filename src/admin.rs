@@ -1,0 +1,149 @@
+//! The operator's commands that change the state outside a pass, each
+//! under the pass lock:
+//!
+//! - `release VM...`: hands VMs whose balloon was set by someone else back
+//!   to ksm-balloon; their size now becomes where it starts from.
+//! - `reload [VM...]`: re-reads VMs' ksm-balloon metadata from libvirt
+//!   (after `virsh metadata --live`): one metadata read per VM, on demand,
+//!   never in the timer's pass.
+
+use anyhow::{bail, Context};
+use log::{info, warn};
+
+use crate::hypervisor::Hypervisor;
+use crate::metadata;
+use crate::pass::{fold_spool, Opener, Paths};
+use crate::state::{spool, State, VmRecord};
+use crate::units::Kib;
+
+fn pick<'a>(state: &'a mut State, names: &[String]) -> anyhow::Result<Vec<&'a mut VmRecord>> {
+    if let Some(missing) = names
+        .iter()
+        .find(|n| !state.vms.values().any(|r| &r.name == *n || &r.uuid == *n))
+    {
+        bail!("no managed VM is called {missing:?} (see 'ksm-balloon status')");
+    }
+    Ok(state
+        .vms
+        .values_mut()
+        .filter(|r| names.is_empty() || names.iter().any(|n| *n == r.name || *n == r.uuid))
+        .collect())
+}
+
+/// `ksm-balloon release VM...`: what each VM was, one line each.
+pub fn release(
+    paths: &Paths,
+    lock_timeout: std::time::Duration,
+    names: &[String],
+    now: u64,
+) -> anyhow::Result<Vec<String>> {
+    let store = paths.store();
+    let lock = store.lock(lock_timeout)?;
+    let mut state = lock.load(now)?.into_state();
+    let folded = fold_spool(&store, &mut state, true);
+    let mut out = Vec::new();
+    for r in pick(&mut state, names)? {
+        let Some(h) = r.manual.as_mut() else {
+            out.push(format!("VM {:?}: not held by hand; nothing to do", r.name));
+            continue;
+        };
+        match h.held {
+            Some(held) => {
+                let at = h.last_kib.unwrap_or(held.size_kib);
+                h.release(now, at);
+                info!(
+                    "VM {:?}: released by the operator at {}: managed again",
+                    r.name,
+                    Kib(at)
+                );
+                out.push(format!(
+                    "VM {:?}: released at {} (held by hand since {}): managed again from the next pass",
+                    r.name,
+                    Kib(at),
+                    crate::render::utc(held.since)
+                ));
+            }
+            None => out.push(format!("VM {:?}: not held by hand; nothing to do", r.name)),
+        }
+    }
+    lock.save(&state)?;
+    spool::remove(&folded);
+    Ok(out)
+}
+
+/// `ksm-balloon reload [VM...]`: what each VM's settings became, one line
+/// each. Without names, every managed VM.
+pub fn reload(
+    paths: &Paths,
+    lock_timeout: std::time::Duration,
+    open: &mut Opener<'_>,
+    names: &[String],
+    now: u64,
+) -> anyhow::Result<Vec<String>> {
+    let store = paths.store();
+    let lock = store.lock(lock_timeout)?;
+    let mut state = lock.load(now)?.into_state();
+    let folded = fold_spool(&store, &mut state, true);
+    let mut hv: Box<dyn Hypervisor> = open()?;
+    let live = hv.domains().context("listing the domains")?;
+    let mut out = Vec::new();
+    for r in pick(&mut state, names)? {
+        if !live.iter().any(|d| d.uuid == r.uuid) {
+            out.push(format!("VM {:?}: not running; left as it is", r.name));
+            continue;
+        }
+        let parsed = match hv.metadata(&r.uuid) {
+            Ok(Some(text)) => metadata::parse_element(&text),
+            Ok(None) => metadata::Parsed::default(),
+            Err(e) if e.is_fatal() => return Err(e.into()),
+            Err(e) => {
+                warn!(
+                    "VM {:?}: cannot read its metadata: {}; left as it is",
+                    r.name,
+                    crate::errors::chain(&e)
+                );
+                out.push(format!(
+                    "VM {:?}: cannot read its metadata; left as it is",
+                    r.name
+                ));
+                continue;
+            }
+        };
+        let was_managed = r.settings.manage;
+        let problems: Vec<_> = parsed
+            .problems
+            .iter()
+            .cloned()
+            .chain(r.apply_settings(parsed.settings))
+            .collect();
+        for p in &problems {
+            warn!("VM {:?}: {p}; ignored", r.name);
+        }
+        if r.settings.manage && !was_managed {
+            // Handed to ksm-balloon now: what it holds is where it starts.
+            if let Some(d) = live.iter().find(|d| d.uuid == r.uuid) {
+                if let Some(s) = d.sizes {
+                    r.manual = Some(crate::manual::History::adopted(now, s.current_kib));
+                }
+            }
+        }
+        let line = format!(
+            "VM {:?}: manage {}, weight {}, floor {}, ceiling {}{}",
+            r.name,
+            if r.settings.manage { "yes" } else { "no" },
+            r.settings.weight,
+            Kib(r.floor_kib),
+            Kib(r.ceiling_kib),
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} problem(s) logged)", problems.len())
+            }
+        );
+        info!("{line}");
+        out.push(line);
+    }
+    lock.save(&state)?;
+    spool::remove(&folded);
+    Ok(out)
+}

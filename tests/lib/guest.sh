@@ -1,0 +1,345 @@
+# shellcheck shell=bash
+# The test guest, for every suite and benchmark that runs one on the real
+# stack: its image (the installed Debian kernel and a busybox initramfs with
+# the caller's /init, the virtio drivers and any extra static binaries,
+# cached under a key of everything that goes into it), the disks of random
+# bytes it reads, its libvirt domain XML, and booting, waiting for and
+# destroying it. The guests' own behaviour lives in their /init scripts
+# (tests/realstack/guest-init.sh, bench/guest/init.sh), which start by
+# sourcing tests/lib/guest-prelude.sh.
+#
+# Source after tests/lib/libvirtd.sh (kb_log, kb_die, kb_wait_until,
+# KB_URI). Every function is prefixed kg_.
+
+KG_LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# Built images, static binaries and data disks; reused across runs.
+KG_CACHE=${KG_CACHE:-/var/cache/ksm-balloon-tests}
+# The drivers the guest loads, in this order: virtio PCI, the balloon, the
+# disks.
+KG_MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
+    virtio_balloon virtio_blk)
+# A console line that means the guest will never get ready: a panic, or a
+# KB-...-FAILED marker from its /init.
+KG_FAILED_RE='^KB-[A-Z-]*FAILED|Kernel panic'
+
+kg_virsh() { virsh -q -c "$KB_URI" "$@"; }
+
+# --- the image ----------------------------------------------------------------
+
+# The newest installed Debian kernel that has the virtio balloon module.
+kg_kernel_version() {
+    local v
+    for v in $(find /lib/modules -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -rV); do
+        if [ -r "/boot/vmlinuz-$v" ] &&
+            compgen -G "/lib/modules/$v/kernel/drivers/virtio/virtio_balloon.ko*" >/dev/null; then
+            echo "$v"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# kg_copy_module VERSION NAME DESTDIR: the module as a plain .ko (Debian may
+# ship them compressed; busybox insmod wants them plain).
+kg_copy_module() {
+    local v=$1 m=$2 dest=$3 f
+    f=$(find "/lib/modules/$v/kernel/drivers/virtio" "/lib/modules/$v/kernel/drivers/block" \
+        -name "$m.ko*" | head -n1)
+    [ -n "$f" ] || { kb_log "module $m not found for kernel $v"; return 1; }
+    case $f in
+        *.ko) cp "$f" "$dest/$m.ko" ;;
+        *.ko.xz) xz -dc "$f" >"$dest/$m.ko" ;;
+        *.ko.zst) zstd -qdc "$f" >"$dest/$m.ko" ;;
+        *.ko.gz) gzip -dc "$f" >"$dest/$m.ko" ;;
+        *) kb_log "module $f: unknown compression"; return 1 ;;
+    esac
+}
+
+# kg_build_image INIT [BINARY...]: sets KG_KERNEL and KG_INITRD: the kernel,
+# and an initramfs whose /init is the script INIT, with /bin/busybox (and
+# its applets), the drivers of KG_MODULES under /modules (their load order
+# in /modules/order), tests/lib/guest-prelude.sh as /lib/guest-prelude.sh,
+# and each BINARY (static: the initramfs has no libc) as /bin/<its name>.
+# Built only when no cached image has the same key: the kernel version,
+# busybox's version, the module list, the bytes of INIT, the prelude and
+# every BINARY, and this recipe (these functions' text).
+# shellcheck disable=SC2034 # KG_KERNEL is for the caller
+kg_build_image() {
+    local init=$1 v key dir tmp m b
+    shift
+    v=$(kg_kernel_version) ||
+        kb_die "no installed kernel with virtio_balloon under /lib/modules (is linux-image-amd64 installed?)"
+    [ -x /bin/busybox ] || kb_die "/bin/busybox is missing (busybox-static)"
+    [ -r "$init" ] || kb_die "guest /init $init is missing"
+    for b in "$@"; do
+        [ -x "$b" ] || kb_die "guest binary $b is missing"
+    done
+    key=$( {
+        echo "$v"
+        /bin/busybox | head -n1
+        echo "${KG_MODULES[*]}"
+        sha256sum "$init" "$KG_LIB/guest-prelude.sh" "$@" | cut -d' ' -f1
+        basename -a "$init" "$@"
+        declare -f kg_build_image kg_copy_module
+    } | sha256sum | cut -c1-16)
+    dir=$KG_CACHE/guest-$v-$key
+    KG_KERNEL=/boot/vmlinuz-$v
+    KG_INITRD=$dir/initrd.img
+    [ -s "$KG_INITRD" ] && return 0
+    kb_log "building the guest initramfs ($(basename "$init") on kernel $v) into $dir"
+    tmp=$(mktemp -d)
+    mkdir -p "$tmp/root/bin" "$tmp/root/lib" "$tmp/root/modules"
+    cp /bin/busybox "$tmp/root/bin/busybox"
+    ln -s busybox "$tmp/root/bin/sh"
+    for m in "${KG_MODULES[@]}"; do
+        kg_copy_module "$v" "$m" "$tmp/root/modules" || { rm -rf "$tmp"; return 1; }
+        echo "$m" >>"$tmp/root/modules/order"
+    done
+    install -m 0644 "$KG_LIB/guest-prelude.sh" "$tmp/root/lib/guest-prelude.sh"
+    for b in "$@"; do
+        install -m 0755 "$b" "$tmp/root/bin/$(basename "$b")"
+    done
+    install -m 0755 "$init" "$tmp/root/init"
+    mkdir -p "$dir"
+    (cd "$tmp/root" && find . | cpio -o -H newc --quiet | gzip -9) >"$tmp/initrd.img"
+    mv "$tmp/initrd.img" "$KG_INITRD"
+    rm -rf "$tmp"
+}
+
+# kg_static_rust SOURCE: a static, stripped binary compiled by rustc from
+# the one-file program SOURCE, for the guest's initramfs; prints its path.
+# Cached under a key of the source and rustc's version.
+kg_static_rust() {
+    local src=$1 key out tmp
+    command -v rustc >/dev/null || kb_die "rustc is missing: it builds the guest program $src"
+    key=$( { sha256sum <"$src"; rustc --version; } | sha256sum | cut -c1-16)
+    out=$KG_CACHE/bin-$key/$(basename "$src" .rs)
+    if [ ! -x "$out" ]; then
+        kb_log "compiling the guest program $src (static)"
+        mkdir -p "$(dirname "$out")"
+        tmp=$(mktemp "$out.XXXXXX")
+        rustc -O -C target-feature=+crt-static -C strip=symbols --edition 2021 "$src" -o "$tmp" ||
+            { rm -f "$tmp"; kb_die "compiling $src failed"; }
+        mv "$tmp" "$out"
+    fi
+    echo "$out"
+}
+
+# kg_disk NAME MIB: a cached file of MIB MiB of random bytes; prints its
+# path. Written once and reused, so every run reads the same data.
+kg_disk() {
+    local f=$KG_CACHE/$1-$2M.img
+    if [ "$(stat -c %s "$f" 2>/dev/null)" != $(($2 * 1048576)) ]; then
+        kb_log "writing $f ($2 MiB of random bytes)"
+        mkdir -p "$KG_CACHE"
+        head -c $(($2 * 1048576)) /dev/urandom >"$f.tmp"
+        mv "$f.tmp" "$f"
+    fi
+    echo "$f"
+}
+
+# --- the domain ---------------------------------------------------------------
+
+# kg_xml_escape TEXT: TEXT for an XML element or a quoted attribute.
+kg_xml_escape() {
+    local s=$1
+    s=${s//&/"&amp;"}
+    s=${s//</"&lt;"}
+    s=${s//>/"&gt;"}
+    s=${s//\'/"&apos;"}
+    s=${s//\"/"&quot;"}
+    printf '%s' "$s"
+}
+
+# kg_domain_xml NAME OPTION...: the guest's libvirt domain XML on stdout.
+#   --memory SIZE       the maximum (<memory>); required
+#   --current SIZE      the size it boots at (<currentMemory>); default SIZE
+#   --unit UNIT         of both sizes: MiB (default) or KiB
+#   --type TYPE         the domain type; default qemu (software emulation)
+#   --uuid UUID         default: libvirt makes one up
+#   --kernel FILE --initrd FILE [--cmdline TEXT]
+#                       direct kernel boot (kg_build_image's KG_KERNEL and
+#                       KG_INITRD); the command line is "console=ttyS0 quiet"
+#                       and TEXT. Without --kernel the VM has no OS: it
+#                       idles in the firmware (enough for what happens at
+#                       start and stop, and for a balloon that never moves)
+#   --balloon MODEL     virtio (default) or none
+#   --stats SECONDS     the balloon's statistics period; default 2, 0: none
+#   --disk FILE[,OPT...]  a virtio disk, vda for the first, vdb for the next;
+#                       OPT: ro, shared, cache=MODE, serial=TEXT,
+#                       read_bytes_sec=N (an <iotune> limit)
+#   --console FILE      ttyS0 written to FILE
+#   --socket FILE       ttyS1 as a unix socket the host connects to at FILE
+kg_domain_xml() {
+    local name=$1 type=qemu uuid='' mem='' cur='' unit=MiB kernel='' initrd='' cmdline=''
+    local balloon=virtio stats=2 console='' socket='' disks=() d
+    shift
+    while [ $# -gt 0 ]; do
+        [ $# -ge 2 ] || kb_die "kg_domain_xml $name: $1 needs a value"
+        case $1 in
+            --memory) mem=$2 ;;
+            --current) cur=$2 ;;
+            --unit) unit=$2 ;;
+            --type) type=$2 ;;
+            --uuid) uuid=$2 ;;
+            --kernel) kernel=$2 ;;
+            --initrd) initrd=$2 ;;
+            --cmdline) cmdline=$2 ;;
+            --balloon) balloon=$2 ;;
+            --stats) stats=$2 ;;
+            --disk) disks+=("$2") ;;
+            --console) console=$2 ;;
+            --socket) socket=$2 ;;
+            *) kb_die "kg_domain_xml $name: unknown option $1" ;;
+        esac
+        shift 2
+    done
+    [ -n "$mem" ] || kb_die "kg_domain_xml $name: --memory is required"
+    echo "<domain type='$type'>"
+    echo "  <name>$(kg_xml_escape "$name")</name>"
+    [ -z "$uuid" ] || echo "  <uuid>$uuid</uuid>"
+    echo "  <memory unit='$unit'>$mem</memory>"
+    echo "  <currentMemory unit='$unit'>${cur:-$mem}</currentMemory>"
+    echo "  <vcpu>1</vcpu>"
+    echo "  <os>"
+    echo "    <type arch='x86_64' machine='pc'>hvm</type>"
+    if [ -n "$kernel" ]; then
+        echo "    <kernel>$(kg_xml_escape "$kernel")</kernel>"
+        echo "    <initrd>$(kg_xml_escape "$initrd")</initrd>"
+        echo "    <cmdline>$(kg_xml_escape "console=ttyS0 quiet${cmdline:+ $cmdline}")</cmdline>"
+    fi
+    echo "  </os>"
+    echo "  <on_poweroff>destroy</on_poweroff>"
+    echo "  <on_reboot>destroy</on_reboot>"
+    echo "  <on_crash>destroy</on_crash>"
+    echo "  <devices>"
+    echo "    <emulator>/usr/bin/qemu-system-x86_64</emulator>"
+    local letters=abcdefghijklmnop i=0
+    for d in "${disks[@]}"; do
+        kg_disk_xml "$d" "vd${letters:i:1}"
+        i=$((i + 1))
+    done
+    echo "    <controller type='usb' model='none'/>"
+    if [ -n "$console" ]; then
+        echo "    <serial type='file'>"
+        echo "      <source path='$(kg_xml_escape "$console")'/>"
+        echo "      <target port='0'/>"
+        echo "    </serial>"
+    fi
+    if [ -n "$socket" ]; then
+        echo "    <serial type='unix'>"
+        echo "      <source mode='bind' path='$(kg_xml_escape "$socket")'/>"
+        echo "      <target port='1'/>"
+        echo "    </serial>"
+    fi
+    if [ "$balloon" = virtio ] && [ "$stats" != 0 ]; then
+        echo "    <memballoon model='virtio'><stats period='$stats'/></memballoon>"
+    else
+        echo "    <memballoon model='$balloon'/>"
+    fi
+    echo "  </devices>"
+    echo "</domain>"
+}
+
+# kg_disk_xml FILE[,OPT...] DEV: one <disk> of kg_domain_xml.
+kg_disk_xml() {
+    local spec=$1 dev=$2 file opt cache='' serial='' bps='' ro='' shared='' opts=()
+    IFS=, read -r -a opts <<<"$spec"
+    file=${opts[0]}
+    for opt in "${opts[@]:1}"; do
+        case $opt in
+            ro) ro=1 ;;
+            shared) shared=1 ;;
+            cache=*) cache=" cache='${opt#*=}'" ;;
+            serial=*) serial=${opt#*=} ;;
+            read_bytes_sec=*) bps=${opt#*=} ;;
+            *) kb_die "kg_domain_xml: disk $file: unknown option $opt" ;;
+        esac
+    done
+    echo "    <disk type='file' device='disk'>"
+    echo "      <driver name='qemu' type='raw'$cache/>"
+    echo "      <source file='$(kg_xml_escape "$file")'/>"
+    echo "      <target dev='$dev' bus='virtio'/>"
+    [ -z "$serial" ] || echo "      <serial>$(kg_xml_escape "$serial")</serial>"
+    [ -z "$bps" ] || echo "      <iotune><read_bytes_sec>$bps</read_bytes_sec></iotune>"
+    [ -z "$ro" ] || echo "      <readonly/>"
+    [ -z "$shared" ] || echo "      <shareable/>"
+    echo "    </disk>"
+}
+
+# --- boot, wait, destroy ------------------------------------------------------
+
+# kg_create XML_FILE [WHEN]: starts the transient domain XML_FILE describes
+# (libvirt runs its hooks meanwhile); fails the test, saying WHEN, when
+# libvirt refuses.
+kg_create() {
+    kg_virsh create "$1" >/dev/null || kb_die "virsh create $1 failed${2:+ $2}"
+}
+
+# kg_boot DIR NAME OPTION...: boots guest NAME from kg_domain_xml NAME
+# OPTION... with its console in DIR/NAME.console (kg_console) and its XML
+# kept as DIR/NAME.xml; an old console and command socket (DIR/NAME.cmd,
+# kg_socket) of that name are removed first. Does not wait for the guest.
+kg_boot() {
+    local dir=$1 name=$2
+    shift 2
+    mkdir -p "$dir"
+    rm -f "$(kg_console "$dir" "$name")" "$(kg_socket "$dir" "$name")"
+    kg_domain_xml "$name" --console "$(kg_console "$dir" "$name")" "$@" >"$dir/$name.xml"
+    kg_create "$dir/$name.xml"
+}
+
+kg_console() { echo "$1/$2.console"; }
+kg_socket() { echo "$1/$2.cmd"; }
+
+# kg_console_has CONSOLE REGEX: a line of the console file matches REGEX.
+kg_console_has() { grep -aqE -- "$2" "$1" 2>/dev/null; }
+
+# kg_wait_console SECONDS CONSOLE REGEX [WHAT]: waits until a console line
+# matches REGEX (the guest says it is ready); fails at once when a line
+# matches KG_FAILED_RE instead, printing it.
+kg_wait_console() {
+    local limit=$1 console=$2 ready=$3 what=${4:-$(basename "$2" .console)}
+    kb_wait_until "$limit" "$what to print /$ready/ on $console" \
+        kg_console_has "$console" "($ready)|($KG_FAILED_RE)" || return 1
+    kg_console_has "$console" "$ready" && return 0
+    kb_log "$what failed: $(grep -aE -- "$KG_FAILED_RE" "$console" | head -n3)"
+    return 1
+}
+
+kg_running() { [ "$(kg_virsh domstate "$1" 2>/dev/null)" = running ]; }
+
+# kg_wait_running SECONDS NAME: libvirt says NAME runs (for a guest with no
+# OS, which prints nothing).
+kg_wait_running() { kb_wait_until "$1" "$2 to run" kg_running "$2"; }
+
+# kg_destroy NAME: destroys the domain; fails when there is none to destroy.
+kg_destroy() { kg_virsh destroy "$1" >/dev/null 2>&1; }
+
+# kg_domains PREFIX: every running domain whose name starts with PREFIX.
+kg_domains() { kg_virsh list --name 2>/dev/null | grep -- "^$1" || true; }
+
+# kg_destroy_all PREFIX: destroys every running domain named PREFIX*; only
+# a suite's own prefix, so nothing else on the host is touched.
+kg_destroy_all() {
+    local d
+    [ -n "$1" ] || kb_die "kg_destroy_all: no prefix"
+    for d in $(kg_domains "$1"); do
+        kg_destroy "$d" || true
+    done
+}
+
+# kg_diagnostics DIR: for a failure report, the end of every guest console in
+# DIR, libvirtd's log tail, the domains libvirt has and KSM's counters.
+kg_diagnostics() {
+    local c
+    for c in "$1"/*.console; do
+        [ -e "$c" ] || continue
+        echo "--- console $(basename "$c" .console) (last 15 lines)"
+        tail -n 15 "$c" | tr -d '\r'
+    done
+    kb_libvirtd_log_tail 40
+    echo "--- virsh list"
+    kg_virsh list --all 2>&1 || true
+    echo "--- KSM: run=$(cat "$KB_KSM_DIR/run") pages_sharing=$(cat "$KB_KSM_DIR/pages_sharing") general_profit=$(cat "$KB_KSM_DIR/general_profit" 2>/dev/null)"
+}
