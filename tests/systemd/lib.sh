@@ -113,7 +113,17 @@ sd_build_root() {
         declare -f sd_build_root sd_customize
     } | sha256sum | cut -c1-16)
     SD_ROOT=$SD_CACHE/debian12-systemd-$key
-    [ -e "$SD_ROOT/.complete" ] && return 0
+    # Roots of other recipes unused for a week go (415 MB each); the mtime
+    # of .complete marks a root's last use.
+    find "$SD_CACHE" -maxdepth 2 -path "$SD_CACHE/debian12-systemd-*/.complete" -mtime +7 \
+        ! -path "$SD_ROOT/.complete" -printf '%h\n' 2>/dev/null | while read -r old; do
+        kb_log "removing the unused root file system $old"
+        rm -rf "$old"
+    done
+    if [ -e "$SD_ROOT/.complete" ]; then
+        touch "$SD_ROOT/.complete"
+        return 0
+    fi
     kb_log "building the Debian 12 root file system into $SD_ROOT (mmdebstrap; a few minutes)"
     mkdir -p "$SD_CACHE"
     tmp=$SD_ROOT.tmp.$$
