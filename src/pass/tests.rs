@@ -316,6 +316,37 @@ fn a_pass_right_after_another_judges_by_what_was_asked_regression() {
 }
 
 #[test]
+fn a_pass_right_after_a_recall_does_not_ask_for_the_same_memory_twice_regression() {
+    // A guest at 240 MiB reports 60 MiB available; the savings vanish. The
+    // first pass recalls what it can give (60 - the 16 MiB margin = 44).
+    // A second pass a second later, before the guest reports again, saw
+    // the same 60 MiB "available" and recalled 44 more: 28 MiB past what
+    // the guest had, into its applications' memory.
+    let d = defined(dom(1, 160, 320), 160);
+    let h = Host::new(vec![d]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 80);
+    h.run(T0).unwrap();
+    assert_eq!(h.fake().current(uuid), Some(240 * MIB));
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 9);
+    h.ksm(2, 0);
+    let r = h.run(T0 + 10).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.target_kib, v.kept_kib), (196 * MIB, 36 * MIB));
+    assert_eq!(h.fake().current(uuid), Some(196 * MIB));
+    // the same figures (taken at T0 + 9, before the recall) a second later
+    let r = h.run(T0 + 11).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.action, v.target_kib), (Action::Hold, 196 * MIB));
+    assert_eq!(r.resized, 0);
+    assert_eq!(h.fake().current(uuid), Some(196 * MIB));
+    // once the guest reports at its new size, that is what counts
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 15);
+    let r = h.run(T0 + 20).unwrap();
+    assert_eq!(vm(&r, "vm1").target_kib, 196 * MIB);
+}
+
+#[test]
 fn a_balloon_that_does_not_reach_its_target_is_not_asked_again_every_pass() {
     // Issue 11: a guest that cannot give the memory back was asked for the
     // same resize every pass, for ever.
