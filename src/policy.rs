@@ -498,7 +498,16 @@ fn slot(i: usize, vm: &VmView, policy: &Policy) -> Slot {
             let free = unused.saturating_sub(g.margin_kib()).min(usable);
             (free, usable - free, false)
         }
-        None => (0, policy.blind_step_kib.unwrap_or(u64::MAX), true),
+        // A bounded step below the balloon's size now, not below a target
+        // still on its way: a balloon that stops short is not asked for
+        // another step every pass.
+        None => (
+            0,
+            policy.blind_step_kib.map_or(u64::MAX, |step| {
+                (vm.current_kib.saturating_add(step)).saturating_sub(vm.actual_kib)
+            }),
+            true,
+        ),
     };
     let give_free = give_free.min(bonus);
     let give_cache = give_cache.min(bonus - give_free);

@@ -754,3 +754,41 @@ fn demand_lends_the_pool_to_the_vm_that_reads_with_its_memory_full() {
         bonus("vm2")
     );
 }
+
+/// Passes every 10 s from `from` for `n` passes; per pass (resizes, the
+/// target, the balloon's size before it) in MiB.
+fn tick(h: &Host, from: u64, n: u64) -> Vec<(u32, u64, u64)> {
+    (1..=n)
+        .map(|i| {
+            let r = h.run(from + 10 * i).unwrap();
+            let v = vm(&r, "vm1");
+            (r.resized, v.target_kib / MIB, v.current_kib / MIB)
+        })
+        .collect()
+}
+
+#[test]
+fn a_blind_guest_whose_balloon_stops_short_is_not_asked_a_step_further_every_pass_regression() {
+    // Issue 11: a guest without statistics gives back a bounded step per
+    // pass. Its balloon stopped at 230 MiB (the guest could give no more);
+    // every pass then stepped 16 MiB further from the target still "on its
+    // way", down to the floor within a minute, and started over: 25
+    // resizes in 5 minutes, each asking past what the guest had given.
+    let mut d = defined(dom(1, 160, 320), 160);
+    d.lowest_kib = Some(230 * MIB);
+    let mut h = Host::new(vec![d]);
+    h.settings.guest_stats_period = 0;
+    h.ksm(1, 100);
+    h.run(T0).unwrap();
+    h.ksm(2, 0);
+    let passes = tick(&h, T0, 30);
+    for (i, &(_, target, balloon)) in passes.iter().enumerate() {
+        assert!(
+            target + 16 >= balloon,
+            "pass {i}: asked {target} MiB of a balloon at {balloon}: {passes:?}"
+        );
+    }
+    // after the first passes, only the back-off's retries ask again
+    let late: u32 = passes[5..].iter().map(|p| p.0).sum();
+    assert!(late <= 3, "{passes:?}");
+}
