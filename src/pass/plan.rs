@@ -678,6 +678,10 @@ pub fn plan(
                     }
                 }
             }
+            // A retry on its way, or a hold while short, is still the same
+            // episode: only a balloon that got there, or a new target,
+            // ends it (else the back-off would start over at every retry).
+            _ if row.motion != Motion::Settled && !dec.resizes() => {}
             _ => {
                 if r.stuck.take().is_some() && row.motion == Motion::Settled {
                     note(

@@ -792,3 +792,34 @@ fn a_blind_guest_whose_balloon_stops_short_is_not_asked_a_step_further_every_pas
     let late: u32 = passes[5..].iter().map(|p| p.0).sum();
     assert!(late <= 3, "{passes:?}");
 }
+
+#[test]
+fn the_back_off_doubles_with_passes_every_10_s_regression() {
+    // A balloon that does not reach its target is asked again after 60 s,
+    // then 120, 240 ... But the pass right after a retry (the timer's, 10 s
+    // later) saw the retry on its way and forgot the VM was stuck: the
+    // back-off started over at 60 s every time, a retry every 80 s for ever.
+    let mut d = defined(dom(1, 160, 320), 160);
+    d.lowest_kib = Some(230 * MIB);
+    let h = Host::new(vec![d]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 100);
+    h.run(T0).unwrap();
+    // the savings fall; the guest says it can give plenty, yet its balloon
+    // stops at 230
+    h.ksm(1, 20);
+    let mut asked = Vec::new();
+    for i in 1..=90u64 {
+        let t = T0 + 10 * i;
+        h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, t);
+        if h.run(t).unwrap().resized > 0 {
+            asked.push(10 * i);
+        }
+    }
+    let gaps: Vec<u64> = asked.windows(2).map(|w| w[1] - w[0]).collect();
+    // asked at 10 s, found short at 30, retried 60 s later, then 120 and
+    // 240 s after each retry
+    assert_eq!(gaps, [80, 120, 240], "asked at {asked:?}");
+    let st = h.state().vms[uuid].stuck.unwrap();
+    assert_eq!((st.tries, st.retry_at), (4, T0 + 450 + 480));
+}
