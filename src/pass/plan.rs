@@ -738,10 +738,13 @@ pub fn plan(
                 reason: dec.reason,
             });
         }
+        // No fresh figures, not merely none at all: a guest without a
+        // statistics period still sends one report when its balloon
+        // driver starts, and its last-update then stays at that moment.
         let wants_stats = settings.guest_stats_period > 0
             && row.view.status == VmStatus::Managed
             && !r.stats_period_set
-            && row.d.guest.last_update.is_none();
+            && !row.fresh;
         if wants_stats {
             stats_periods.push(StatsPeriod {
                 uuid: row.d.uuid.clone(),

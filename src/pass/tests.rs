@@ -404,6 +404,32 @@ fn guest_statistics_are_turned_on_once_for_a_guest_without_them() {
 }
 
 #[test]
+fn a_guest_whose_only_report_is_from_its_boot_gets_statistics_turned_on_regression() {
+    // On the real stack a guest without a statistics period still reports
+    // once, when its balloon driver starts: libvirt then gives its figures
+    // with that last-update for ever. The pass turned statistics on only
+    // for a guest with no last-update at all, so never for a real one.
+    let mut d = defined(dom(1, 160, 256), 160);
+    d.live.guest = stats(200, T0 - 300);
+    let h = Host::new(vec![d]);
+    let r = h.run(T0).unwrap();
+    assert!(!vm(&r, "vm1").guest_stats_fresh);
+    assert_eq!(r.calls.stats_period, 1);
+    assert_eq!(
+        h.fake().stats_periods,
+        [("00000001-0000-4000-8000-000000000000".to_string(), 5)]
+    );
+    // once per VM
+    h.run(T0 + 10).unwrap();
+    assert_eq!(h.fake().stats_periods.len(), 1);
+    // a guest whose figures are fresh is left as it is
+    let mut d = defined(dom(1, 160, 256), 160);
+    d.live.guest = stats(200, T0 - 2);
+    let h = Host::new(vec![d]);
+    assert_eq!(h.run(T0).unwrap().calls.stats_period, 0);
+}
+
+#[test]
 fn a_refused_resize_is_reported_and_the_others_go_on() {
     let h = Host::new(vec![
         defined(dom(1, 160, 256), 160),
