@@ -305,6 +305,19 @@ fn attribute_vms(
     Ok((a, parts))
 }
 
+/// A new target for a balloon short of `asked` (at `actual_kib`) that asks
+/// as much as that or more (within `band`): the same thing it could not
+/// do. Only a target clearly less demanding is a new ask. (A target worked
+/// out from where the balloon stands moves with it: a balloon jittering by
+/// 1 MiB at the edge of a guest's memory must not look like a new ask.)
+pub fn asks_no_less(target_kib: u64, asked: u64, actual_kib: u64, band: u64) -> bool {
+    if asked < actual_kib {
+        target_kib <= asked.saturating_add(band)
+    } else {
+        target_kib.saturating_add(band) >= asked
+    }
+}
+
 /// The back-off after `tries` failed tries.
 pub fn backoff_secs(tries: u32) -> u64 {
     BACKOFF_FIRST_SECS
@@ -630,7 +643,12 @@ pub fn plan(
         match row.motion {
             Motion::Short(asked)
                 if dec.resizes()
-                    && dec.target_kib.abs_diff(asked) <= policy.deadband_kib.max(REACHED_KIB) =>
+                    && asks_no_less(
+                        dec.target_kib,
+                        asked,
+                        row.view.actual_kib,
+                        policy.deadband_kib.max(REACHED_KIB),
+                    ) =>
             {
                 match r.stuck {
                     Some(st) if now < st.retry_at => {

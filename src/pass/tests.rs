@@ -849,3 +849,69 @@ fn the_back_off_doubles_with_passes_every_10_s_regression() {
     let st = h.state().vms[uuid].stuck.unwrap();
     assert_eq!((st.tries, st.retry_at), (4, T0 + 450 + 480));
 }
+
+#[test]
+fn a_balloon_jittering_short_of_its_target_is_not_asked_again_regression() {
+    // Seen on the real stack: a guest without statistics, its memory full,
+    // autodeflate='on'. Its balloon gave 3.7 MiB of a 16 MiB blind step and
+    // stopped, then jittered by 1 MiB (deflate on OOM, inflate again). The
+    // next target, a step below where the balloon stood, moved with it:
+    // 3.7 MiB off the target asked, then 4.7, past the 4 MiB deadband, and
+    // that counted as a new ask: the back-off started over.
+    let edge = 260 * MIB - 3789; // 3.7 MiB below where it was asked from
+    let mut d = defined(dom(1, 160, 320), 160);
+    d.lowest_kib = Some(edge);
+    let mut h = Host::new(vec![d]);
+    h.settings.guest_stats_period = 0;
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 100);
+    h.run(T0).unwrap();
+    d_current(&h, uuid, 260 * MIB);
+    h.ksm(2, 0);
+    let mut asked = Vec::new();
+    for i in 1..=20u64 {
+        if i > 1 {
+            // at the edge of the guest's memory: 1 MiB up, 1 MiB down
+            d_current(&h, uuid, edge - (i % 2) * MIB);
+        }
+        if h.run(T0 + 10 * i).unwrap().resized > 0 {
+            asked.push(i);
+        }
+    }
+    // the step, then only the back-off's retries (60 s, then 120 s on)
+    assert_eq!(asked, [1, 9], "asked at passes {asked:?}");
+}
+
+fn d_current(h: &Host, uuid: &str, kib: u64) {
+    h.fake()
+        .domains
+        .get_mut(uuid)
+        .unwrap()
+        .live
+        .sizes
+        .as_mut()
+        .unwrap()
+        .current_kib = kib;
+}
+
+#[test]
+fn asks_no_less_is_direction_aware() {
+    // short of a shrink to 200 at 230: 202 is the same, 190 more, 220 less
+    assert!(plan::asks_no_less(202 * MIB, 200 * MIB, 230 * MIB, 4 * MIB));
+    assert!(plan::asks_no_less(190 * MIB, 200 * MIB, 230 * MIB, 4 * MIB));
+    assert!(!plan::asks_no_less(
+        220 * MIB,
+        200 * MIB,
+        230 * MIB,
+        4 * MIB
+    ));
+    // short of a grow to 260 at 230: 258 the same, 270 more, 240 less
+    assert!(plan::asks_no_less(258 * MIB, 260 * MIB, 230 * MIB, 4 * MIB));
+    assert!(plan::asks_no_less(270 * MIB, 260 * MIB, 230 * MIB, 4 * MIB));
+    assert!(!plan::asks_no_less(
+        240 * MIB,
+        260 * MIB,
+        230 * MIB,
+        4 * MIB
+    ));
+}
