@@ -713,6 +713,33 @@ pub fn plan(
                 }
             }
         }
+        // A balloon short of a shrink its guest's own figures say it cannot
+        // give: holding is not enough, the target asked stays in the guest
+        // and its balloon driver goes on taking every page the guest frees.
+        // Ask for what it can be at (above the reserve; below it the host
+        // wins, and without figures there is no telling).
+        if let Motion::Short(asked) = row.motion {
+            if !dec.resizes()
+                && row.fresh
+                && !p.under_reserve
+                && asked < row.view.actual_kib
+                && dec.target_kib > asked.saturating_add(policy.deadband_kib.max(REACHED_KIB))
+            {
+                dec.action = Action::Grow;
+                dec.reason = Reason::Kept;
+                r.stuck = None;
+                note(
+                    &mut notes,
+                    Level::Info,
+                    format!(
+                        "VM {name:?}: its balloon stays at {}, short of the {} asked, and its guest has nothing more to give: asking for {} instead",
+                        Kib(row.view.actual_kib),
+                        Kib(asked),
+                        Kib(dec.target_kib)
+                    ),
+                );
+            }
+        }
         // Safe recall: say once per episode what a VM keeps.
         if dec.kept_kib > 0 && r.kept_kib == 0 {
             note(

@@ -915,3 +915,35 @@ fn asks_no_less_is_direction_aware() {
         4 * MIB
     ));
 }
+
+#[test]
+fn a_shrink_the_guest_cannot_give_is_withdrawn_regression() {
+    // A guest asked for 200 MiB stopped at 230 (its applications grew
+    // meanwhile); its figures now say it has nothing more to give. The
+    // pass held, but the 200 asked stayed in the guest, whose balloon
+    // driver went on taking every page it freed, for as long as it ran.
+    let mut d = defined(dom(1, 160, 320), 160);
+    d.lowest_kib = Some(230 * MIB);
+    let h = Host::new(vec![d]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 80);
+    h.run(T0).unwrap();
+    assert_eq!(h.fake().current(uuid), Some(240 * MIB));
+    h.ksm(1, 40);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 9);
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(vm(&r, "vm1").target_kib, 200 * MIB);
+    assert_eq!(h.fake().current(uuid), Some(230 * MIB));
+    // it has 16 MiB left, its margin: nothing to give
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 29);
+    let r = h.run(T0 + 30).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.action, v.target_kib), (Action::Grow, 230 * MIB));
+    assert_eq!(r.resized, 1);
+    assert_eq!(h.state().vms[uuid].last_target_kib, Some(230 * MIB));
+    // and then it is left alone
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 39);
+    assert_eq!(h.run(T0 + 40).unwrap().resized, 0);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 59);
+    assert_eq!(h.run(T0 + 60).unwrap().resized, 0);
+}
