@@ -33,7 +33,9 @@
 #     every pass: it is reported stuck (reason "backoff") and asked again
 #     only when its back-off expires.
 #  6. The same guests with the default: the pass turns statistics on once
-#     per guest, and the next recalls by their figures.
+#     per guest, and the next recalls by their figures; g6's figures say it
+#     has nothing to give, so the blind ask it is stuck short of is
+#     withdrawn (the pass asks for where its balloon can be).
 #
 # What a pass did is read from its report (`run --json`), what a pass would
 # do from `status --json`, the guests' view from their consoles, sizes from
@@ -484,6 +486,8 @@ s6_stats_turned_on() {
         test "$(rs_state_vm "${RS_PREFIX}g4" stats_period_set) $(rs_state_vm "${RS_PREFIX}g5" stats_period_set) $(rs_state_vm "${RS_PREFIX}g6" stats_period_set)" = "True True True" || ok=1
     wait_targets g4 g5 || ok=1
     rs_check "the guests report fresh statistics within 30 s (period 5 s)" wait_stats_after "$t0" g4 g5 g6 || return 1
+    local fresh_s=$(($(date +%s) - t0)) asked
+    asked=$(rs_state_vm "${RS_PREFIX}g6" last_target_kib)
     rs_pass_show stats-fresh
     f=$RS_PASS_JSON
     rs_check "the next pass turns nothing on again and reads fresh figures" \
@@ -491,7 +495,30 @@ s6_stats_turned_on() {
     rs_check "g4 and g5 at their floors; g6 keeps what its application holds, by its own figures" \
         rs_json "$f" "vm('g4')['target_kib'] == vm('g5')['target_kib'] == $FLOOR and vm('g6')['kept_kib'] > 0 and vm('g6')['givable_kib'] <= max(0, vm('g6')['guest']['usable_kib'] - $MARGIN)" || ok=1
     wait_targets g4 g5 g6 || ok=1
-    rs_figure "6: default --guest-stats-period: statistics turned on for 3 guests by one pass, fresh in $(($(date +%s) - t0)) s; then g4 $(rs_mib "$(rs_json "$f" "vm('g4')['current_kib']")") -> $(rs_mib "$(target g4 "$f")"), g5 -> $(rs_mib "$(target g5 "$f")"), g6 $(rs_mib "$(rs_json "$f" "vm('g6')['current_kib']")") -> $(rs_mib "$(target g6 "$f")") MiB (usable $(rs_mib "$(rs_json "$f" "vm('g6')['guest']['usable_kib']")"), keeps $(rs_mib "$(rs_json "$f" "vm('g6')['kept_kib']")"))"
+    # g6's figures say it has nothing more to give, yet the blind step asked
+    # it for more: once its balloon is found short of that (20 s after the
+    # ask), the pass asks for where g6 can be, so its balloon driver stops
+    # taking every page g6 frees.
+    local asked_at free0 w=$f
+    asked_at=$(rs_json "$f" "vm('g6')['last_change_at']")
+    free0=$(rs_guest_field g6 MEMFREE)
+    # (The pass just made withdrew it already when the ask was that old.)
+    if ! rs_json "$f" "vm('g6')['action'] == 'grow'"; then
+        kb_wait_until 40 "20 s after g6's last ask" rs_now_at_least $((asked_at + 21)) || return 1
+        rs_pass_show withdraw
+        w=$RS_PASS_JSON
+    fi
+    rs_check "the blind ask g6 cannot give ($(rs_mib "$asked") MiB) is withdrawn: asked for $(rs_mib "$(target g6 "$w")") MiB instead (reason kept)" \
+        rs_json "$w" "vm('g6')['action'] == 'grow' and vm('g6')['reason'] == 'kept' and vm('g6')['target_kib'] > $asked + 4 * MIB" || ok=1
+    wait_targets g6 || ok=1
+    local line
+    line=$(rs_console_lines g6)
+    kb_wait_until 20 "g6 to print 3 more lines" prints_more g6 "$line" 3 || ok=1
+    rs_pass_show after-withdraw
+    rs_check "and then left alone" rs_json "$RS_PASS_JSON" "vm('g6')['action'] == 'hold'" || ok=1
+    rs_check "g6 alive" alive g6 || ok=1
+    rs_figure "6: the withdrawal: g6's balloon $(rs_mib "$(rs_json "$w" "vm('g6')['current_kib']")") MiB, short of the $(rs_mib "$asked") asked; asked for $(rs_mib "$(target g6 "$w")") instead; g6's MemFree $(rs_mib "$free0") MiB before, $(rs_mib "$(rs_guest_field g6 MEMFREE)") after"
+    rs_figure "6: default --guest-stats-period: statistics turned on for 3 guests by one pass, fresh in $fresh_s s; then g4 $(rs_mib "$(rs_json "$f" "vm('g4')['current_kib']")") -> $(rs_mib "$(target g4 "$f")"), g5 -> $(rs_mib "$(target g5 "$f")"), g6 $(rs_mib "$(rs_json "$f" "vm('g6')['current_kib']")") -> $(rs_mib "$(target g6 "$f")") MiB (usable $(rs_mib "$(rs_json "$f" "vm('g6')['guest']['usable_kib']")"), keeps $(rs_mib "$(rs_json "$f" "vm('g6')['kept_kib']")"))"
     return $ok
 }
 
