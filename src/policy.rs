@@ -478,15 +478,36 @@ fn slot(i: usize, vm: &VmView, policy: &Policy) -> Slot {
     let bonus = cur - vm.floor_kib;
     let (give_free, give_cache, blind) = match vm.guest {
         Some(g) => {
-            // A shrink still on its way takes its part of what the guest
-            // has available before anything this pass asks for.
-            let in_flight = vm.actual_kib.saturating_sub(vm.current_kib);
-            let reserve = g.margin_kib() + in_flight;
-            let usable = g.usable_kib.saturating_sub(reserve);
-            let free = g.unused_kib.saturating_sub(reserve).min(usable);
+            // The figures describe the guest at the balloon's size now; the
+            // plan starts from a target still on its way. A shrink on its
+            // way takes its part of what the guest has available before
+            // anything this pass asks for; a grow on its way brings free
+            // memory the guest can hand straight back (asked for less now,
+            // it simply never gets it).
+            let (usable, unused) = if vm.current_kib >= vm.actual_kib {
+                let more = vm.current_kib - vm.actual_kib;
+                (g.usable_kib + more, g.unused_kib + more)
+            } else {
+                let less = vm.actual_kib - vm.current_kib;
+                (
+                    g.usable_kib.saturating_sub(less),
+                    g.unused_kib.saturating_sub(less),
+                )
+            };
+            let usable = usable.saturating_sub(g.margin_kib());
+            let free = unused.saturating_sub(g.margin_kib()).min(usable);
             (free, usable - free, false)
         }
-        None => (0, policy.blind_step_kib.unwrap_or(u64::MAX), true),
+        // A bounded step below the balloon's size now, not below a target
+        // still on its way: a balloon that stops short is not asked for
+        // another step every pass.
+        None => (
+            0,
+            policy.blind_step_kib.map_or(u64::MAX, |step| {
+                (vm.current_kib.saturating_add(step)).saturating_sub(vm.actual_kib)
+            }),
+            true,
+        ),
     };
     let give_free = give_free.min(bonus);
     let give_cache = give_cache.min(bonus - give_free);
@@ -1015,6 +1036,26 @@ mod tests {
             &[v],
         );
         assert_eq!(p.decisions[0].target_kib, 196 * MIB);
+    }
+
+    #[test]
+    fn a_grow_on_its_way_counts_as_memory_the_guest_can_give_back_regression() {
+        // Asked for 240 last pass, still at 160; the guest, holding its
+        // data, reports 20 MiB available at 160. The savings are gone: the
+        // grow on its way is handed back whole. Before, only the 4 MiB above
+        // the margin counted, and the guest was kept at 236 MiB with
+        // nothing behind it.
+        let mut v = guest(vm(160, 320, 240), 20, 20, 112);
+        v.actual_kib = 160 * MIB;
+        let p = plan(&Policy::default(), &host(0), &[v]);
+        let d = p.decisions[0];
+        assert_eq!((d.target_kib, d.kept_kib), (160 * MIB, 0));
+        assert_eq!(d.action, Action::Shrink);
+        // part of the way: at 200 of 240, 20 MiB available at 200; the 40
+        // still to come and 4 of the 20 go back
+        v.actual_kib = 200 * MIB;
+        let d = plan(&Policy::default(), &host(0), &[v]).decisions[0];
+        assert_eq!((d.target_kib, d.kept_kib), (196 * MIB, 36 * MIB));
     }
 
     #[test]

@@ -243,6 +243,51 @@ proptest! {
     }
 
     #[test]
+    fn above_the_reserve_a_resize_asks_no_more_than_the_guest_can_give_from_where_its_balloon_is(
+        savings in 0u64..1 << 22,
+        deadband in 0u64..1 << 14,
+        blind in any::<bool>(),
+        vms in proptest::collection::vec((guest_vm_strategy(), -512i64..512), 1..10),
+    ) {
+        // A target still on its way (current) with the balloon elsewhere
+        // (actual), the guest's figures describing it at actual: a resize
+        // asks no more than the guest can give from there (its
+        // MemAvailable less the margin; for a guest without figures, one
+        // blind step), or else less than the target already on its way.
+        let vms: Vec<VmView> = vms
+            .into_iter()
+            .map(|(mut v, off)| {
+                v.actual_kib = v
+                    .current_kib
+                    .saturating_add_signed(off * MIB as i64)
+                    .clamp(v.floor_kib, v.ceiling_kib);
+                if blind {
+                    v.guest = None;
+                }
+                v
+            })
+            .collect();
+        let policy = Policy { deadband_kib: deadband, ..Policy::default() };
+        let host = HostView { savings_kib: savings, ksm_counters_live: true, available_kib: u64::MAX / 4 };
+        let p = plan(&policy, &host, &vms);
+        for (v, d) in vms.iter().zip(&p.decisions) {
+            if !d.resizes() {
+                continue;
+            }
+            let can = match v.guest {
+                Some(g) => g.usable_kib.saturating_sub(g.margin_kib()),
+                None => policy.blind_step_kib.unwrap(),
+            };
+            let lowest = v.current_kib.min(v.actual_kib.saturating_sub(can));
+            prop_assert!(
+                d.target_kib >= lowest,
+                "{v:?} asked for {}, below {lowest} (it can give {can}): {d:?}",
+                d.target_kib
+            );
+        }
+    }
+
+    #[test]
     fn under_the_reserve_the_bonuses_shrink_by_the_shortfall_regression(
         short in 1u64..1 << 20,
         deadband in 0u64..1 << 14,

@@ -134,6 +134,48 @@ pub fn motion(rec: &VmRecord, actual_kib: u64, now: u64) -> Motion {
     }
 }
 
+/// A balloon reaches a new size within this long of the resize (measured:
+/// 256 -> 160 MiB in about 1 s, growing in 0.2 s): guest figures taken
+/// sooner may describe the guest before the shrink.
+pub const MOVE_SECS: u64 = 3;
+
+/// The guest's figures moved to the balloon's size now. Figures taken
+/// before the last resize describe the guest at the size it was asked
+/// from; what the balloon has moved since came out of (or went into) the
+/// memory the guest has available. A shrink is counted whenever the
+/// figures may predate it (taken before it, or within [`MOVE_SECS`] of
+/// it), a grow only when they surely do: any error is on the side of
+/// asking the guest for less. Without this, a pass right after a recall,
+/// before the guest's next report, saw the memory just given back still
+/// available and asked for it a second time.
+pub fn figures_now(g: GuestView, rec: &VmRecord, actual_kib: u64, last_update: u64) -> GuestView {
+    let (Some(from), Some(at)) = (rec.asked_from_kib, rec.last_change_at) else {
+        return g;
+    };
+    let before = if actual_kib < from {
+        last_update < at.saturating_add(MOVE_SECS)
+    } else {
+        last_update < at
+    };
+    if !before {
+        g
+    } else if actual_kib >= from {
+        let more = actual_kib - from;
+        GuestView {
+            usable_kib: g.usable_kib + more,
+            unused_kib: g.unused_kib + more,
+            ..g
+        }
+    } else {
+        let less = from - actual_kib;
+        GuestView {
+            usable_kib: g.usable_kib.saturating_sub(less),
+            unused_kib: g.unused_kib.saturating_sub(less),
+            ..g
+        }
+    }
+}
+
 /// The guest's figures for the policy, when they are complete and fresh.
 pub fn guest_view(g: &GuestStats, now: u64) -> Option<GuestView> {
     let fresh = g
@@ -261,6 +303,19 @@ fn attribute_vms(
         })
         .collect();
     Ok((a, parts))
+}
+
+/// A new target for a balloon short of `asked` (at `actual_kib`) that asks
+/// as much as that or more (within `band`): the same thing it could not
+/// do. Only a target clearly less demanding is a new ask. (A target worked
+/// out from where the balloon stands moves with it: a balloon jittering by
+/// 1 MiB at the edge of a guest's memory must not look like a new ask.)
+pub fn asks_no_less(target_kib: u64, asked: u64, actual_kib: u64, band: u64) -> bool {
+    if asked < actual_kib {
+        target_kib <= asked.saturating_add(band)
+    } else {
+        target_kib.saturating_add(band) >= asked
+    }
 }
 
 /// The back-off after `tries` failed tries.
@@ -501,7 +556,8 @@ pub fn plan(
             Motion::InFlight(t) => t,
             Motion::Settled | Motion::Short(_) => actual,
         };
-        let guest = guest_view(&d.guest, now);
+        let guest = guest_view(&d.guest, now)
+            .map(|g| figures_now(g, r, actual, d.guest.last_update.unwrap_or(0)));
         let (io, demand) = track_io(r.io, d.block_rd_bytes, guest, now);
         r.io = io;
         // Was the balloon set by someone else? (Only for a VM we manage:
@@ -587,7 +643,12 @@ pub fn plan(
         match row.motion {
             Motion::Short(asked)
                 if dec.resizes()
-                    && dec.target_kib.abs_diff(asked) <= policy.deadband_kib.max(REACHED_KIB) =>
+                    && asks_no_less(
+                        dec.target_kib,
+                        asked,
+                        row.view.actual_kib,
+                        policy.deadband_kib.max(REACHED_KIB),
+                    ) =>
             {
                 match r.stuck {
                     Some(st) if now < st.retry_at => {
@@ -635,6 +696,10 @@ pub fn plan(
                     }
                 }
             }
+            // A retry on its way, or a hold while short, is still the same
+            // episode: only a balloon that got there, or a new target,
+            // ends it (else the back-off would start over at every retry).
+            _ if row.motion != Motion::Settled && !dec.resizes() => {}
             _ => {
                 if r.stuck.take().is_some() && row.motion == Motion::Settled {
                     note(
@@ -646,6 +711,33 @@ pub fn plan(
                         ),
                     );
                 }
+            }
+        }
+        // A balloon short of a shrink its guest's own figures say it cannot
+        // give: holding is not enough, the target asked stays in the guest
+        // and its balloon driver goes on taking every page the guest frees.
+        // Ask for what it can be at (above the reserve; below it the host
+        // wins, and without figures there is no telling).
+        if let Motion::Short(asked) = row.motion {
+            if !dec.resizes()
+                && row.fresh
+                && !p.under_reserve
+                && asked < row.view.actual_kib
+                && dec.target_kib > asked.saturating_add(policy.deadband_kib.max(REACHED_KIB))
+            {
+                dec.action = Action::Grow;
+                dec.reason = Reason::Kept;
+                r.stuck = None;
+                note(
+                    &mut notes,
+                    Level::Info,
+                    format!(
+                        "VM {name:?}: its balloon stays at {}, short of the {} asked, and its guest has nothing more to give: asking for {} instead",
+                        Kib(row.view.actual_kib),
+                        Kib(asked),
+                        Kib(dec.target_kib)
+                    ),
+                );
             }
         }
         // Safe recall: say once per episode what a VM keeps.
@@ -691,10 +783,13 @@ pub fn plan(
                 reason: dec.reason,
             });
         }
+        // No fresh figures, not merely none at all: a guest without a
+        // statistics period still sends one report when its balloon
+        // driver starts, and its last-update then stays at that moment.
         let wants_stats = settings.guest_stats_period > 0
             && row.view.status == VmStatus::Managed
             && !r.stats_period_set
-            && row.d.guest.last_update.is_none();
+            && !row.fresh;
         if wants_stats {
             stats_periods.push(StatsPeriod {
                 uuid: row.d.uuid.clone(),
@@ -868,6 +963,45 @@ mod tests {
             unused_kib: free_mib * MIB,
             total_kib: 190 * MIB,
         })
+    }
+
+    #[test]
+    fn figures_taken_before_the_last_resize_are_moved_by_it() {
+        let g = GuestView {
+            usable_kib: 60 * MIB,
+            unused_kib: 50 * MIB,
+            total_kib: 190 * MIB,
+        };
+        let mut rec = VmRecord::new(
+            "a".into(),
+            "u".into(),
+            160 * MIB,
+            320 * MIB,
+            true,
+            Source::Hook,
+            0,
+        );
+        // nothing asked yet: as reported
+        assert_eq!(figures_now(g, &rec, 240 * MIB, 100), g);
+        // shrunk 240 -> 200 at 100
+        rec.asked_from_kib = Some(240 * MIB);
+        rec.last_change_at = Some(100);
+        let moved = |t| {
+            let n = figures_now(g, &rec, 200 * MIB, t);
+            (n.usable_kib / MIB, n.unused_kib / MIB)
+        };
+        assert_eq!(moved(99), (20, 10)); // taken before: the 40 given is gone
+        assert_eq!(moved(100), (20, 10)); // the same second: may be before
+        assert_eq!(moved(100 + MOVE_SECS - 1), (20, 10)); // the balloon may still be moving
+        assert_eq!(moved(100 + MOVE_SECS), (60, 50)); // taken after it moved
+                                                      // grown 160 -> 240 at 100: counted only when surely before
+        rec.asked_from_kib = Some(160 * MIB);
+        let grown = |t| figures_now(g, &rec, 240 * MIB, t).usable_kib / MIB;
+        assert_eq!(grown(99), 140);
+        assert_eq!(grown(100), 60);
+        // a balloon that gave back more than the guest had: nothing left
+        rec.asked_from_kib = Some(320 * MIB);
+        assert_eq!(figures_now(g, &rec, 200 * MIB, 99).usable_kib, 0);
     }
 
     #[test]

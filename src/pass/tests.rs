@@ -316,6 +316,37 @@ fn a_pass_right_after_another_judges_by_what_was_asked_regression() {
 }
 
 #[test]
+fn a_pass_right_after_a_recall_does_not_ask_for_the_same_memory_twice_regression() {
+    // A guest at 240 MiB reports 60 MiB available; the savings vanish. The
+    // first pass recalls what it can give (60 - the 16 MiB margin = 44).
+    // A second pass a second later, before the guest reports again, saw
+    // the same 60 MiB "available" and recalled 44 more: 28 MiB past what
+    // the guest had, into its applications' memory.
+    let d = defined(dom(1, 160, 320), 160);
+    let h = Host::new(vec![d]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 80);
+    h.run(T0).unwrap();
+    assert_eq!(h.fake().current(uuid), Some(240 * MIB));
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 9);
+    h.ksm(2, 0);
+    let r = h.run(T0 + 10).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.target_kib, v.kept_kib), (196 * MIB, 36 * MIB));
+    assert_eq!(h.fake().current(uuid), Some(196 * MIB));
+    // the same figures (taken at T0 + 9, before the recall) a second later
+    let r = h.run(T0 + 11).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.action, v.target_kib), (Action::Hold, 196 * MIB));
+    assert_eq!(r.resized, 0);
+    assert_eq!(h.fake().current(uuid), Some(196 * MIB));
+    // once the guest reports at its new size, that is what counts
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 15);
+    let r = h.run(T0 + 20).unwrap();
+    assert_eq!(vm(&r, "vm1").target_kib, 196 * MIB);
+}
+
+#[test]
 fn a_balloon_that_does_not_reach_its_target_is_not_asked_again_every_pass() {
     // Issue 11: a guest that cannot give the memory back was asked for the
     // same resize every pass, for ever.
@@ -370,6 +401,32 @@ fn guest_statistics_are_turned_on_once_for_a_guest_without_them() {
     h.settings.guest_stats_period = 0;
     h.run(T0).unwrap();
     assert!(h.fake().stats_periods.is_empty());
+}
+
+#[test]
+fn a_guest_whose_only_report_is_from_its_boot_gets_statistics_turned_on_regression() {
+    // On the real stack a guest without a statistics period still reports
+    // once, when its balloon driver starts: libvirt then gives its figures
+    // with that last-update for ever. The pass turned statistics on only
+    // for a guest with no last-update at all, so never for a real one.
+    let mut d = defined(dom(1, 160, 256), 160);
+    d.live.guest = stats(200, T0 - 300);
+    let h = Host::new(vec![d]);
+    let r = h.run(T0).unwrap();
+    assert!(!vm(&r, "vm1").guest_stats_fresh);
+    assert_eq!(r.calls.stats_period, 1);
+    assert_eq!(
+        h.fake().stats_periods,
+        [("00000001-0000-4000-8000-000000000000".to_string(), 5)]
+    );
+    // once per VM
+    h.run(T0 + 10).unwrap();
+    assert_eq!(h.fake().stats_periods.len(), 1);
+    // a guest whose figures are fresh is left as it is
+    let mut d = defined(dom(1, 160, 256), 160);
+    d.live.guest = stats(200, T0 - 2);
+    let h = Host::new(vec![d]);
+    assert_eq!(h.run(T0).unwrap().calls.stats_period, 0);
 }
 
 #[test]
@@ -722,4 +779,171 @@ fn demand_lends_the_pool_to_the_vm_that_reads_with_its_memory_full() {
         bonus("vm1"),
         bonus("vm2")
     );
+}
+
+/// Passes every 10 s from `from` for `n` passes; per pass (resizes, the
+/// target, the balloon's size before it) in MiB.
+fn tick(h: &Host, from: u64, n: u64) -> Vec<(u32, u64, u64)> {
+    (1..=n)
+        .map(|i| {
+            let r = h.run(from + 10 * i).unwrap();
+            let v = vm(&r, "vm1");
+            (r.resized, v.target_kib / MIB, v.current_kib / MIB)
+        })
+        .collect()
+}
+
+#[test]
+fn a_blind_guest_whose_balloon_stops_short_is_not_asked_a_step_further_every_pass_regression() {
+    // Issue 11: a guest without statistics gives back a bounded step per
+    // pass. Its balloon stopped at 230 MiB (the guest could give no more);
+    // every pass then stepped 16 MiB further from the target still "on its
+    // way", down to the floor within a minute, and started over: 25
+    // resizes in 5 minutes, each asking past what the guest had given.
+    let mut d = defined(dom(1, 160, 320), 160);
+    d.lowest_kib = Some(230 * MIB);
+    let mut h = Host::new(vec![d]);
+    h.settings.guest_stats_period = 0;
+    h.ksm(1, 100);
+    h.run(T0).unwrap();
+    h.ksm(2, 0);
+    let passes = tick(&h, T0, 30);
+    for (i, &(_, target, balloon)) in passes.iter().enumerate() {
+        assert!(
+            target + 16 >= balloon,
+            "pass {i}: asked {target} MiB of a balloon at {balloon}: {passes:?}"
+        );
+    }
+    // after the first passes, only the back-off's retries ask again
+    let late: u32 = passes[5..].iter().map(|p| p.0).sum();
+    assert!(late <= 3, "{passes:?}");
+}
+
+#[test]
+fn the_back_off_doubles_with_passes_every_10_s_regression() {
+    // A balloon that does not reach its target is asked again after 60 s,
+    // then 120, 240 ... But the pass right after a retry (the timer's, 10 s
+    // later) saw the retry on its way and forgot the VM was stuck: the
+    // back-off started over at 60 s every time, a retry every 80 s for ever.
+    let mut d = defined(dom(1, 160, 320), 160);
+    d.lowest_kib = Some(230 * MIB);
+    let h = Host::new(vec![d]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 100);
+    h.run(T0).unwrap();
+    // the savings fall; the guest says it can give plenty, yet its balloon
+    // stops at 230
+    h.ksm(1, 20);
+    let mut asked = Vec::new();
+    for i in 1..=90u64 {
+        let t = T0 + 10 * i;
+        h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, t);
+        if h.run(t).unwrap().resized > 0 {
+            asked.push(10 * i);
+        }
+    }
+    let gaps: Vec<u64> = asked.windows(2).map(|w| w[1] - w[0]).collect();
+    // asked at 10 s, found short at 30, retried 60 s later, then 120 and
+    // 240 s after each retry
+    assert_eq!(gaps, [80, 120, 240], "asked at {asked:?}");
+    let st = h.state().vms[uuid].stuck.unwrap();
+    assert_eq!((st.tries, st.retry_at), (4, T0 + 450 + 480));
+}
+
+#[test]
+fn a_balloon_jittering_short_of_its_target_is_not_asked_again_regression() {
+    // Seen on the real stack: a guest without statistics, its memory full,
+    // autodeflate='on'. Its balloon gave 3.7 MiB of a 16 MiB blind step and
+    // stopped, then jittered by 1 MiB (deflate on OOM, inflate again). The
+    // next target, a step below where the balloon stood, moved with it:
+    // 3.7 MiB off the target asked, then 4.7, past the 4 MiB deadband, and
+    // that counted as a new ask: the back-off started over.
+    let edge = 260 * MIB - 3789; // 3.7 MiB below where it was asked from
+    let mut d = defined(dom(1, 160, 320), 160);
+    d.lowest_kib = Some(edge);
+    let mut h = Host::new(vec![d]);
+    h.settings.guest_stats_period = 0;
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 100);
+    h.run(T0).unwrap();
+    d_current(&h, uuid, 260 * MIB);
+    h.ksm(2, 0);
+    let mut asked = Vec::new();
+    for i in 1..=20u64 {
+        if i > 1 {
+            // at the edge of the guest's memory: 1 MiB up, 1 MiB down
+            d_current(&h, uuid, edge - (i % 2) * MIB);
+        }
+        if h.run(T0 + 10 * i).unwrap().resized > 0 {
+            asked.push(i);
+        }
+    }
+    // the step, then only the back-off's retries (60 s, then 120 s on)
+    assert_eq!(asked, [1, 9], "asked at passes {asked:?}");
+}
+
+fn d_current(h: &Host, uuid: &str, kib: u64) {
+    h.fake()
+        .domains
+        .get_mut(uuid)
+        .unwrap()
+        .live
+        .sizes
+        .as_mut()
+        .unwrap()
+        .current_kib = kib;
+}
+
+#[test]
+fn asks_no_less_is_direction_aware() {
+    // short of a shrink to 200 at 230: 202 is the same, 190 more, 220 less
+    assert!(plan::asks_no_less(202 * MIB, 200 * MIB, 230 * MIB, 4 * MIB));
+    assert!(plan::asks_no_less(190 * MIB, 200 * MIB, 230 * MIB, 4 * MIB));
+    assert!(!plan::asks_no_less(
+        220 * MIB,
+        200 * MIB,
+        230 * MIB,
+        4 * MIB
+    ));
+    // short of a grow to 260 at 230: 258 the same, 270 more, 240 less
+    assert!(plan::asks_no_less(258 * MIB, 260 * MIB, 230 * MIB, 4 * MIB));
+    assert!(plan::asks_no_less(270 * MIB, 260 * MIB, 230 * MIB, 4 * MIB));
+    assert!(!plan::asks_no_less(
+        240 * MIB,
+        260 * MIB,
+        230 * MIB,
+        4 * MIB
+    ));
+}
+
+#[test]
+fn a_shrink_the_guest_cannot_give_is_withdrawn_regression() {
+    // A guest asked for 200 MiB stopped at 230 (its applications grew
+    // meanwhile); its figures now say it has nothing more to give. The
+    // pass held, but the 200 asked stayed in the guest, whose balloon
+    // driver went on taking every page it freed, for as long as it ran.
+    let mut d = defined(dom(1, 160, 320), 160);
+    d.lowest_kib = Some(230 * MIB);
+    let h = Host::new(vec![d]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 80);
+    h.run(T0).unwrap();
+    assert_eq!(h.fake().current(uuid), Some(240 * MIB));
+    h.ksm(1, 40);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 9);
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(vm(&r, "vm1").target_kib, 200 * MIB);
+    assert_eq!(h.fake().current(uuid), Some(230 * MIB));
+    // it has 16 MiB left, its margin: nothing to give
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 29);
+    let r = h.run(T0 + 30).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.action, v.target_kib), (Action::Grow, 230 * MIB));
+    assert_eq!(r.resized, 1);
+    assert_eq!(h.state().vms[uuid].last_target_kib, Some(230 * MIB));
+    // and then it is left alone
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 39);
+    assert_eq!(h.run(T0 + 40).unwrap().resized, 0);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 59);
+    assert_eq!(h.run(T0 + 60).unwrap().resized, 0);
 }

@@ -165,6 +165,8 @@ kg_xml_escape() {
 #                       start and stop, and for a balloon that never moves)
 #   --balloon MODEL     virtio (default) or none
 #   --stats SECONDS     the balloon's statistics period; default 2, 0: none
+#   --autodeflate on|off  the balloon deflates when the guest runs out of
+#                       memory; default off (libvirt's default)
 #   --disk FILE[,OPT...]  a virtio disk, vda for the first, vdb for the next;
 #                       OPT: ro, shared, cache=MODE, serial=TEXT,
 #                       read_bytes_sec=N (an <iotune> limit)
@@ -172,7 +174,7 @@ kg_xml_escape() {
 #   --socket FILE       ttyS1 as a unix socket the host connects to at FILE
 kg_domain_xml() {
     local name=$1 type=qemu uuid='' mem='' cur='' unit=MiB kernel='' initrd='' cmdline=''
-    local balloon=virtio stats=2 console='' socket='' disks=() d
+    local balloon=virtio stats=2 autodeflate=off console='' socket='' disks=() d
     shift
     while [ $# -gt 0 ]; do
         [ $# -ge 2 ] || kb_die "kg_domain_xml $name: $1 needs a value"
@@ -187,6 +189,7 @@ kg_domain_xml() {
             --cmdline) cmdline=$2 ;;
             --balloon) balloon=$2 ;;
             --stats) stats=$2 ;;
+            --autodeflate) autodeflate=$2 ;;
             --disk) disks+=("$2") ;;
             --console) console=$2 ;;
             --socket) socket=$2 ;;
@@ -232,10 +235,12 @@ kg_domain_xml() {
         echo "      <target port='1'/>"
         echo "    </serial>"
     fi
+    local deflate=''
+    [ "$autodeflate" = off ] || deflate=" autodeflate='$autodeflate'"
     if [ "$balloon" = virtio ] && [ "$stats" != 0 ]; then
-        echo "    <memballoon model='virtio'><stats period='$stats'/></memballoon>"
+        echo "    <memballoon model='virtio'$deflate><stats period='$stats'/></memballoon>"
     else
-        echo "    <memballoon model='$balloon'/>"
+        echo "    <memballoon model='$balloon'$deflate/>"
     fi
     echo "  </devices>"
     echo "</domain>"

@@ -7,8 +7,9 @@
 # What the guest does:
 #  - loads the virtio PCI, balloon and block drivers;
 #  - prints "KB-GUEST-READY" on ttyS0 (the console file), then every 2 s a
-#    line "MEMTOTAL <kB> MEMFREE <kB> FILL <MiB>" from its own /proc/meminfo:
-#    the tests read the guest's view of its memory from there;
+#    line "MEMTOTAL <kB> MEMFREE <kB> FILL <MiB> MEMAVAILABLE <kB> OWN <MiB>"
+#    from its own /proc/meminfo and its tmpfs: the tests read the guest's
+#    view of its memory from there;
 #  - reads commands, one per line, from ttyS1 (a unix socket on the host)
 #    and acknowledges each on ttyS0 with "KB-DONE <token> ...":
 #      fill <MiB> <token>  copy the first <MiB> MiB of the shared read-only
@@ -18,26 +19,39 @@
 #      random <MiB> <token> the same, but <MiB> MiB of the guest's own random
 #                          bytes: nothing KSM can merge
 #      drop <token>        delete it
-#    The fill is capped at 48 MiB: a guest whose tmpfs outgrows its balloon
-#    panics, and at its 160 MiB floor this guest has about 110 MiB.
+#      own <MiB> <token>   <MiB> MiB of the guest's own random bytes in a
+#                          second file, beside the shared data (an
+#                          application's memory); own 0 deletes it
+#      ping <token>        answers "pong" (the guest still runs commands)
+#    The tmpfs (so every fill) is capped at 48 MiB, or at <MiB> given as
+#    kb_fill=<MiB> on the kernel command line: a guest whose tmpfs outgrows
+#    its balloon panics, and at its 160 MiB floor this guest has about
+#    110 MiB.
 # busybox, /proc, /sys, /dev and the virtio drivers (tests/lib/guest-prelude.sh)
 # shellcheck source=tests/lib/guest-prelude.sh
 . /lib/guest-prelude.sh
+cap=48
+read -r cmdline </proc/cmdline
+for word in $cmdline; do
+    case $word in kb_fill=*) cap=${word#kb_fill=} ;; esac
+done
 mkdir -p /fill
-mount -t tmpfs -o size=48m tmpfs /fill
+mount -t tmpfs -o "size=${cap}m" tmpfs /fill
 echo "KB-GUEST-READY $(uname -r)"
 
 meminfo() {
-    total=0 free=0
+    total=0 free=0 avail=0
     while read -r key value _; do
         case $key in
             MemTotal:) total=$value ;;
             MemFree:) free=$value ;;
+            MemAvailable:) avail=$value ;;
         esac
     done </proc/meminfo
-    fill=0
+    fill=0 own=0
     [ -f /fill/data ] && fill=$(($(stat -c %s /fill/data) / 1048576))
-    echo "MEMTOTAL $total MEMFREE $free FILL $fill"
+    [ -f /fill/own ] && own=$(($(stat -c %s /fill/own) / 1048576))
+    echo "MEMTOTAL $total MEMFREE $free FILL $fill MEMAVAILABLE $avail OWN $own"
 }
 
 commands() {
@@ -46,7 +60,7 @@ commands() {
         while read -r cmd arg token; do
             case $cmd in
                 fill)
-                    [ "$arg" -le 48 ] 2>/dev/null || {
+                    [ "$arg" -le "$cap" ] 2>/dev/null || {
                         echo "KB-DONE $token refused: fill $arg"
                         continue
                     }
@@ -59,7 +73,7 @@ commands() {
                     fi
                     ;;
                 random)
-                    [ "$arg" -le 48 ] 2>/dev/null || {
+                    [ "$arg" -le "$cap" ] 2>/dev/null || {
                         echo "KB-DONE $token refused: random $arg"
                         continue
                     }
@@ -70,10 +84,22 @@ commands() {
                         echo "KB-DONE $token failed: random $arg"
                     fi
                     ;;
+                own)
+                    rm -f /fill/own
+                    if [ "$arg" = 0 ]; then
+                        echo "KB-DONE $token own 0"
+                    elif [ "$arg" -gt 0 ] 2>/dev/null &&
+                        dd if=/dev/urandom of=/fill/own bs=1M count="$arg" 2>/dev/null; then
+                        echo "KB-DONE $token own $arg"
+                    else
+                        echo "KB-DONE $token failed: own $arg"
+                    fi
+                    ;;
                 drop)
-                    rm -f /fill/data
+                    rm -f /fill/data /fill/own
                     echo "KB-DONE $arg dropped"
                     ;;
+                ping) echo "KB-DONE $arg pong" ;;
                 '') ;;
                 *) echo "KB-DONE $token unknown: $cmd" ;;
             esac

@@ -27,6 +27,66 @@ RS_DATA_MIB=64
 
 rs_virsh() { virsh -q -c "$KB_URI" "$@"; }
 
+# --- scenarios: checks, figures, a summary -----------------------------------
+
+RS_FIGURES=()
+RS_FAILED=()
+RS_PASSED=()
+
+# rs_figure TEXT: a measured figure, printed now and in the summary.
+rs_figure() {
+    RS_FIGURES+=("$*")
+    echo "  figure: $*"
+}
+
+# rs_mib KIB: KIB in MiB, one decimal.
+rs_mib() { python3 -c "print(f'{$1/1024:.1f}')"; }
+
+# rs_check DESCRIPTION COMMAND...: prints ok/FAIL; returns the command's status.
+rs_check() {
+    local what=$1
+    shift
+    if "$@"; then
+        echo "  ok: $what"
+    else
+        echo "  FAIL: $what"
+        return 1
+    fi
+}
+
+# rs_scenario NAME FUNCTION: runs one scenario, timed; a failing one prints
+# the diagnostics (rs_diagnostics).
+rs_scenario() {
+    local name=$1 t0
+    shift
+    printf '\n=== scenario %s (%s)\n' "$name" "$(date -u +%H:%M:%S)"
+    t0=$(date +%s)
+    if "$@"; then
+        RS_PASSED+=("$name ($(($(date +%s) - t0))s)")
+        echo "--- ok: scenario $name ($(($(date +%s) - t0))s)"
+    else
+        RS_FAILED+=("$name")
+        echo "--- FAIL: scenario $name"
+        rs_diagnostics
+    fi
+}
+
+# rs_summary TITLE START_EPOCH: the scenarios' results and figures; fails
+# when a scenario failed.
+rs_summary() {
+    printf '\n=== %s summary\n' "$1"
+    [ ${#RS_PASSED[@]} -eq 0 ] || printf 'ok    %s\n' "${RS_PASSED[@]}"
+    [ ${#RS_FAILED[@]} -eq 0 ] || printf 'FAIL  %s\n' "${RS_FAILED[@]}"
+    printf 'figures:\n'
+    [ ${#RS_FIGURES[@]} -eq 0 ] || printf '  %s\n' "${RS_FIGURES[@]}"
+    printf 'wall time %ss (%ss of it waiting for the real-stack lock)\n' \
+        "$(($(date +%s) - $2))" "$((RS_LOCKED_AT - $2))"
+    [ ${#RS_FAILED[@]} -eq 0 ]
+}
+
+# rs_now_at_least EPOCH: the clock has reached EPOCH (for kb_wait_until).
+rs_now_at_least() { [ "$(date +%s)" -ge "$1" ]; }
+
 # --- the guest ------------------------------------------------------------
 
 # rs_build_guest: sets RS_KERNEL, RS_INITRD and RS_DATA: this suite's guest
@@ -42,26 +102,27 @@ rs_build_guest() {
 rs_console() { kg_console "$RS_RUN" "$1"; }
 rs_socket() { kg_socket "$RS_RUN" "$1"; }
 
-# rs_guest_args NAME MEMORY_MIB CURRENT_MIB [BALLOON(virtio|none)]: sets
-# RS_GUEST_ARGS to kg_domain_xml's options for the suite's guest NAME (the
-# image, the shared data disk read-only, its command socket in RS_RUN), all
-# but its console, which kg_boot adds.
+# rs_guest_args NAME MEMORY_MIB CURRENT_MIB [BALLOON(virtio|none)
+# [OPTION...]]: sets RS_GUEST_ARGS to kg_domain_xml's options for the
+# suite's guest NAME (the image, the shared data disk read-only, its command
+# socket in RS_RUN), all but its console, which kg_boot adds; OPTIONs are
+# more of kg_domain_xml's (e.g. --stats 0, --cmdline kb_fill=128).
 rs_guest_args() {
     RS_GUEST_ARGS=(--memory "$2" --current "$3" --balloon "${4:-virtio}"
         --kernel "$RS_KERNEL" --initrd "$RS_INITRD" --disk "$RS_DATA,ro,shared"
-        --socket "$(rs_socket "$1")")
+        --socket "$(rs_socket "$1")" "${@:5}")
 }
 
-# rs_domain_xml NAME MEMORY_MIB CURRENT_MIB [BALLOON]: the suite's guest's
-# domain XML, its console in RS_RUN.
+# rs_domain_xml NAME MEMORY_MIB CURRENT_MIB [BALLOON [OPTION...]]: the
+# suite's guest's domain XML, its console in RS_RUN.
 rs_domain_xml() {
     rs_guest_args "$@"
     kg_domain_xml "$1" "${RS_GUEST_ARGS[@]}" --console "$(rs_console "$1")"
 }
 
-# rs_boot NAME MEMORY_MIB CURRENT_MIB [BALLOON]: creates the transient
-# domain kbrs-NAME (libvirt runs the hook meanwhile). Does not wait for the
-# guest.
+# rs_boot NAME MEMORY_MIB CURRENT_MIB [BALLOON [OPTION...]]: creates the
+# transient domain kbrs-NAME (libvirt runs the hook meanwhile). Does not
+# wait for the guest.
 rs_boot() {
     local name=$RS_PREFIX$1
     rs_guest_args "$name" "${@:2}"
@@ -91,6 +152,21 @@ rs_actual() {
 rs_memtotal() {
     grep -a '^MEMTOTAL ' "$(rs_console "$RS_PREFIX$1")" 2>/dev/null | tail -n1 |
         awk '{ print $2; f = 1 } END { exit !f }'
+}
+
+# rs_guest_field GUEST FIELD: a field of the last MEMTOTAL line on the
+# guest's console (MEMTOTAL, MEMFREE, MEMAVAILABLE in kB; FILL, OWN in MiB).
+rs_guest_field() {
+    grep -a '^MEMTOTAL ' "$(rs_console "$RS_PREFIX$1")" 2>/dev/null | tail -n1 | tr -d '\r' |
+        awk -v k="$2" '{ for (i = 1; i < NF; i += 2) if ($i == k) { print $(i + 1); f = 1 } } END { exit !f }'
+}
+
+# rs_console_problem GUEST: prints the console lines that say the guest is
+# dying or lost a process (a kernel panic, the OOM killer); fails when
+# there is none.
+rs_console_problem() {
+    grep -aE 'Kernel panic|Out of memory|oom-kill|invoked oom-killer|deadlocked on memory' \
+        "$(rs_console "$RS_PREFIX$1")" 2>/dev/null
 }
 
 # rs_memtotal_after GUEST LINE: a MEMTOTAL printed after console line LINE.
@@ -216,6 +292,81 @@ rs_kb() {
     )
 }
 
+# rs_pass LABEL [ARGS...]: one `ksm-balloon [ARGS...] run --json` as the
+# timer would run it. Its report (what the pass saw and did) goes to
+# RS_PASS_JSON=$RS_RUN/pass-LABEL.json, its log to $RS_RUN/pass-LABEL.out;
+# sets RS_PASS_RC. Tests read what the pass did from the report, never
+# from the log, which is only shown.
+rs_pass() {
+    local label=$1
+    shift
+    RS_PASS_JSON=$RS_RUN/pass-$label.json
+    rs_kb "$@" run --json >"$RS_PASS_JSON" 2>"$RS_RUN/pass-$label.out"
+    # shellcheck disable=SC2034 # for the scripts that source this file
+    RS_PASS_RC=$?
+}
+
+# rs_pass_show LABEL [ARGS...]: rs_pass, then its exit status, its log
+# (indented) and its report's table.
+rs_pass_show() {
+    rs_pass "$@"
+    echo "  ksm-balloon run ($1): exit $RS_PASS_RC; its log:"
+    sed 's/^/    | /' "$RS_RUN/pass-$1.out"
+    [ "$RS_PASS_RC" -ne 0 ] || rs_show_report "$RS_PASS_JSON"
+}
+
+# rs_show_report FILE: the report's VMs as a table, for the log (what the
+# pass saw of each guest and what it did), then its host figures.
+rs_show_report() {
+    python3 - "$1" "$RS_PREFIX" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+m = lambda k: "-" if k is None else f"{k / 1024:.1f}"
+print(f"    {'VM':6} {'CURRENT':>8} {'PENDING':>8} {'TARGET':>8} {'ACTION':7} {'REASON':12} {'KEPT':>6} {'SQUEEZED':>8} {'GIVABLE':>8} {'USABLE':>7} {'FREE':>6} FRESH STUCK")
+for v in r["vms"]:
+    g = v["guest"]
+    print(f"    {v['name'].removeprefix(sys.argv[2]):6} {m(v['current_kib']):>8} {m(v['pending_kib']):>8} {m(v['target_kib']):>8} "
+          f"{v['action']:7} {v['reason']:12} {m(v['kept_kib']):>6} {m(v['squeezed_kib']):>8} {m(v['givable_kib']):>8} "
+          f"{m(g.get('usable_kib')):>7} {m(g.get('unused_kib')):>6} {str(v['guest_stats_fresh']).lower():5} {'yes' if v['stuck'] else '-'}")
+c = r["calls"]
+print(f"    (MiB) savings {m(r['savings_kib'])}, pool {m(r['pool_kib'])}, host MemAvailable {m(r['host']['available_kib'])}, "
+      f"reserve {m(r['reserve_kib'])}, under it {str(r['under_reserve']).lower()} (shortfall {m(r['shortfall_kib'])}), "
+      f"recalled {m(r['recalled_kib'])}, kept {m(r['kept_kib'])}, squeezed {m(r['squeezed_kib'])}; "
+      f"calls: set_memory {c['set_memory']}, stats_period {c['stats_period']}; hook records {r['hook_records']}")
+PY
+}
+
+# rs_status_json FILE [ARGS...]: `ksm-balloon [ARGS...] status --json` (what
+# a pass would see and do now; nothing changed) into FILE.
+rs_status_json() {
+    local f=$1
+    shift
+    KSM_BALLOON_LOG=error rs_kb "$@" status --json >"$f" 2>/dev/null
+}
+
+# rs_json FILE EXPR: evaluates the Python expression EXPR over the JSON
+# document in FILE: `r` is the document, `vm(GUEST)` its entry in "vms" for
+# the suite's guest GUEST (prefix added; fails unless there is exactly one),
+# `MIB` is 1024. A bool is the exit status (for checks); anything else is
+# printed.
+rs_json() {
+    python3 - "$1" "$2" "$RS_PREFIX" <<'PY'
+import json, sys
+path, expr, prefix = sys.argv[1:4]
+r = json.load(open(path))
+MIB = 1024
+def vm(guest):
+    hits = [v for v in r["vms"] if v["name"] == prefix + guest]
+    if len(hits) != 1:
+        sys.exit(f"{path}: {len(hits)} VMs named {prefix + guest}")
+    return hits[0]
+v = eval(expr)
+if isinstance(v, bool):
+    sys.exit(0 if v else 1)
+print(v)
+PY
+}
+
 # rs_state_field UUID-or-NAME FIELD: a VM's field in the state file.
 rs_state_vm() {
     python3 - "$RS_STATE" "$1" "$2" <<'PY'
@@ -226,6 +377,25 @@ hits = [v for v in vms.values() if v["name"] == name]
 if len(hits) != 1:
     sys.exit(1)
 print(hits[0][field])
+PY
+}
+
+# rs_spooled GUEST: the operations of the hook's records for kbrs-GUEST
+# still in the spool (the hook drops one file per call; the next pass folds
+# them into the state), in the order the hook ran, one per line.
+rs_spooled() {
+    python3 - "$(dirname "$RS_STATE")/spool" "$RS_PREFIX$1" <<'PY'
+import json, os, sys
+d, name = sys.argv[1:3]
+for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+    if not f.endswith(".json"):
+        continue
+    try:
+        rec = json.load(open(os.path.join(d, f)))
+    except (OSError, ValueError):
+        continue
+    if rec.get("domain") == name:
+        print(rec["operation"])
 PY
 }
 
@@ -296,7 +466,9 @@ rs_setup() {
     rs_build_guest || kb_die "cannot build the guest image"
     mkdir -p "$RS_RUN"
     rm -f "$RS_RUN"/*.console "$RS_RUN"/*.cmd "$RS_RUN"/*.xml "$RS_RUN"/pass-*.out \
-        "$RS_STATE" "$RS_STATE.lock"
+        "$RS_RUN"/*.json "$RS_STATE" "$RS_STATE.lock"
+    # The hook's records of an earlier run (its teardown's stops among them).
+    rm -rf "$(dirname "$RS_STATE")/spool"
     rs_write_config
     kb_install_hook "$RS_BIN" "$RS_CONFIG"
     kb_libvirtd_start
