@@ -50,7 +50,7 @@ pub fn release(
         match h.held {
             Some(held) => {
                 let at = h.last_kib.unwrap_or(held.size_kib);
-                h.release(now, at);
+                r.handed_back(now, at);
                 info!(
                     "VM {:?}: released by the operator at {}: managed again",
                     r.name,
@@ -123,7 +123,7 @@ pub fn reload(
             // Handed to ksm-balloon now: what it holds is where it starts.
             if let Some(d) = live.iter().find(|d| d.uuid == r.uuid) {
                 if let Some(s) = d.sizes {
-                    r.manual = Some(crate::manual::History::adopted(now, s.current_kib));
+                    r.handed_back(now, s.current_kib);
                 }
             }
         }

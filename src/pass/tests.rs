@@ -568,6 +568,66 @@ fn a_balloon_set_by_hand_is_left_alone_until_released() {
 }
 
 #[test]
+fn a_vm_handed_back_is_resized_at_once_not_backed_off_from_its_old_target_regression() {
+    // Seen on the real stack (tests/realstack/operator.sh): released at
+    // its hand-set 224 MiB with its share unchanged, a VM was held there
+    // for a minute ("backoff"): the target it had been asked for before
+    // the operator's setmem was still its last target, so the balloon
+    // looked like a guest that cannot reach it. Likewise a VM handed back
+    // by its metadata (manage no, then yes) after a setmem meanwhile.
+    let h = Host::new(vec![
+        defined(dom(1, 160, 320), 160),
+        defined(dom(2, 160, 320), 160),
+    ]);
+    let (u1, u2) = (
+        "00000001-0000-4000-8000-000000000000",
+        "00000002-0000-4000-8000-000000000000",
+    );
+    let fresh = |t| {
+        for u in [u1, u2] {
+            h.fake().domains.get_mut(u).unwrap().live.guest = stats(100, t);
+        }
+    };
+    h.ksm(1, 80);
+    fresh(T0);
+    h.run(T0).unwrap();
+    assert_eq!(h.fake().current(u1), Some(200 * MIB));
+    // virsh setmem vm1 280M; two passes to hold it, then release
+    h.fake().set_memory(u1, 280 * MIB).unwrap();
+    for t in [20, 30] {
+        fresh(T0 + t);
+        h.run(T0 + t).unwrap();
+    }
+    crate::admin::release(&h.paths, Duration::from_secs(5), &["vm1".into()], T0 + 35).unwrap();
+    fresh(T0 + 40);
+    let r = h.run(T0 + 40).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!(
+        (v.action, v.reason, v.target_kib),
+        (Action::Shrink, Reason::Share, 200 * MIB)
+    );
+    assert_eq!(h.fake().current(u1), Some(200 * MIB));
+
+    // manage no (reload), setmem meanwhile, manage yes (reload)
+    let hv = h.hv.clone();
+    let mut open = move || Ok(Box::new(hv.clone()) as Box<dyn Hypervisor>);
+    h.fake().domains.get_mut(u1).unwrap().metadata = Some("<vm manage='no'/>".into());
+    crate::admin::reload(&h.paths, Duration::from_secs(5), &mut open, &[], T0 + 45).unwrap();
+    h.fake().set_memory(u1, 280 * MIB).unwrap();
+    fresh(T0 + 50);
+    assert_eq!(vm(&h.run(T0 + 50).unwrap(), "vm1").reason, Reason::OptedOut);
+    h.fake().domains.get_mut(u1).unwrap().metadata = None;
+    crate::admin::reload(&h.paths, Duration::from_secs(5), &mut open, &[], T0 + 55).unwrap();
+    fresh(T0 + 60);
+    let r = h.run(T0 + 60).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!(
+        (v.action, v.reason, v.target_kib),
+        (Action::Shrink, Reason::Share, 200 * MIB)
+    );
+}
+
+#[test]
 fn reload_reads_the_live_metadata_once_per_vm() {
     let h = Host::new(vec![
         defined(dom(1, 160, 320), 160),

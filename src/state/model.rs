@@ -145,6 +145,18 @@ impl VmRecord {
         }
     }
 
+    /// The operator handed the VM back at `current_kib` (`release`, or its
+    /// metadata turning `manage` on again): that size is where it starts
+    /// from. What ksm-balloon asked of the balloon before is void (it was
+    /// moved off it on purpose), so it is no longer awaited, and a balloon
+    /// away from it is not a guest that cannot reach it.
+    pub fn handed_back(&mut self, now: u64, current_kib: u64) {
+        self.manual = Some(crate::manual::History::adopted(now, current_kib));
+        self.last_target_kib = None;
+        self.asked_from_kib = None;
+        self.stuck = None;
+    }
+
     /// The floor and ceiling its definition gives (before the metadata's).
     pub fn defined_bounds(&self) -> crate::metadata::Bounds {
         let (f, c) = self.defined.unwrap_or((self.floor_kib, self.ceiling_kib));

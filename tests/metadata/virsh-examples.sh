@@ -7,7 +7,10 @@
 #    validation can fail);
 #  - the <metadata> libvirt writes is what tests/fixtures/metadata/ holds
 #    (the parser's tests in tests/metadata.rs read those files), so the
-#    fixtures are libvirt's own output, not hand-written.
+#    fixtures are libvirt's own output, not hand-written;
+#  - `ksm-balloon reload` after each example (the domain recorded by
+#    ksm-balloon's hook at its start) reads what the live element says: its
+#    line is NN-reload.txt of the fixtures.
 # UPDATE_FIXTURES=1 rewrites the fixtures instead of comparing; review the
 # diff. Takes the real-stack lock (it uses libvirtd and boots one guest).
 set -euo pipefail
@@ -26,19 +29,32 @@ VM=${RS_PREFIX}web1
 for tool in virsh xmllint python3; do
     command -v "$tool" >/dev/null || kb_die "$tool is missing: run tests/deps.sh"
 done
+(cd "$REPO" && cargo build -q --locked --bin ksm-balloon) || kb_die "cargo build failed"
+# shellcheck disable=SC2034 # rs_kb runs RS_BIN
+RS_BIN=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/ksm-balloon
 
 kb_realstack_lock
 WORK=$(mktemp -d)
-cleanup() {
+# reset: no domain of ours, no ksm-balloon state (nor hook spool).
+reset() {
     rs_virsh destroy "$VM" >/dev/null 2>&1 || true
     rs_virsh undefine "$VM" >/dev/null 2>&1 || true
+    rm -rf "$RS_STATE" "$RS_STATE.lock" "$(dirname "$RS_STATE")/spool"
+}
+cleanup() {
+    reset
+    kb_remove_hook
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-kb_libvirtd_start
 rs_build_guest || kb_die "cannot build the guest image"
 mkdir -p "$RS_RUN"
-cleanup
+# The hook records the domain at its start, so `reload` knows it.
+rs_write_config
+kb_install_hook "$RS_BIN" "$RS_CONFIG"
+kb_libvirtd_start
+reset
 mkdir -p "$WORK/out"
 rs_domain_xml "$VM" 256 160 virtio >"$WORK/domain.xml"
 rs_virsh define "$WORK/domain.xml" >/dev/null
@@ -91,6 +107,14 @@ for ex in "${EXAMPLES[@]}"; do
             fi
         fi
     done
+    # What ksm-balloon makes of the live element (the name as in the doc).
+    if rs_kb reload "$VM" >"$WORK/reload" 2>"$WORK/err"; then
+        sed "s/\"$VM\"/\"web1\"/" "$WORK/reload" >"$WORK/out/$id-reload.txt"
+        kb_log "  ksm-balloon reload: $(cat "$WORK/out/$id-reload.txt")"
+    else
+        kb_log "FAIL: ksm-balloon reload after example $id: $(cat "$WORK/err")"
+        fail=1
+    fi
 done
 
 # The schema can reject: a weight that is not a number.
