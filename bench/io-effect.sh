@@ -8,6 +8,8 @@
 #   bench/io-effect.sh --short   the CI version: one short repeat of each arm
 #   options: --guests N --repeats R --arms a,b,c,d --warmup S --measure S
 #            --rig identical|mixed[,...] (default identical)
+#            --lock-span run|rig|repeat: hold the real-stack lock for each
+#            run (default), for each rig of a repeat, or for each repeat
 #            --out DIR (default bench/results/io-effect)
 #            --plots DIR (default docs/bench for the default --out, else the --out dir)
 #
@@ -44,7 +46,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=/usr/bin/python3
 
-short=0 guests=3 repeats='' arms=a,b,c,d rigs=identical warmup='' measure='' out='' plots_dir=''
+short=0 guests=3 repeats='' arms=a,b,c,d rigs=identical warmup='' measure='' out='' plots_dir='' span=run
 out_arg=""
 while [ $# -gt 0 ]; do
     case $1 in
@@ -53,11 +55,12 @@ while [ $# -gt 0 ]; do
         --repeats) repeats=$2; shift ;;
         --arms) arms=$2; shift ;;
         --rig) rigs=$2; shift ;;
+        --lock-span) span=$2; shift ;;
         --warmup) warmup=$2; shift ;;
         --measure) measure=$2; shift ;;
         --out) out=$2 out_arg=$2; shift ;;
         --plots) plots_dir=$2; shift ;;
-        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe] [--rig identical,mixed] [--warmup S] [--measure S] [--out DIR] [--plots DIR]" >&2
+        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe] [--rig identical,mixed] [--lock-span run|rig|repeat] [--warmup S] [--measure S] [--out DIR] [--plots DIR]" >&2
            exit 2 ;;
     esac
     shift
@@ -87,8 +90,10 @@ started=$(date +%s)
 kbb_pick_bin $short
 
 # The real-stack lock is taken for each arm's run and released between
-# runs, so other suites on the machine are not shut out for the whole
-# benchmark (nothing else touches libvirtd or KSM while a run holds it).
+# runs (or, with --lock-span, between rigs or repeats: on a machine where
+# other suites queue for it, fewer waits), so other suites on the machine
+# are not shut out for the whole benchmark (nothing else touches libvirtd
+# or KSM while a run holds it).
 bg_pids=()
 stop_bg() {
     local p
@@ -185,7 +190,7 @@ run_arm() {
     for ((i = 0; i < guests; i++)); do
         if [ "$rig" = identical ] || [ "$i" = 0 ]; then readers+=("${names[$i]}"); else idle+=("${names[$i]}"); fi
     done
-    take_stack
+    [ $locked = 1 ] || take_stack
     local run_start
     run_start=$(date +%s)
     kb_log "rig $rig, arm $arm, repeat $rep: $guests guests (${#readers[@]} reading), booted at ${boot[*]} MiB"
@@ -249,7 +254,8 @@ run_arm() {
  "readers": [$(printf '"%s",' "${readers[@]}" | sed 's/,$//')],
  "run_s": $(( $(date +%s) - run_start ))}
 JSON
-    release_stack
+    kbb_destroy_all
+    [ "$span" != run ] || release_stack
 }
 
 IFS=, read -r -a arm_list <<<"$arms"
@@ -257,12 +263,15 @@ IFS=, read -r -a rig_list <<<"$rigs"
 for rig in "${rig_list[@]}"; do
     case $rig in identical | mixed) ;; *) kb_die "unknown rig $rig (identical, mixed)" ;; esac
 done
+case $span in run | rig | repeat) ;; *) kb_die "unknown --lock-span $span (run, rig, repeat)" ;; esac
 for ((rep = 1; rep <= repeats; rep++)); do
     for rig in "${rig_list[@]}"; do
         for arm in "${arm_list[@]}"; do
             run_arm "$rig" "$arm" "$rep"
         done
+        [ "$span" != rig ] || release_stack
     done
+    [ "$span" != repeat ] || [ $locked = 0 ] || release_stack
 done
 
 elapsed=$(( $(date +%s) - started ))
