@@ -75,6 +75,8 @@ else
     out=${out:-$REPO/bench/results/io-effect}
     plots_dir=${plots_dir:-$out}
 fi
+# ksm-balloon takes only an absolute --state
+out=$(realpath -m "$out")
 PASS_PERIOD=${KBB_PASS_PERIOD:-10}
 KSM_PAGES_TO_SCAN=${KBB_KSM_PAGES_TO_SCAN:-1000}
 KSM_SLEEP_MS=${KBB_KSM_SLEEP_MS:-20}
