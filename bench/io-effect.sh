@@ -1,48 +1,66 @@
 #!/usr/bin/env bash
-# Part 1 of docs/BENCHMARKS.md, the paper's effect at small scale, in one
-# command:
+# Part 1 of docs/BENCHMARKS.md, the paper's effect at small scale, and the
+# demand split against the equal one (issue 13), in one command:
 #
-#   bench/io-effect.sh           the full version (committed results)
+#   bench/io-effect.sh           the full version of the paper's arms (committed results)
+#   bench/io-effect.sh --rig mixed,identical --arms b,c,oc,e,oe --out bench/results/io-demand \
+#       --plots docs/bench/demand    the demand benchmark (committed results)
 #   bench/io-effect.sh --short   the CI version: one short repeat of each arm
 #   options: --guests N --repeats R --arms a,b,c,d --warmup S --measure S
+#            --rig identical|mixed[,...] (default identical)
+#            --lock-span run|rig|repeat: hold the real-stack lock for each
+#            run (default), for each rig of a repeat, or for each repeat
 #            --out DIR (default bench/results/io-effect)
 #            --plots DIR (default docs/bench for the default --out, else the --out dir)
 #
 # On the real stack (libvirtd, software-emulated QEMU, the host's KSM) it
-# boots N identical guests (bench/lib.sh: ceiling KBB_CEIL_MIB, each with
-# its own KBB_DATA_MIB data disk of random bytes throttled to
-# KBB_IOTUNE_MIBS MiB/s with cache='none', and the same KBB_APP_MIB of
-# "application" bytes held in memory), each reading random 1 MiB blocks
-# through its page cache (bench/guest/reader.rs), in four arms:
-#   a  static floor: booted at KBB_FLOOR_MIB, KSM off
-#   b  KSM on, no ksm-balloon (booted at the floor)
-#   c  KSM on and `ksm-balloon run` every 10 s (booted at the floor)
-#   d  static ceiling: booted at KBB_CEIL_MIB, KSM off
-# Each arm boots fresh guests, with KSM's merged pages cleared before
+# boots N guests (bench/lib.sh: ceiling KBB_CEIL_MIB, each with its own
+# KBB_DATA_MIB data disk of random bytes throttled to KBB_IOTUNE_MIBS MiB/s
+# with cache='none', and the same KBB_APP_MIB of "application" bytes held
+# in memory). In the identical rig (the paper's) every guest reads random
+# 1 MiB blocks through its page cache (bench/guest/reader.rs); in the mixed
+# rig only the first does, the others idle (they boot, hold their
+# application bytes and read nothing). The arms:
+#   a   static floor: booted at KBB_FLOOR_MIB, KSM off
+#   b   KSM on, no ksm-balloon (booted at the floor)
+#   c   KSM on and `ksm-balloon --split equal run` every 10 s (the paper's split)
+#   e   KSM on and `ksm-balloon --split demand run` every 10 s
+#   d   static ceiling: booted at KBB_CEIL_MIB, KSM off
+#   oc  static oracle of c: KSM on, no ksm-balloon, each guest booted at the
+#       median of the targets c's passes gave it over the measured window
+#       of the same rig and repeat (so c must run before oc)
+#   oe  the same for e
+# Runs are interleaved: for each repeat, for each rig, each arm in the order
+# given. Each run boots fresh guests, with KSM's merged pages cleared before
 # (run=2). bench/io_sample.py records every guest's throughput (every 2 s)
-# and, every 2 s, the balloons, the KSM counters, MemAvailable and each
-# QEMU's RSS. bench/io_report.py then prints the table and draws the plots.
+# and, every 2 s, the balloons and the guests' own memory figures, the KSM
+# counters, MemAvailable and each QEMU's RSS; arms c and e keep every
+# pass's JSON report. bench/io_report.py then prints the tables and draws
+# the plots.
 #
-# Holds the real-stack lock for the whole run; leaves KSM as found and
-# destroys its guests (also on failure, after printing the consoles and
-# libvirtd's log tail).
+# Holds the real-stack lock for each run; leaves KSM as found and destroys
+# its guests (also on failure, after printing the consoles and libvirtd's
+# log tail).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=/usr/bin/python3
 
-short=0 guests=3 repeats='' arms=a,b,c,d warmup='' measure='' out='' plots_dir=''
+short=0 guests=3 repeats='' arms=a,b,c,d rigs=identical warmup='' measure='' out='' plots_dir='' span=run
+out_arg=""
 while [ $# -gt 0 ]; do
     case $1 in
         --short) short=1 ;;
         --guests) guests=$2; shift ;;
         --repeats) repeats=$2; shift ;;
         --arms) arms=$2; shift ;;
+        --rig) rigs=$2; shift ;;
+        --lock-span) span=$2; shift ;;
         --warmup) warmup=$2; shift ;;
         --measure) measure=$2; shift ;;
-        --out) out=$2; shift ;;
+        --out) out=$2 out_arg=$2; shift ;;
         --plots) plots_dir=$2; shift ;;
-        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d] [--warmup S] [--measure S] [--out DIR] [--plots DIR]" >&2
+        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe] [--rig identical,mixed] [--lock-span run|rig|repeat] [--warmup S] [--measure S] [--out DIR] [--plots DIR]" >&2
            exit 2 ;;
     esac
     shift
@@ -57,6 +75,8 @@ else
     out=${out:-$REPO/bench/results/io-effect}
     plots_dir=${plots_dir:-$out}
 fi
+# ksm-balloon takes only an absolute --state
+out=$(realpath -m "$out")
 PASS_PERIOD=${KBB_PASS_PERIOD:-10}
 KSM_PAGES_TO_SCAN=${KBB_KSM_PAGES_TO_SCAN:-1000}
 KSM_SLEEP_MS=${KBB_KSM_SLEEP_MS:-20}
@@ -72,8 +92,10 @@ started=$(date +%s)
 kbb_pick_bin $short
 
 # The real-stack lock is taken for each arm's run and released between
-# runs, so other suites on the machine are not shut out for the whole
-# benchmark (nothing else touches libvirtd or KSM while a run holds it).
+# runs (or, with --lock-span, between rigs or repeats: on a machine where
+# other suites queue for it, fewer waits), so other suites on the machine
+# are not shut out for the whole benchmark (nothing else touches libvirtd
+# or KSM while a run holds it).
 bg_pids=()
 stop_bg() {
     local p
@@ -122,8 +144,8 @@ mapfile -t names < <(kbb_names "$guests")
 rm -rf "$out"
 mkdir -p "$out"
 cat >"$out/settings.json" <<JSON
-{"command": "$(env | grep -E '^KBB_(FLOOR|CEIL|DATA|APP|IOTUNE|INTERVAL|PASS_PERIOD|KSM)_' | sort | tr '\n' ' ')bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --warmup $warmup --measure $measure",
- "guests": $guests, "repeats": $repeats, "arms": "$arms", "warmup_s": $warmup, "measure_s": $measure,
+{"command": "$(env | grep -E '^KBB_(FLOOR|CEIL|DATA|APP|IOTUNE|INTERVAL|PASS_PERIOD|KSM)_' | sort | tr '\n' ' ')bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --rig $rigs --warmup $warmup --measure $measure$(if [ -n "$out_arg" ]; then echo " --out $out_arg"; fi)",
+ "guests": $guests, "repeats": $repeats, "arms": "$arms", "rigs": "$rigs", "warmup_s": $warmup, "measure_s": $measure,
  "floor_mib": $KBB_FLOOR_MIB, "ceiling_mib": $KBB_CEIL_MIB, "data_mib": $KBB_DATA_MIB,
  "app_mib": $KBB_APP_MIB, "iotune_mibs": $KBB_IOTUNE_MIBS, "pass_period_s": $PASS_PERIOD,
  "ksm_pages_to_scan": $KSM_PAGES_TO_SCAN, "ksm_sleep_millisecs": $KSM_SLEEP_MS,
@@ -133,7 +155,7 @@ cat >"$out/settings.json" <<JSON
  "libvirt": "$(virsh --version)", "qemu": "$(qemu-system-x86_64 --version | head -n1)",
  "guest_kernel": "$(basename "$KBB_KERNEL")", "started": "$(date -u +%FT%TZ)",
  "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src bench 2>/dev/null || echo +changes)",
- "ksm_balloon": "$BIN"}
+ "ksm_balloon": "${BIN#"$REPO"/}"}
 JSON
 
 ksm_clear() {
@@ -143,39 +165,72 @@ ksm_clear() {
         bash -c "[ \"\$(cat $KB_KSM_DIR/pages_shared)\" = 0 ]" || kb_die "KSM did not unmerge"
 }
 
+# run_dir RIG ARM REP: where a run's files go (one rig: ARM-REP).
+run_dir() {
+    if [ "$rigs" = "$1" ]; then echo "$out/$2-$3"; else echo "$out/$1-$2-$3"; fi
+}
+
 run_arm() {
-    local arm=$1 rep=$2 dir cur t0 t_ready end i g consoles=()
-    dir=$out/$arm-$rep
+    local rig=$1 arm=$2 rep=$3 dir t0 t_ready end i g consoles=() boot=() readers=() idle=() split=''
+    dir=$(run_dir "$rig" "$arm" "$rep")
     mkdir -p "$dir"
-    take_stack
+    case $arm in
+        a | b | c | e) for g in "${names[@]}"; do boot+=("$KBB_FLOOR_MIB"); done ;;
+        d) for g in "${names[@]}"; do boot+=("$KBB_CEIL_MIB"); done ;;
+        oc | oe)
+            # the policy arm's steady targets, from its own run
+            mapfile -t boot < <("$PY" bench/io_report.py --oracle-of "$(run_dir "$rig" "${arm#o}" "$rep")") ||
+                kb_die "arm $arm: no run of arm ${arm#o} (rig $rig, repeat $rep) to take its sizes from: list ${arm#o} before $arm"
+            [ "${#boot[@]}" = "$guests" ] || kb_die "arm $arm: ${#boot[@]} sizes for $guests guests"
+            ;;
+        *) kb_die "unknown arm $arm" ;;
+    esac
+    case $arm in
+        c) split=equal ;;
+        e) split=demand ;;
+    esac
+    for ((i = 0; i < guests; i++)); do
+        if [ "$rig" = identical ] || [ "$i" = 0 ]; then readers+=("${names[$i]}"); else idle+=("${names[$i]}"); fi
+    done
+    [ $locked = 1 ] || take_stack
     local run_start
     run_start=$(date +%s)
-    kb_log "arm $arm, repeat $rep: $guests guests"
+    kb_log "rig $rig, arm $arm, repeat $rep: $guests guests (${#readers[@]} reading), booted at ${boot[*]} MiB"
     kb_wait_until 60 "old bench guests to go" bash -c "! virsh -q -c $KB_URI list --name | grep -q '^$KBB_PREFIX'"
     ksm_clear
     case $arm in
         a | d) kb_ksm_set 0 ;;
-        b | c) kb_ksm_set 1 "$KSM_PAGES_TO_SCAN" "$KSM_SLEEP_MS" ;;
+        *) kb_ksm_set 1 "$KSM_PAGES_TO_SCAN" "$KSM_SLEEP_MS" ;;
     esac
-    cur=$KBB_FLOOR_MIB
-    [ "$arm" = d ] && cur=$KBB_CEIL_MIB
     for g in "${names[@]}"; do consoles+=(--console "$g=$(kbb_console "$g")"); done
     t0=$(date +%s.%N)
-    for ((i = 0; i < guests; i++)); do kbb_boot "$i" "$cur"; done
+    for ((i = 0; i < guests; i++)); do
+        if [ "$rig" = identical ] || [ "$i" = 0 ]; then
+            kbb_boot "$i" "${boot[$i]}"
+        else
+            kbb_boot "$i" "${boot[$i]}" --idle
+        fi
+    done
     "$PY" bench/io_sample.py --out "$dir/samples.jsonl" --t0 "$t0" --duration 100000 \
         --uri "$KB_URI" "${consoles[@]}" &
     bg_pids+=($!)
-    kbb_wait_reading 300 "${names[@]}" || kb_die "arm $arm: the guests did not start reading"
+    kbb_wait_reading 300 "${readers[@]}" || kb_die "arm $arm: the guests did not start reading"
+    [ "${#idle[@]}" = 0 ] || kbb_wait_ready 300 "${idle[@]}" || kb_die "arm $arm: the idle guests did not boot"
     t_ready=$(date +%s.%N)
-    if [ "$arm" = c ]; then
+    if [ -n "$split" ]; then
         (
             exec {KB_LOCK_FD}>&-
             while :; do
-                echo "pass at $(date -u +%FT%TZ)"
-                "$BIN" --connect "$KB_URI" --state "$dir/state.json" run || echo "pass failed: exit $?"
+                echo "pass at $(date -u +%FT%TZ)" >&2
+                # one JSON report per line: what the pass saw and did
+                if report=$("$BIN" --connect "$KB_URI" --state "$dir/state.json" --split "$split" run --json); then
+                    printf '%s\n' "$report" | "$PY" -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))' >>"$dir/passes.jsonl"
+                else
+                    echo "pass failed: exit $?" >&2
+                fi
                 sleep "$PASS_PERIOD"
             done
-        ) >>"$dir/ksm-balloon.log" 2>&1 &
+        ) 2>>"$dir/ksm-balloon.log" &
         bg_pids+=($!)
     fi
     end=$("$PY" -c "print($t_ready + $warmup + $measure)")
@@ -188,23 +243,37 @@ run_arm() {
         sleep 5
     done
     stop_bg
-    if [ "$arm" = c ]; then
-        "$BIN" --connect "$KB_URI" --state "$dir/state.json" status --json >"$dir/status.json" || true
+    if [ -n "$split" ]; then
+        "$BIN" --connect "$KB_URI" --state "$dir/state.json" --split "$split" status --json >"$dir/status.json" || true
     fi
     for g in "${names[@]}"; do cp "$(kbb_console "$g")" "$dir/$g.console"; done
     cat >"$dir/arm.json" <<JSON
-{"arm": "$arm", "repeat": $rep, "t_ready": $("$PY" -c "print($t_ready - $t0)"), "warmup_s": $warmup, "measure_s": $measure,
- "boot_mib": $cur, "guests": [$(printf '"%s",' "${names[@]}" | sed 's/,$//')],
+{"arm": "$arm", "rig": "$rig", "repeat": $rep, "t0_epoch": $t0, "t_ready": $("$PY" -c "print($t_ready - $t0)"),
+ "warmup_s": $warmup, "measure_s": $measure, "split": "${split:-none}",
+ "boot_mib": $(if [ "$arm" = d ]; then echo "$KBB_CEIL_MIB"; else echo "$KBB_FLOOR_MIB"; fi),
+ "boot_mib_per_guest": [$(printf '%s,' "${boot[@]}" | sed 's/,$//')],
+ "guests": [$(printf '"%s",' "${names[@]}" | sed 's/,$//')],
+ "readers": [$(printf '"%s",' "${readers[@]}" | sed 's/,$//')],
  "run_s": $(( $(date +%s) - run_start ))}
 JSON
-    release_stack
+    kbb_destroy_all
+    [ "$span" != run ] || release_stack
 }
 
 IFS=, read -r -a arm_list <<<"$arms"
+IFS=, read -r -a rig_list <<<"$rigs"
+for rig in "${rig_list[@]}"; do
+    case $rig in identical | mixed) ;; *) kb_die "unknown rig $rig (identical, mixed)" ;; esac
+done
+case $span in run | rig | repeat) ;; *) kb_die "unknown --lock-span $span (run, rig, repeat)" ;; esac
 for ((rep = 1; rep <= repeats; rep++)); do
-    for arm in "${arm_list[@]}"; do
-        run_arm "$arm" "$rep"
+    for rig in "${rig_list[@]}"; do
+        for arm in "${arm_list[@]}"; do
+            run_arm "$rig" "$arm" "$rep"
+        done
+        [ "$span" != rig ] || release_stack
     done
+    [ "$span" != repeat ] || [ $locked = 0 ] || release_stack
 done
 
 elapsed=$(( $(date +%s) - started ))

@@ -8,9 +8,12 @@ writes JSON lines to --out:
       one per KB-TPUT line a guest prints on its console (the reader
       reports every 2 s); t is host seconds since --t0 when the line was
       seen (polled every 0.25 s);
-  {"kind": "host", "t": .., "balloon_kib": {guest: ..}, "ksm": {...},
-   "mem_available_kib": .., "qemu_rss_kib": {guest: ..}, "ksmd_cpu_s": .., "loadavg": ..}
-      every --period seconds: the balloons (one `virsh domstats --balloon`),
+  {"kind": "host", "t": .., "balloon_kib": {guest: ..}, "guest_kib": {guest: {..}},
+   "ksm": {...}, "mem_available_kib": .., "qemu_rss_kib": {guest: ..}, "ksmd_cpu_s": ..,
+   "loadavg": ..}
+      every --period seconds: the balloons and the guests' own figures
+      (one `virsh domstats --balloon`: balloon.current, and unused, usable,
+      available and disk_caches as the guest's balloon driver reports them),
       the KSM counters, the host's MemAvailable, each QEMU's RSS and ksmd's
       CPU time so far.
 
@@ -47,9 +50,13 @@ def meminfo():
     return out
 
 
-def balloons(uri, check=False):
+GUEST_FIELDS = ("unused", "usable", "available", "disk_caches")
+
+
+def balloons(uri, check=False, guest=None):
     """Every active domain's balloon.current (KiB) by name, from one
-    `virsh domstats --balloon`; with check, a failing virsh raises."""
+    `virsh domstats --balloon`; with check, a failing virsh raises. With a
+    dict as guest, fills it with each domain's own figures (KiB) by name."""
     r = subprocess.run(["virsh", "-c", uri, "domstats", "--balloon", "--list-active"],
                        check=check, capture_output=True, text=True)
     cur, name = {}, None
@@ -57,8 +64,12 @@ def balloons(uri, check=False):
         line = line.strip()
         if line.startswith("Domain:"):
             name = line.split("'")[1]
-        elif line.startswith("balloon.current="):
-            cur[name] = int(line.split("=")[1])
+        elif line.startswith("balloon.") and "=" in line:
+            k, v = line[len("balloon."):].split("=", 1)
+            if k == "current":
+                cur[name] = int(v)
+            elif guest is not None and k in GUEST_FIELDS:
+                guest.setdefault(name, {})[k] = int(v)
     return cur
 
 
@@ -137,10 +148,12 @@ def main():
             if now >= next_host:
                 next_host += args.period
                 mi = meminfo()
+                guest = {}
                 rec = {
                     "kind": "host",
                     "t": now - args.t0,
-                    "balloon_kib": balloons(args.uri),
+                    "balloon_kib": balloons(args.uri, guest=guest),
+                    "guest_kib": guest,
                     "ksm": {k: read_int(f"{KSM}/{k}") for k in KSM_FIELDS},
                     "mem_available_kib": mi.get("MemAvailable"),
                     "mem_total_kib": mi.get("MemTotal"),

@@ -64,18 +64,59 @@ kbb_disk() { kg_disk "bench-$1" "$2"; }
 
 kbb_console() { kg_console "$KBB_RUN" "$1"; }
 
-# kbb_boot INDEX CURRENT_MIB: creates guest kbbench-INDEX (no wait), ceiling
-# KBB_CEIL_MIB, booted at CURRENT_MIB.
+# kbb_boot INDEX CURRENT_MIB [OPTION...]: creates guest kbbench-INDEX (no
+# wait), ceiling KBB_CEIL_MIB, booted at CURRENT_MIB.
+#   --idle        it reads nothing until told (kb.read=0): an idle guest
+#   --cmd         a command socket (ttyS1, kbb_socket) for kbb_cmd
+#   --stats N     its balloon statistics period (default 2; 0: none)
 kbb_boot() {
-    local i=$1 name=$KBB_PREFIX$1 app=()
+    local i=$1 name=$KBB_PREFIX$1 cur=$2 app=() extra=() read=1
+    shift 2
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --idle) read=0 ;;
+            --cmd) extra+=(--socket "$(kbb_socket "$name")") ;;
+            --stats) extra+=(--stats "$2"); shift ;;
+            *) kb_die "kbb_boot: unknown option $1" ;;
+        esac
+        shift
+    done
     if [ "$KBB_APP_MIB" -gt 0 ]; then
         app=(--disk "$(kbb_disk app "$KBB_APP_MIB"),ro,shared,cache=none,serial=kbapp")
     fi
-    kg_boot "$KBB_RUN" "$name" --memory "$KBB_CEIL_MIB" --current "$2" \
+    kg_boot "$KBB_RUN" "$name" --memory "$KBB_CEIL_MIB" --current "$cur" \
         --kernel "$KBB_KERNEL" --initrd "$KBB_INITRD" \
-        --cmdline "kb.app_mib=$KBB_APP_MIB kb.interval=$KBB_INTERVAL kb.seed=$((i + 1))" \
+        --cmdline "kb.app_mib=$KBB_APP_MIB kb.interval=$KBB_INTERVAL kb.seed=$((i + 1)) kb.read=$read" \
         --disk "$(kbb_disk "data-$i" "$KBB_DATA_MIB"),ro,cache=none,serial=kbdata,read_bytes_sec=$((KBB_IOTUNE_MIBS * 1048576))" \
-        "${app[@]}"
+        "${app[@]}" "${extra[@]}"
+}
+
+kbb_socket() { kg_socket "$KBB_RUN" "$1"; }
+
+# kbb_cmd NAME COMMAND: sends COMMAND (read, idle) to guest NAME's command
+# socket and waits (60 s at most) for its acknowledgement on the console;
+# prints it. The connection stays open until then: QEMU takes a serial
+# port's input 16 bytes at a time and drops what is left when the client
+# hangs up early.
+kbb_cmd() {
+    python3 - "$(kbb_socket "$1")" "$(kbb_console "$1")" "t$(date +%s%N)" "$2" <<'PY'
+import socket, sys, time
+sock, console, token, command = sys.argv[1:5]
+s = socket.socket(socket.AF_UNIX)
+s.connect(sock)
+s.sendall(f"{command} {token}\n".encode())
+mark = f"KB-DONE {token} "
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    with open(console, errors="replace") as f:
+        for line in f:
+            if line.startswith(mark):
+                print(line[len(mark):].strip())
+                sys.exit(0)
+    time.sleep(0.2)
+print(f"timed out after 60s waiting for {sock}'s guest to do '{command}'", file=sys.stderr)
+sys.exit(1)
+PY
 }
 
 kbb_names() {
@@ -84,6 +125,16 @@ kbb_names() {
 }
 
 kbb_failed() { kg_console_has "$(kbb_console "$1")" "$KG_FAILED_RE"; }
+
+# kbb_wait_ready SECONDS NAME...: every guest printed KB-GUEST-READY (an
+# idle guest prints nothing after it).
+kbb_wait_ready() {
+    local limit=$1 g
+    shift
+    for g in "$@"; do
+        kg_wait_console "$limit" "$(kbb_console "$g")" '^KB-GUEST-READY' "guest $g" || return 1
+    done
+}
 
 # kbb_wait_reading SECONDS NAME...: every guest printed its first KB-TPUT.
 kbb_wait_reading() {

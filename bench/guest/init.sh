@@ -14,13 +14,19 @@
 #    as the same OS and programs would be (what KSM finds to merge);
 #  - prints "KB-GUEST-READY", then runs the reader on kbdata forever:
 #    random 1 MiB reads through the page cache, one "KB-TPUT ..." line
-#    every kb.interval seconds (see reader.rs).
+#    every kb.interval seconds (see reader.rs); with kb.read=0 it is an
+#    idle guest: it holds its data disk open but reads nothing;
+#  - when it has a second serial port (ttyS1, a unix socket on the host),
+#    takes commands from it, one per line, each acknowledged on ttyS0 with
+#    "KB-DONE <token> ...": "read <token>" starts (or resumes) the reader,
+#    "idle <token>" stops it (SIGSTOP: the data stays in the page cache,
+#    as a program that stopped reading leaves it).
 # busybox, /proc, /sys, /dev and the virtio drivers (tests/lib/guest-prelude.sh)
 # shellcheck source=tests/lib/guest-prelude.sh
 . /lib/guest-prelude.sh
 mkdir -p /app
 
-app_mib=0 interval=2 seed=1
+app_mib=0 interval=2 seed=1 read_now=1
 # the kernel command line is one line of words
 # shellcheck disable=SC2013
 for kv in $(cat /proc/cmdline); do
@@ -28,6 +34,7 @@ for kv in $(cat /proc/cmdline); do
         kb.app_mib=*) app_mib=${kv#*=} ;;
         kb.interval=*) interval=${kv#*=} ;;
         kb.seed=*) seed=${kv#*=} ;;
+        kb.read=*) read_now=${kv#*=} ;;
     esac
 done
 
@@ -52,4 +59,31 @@ if [ "$app_mib" -gt 0 ]; then
         echo "KB-GUEST-FAILED app copy"
 fi
 echo "KB-GUEST-READY $(uname -r) data=$data app=${app:-none} app_mib=$app_mib"
-exec /bin/reader "$data" "$interval" 1024 "$seed"
+# Linux drops a block device's page cache when its last opener closes it:
+# hold it open here too, so the cache outlives a stopped reader.
+exec 3<"$data"
+reader=
+start_reader() {
+    if [ -z "$reader" ]; then
+        /bin/reader "$data" "$interval" 1024 "$seed" &
+        reader=$!
+    else
+        kill -CONT "$reader"
+    fi
+}
+[ "$read_now" = 1 ] && start_reader
+if [ -c /dev/ttyS1 ] && stty -F /dev/ttyS1 raw -echo clocal 2>/dev/null; then
+    while :; do
+        while read -r cmd token; do
+            case $cmd in
+                read) start_reader && echo "KB-DONE $token reading" ;;
+                idle) { [ -z "$reader" ] || kill -STOP "$reader"; } && echo "KB-DONE $token idle" ;;
+                '') ;;
+                *) echo "KB-DONE $token unknown: $cmd" ;;
+            esac
+        done </dev/ttyS1
+        sleep 1
+    done
+fi
+# /init must never exit (the kernel panics)
+while :; do sleep 3600; done
