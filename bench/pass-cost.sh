@@ -8,7 +8,7 @@
 #
 # 1. libvirt's test driver with generated node XMLs, N = 1, 10, 100, 1000
 #    (short: 1, 10, 100): wall, CPU, peak RSS and libvirt calls of one
-#    `ksm-balloon run` in the first / steady / moved situations, and one
+#    `ksm-balloon run` in the first / steady / grown situations, and one
 #    tick of the per-VM virsh alternative (bench/pass_cost.py).
 # 2. the real stack (qemu:///system): the I/O rig's guests (bench/lib.sh),
 #    N = 3 (KBB_PASS_GUESTS), the same situations and alternative, with
@@ -17,7 +17,7 @@
 # Then draws docs/bench/pass-cost.svg (full version only).
 #
 # Every count is checked (--check): one bulk read whatever N, N writes in
-# first, none in steady, N/10 in moved, the tool's counts equal libvirt's
+# first, none in steady, N in grown, the tool's counts equal libvirt's
 # client log. Timings are printed, never asserted.
 #
 # Results: bench/results/pass-cost-{test,qemu}.{json,md} (full), or

@@ -10,12 +10,11 @@ alternative (bench/alt-virsh-loop.sh: per VM one `virsh dommemstat` and one
           every VM is adopted and grown by 16 MiB (N writes);
   steady  the state the first pass left, every VM at the size the first
           pass set, the same savings: nothing to do (0 writes);
-  moved   as steady, but N/10 VMs (at least 1) 8 MiB below their target
-          (outside the 4 MiB deadband) and N/10 VMs 2 MiB below it (inside):
-          only the first group is written.
+  grown   as steady, but the savings rose by 8 MiB per VM: every target
+          moves past the 4 MiB deadband (N writes).
 
 libvirt calls are counted twice, independently: from ksm-balloon's own
-`KSM_BALLOON_LOG=debug` line "libvirt calls this pass: CallCount {...}", and
+report (`run --json`, its `calls`), and
 from libvirt's client-side debug log (LIBVIRT_LOG_FILTERS=1:libvirt, one
 line per public API entry point such as virConnectGetAllDomainStats or
 virDomainSetMemoryFlags; with a remote URI also the RPC messages sent to
@@ -27,7 +26,7 @@ Drivers:
                   testdriver-node example, tests/common/node.rs). The test
                   driver keeps its state per connection only,
                   so every process starts from the node XML: the steady and
-                  moved situations are set up by writing the node XML's
+                  grown situations are set up by writing the node XML's
                   <currentMemory> equal to what the first pass set (read
                   from the state file it left). It runs inside the client
                   process, so its CPU time is the whole cost.
@@ -40,8 +39,12 @@ tests/fixtures/root with general_profit set), so the savings are exactly
 what the situation needs.
 
 --check turns the claims into assertions (exit 1 when one fails): one bulk
-read whatever N; N writes in `first`, 0 in `steady`, N/10 in `moved`; the
+read whatever N; N writes in `first`, 0 in `steady`, N in `grown` (the
+savings rose by 8 MiB per VM: every target moves past the deadband); the
 tool's own counts equal libvirt's log; the alternative makes 2 calls per VM.
+(A balloon moved by anyone but ksm-balloon is left alone since the
+manual-change detector: no situation moves balloons behind its back.) The
+passes run with `--hold-window 0`, so a rise of the savings is lent at once.
 
 Usage: bench/pass_cost.py --driver test --n 1,10,100,1000 --repeat 5 \\
            --json bench/results/pass-cost-test.json
@@ -69,13 +72,9 @@ ALT = os.path.join(HERE, "alt-virsh-loop.sh")
 FLOOR_MIB = 160
 CEIL_MIB = 256
 BONUS_MIB = 16
-OUT_MIB = 8  # moved: this far below target (outside the 4 MiB deadband)
-IN_MIB = 2  # moved: this far below target (inside the deadband)
+GROW_MIB = 8  # grown: each target this far above (outside the 4 MiB deadband)
 
-CALLCOUNT_RE = re.compile(
-    r"libvirt calls this pass: CallCount \{ bulk_stats: (\d+), "
-    r"per_domain_info: (\d+), xml: (\d+), set_memory: (\d+) \}"
-)
+CALL_KINDS = ("bulk_stats", "per_domain_info", "xml", "set_memory")
 API_RE = re.compile(r": debug : (vir[A-Za-z]+):\d+ : ")
 RPC_RE = re.compile(r"RPC_CLIENT_MSG_TX_QUEUE:.* proc=(\d+) type=0 ")
 
@@ -107,16 +106,19 @@ def log(msg):
 
 
 def run_measured(cmd, env, stdin=None):
-    """Runs cmd; returns wall/user/sys/peak RSS from wait4 (children included)."""
-    with tempfile.TemporaryFile() as err:
+    """Runs cmd; returns wall/user/sys/peak RSS from wait4 (children included),
+    and what it printed."""
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, env=env, stdin=stdin or subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=err)
+                             stdout=out, stderr=err)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         text = err.read().decode(errors="replace")
+        out.seek(0)
+        stdout = out.read().decode(errors="replace")
     if p.returncode != 0:
         raise SystemExit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{text[-3000:]}")
     return {
@@ -126,6 +128,7 @@ def run_measured(cmd, env, stdin=None):
         "sys_s": ru.ru_stime,
         "maxrss_kib": ru.ru_maxrss,
         "stderr": text,
+        "stdout": stdout,
     }
 
 
@@ -186,19 +189,15 @@ def node_xml(generator, names_uuids, current_kib):
                           check=True).stdout
 
 
-def make_root(path, profit_bytes):
-    shutil.rmtree(path, ignore_errors=True)
-    shutil.copytree(FIXTURE_ROOT, path)
-    with open(os.path.join(path, "sys/kernel/mm/ksm/general_profit"), "w") as f:
+def make_profit(root, profit_bytes):
+    with open(os.path.join(root, "sys/kernel/mm/ksm/general_profit"), "w") as f:
         f.write(f"{profit_bytes}\n")
 
 
-def moved_groups(n):
-    """Indices set 8 MiB below target (written) and 2 MiB below (inside the deadband)."""
-    k = max(1, n // 10)
-    out = list(range(k))
-    inside = list(range(k, min(n, k + n // 10)))
-    return out, inside
+def make_root(path, profit_bytes):
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.copytree(FIXTURE_ROOT, path)
+    make_profit(path, profit_bytes)
 
 
 class TestDriver:
@@ -289,6 +288,7 @@ def timed(target, cmd, env, repeat, prepare):
         r = run_measured(cmd, env)
         d1 = target.daemon_cpu()
         r.pop("stderr")
+        r.pop("stdout")
         if d0 is not None and d1 is not None:
             r["daemon_cpu_s"] = d1 - d0
         samples.append(r)
@@ -307,7 +307,8 @@ def bench_n(target, args, work):
     snapshot = os.path.join(work, "state-after-first.json")
     make_root(root, n * BONUS_MIB << 20)
     os.makedirs(os.path.dirname(state), exist_ok=True)
-    base = [args.bin, "--root", root, "--state", state_rel, "--connect", target.uri, "run"]
+    base = [args.bin, "--root", root, "--state", state_rel, "--connect", target.uri,
+            "--hold-window", "0", "run", "--json"]
     floor = [FLOOR_MIB * 1024] * n
     results = []
 
@@ -338,12 +339,12 @@ def bench_n(target, args, work):
         if os.path.exists(logf):
             os.remove(logf)
         env = libvirt_log_env(quiet_env(), logf, target.remote)
-        env["KSM_BALLOON_LOG"] = "debug"
         r = run_measured(base, env)
-        m = CALLCOUNT_RE.search(r["stderr"])
-        if not m:
-            raise SystemExit("no 'libvirt calls this pass' line in the debug log:\n" + r["stderr"][-2000:])
-        own = dict(zip(("bulk_stats", "per_domain_info", "xml", "set_memory"), map(int, m.groups())))
+        try:
+            calls = json.loads(r["stdout"])["calls"]
+        except (ValueError, KeyError) as e:
+            raise SystemExit(f"no pass report on stdout ({e}):\n" + r["stdout"][-2000:])
+        own = {k: int(calls[k]) for k in CALL_KINDS}
         return own, count_libvirt_log(logf)
 
     qenv = quiet_env()
@@ -360,19 +361,18 @@ def bench_n(target, args, work):
     own, lg = counted(prep)
     record("steady", own, lg, timed(target, base, qenv, args.repeat, prep),
            {"bulk_stats": 1, "per_domain_info": info, "xml": 0, "set_memory": 0})
-    # moved
-    out, inside = moved_groups(n)
-    sizes = list(targets)
-    for i in out:
-        sizes[i] -= OUT_MIB * 1024
-    for i in inside:
-        sizes[i] -= IN_MIB * 1024
-    prep = lambda: from_snapshot(sizes)  # noqa: E731
-    own, lg = counted(prep)
-    record("moved", own, lg, timed(target, base, qenv, args.repeat, prep),
-           {"bulk_stats": 1, "per_domain_info": info, "xml": 0, "set_memory": len(out)})
-    results[-1]["moved_outside_deadband"] = len(out)
-    results[-1]["moved_inside_deadband"] = len(inside)
+    # grown: the savings rose by GROW_MIB per VM, every target moves
+    grown = [t + GROW_MIB * 1024 for t in targets]
+
+    def prep_grown():
+        from_snapshot(targets)
+        make_profit(root, n * (BONUS_MIB + GROW_MIB) << 20)
+
+    own, lg = counted(prep_grown)
+    record("grown", own, lg, timed(target, base, qenv, args.repeat, prep_grown),
+           {"bulk_stats": 1, "per_domain_info": info, "xml": 0, "set_memory": n})
+    make_profit(root, n * BONUS_MIB << 20)
+    results[-1]["targets_after_kib"] = grown[:1]
 
     # what merely connecting costs (the test driver parses the whole node
     # XML at every connection): one `virsh version`

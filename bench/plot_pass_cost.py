@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 STYLE = {
     ("ksm-balloon", "first"): ("ksm-balloon, first pass (adopts, N writes)", "C0", "-o"),
     ("ksm-balloon", "steady"): ("ksm-balloon, steady (0 writes)", "C2", "-s"),
-    ("ksm-balloon", "moved"): ("ksm-balloon, N/10 moved", "C1", "-^"),
+    ("ksm-balloon", "grown"): ("ksm-balloon, savings grown", "C1", "-^"),
     ("virsh-session", "tick"): ("virsh, 1 session, per-VM calls", "C3", "--D"),
     ("virsh-process", "tick"): ("virsh, 1 process per call", "C4", "--v"),
     ("virsh-connect-only", "connect"): ("one virsh connect, nothing else", "0.5", ":x"),
@@ -57,7 +57,7 @@ def main():
          "ksm-balloon per-VM info reads (test driver only:\nits bulk stats have no balloon fields)", "0.5", ":o"),
         ("ksm-balloon", "first", "bulk_stats", "ksm-balloon bulk reads (every situation)", "C0", "-o"),
         ("ksm-balloon", "first", "set_memory", "ksm-balloon writes, first pass", "C0", "--o"),
-        ("ksm-balloon", "moved", "set_memory", "ksm-balloon writes, N/10 moved", "C1", "--^"),
+        ("ksm-balloon", "grown", "set_memory", "ksm-balloon writes, savings grown", "C1", "--^"),
         ("ksm-balloon", "steady", "set_memory", "ksm-balloon writes, steady", "C2", "--s"),
         ("virsh-session", "tick", "reads_writes", "virsh alternative: per-VM reads + writes", "C3", "--D"),
     ]
