@@ -18,6 +18,11 @@ KG_CACHE=${KG_CACHE:-/var/cache/ksm-balloon-tests}
 # disks.
 KG_MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
     virtio_balloon virtio_blk)
+# The guest kernel's command line: its console on ttyS0 (the console file),
+# and no_timer_check: under software emulation on a busy host the kernel's
+# boot-time check of the IO-APIC timer can miss its ticks and panic ("IO-APIC
+# + timer doesn't work!"); the check proves nothing about an emulated timer.
+KG_CMDLINE="console=ttyS0 quiet no_timer_check"
 # A console line that means the guest will never get ready: a panic, or a
 # KB-...-FAILED marker from its /init.
 KG_FAILED_RE='^KB-[A-Z-]*FAILED|Kernel panic'
@@ -159,8 +164,8 @@ kg_xml_escape() {
 #   --uuid UUID         default: libvirt makes one up
 #   --kernel FILE --initrd FILE [--cmdline TEXT]
 #                       direct kernel boot (kg_build_image's KG_KERNEL and
-#                       KG_INITRD); the command line is "console=ttyS0 quiet"
-#                       and TEXT. Without --kernel the VM has no OS: it
+#                       KG_INITRD); the command line is KG_CMDLINE and
+#                       TEXT. Without --kernel the VM has no OS: it
 #                       idles in the firmware (enough for what happens at
 #                       start and stop, and for a balloon that never moves)
 #   --balloon MODEL     virtio (default) or none
@@ -209,7 +214,7 @@ kg_domain_xml() {
     if [ -n "$kernel" ]; then
         echo "    <kernel>$(kg_xml_escape "$kernel")</kernel>"
         echo "    <initrd>$(kg_xml_escape "$initrd")</initrd>"
-        echo "    <cmdline>$(kg_xml_escape "console=ttyS0 quiet${cmdline:+ $cmdline}")</cmdline>"
+        echo "    <cmdline>$(kg_xml_escape "$KG_CMDLINE${cmdline:+ $cmdline}")</cmdline>"
     fi
     echo "  </os>"
     echo "  <on_poweroff>destroy</on_poweroff>"
