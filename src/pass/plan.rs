@@ -718,8 +718,11 @@ pub fn plan(
         // and its balloon driver goes on taking every page the guest frees.
         // Ask for what it can be at (above the reserve; below it the host
         // wins, and without figures there is no telling).
+        // Only for a VM held in place by the policy: a skipped one (held by
+        // hand, unsettled, opted out) is not ours to resize.
         if let Motion::Short(asked) = row.motion {
-            if !dec.resizes()
+            if dec.action == Action::Hold
+                && row.view.status == VmStatus::Managed
                 && row.fresh
                 && !p.under_reserve
                 && asked < row.view.actual_kib
