@@ -93,31 +93,9 @@ kbb_boot() {
 
 kbb_socket() { kg_socket "$KBB_RUN" "$1"; }
 
-# kbb_cmd NAME COMMAND: sends COMMAND (read, idle) to guest NAME's command
-# socket and waits (60 s at most) for its acknowledgement on the console;
-# prints it. The connection stays open until then: QEMU takes a serial
-# port's input 16 bytes at a time and drops what is left when the client
-# hangs up early.
-kbb_cmd() {
-    python3 - "$(kbb_socket "$1")" "$(kbb_console "$1")" "t$(date +%s%N)" "$2" <<'PY'
-import socket, sys, time
-sock, console, token, command = sys.argv[1:5]
-s = socket.socket(socket.AF_UNIX)
-s.connect(sock)
-s.sendall(f"{command} {token}\n".encode())
-mark = f"KB-DONE {token} "
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline:
-    with open(console, errors="replace") as f:
-        for line in f:
-            if line.startswith(mark):
-                print(line[len(mark):].strip())
-                sys.exit(0)
-    time.sleep(0.2)
-print(f"timed out after 60s waiting for {sock}'s guest to do '{command}'", file=sys.stderr)
-sys.exit(1)
-PY
-}
+# kbb_cmd NAME COMMAND: sends COMMAND (read, idle) to guest NAME and prints
+# its acknowledgement (kg_cmd).
+kbb_cmd() { kg_cmd "$(kbb_socket "$1")" "$(kbb_console "$1")" "$2"; }
 
 kbb_names() {
     local i

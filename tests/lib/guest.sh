@@ -302,6 +302,34 @@ kg_boot() {
 kg_console() { echo "$1/$2.console"; }
 kg_socket() { echo "$1/$2.cmd"; }
 
+# kg_cmd SOCKET CONSOLE COMMAND: sends COMMAND to a guest's command socket
+# (its second serial port) and waits (60 s at most) for the guest's
+# acknowledgement on its console; prints it. A token no earlier command
+# used (callers often run in subshells, so no counter) matches the
+# acknowledgement. The connection stays open until then: QEMU takes a
+# serial port's input 16 bytes (its FIFO) at a time and drops what is left
+# when the client hangs up early.
+kg_cmd() {
+    python3 - "$1" "$2" "t$(date +%s%N)" "$3" <<'PY'
+import socket, sys, time
+sock, console, token, command = sys.argv[1:5]
+s = socket.socket(socket.AF_UNIX)
+s.connect(sock)
+s.sendall(f"{command} {token}\n".encode())
+mark = f"KB-DONE {token} "
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    with open(console, errors="replace") as f:
+        for line in f:
+            if line.startswith(mark):
+                print(line[len(mark):].strip())
+                sys.exit(0)
+    time.sleep(0.2)
+print(f"timed out after 60s waiting for {sock}'s guest to do '{command}'", file=sys.stderr)
+sys.exit(1)
+PY
+}
+
 # kg_console_has CONSOLE REGEX: a line of the console file matches REGEX.
 kg_console_has() { grep -aqE -- "$2" "$1" 2>/dev/null; }
 

@@ -191,34 +191,12 @@ rs_actual_within() {
     [ "$a" -ge "$2" ] && [ "$a" -le "$3" ]
 }
 
-# rs_cmd GUEST COMMAND [ARG]: sends a command to the guest's ttyS1 and waits
-# (60 s at most) for its acknowledgement on the console; prints it. The
-# connection stays open until then: QEMU takes a serial port's input 16
-# bytes (its FIFO) at a time and drops what is left when the client hangs
-# up early.
+# rs_cmd GUEST COMMAND [ARG]: sends a command to the guest's ttyS1 and
+# prints its acknowledgement (kg_cmd).
 rs_cmd() {
     local g=$RS_PREFIX$1
     shift
-    # A token no earlier command used (this often runs in a subshell, so
-    # no counter): the acknowledgement is matched by it.
-    python3 - "$(rs_socket "$g")" "$(rs_console "$g")" "t$(date +%s%N)" "$*" <<'PY'
-import socket, sys, time
-sock, console, token, command = sys.argv[1:5]
-s = socket.socket(socket.AF_UNIX)
-s.connect(sock)
-s.sendall(f"{command} {token}\n".encode())
-mark = f"KB-DONE {token} "
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline:
-    with open(console, errors="replace") as f:
-        for line in f:
-            if line.startswith(mark):
-                print(line[len(mark):].strip())
-                sys.exit(0)
-    time.sleep(0.2)
-print(f"timed out after 60s waiting for {sock}'s guest to do '{command}'", file=sys.stderr)
-sys.exit(1)
-PY
+    kg_cmd "$(rs_socket "$g")" "$(rs_console "$g")" "$*"
 }
 
 rs_destroy() { kg_destroy "$RS_PREFIX$1"; }
