@@ -7,14 +7,16 @@
 KB_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 KB_BIN=${KB_BIN:-$KB_REPO/target/debug/ksm-balloon}
 
-# kb_rel_check STATE [URI] [PRESENT] [ABSENT] [LOGS] [ALLOW]: runs the
+# kb_rel_check STATE [URI] [PRESENT] [ABSENT] [REPORTS] [ALLOW]: runs the
 # invariants checker; PRESENT/ABSENT are 'name=uuid=floor=ceiling;...',
-# LOGS a ':'-separated list of files holding pass logs, ALLOW prefixes of
-# files the state directory may hold besides the state and its lock.
+# REPORTS a ':'-separated list of files holding pass reports (`run --json`
+# stdout; an empty file is a pass that failed and printed none), every
+# resize in them checked against its VM's bounds; ALLOW prefixes of files
+# the state directory may hold besides the state, its lock and the spool.
 kb_rel_check() {
     local out rc
     out=$(cd "$KB_REPO" && KB_CHECK_STATE=$1 KB_CHECK_URI=${2:-} KB_CHECK_PRESENT=${3:-} \
-        KB_CHECK_ABSENT=${4:-} KB_CHECK_LOGS=${5:-} KB_CHECK_ALLOW=${6:-} \
+        KB_CHECK_ABSENT=${4:-} KB_CHECK_REPORTS=${5:-} KB_CHECK_ALLOW=${6:-} \
         cargo test --locked --quiet --test invariants -- --ignored --exact check_from_env --nocapture 2>&1)
     rc=$?
     if [ "$rc" -ne 0 ]; then
