@@ -51,7 +51,21 @@ fn odd_names_are_stored_shown_and_logged() {
     }
     let out = fx.run(&["run", "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    // the pass that folds the hooks' records says what each recorded
+    let r = report(&out.stdout);
+    // What the pass did is in its report: it folded every hook's record and
+    // adopted every listed VM by its exact name. The log is checked only
+    // for how it writes the names: the pass that folds the hooks' records
+    // names each VM it recorded, quoted.
+    assert_eq!(r["hook_records"], hooked.len(), "{}", out.stdout);
+    for d in &listed {
+        let v = r["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == d.name.as_str())
+            .unwrap_or_else(|| panic!("{:?} not in the report: {}", d.name, out.stdout));
+        assert_eq!(v["adopted"], true, "{:?}: {v}", d.name);
+    }
     for d in &hooked {
         assert!(
             out.stderr.contains(&format!("recorded VM {:?}", d.name)),
@@ -60,10 +74,7 @@ fn odd_names_are_stored_shown_and_logged() {
         );
     }
     // every listed VM grew, and the report names it exactly
-    let resized: Vec<String> = resizes(&report(&out.stdout))
-        .into_iter()
-        .map(|l| l.name)
-        .collect();
+    let resized: Vec<String> = resizes(&r).into_iter().map(|l| l.name).collect();
     for d in &listed {
         assert!(
             resized.contains(&d.name),
@@ -117,6 +128,14 @@ fn odd_names_are_stored_shown_and_logged() {
         assert_eq!(fx.hook(d, "stopped").code, Some(0));
     }
     let out = fx.run(&["run", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // folded (the invariants below: every one forgotten), each named in the log
+    assert_eq!(
+        report(&out.stdout)["hook_records"],
+        hooked.len(),
+        "{}",
+        out.stdout
+    );
     for d in &hooked {
         assert!(
             out.stderr.contains(&format!("forgot VM {:?}", d.name)),

@@ -12,7 +12,8 @@
 #   SystemCallFilter= (+ SystemCallErrorNumber=), MemoryDenyWriteExecute=,
 #   RestrictAddressFamilies=   seccomp filters built from the installed unit
 #                          file by tests/packaging/unit_sandbox.py
-# The pass must succeed and save its state. It runs under strace, whose
+# The pass must succeed, reach libvirtd (its report, `run --json` on stdout,
+# counts a bulk-stats call) and save its state. It runs under strace, whose
 # record shows what it did: the syscalls the filters refused (and it
 # survived), every file written (all in the state directory), every device
 # opened (within PrivateDevices' set).
@@ -92,7 +93,7 @@ setpriv --no-new-privs --bounding-set -all --inh-caps -all --ambient-caps -all -
 echo "sandbox checked: read-only /, closed /root, writable state dir, no capabilities, no network" >&2
 exec setpriv --no-new-privs --bounding-set -all --inh-caps -all --ambient-caps -all -- \
     strace -f -y -qq -s 256 -o "$tracedir/strace.txt" \
-    /usr/bin/python3 "$sandbox_py" exec "$unit" -- "$bin" --connect "$uri" run
+    /usr/bin/python3 "$sandbox_py" exec "$unit" -- "$bin" --connect "$uri" run --json
 SANDBOX
 
 rc=0
@@ -102,8 +103,12 @@ unshare --mount --net --propagation private -- \
 log "pass in the sandbox exited $rc; its log:"
 sed 's/^/    /' "$work/stderr" >&2
 [ "$rc" -eq 0 ] || fail "the pass failed under the service's restrictions"
-grep -q 'libvirt calls this pass: CallCount { bulk_stats: [1-9]' "$work/stderr" ||
-    fail "no libvirt bulk-stats call in the pass's debug log: it did not reach libvirtd"
+python3 - "$work/stdout" <<'PY' || fail "no libvirt bulk-stats call in the pass's report: it did not reach libvirtd"
+import json, sys
+calls = json.load(open(sys.argv[1]))["calls"]
+print(f"libvirt calls in the sandboxed pass's report: {calls}", file=sys.stderr)
+assert calls["bulk_stats"] >= 1, calls
+PY
 ! grep -q 'ERROR' "$work/stderr" || fail "the pass logged an error"
 python3 - "$state" "$uuid" "$before" "$t_start" <<'PY' || fail "the pass did not save its state"
 import json, sys
