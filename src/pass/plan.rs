@@ -424,10 +424,17 @@ fn reconcile(state: &mut State, obs: &Observation, notes: &mut Vec<Note>) -> Vec
                 note(notes, Level::Warn, format!("VM {:?}: {p}; ignored", d.name));
             }
         }
-        r.manual = Some(crate::manual::History::adopted(
-            now,
-            d.sizes.map_or(floor, |s| s.current_kib),
-        ));
+        // A balloon above the size the VM boots with may still be inflating
+        // to it (a guest just started, its balloon driver not yet loaded):
+        // that is the path from the maximum down to the boot size, not an
+        // operator's setmem. Above the floor, start the detector as the hook
+        // does for a VM it saw start.
+        let current = d.sizes.map_or(floor, |s| s.current_kib);
+        r.manual = Some(if current > floor {
+            crate::manual::History::started(now, floor, d.sizes.map_or(current, |s| s.maximum_kib))
+        } else {
+            crate::manual::History::adopted(now, current)
+        });
         note(
             notes,
             Level::Info,

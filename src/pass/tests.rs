@@ -1007,3 +1007,51 @@ fn a_shrink_the_guest_cannot_give_is_withdrawn_regression() {
     h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 59);
     assert_eq!(h.run(T0 + 60).unwrap().resized, 0);
 }
+
+#[test]
+fn a_vm_adopted_while_its_balloon_inflates_to_its_boot_size_is_not_held_by_hand_regression() {
+    // Seen in tests/realstack/demand.sh (no hook, VMs adopted): the first
+    // pass came while a guest's balloon driver had not yet inflated it from
+    // its 256 MiB maximum to the 160 MiB it boots with (libvirt said 255).
+    // Adopted there, the detector took 255 for the size asked; the balloon
+    // then reached 160 by itself and the VM was held "by hand" for good,
+    // out of the pool.
+    let h = Host::new(vec![
+        defined(dom(1, 255, 256), 160),
+        defined(dom(2, 160, 256), 160),
+    ]);
+    let u1 = "00000001-0000-4000-8000-000000000000";
+    // savings enough to take both to their ceilings: vm1, at 255, is held
+    // within the deadband and asked nothing, as on the real stack
+    h.ksm(1, 200);
+    let r = h.run(T0).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.floor_kib, v.action), (160 * MIB, Action::Hold));
+    // the guest's driver loads and inflates the balloon to its boot size
+    h.fake()
+        .domains
+        .get_mut(u1)
+        .unwrap()
+        .live
+        .sizes
+        .as_mut()
+        .unwrap()
+        .current_kib = 160 * MIB;
+    for t in [10, 20, 30] {
+        let r = h.run(T0 + t).unwrap();
+        let v = vm(&r, "vm1");
+        assert!(v.held_by_hand.is_none(), "pass at +{t}: {v:?}");
+        assert!(
+            !matches!(v.reason, Reason::HeldByHand | Reason::Unsettled),
+            "pass at +{t}: {v:?}"
+        );
+    }
+    // and it gets its share like the other
+    let c1 = h.fake().current(u1).unwrap();
+    let c2 = h
+        .fake()
+        .current("00000002-0000-4000-8000-000000000000")
+        .unwrap();
+    assert_eq!(c1, c2);
+    assert!(c1 > 160 * MIB);
+}
