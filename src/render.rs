@@ -221,6 +221,11 @@ fn note(r: &Report, v: &VmReport) -> String {
     if v.managed && v.action != Action::Skip && !v.guest_stats_fresh {
         parts.push("no fresh guest statistics".into());
     }
+    if v.reason == crate::policy::Reason::Awaiting {
+        if let Some(age) = v.figures_age_secs {
+            parts.push(format!("its figures are {age} s old"));
+        }
+    }
     parts.join("; ")
 }
 
@@ -239,6 +244,7 @@ pub fn status(r: &Report) -> String {
         "CEILING",
         "SHARE",
         "KEPT",
+        "OOM-DEFLATE",
         "LAST CHANGE",
         "NOTE",
     ]
@@ -256,6 +262,11 @@ pub fn status(r: &Report) -> String {
                 Kib(v.kept_kib).to_string()
             } else {
                 "-".into()
+            },
+            match v.autodeflate {
+                Some(true) => "on".into(),
+                Some(false) => "off".into(),
+                None => "-".into(),
             },
             ago(r.at, v.last_change_at),
             note(r, v),

@@ -11,7 +11,7 @@ use crate::hypervisor::{HvError, Hypervisor};
 use crate::state::{LastPass, State};
 use crate::units::{Kib, KibDelta};
 
-use super::plan::Planned;
+use super::plan::{PeriodKind, Planned};
 use super::Report;
 
 /// What the writes did.
@@ -64,10 +64,20 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
     for s in &planned.stats_periods {
         match hv.set_stats_period(&s.uuid, s.seconds) {
             Ok(()) => {
-                info!(
-                    "VM {:?}: turned its guest's memory statistics on (every {} s, live only): the loan rule needs them",
-                    s.name, s.seconds
-                );
+                match s.kind {
+                    PeriodKind::TurnOn => info!(
+                        "VM {:?}: turned its guest's memory statistics on (every {} s, live only): the loan rule needs them",
+                        s.name, s.seconds
+                    ),
+                    PeriodKind::Recall => info!(
+                        "VM {:?}: recalling its loan: its guest reports every {} s until the recall is over (each step waits for its fresh figures)",
+                        s.name, s.seconds
+                    ),
+                    PeriodKind::Restore => info!(
+                        "VM {:?}: recall over: its guest reports every {} s again",
+                        s.name, s.seconds
+                    ),
+                }
                 out.stats_periods.push(Ok(()));
             }
             Err(e) if e.is_fatal() => {
@@ -124,15 +134,19 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) 
             }
         }
     }
-    for (s, result) in stats_periods.iter().zip(&applied.stats_periods) {
-        if let (Ok(()), Some(r)) = (result, state.vms.get_mut(&s.uuid)) {
-            r.stats_period_set = true;
-        }
-        if result.is_err() {
-            // Not asked again every pass: the guest is treated as one
-            // without statistics until it restarts.
-            if let Some(r) = state.vms.get_mut(&s.uuid) {
-                r.stats_period_set = true;
+    for (s, _result) in stats_periods.iter().zip(&applied.stats_periods) {
+        // Recorded whether it worked or not, so it is not asked again
+        // every pass: a guest whose period cannot be set is treated as one
+        // without statistics (turned on), or answers at its own period
+        // (a recall: its next report after this pass still confirms).
+        if let Some(r) = state.vms.get_mut(&s.uuid) {
+            match s.kind {
+                PeriodKind::TurnOn => r.stats_period_set = true,
+                PeriodKind::Recall => {
+                    r.stats_period_set = true;
+                    r.recall_stats_at = Some(now);
+                }
+                PeriodKind::Restore => r.recall_stats_at = None,
             }
         }
     }

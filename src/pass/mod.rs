@@ -204,6 +204,18 @@ pub struct VmReport {
     pub guest: GuestStats,
     /// Those figures are recent enough to go by.
     pub guest_stats_fresh: bool,
+    /// How old the figures the decision used were, seconds (`None`: no
+    /// fresh figures; a recall step above the reserve waits for figures
+    /// at most [`crate::policy::RECALL_FRESH_SECS`] old).
+    pub figures_age_secs: Option<u64>,
+    /// Those figures answer every ask: reported after the last shrink
+    /// landed and after the pass asked for fresh ones (`None`: no fresh
+    /// figures).
+    pub figures_confirmed: Option<bool>,
+    /// Its balloon deflates on guest OOM (`<memballoon autodeflate='on'>`):
+    /// the guest's own net against a recall it cannot pay (`None`: not
+    /// known, a VM not recorded yet).
+    pub autodeflate: Option<bool>,
     /// Its balloon does not reach the last target (back-off).
     pub stuck: Option<Stuck>,
     /// Its balloon was set by someone else and is left alone since then.

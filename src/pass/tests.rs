@@ -330,20 +330,62 @@ fn a_pass_right_after_a_recall_does_not_ask_for_the_same_memory_twice_regression
     assert_eq!(h.fake().current(uuid), Some(240 * MIB));
     h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 9);
     h.ksm(2, 0);
+    // the recall starts by asking for fresh figures (issue 23)
     let r = h.run(T0 + 10).unwrap();
     let v = vm(&r, "vm1");
-    assert_eq!((v.target_kib, v.kept_kib), (196 * MIB, 36 * MIB));
-    assert_eq!(h.fake().current(uuid), Some(196 * MIB));
-    // the same figures (taken at T0 + 9, before the recall) a second later
-    let r = h.run(T0 + 11).unwrap();
+    assert_eq!((v.action, v.reason), (Action::Hold, Reason::Awaiting));
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 12);
+    let r = h.run(T0 + 12).unwrap();
     let v = vm(&r, "vm1");
-    assert_eq!((v.action, v.target_kib), (Action::Hold, 196 * MIB));
+    // 60 - 16 = 44 givable, a step of 22
+    assert_eq!((v.target_kib, v.kept_kib), (218 * MIB, 58 * MIB));
+    assert_eq!(h.fake().current(uuid), Some(218 * MIB));
+    // the same figures (taken at T0 + 12, before the recall) a second later
+    let r = h.run(T0 + 13).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!(
+        (v.action, v.reason, v.target_kib),
+        (Action::Hold, Reason::Awaiting, 218 * MIB)
+    );
     assert_eq!(r.resized, 0);
-    assert_eq!(h.fake().current(uuid), Some(196 * MIB));
+    assert_eq!(h.fake().current(uuid), Some(218 * MIB));
     // once the guest reports at its new size, that is what counts
-    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 15);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 19);
     let r = h.run(T0 + 20).unwrap();
-    assert_eq!(vm(&r, "vm1").target_kib, 196 * MIB);
+    assert_eq!(vm(&r, "vm1").target_kib, 218 * MIB);
+    assert_eq!(vm(&r, "vm1").reason, Reason::Kept);
+}
+
+#[test]
+fn a_recall_on_figures_older_than_the_guests_application_kills_no_one_regression() {
+    // Issue 23 (32-loans, scenario 1): g2's last report (every 10 s)
+    // predated its application's 40 MiB write; the pass saw 79.5 MiB
+    // available, took 62 MiB at once, and the guest panicked. Now the
+    // first pass asks for fresh figures and takes nothing; the next takes
+    // one step on figures that show the application.
+    let d = defined(dom(1, 160, 320), 160);
+    let h = Host::new(vec![d]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 124);
+    h.run(T0).unwrap();
+    assert_eq!(h.fake().current(uuid), Some(284 * MIB));
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(80, T0 + 2);
+    // its application writes 40 MiB at T0 + 3; KSM unmerges
+    h.ksm(2, 0);
+    let r = h.run(T0 + 4).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.action, v.reason), (Action::Hold, Reason::Awaiting));
+    assert_eq!(v.figures_age_secs, Some(2));
+    assert_eq!(
+        h.fake().stats_periods.last(),
+        Some(&(uuid.to_string(), plan::RECALL_STATS_PERIOD_SECS))
+    );
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(40, T0 + 6);
+    let r = h.run(T0 + 7).unwrap();
+    let v = vm(&r, "vm1");
+    // 40 - 16 = 24 givable: a step of 16, never the 62 of before
+    assert_eq!((v.action, v.target_kib), (Action::Shrink, 268 * MIB));
+    assert_eq!(v.figures_age_secs, Some(1));
 }
 
 #[test]
@@ -359,13 +401,16 @@ fn a_balloon_that_does_not_reach_its_target_is_not_asked_again_every_pass() {
     assert_eq!(h.fake().current(uuid), Some(260 * MIB));
     // the savings fall; the guest reports plenty available, yet its
     // balloon stops at 230
-    h.ksm(1, 20);
+    h.ksm(1, 60);
     let fresh = |t| {
         h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, t);
     };
+    fresh(T0 + 8);
+    // the recall asks for fresh figures first (issue 23)
+    assert_eq!(h.run(T0 + 8).unwrap().resized, 0);
     fresh(T0 + 10);
     let r = h.run(T0 + 10).unwrap();
-    assert_eq!(vm(&r, "vm1").target_kib, 180 * MIB);
+    assert_eq!(vm(&r, "vm1").target_kib, 220 * MIB);
     assert_eq!(h.fake().current(uuid), Some(230 * MIB));
     let mut calls = Vec::new();
     for t in [30, 40, 50, 60] {
@@ -600,13 +645,19 @@ fn a_vm_handed_back_is_resized_at_once_not_backed_off_from_its_old_target_regres
     }
     crate::admin::release(&h.paths, Duration::from_secs(5), &["vm1".into()], T0 + 35).unwrap();
     fresh(T0 + 40);
+    // not backed off: the recall starts (issue 23: with a pass that asks
+    // for fresh figures), then its first step (half of the 84 it can give)
     let r = h.run(T0 + 40).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.action, v.reason), (Action::Hold, Reason::Awaiting));
+    fresh(T0 + 42);
+    let r = h.run(T0 + 42).unwrap();
     let v = vm(&r, "vm1");
     assert_eq!(
         (v.action, v.reason, v.target_kib),
-        (Action::Shrink, Reason::Share, 200 * MIB)
+        (Action::Shrink, Reason::RecallStep, 238 * MIB)
     );
-    assert_eq!(h.fake().current(u1), Some(200 * MIB));
+    assert_eq!(h.fake().current(u1), Some(238 * MIB));
 
     // manage no (reload), setmem meanwhile, manage yes (reload)
     let hv = h.hv.clone();
@@ -623,7 +674,7 @@ fn a_vm_handed_back_is_resized_at_once_not_backed_off_from_its_old_target_regres
     let v = vm(&r, "vm1");
     assert_eq!(
         (v.action, v.reason, v.target_kib),
-        (Action::Shrink, Reason::Share, 200 * MIB)
+        (Action::Shrink, Reason::RecallStep, 238 * MIB)
     );
 }
 
@@ -832,6 +883,12 @@ fn demand_lends_the_pool_to_the_vm_that_reads_with_its_memory_full() {
     let r = h.run(T0 + 10).unwrap();
     assert_eq!(vm(&r, "vm1").demand, Some(28_000));
     assert_eq!(vm(&r, "vm2").demand, Some(0));
+    // the idle ones give their loans back in recall steps (issue 23): the
+    // pass asked for fresh figures; two more passes, reading on
+    set(&h, T0 + 20, 560 << 20);
+    h.run(T0 + 20).unwrap();
+    set(&h, T0 + 30, 840 << 20);
+    let r = h.run(T0 + 30).unwrap();
     let bonus = |n: &str| vm(&r, n).target_kib - 160 * MIB;
     assert!(
         bonus("vm1") > 8 * bonus("vm2"),
@@ -892,22 +949,24 @@ fn the_back_off_doubles_with_passes_every_10_s_regression() {
     h.ksm(1, 100);
     h.run(T0).unwrap();
     // the savings fall; the guest says it can give plenty, yet its balloon
-    // stops at 230
-    h.ksm(1, 20);
+    // stops at 230 (short of 220: within one recall step of 260)
+    h.ksm(1, 60);
     let mut asked = Vec::new();
     for i in 1..=90u64 {
         let t = T0 + 10 * i;
         h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, t);
-        if h.run(t).unwrap().resized > 0 {
+        let r = h.run(t).unwrap();
+        if r.resized > 0 {
             asked.push(10 * i);
         }
     }
     let gaps: Vec<u64> = asked.windows(2).map(|w| w[1] - w[0]).collect();
-    // asked at 10 s, found short at 30, retried 60 s later, then 120 and
-    // 240 s after each retry
+    // asked at 20 s (the pass at 10 s asked for fresh figures), found
+    // short at 40, retried 60 s later, then 120 and 240 s after each retry
+    assert_eq!(asked[0], 20, "asked at {asked:?}");
     assert_eq!(gaps, [80, 120, 240], "asked at {asked:?}");
     let st = h.state().vms[uuid].stuck.unwrap();
-    assert_eq!((st.tries, st.retry_at), (4, T0 + 450 + 480));
+    assert_eq!((st.tries, st.retry_at), (4, T0 + 460 + 480));
 }
 
 #[test]
@@ -991,21 +1050,24 @@ fn a_shrink_the_guest_cannot_give_is_withdrawn_regression() {
     assert_eq!(h.fake().current(uuid), Some(240 * MIB));
     h.ksm(1, 40);
     h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 9);
-    let r = h.run(T0 + 10).unwrap();
-    assert_eq!(vm(&r, "vm1").target_kib, 200 * MIB);
+    // the recall asks for fresh figures, then takes a step of 22
+    assert_eq!(h.run(T0 + 10).unwrap().resized, 0);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 12);
+    let r = h.run(T0 + 12).unwrap();
+    assert_eq!(vm(&r, "vm1").target_kib, 218 * MIB);
     assert_eq!(h.fake().current(uuid), Some(230 * MIB));
     // it has 16 MiB left, its margin: nothing to give
-    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 29);
-    let r = h.run(T0 + 30).unwrap();
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 33);
+    let r = h.run(T0 + 34).unwrap();
     let v = vm(&r, "vm1");
     assert_eq!((v.action, v.target_kib), (Action::Grow, 230 * MIB));
     assert_eq!(r.resized, 1);
     assert_eq!(h.state().vms[uuid].last_target_kib, Some(230 * MIB));
     // and then it is left alone
-    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 39);
-    assert_eq!(h.run(T0 + 40).unwrap().resized, 0);
-    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 59);
-    assert_eq!(h.run(T0 + 60).unwrap().resized, 0);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 43);
+    assert_eq!(h.run(T0 + 44).unwrap().resized, 0);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 63);
+    assert_eq!(h.run(T0 + 64).unwrap().resized, 0);
 }
 
 #[test]

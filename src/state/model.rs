@@ -80,6 +80,11 @@ pub struct VmRecord {
     /// The pass turned the guest's memory statistics on (once per VM).
     #[serde(default)]
     pub stats_period_set: bool,
+    /// When the pass set the guest's short recall statistics period (it
+    /// asked for fresh figures): a recall step above the reserve is taken
+    /// only on figures reported after this. `None` outside a recall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_stats_at: Option<u64>,
     /// ksm-balloon's metadata of the VM, as read at its start, its
     /// adoption or the last `reload` (manage, weight, floor, ceiling).
     #[serde(default)]
@@ -137,6 +142,7 @@ impl VmRecord {
             stuck: None,
             kept_kib: 0,
             stats_period_set: false,
+            recall_stats_at: None,
             settings: crate::metadata::VmSettings::default(),
             defined: None,
             autodeflate: false,
