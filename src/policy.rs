@@ -675,7 +675,15 @@ fn split_weights(split: Split, vms: &[&VmView]) -> Vec<u64> {
 /// keeps its bonus less that step, and the rest of the budget is filled among the others, until no
 /// VM is asked for more than it can give. Returns (bonus, its part of the
 /// plain split) per slot: what it keeps is the difference.
-fn split_with_loans(budget: u64, slots: &[Slot], caps: &[u64]) -> Vec<(u64, u64)> {
+fn split_with_loans(
+    budget: u64,
+    slots: &[Slot],
+    caps: &[u64],
+    under_reserve: bool,
+) -> Vec<(u64, u64)> {
+    // Under the reserve the host wins: what the guest's figures say it can
+    // give, at once, not a recall step.
+    let can = |s: &Slot| if under_reserve { s.give() } else { s.step };
     let weights: Vec<u64> = slots.iter().map(|s| s.weight).collect();
     let ideal = water_fill(budget, caps, &weights);
     let mut fixed: Vec<Option<u64>> = vec![None; slots.len()];
@@ -690,8 +698,8 @@ fn split_with_loans(budget: u64, slots: &[Slot], caps: &[u64]) -> Vec<(u64, u64)
         let mut changed = false;
         for (j, &k) in open.iter().enumerate() {
             let s = &slots[k];
-            if s.bonus > alloc[j] + s.step {
-                fixed[k] = Some(s.bonus - s.step);
+            if s.bonus > alloc[j] + can(s) {
+                fixed[k] = Some(s.bonus - can(s));
                 changed = true;
             }
         }
@@ -785,7 +793,10 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
                 (_, false) => s.headroom,
             })
             .collect();
-        (budget, split_with_loans(budget, &slots, &caps))
+        (
+            budget,
+            split_with_loans(budget, &slots, &caps, under_reserve),
+        )
     } else {
         (
             bonus_now,
@@ -1085,7 +1096,8 @@ mod tests {
                 (Action::Hold, Reason::Awaiting, 240 * MIB)
             );
             assert_eq!((d.kept_kib, d.givable_kib), (80 * MIB, 0));
-            // under the reserve the host wins all the same
+            // under the reserve the host wins all the same: what the
+            // figures say the guest can give, at once
             let under = HostView {
                 available_kib: 0,
                 ..host(0)
@@ -1095,7 +1107,7 @@ mod tests {
                 ..Policy::default()
             };
             let d = plan(&policy, &under, &[v]).decisions[0];
-            assert_eq!((d.action, d.target_kib), (Action::Shrink, 200 * MIB));
+            assert_eq!((d.action, d.target_kib), (Action::Shrink, 160 * MIB));
         }
         // the same figures, fresh and confirmed: one step
         let d = plan(&Policy::default(), &host(0), &[fresh]).decisions[0];

@@ -401,6 +401,64 @@ for vm in json.loads(sys.argv[2])["vms"]:
 PY
 }
 
+# rs_figures_after EPOCH: status --json says every managed guest that
+# reports statistics reported at or after EPOCH (libvirt's last-update).
+rs_figures_after() {
+    local f=$RS_RUN/figures-after.json
+    rs_status_json "$f" || return 1
+    rs_json "$f" "all((v['guest']['last_update'] or 0) >= $1 for v in r['vms'] if v['managed'] and v['action'] != 'skip' and v['guest_stats_fresh'])"
+}
+
+# rs_recall LABEL MAX [ARGS...]: a recall runs in steps (issue 23), each on
+# figures the guest reported after the step before had landed: passes, each
+# once the balloons reached what the last set and the guests reported again
+# (MOVE_SECS, 3 s, after it), until a pass changes nothing (no resize, no
+# guest awaiting its figures, none on its way) or MAX passes ran. The
+# reports are RS_RECALL_REPORTS, the last RS_PASS_JSON. Fails when the
+# recall did not end within MAX passes or a pass failed.
+rs_recall() {
+    local label=$1 max=$2 i
+    shift 2
+    RS_RECALL_REPORTS=()
+    for ((i = 1; i <= max; i++)); do
+        rs_pass "$label-$i" "$@"
+        RS_RECALL_REPORTS+=("$RS_PASS_JSON")
+        [ "$RS_PASS_RC" -eq 0 ] || return 1
+        if rs_json "$RS_PASS_JSON" "r['resized'] == 0 and not any(v['reason'] in ('awaiting', 'in-flight') or v['pending_kib'] for v in r['vms'] if v['managed'])"; then
+            return 0
+        fi
+        kb_wait_until 30 "the balloons to reach what pass $label-$i set" rs_balloons_settled || return 1
+        kb_wait_until 30 "the guests to report after pass $label-$i" \
+            rs_figures_after "$(($(rs_json "$RS_PASS_JSON" "r['at']") + 3))" || return 1
+    done
+    kb_log "the recall $label did not end within $max passes"
+    return 1
+}
+
+# rs_recall_safe REPORT...: every shrink above the reserve in REPORTs was
+# one recall step on figures that answered every ask and were at most 3 s
+# old (RECALL_FRESH_SECS), never more than what the report says it could
+# give; prints the violations.
+rs_recall_safe() {
+    python3 - "$@" <<'PY'
+import json, sys
+bad = []
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    if r["under_reserve"]:
+        continue
+    for v in r["vms"]:
+        if v["action"] != "shrink" or v["reason"] in ("blind-step", "out-of-bounds"):
+            continue
+        base = min(v["current_kib"], v["pending_kib"] or v["current_kib"])
+        step = base - v["target_kib"]
+        if not v["figures_confirmed"] or (v["figures_age_secs"] or 0) > 3 or step > v["givable_kib"]:
+            bad.append(f"{path}: {v['name']} shrank {step} KiB on figures {v['figures_age_secs']} s old, confirmed {v['figures_confirmed']}, givable {v['givable_kib']}")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+PY
+}
+
 # --- the method, computed by the test ----------------------------------------
 
 # rs_expected_bonuses POOL_KIB HEADROOM_KIB...: equal split of POOL with
