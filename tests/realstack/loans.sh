@@ -245,8 +245,8 @@ PY
     rs_check "g3 (no data of its own) is back at its floor, keeps nothing" \
         rs_json "$last" "vm('g3')['target_kib'] == $FLOOR and vm('g3')['kept_kib'] == 0" || ok=1
     for g in g1 g2; do
-        rs_check "$g keeps what its application holds: reason kept, kept $(rs_mib "$(rs_json "$last" "vm('$g')['kept_kib']")") MiB, target = floor + kept" \
-            rs_json "$last" "vm('$g')['reason'] == 'kept' and vm('$g')['kept_kib'] > 0 and vm('$g')['target_kib'] == $FLOOR + vm('$g')['kept_kib']" || ok=1
+        rs_check "$g keeps what its application holds: reason $(rs_json "$last" "vm('$g')['reason']") (kept, or the last step within the deadband), kept $(rs_mib "$(rs_json "$last" "vm('$g')['kept_kib']")") MiB, target = floor + kept" \
+            rs_json "$last" "vm('$g')['reason'] in ('kept', 'deadband') and vm('$g')['kept_kib'] > 0 and vm('$g')['target_kib'] == $FLOOR + vm('$g')['kept_kib']" || ok=1
         rs_check "$g gave back what it could: no more than a deadband's worth ($(rs_mib "$(rs_json "$last" "vm('$g')['givable_kib']")") MiB) left above its margin" \
             rs_json "$last" "vm('$g')['givable_kib'] <= 4 * MIB" || ok=1
     done
