@@ -1117,3 +1117,55 @@ fn a_vm_adopted_while_its_balloon_inflates_to_its_boot_size_is_not_held_by_hand_
     assert_eq!(c1, c2);
     assert!(c1 > 160 * MIB);
 }
+
+#[test]
+fn a_recall_asks_for_fresh_figures_once_and_sets_the_period_back_when_it_is_over() {
+    // Issue 23: the first pass of a recall sets the short period (and
+    // records when), the passes of the recall set nothing more, and the
+    // pass that finds it over sets --guest-stats-period back.
+    let d = defined(dom(1, 160, 320), 160);
+    let h = Host::new(vec![d]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    let fresh = |usable, t| h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(usable, t);
+    h.ksm(1, 40);
+    fresh(200, T0);
+    h.run(T0).unwrap();
+    assert_eq!(h.fake().current(uuid), Some(200 * MIB));
+    assert!(h.fake().stats_periods.is_empty());
+    assert_eq!(h.state().vms[uuid].recall_stats_at, None);
+    h.ksm(2, 0);
+    let mut periods = Vec::new();
+    let mut sizes = Vec::new();
+    for i in 1..=8u64 {
+        let t = T0 + 10 * i;
+        fresh(200, t - 1);
+        let r = h.run(t).unwrap();
+        periods.push(r.calls.stats_period);
+        sizes.push(h.fake().current(uuid).unwrap() / MIB);
+    }
+    // asked once (the recall's start), set back once (its end)
+    assert_eq!(
+        h.fake().stats_periods,
+        [
+            (uuid.to_string(), plan::RECALL_STATS_PERIOD_SECS),
+            (uuid.to_string(), Settings::default().guest_stats_period)
+        ],
+        "calls per pass {periods:?}, sizes {sizes:?}"
+    );
+    // nothing taken on the pass that asked; then steps: 40 -> 20 -> 4 -> 0
+    assert_eq!(sizes[..5], [200, 180, 164, 160, 160], "{sizes:?}");
+    assert_eq!(h.state().vms[uuid].recall_stats_at, None);
+    // never with the setting at 0: the recall then waits for figures at
+    // most RECALL_FRESH_SECS old, and takes the same steps
+    let mut h = Host::new(vec![defined(dom(1, 160, 320), 160)]);
+    h.settings.guest_stats_period = 0;
+    h.ksm(1, 40);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, T0);
+    h.run(T0).unwrap();
+    h.ksm(2, 0);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, T0 + 6);
+    assert_eq!(h.run(T0 + 10).unwrap().resized, 0, "figures 4 s old");
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, T0 + 19);
+    assert_eq!(h.run(T0 + 20).unwrap().resized, 1);
+    assert!(h.fake().stats_periods.is_empty());
+}
