@@ -203,7 +203,9 @@ pub struct Settings {
     #[arg(long, global = true, env = "KSM_BALLOON_SHARE", default_value = "1.0", value_parser = parse_share)]
     pub share: f64,
 
-    /// How the pool is divided: equal (the paper) or proportional to each VM's floor.
+    /// How the pool is divided: equal (the paper), proportional (to each
+    /// VM's floor), demand (to its disk reads while its memory is full),
+    /// contribution (to what its own pages saved), or contribution-demand.
     #[arg(long, global = true, env = "KSM_BALLOON_SPLIT", default_value = "equal", value_parser = one_of(&Split::ALL))]
     pub split: Split,
 
