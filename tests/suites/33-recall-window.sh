@@ -6,4 +6,5 @@
 # the closing note of issue 23 has a run of ten.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bash tests/realstack/recall-window.sh --repeats 2 target/debug/ksm-balloon
+# KB_RECALL_WINDOW_REPEATS=10 for the closing note's run.
+bash tests/realstack/recall-window.sh --repeats "${KB_RECALL_WINDOW_REPEATS:-2}" target/debug/ksm-balloon
