@@ -427,7 +427,10 @@ rs_recall() {
         if rs_json "$RS_PASS_JSON" "r['resized'] == 0 and not any(v['reason'] in ('awaiting', 'in-flight') or v['pending_kib'] for v in r['vms'] if v['managed'])"; then
             return 0
         fi
-        kb_wait_until 30 "the balloons to reach what pass $label-$i set" rs_balloons_settled || return 1
+        # (a balloon that cannot reach its target stops short: the next
+        # pass finds it so, which is the point; 10 s is ten times what a
+        # balloon change takes here)
+        kb_wait_until 10 "the balloons to reach what pass $label-$i set" rs_balloons_settled || true
         kb_wait_until 30 "the guests to report after pass $label-$i" \
             rs_figures_after "$(($(rs_json "$RS_PASS_JSON" "r['at']") + 3))" || return 1
     done
