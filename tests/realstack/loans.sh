@@ -388,8 +388,11 @@ s3_squeezed_under_reserve() {
     done
     rs_check "it found the host under its reserve by $(rs_mib "$(rs_json "$f" "r['shortfall_kib']")") MiB" \
         rs_json "$f" "r['under_reserve'] and r['shortfall_kib'] > 0" || return 1
-    rs_check "the host gets its shortfall back: recalled $(rs_mib "$(rs_json "$f" "r['recalled_kib']")") MiB >= shortfall" \
-        rs_json "$f" "r['recalled_kib'] >= r['shortfall_kib']" || ok=1
+    # (Other work on the machine can take the host further under the
+    # reserve than all the bonuses together: then all of them is what can
+    # come back, as in 30-realstack's scenario 9.)
+    rs_check "the host gets its shortfall back: recalled $(rs_mib "$(rs_json "$f" "r['recalled_kib']")") MiB >= the shortfall or every bonus" \
+        rs_json "$f" "r['recalled_kib'] >= min(r['shortfall_kib'], sum(v['current_kib'] - v['floor_kib'] for v in r['vms'] if v['managed'] and v['action'] != 'skip'))" || ok=1
     rs_check "the report names the guests squeezed into their applications' memory, and by how much: $(rs_json "$f" "', '.join(f\"{v['name']} {v['squeezed_kib'] / 1024:.1f} MiB\" for v in r['vms'] if v['squeezed_kib'])")" \
         rs_json "$f" "r['squeezed_kib'] > 0 and set(v['name'] for v in r['vms'] if v['squeezed_kib'] > 0) <= {'kbrs-g1', 'kbrs-g2'} and all(v['reason'] == 'squeezed' for v in r['vms'] if v['squeezed_kib'] > 0) and r['squeezed_kib'] == sum(v['squeezed_kib'] for v in r['vms'])" || ok=1
     rs_check "g3 (nothing of its own) gives all its bonus, without a squeeze" \
