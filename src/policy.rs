@@ -561,7 +561,10 @@ impl Slot {
 fn slot(i: usize, vm: &VmView, policy: &Policy) -> Slot {
     let cur = vm.current_kib.clamp(vm.floor_kib, vm.ceiling_kib);
     let bonus = cur - vm.floor_kib;
-    let (give_free, give_cache, blind, ready) = match vm.guest {
+    // A grow still on its way was never the guest's: handed back whole,
+    // whatever its figures, with no margin and no recall step.
+    let undelivered = vm.current_kib.saturating_sub(vm.actual_kib).min(bonus);
+    let (give_free, give_cache, step, blind, ready) = match vm.guest {
         Some(g) => {
             // The figures describe the guest at the balloon's size now; the
             // plan starts from a target still on its way. A shrink on its
@@ -579,34 +582,37 @@ fn slot(i: usize, vm: &VmView, policy: &Policy) -> Slot {
                     g.unused_kib.saturating_sub(less),
                 )
             };
-            let margin = g.margin_at_age_kib();
-            let usable = usable.saturating_sub(margin);
-            let free = unused.saturating_sub(margin).min(usable);
-            (free, usable - free, false, g.recall_ready())
+            // What it can give without harm (the host takes it at once
+            // under the reserve) ...
+            let margin = g.margin_kib();
+            let harmless = usable.saturating_sub(margin);
+            let free = unused.saturating_sub(margin).min(harmless);
+            // ... and one recall step above the reserve: on figures it may
+            // be acted on, at most half of what they allow from where its
+            // balloon is, the margin grown with their age.
+            let step = if g.recall_ready() {
+                let at_actual = usable
+                    .saturating_sub(undelivered)
+                    .saturating_sub(g.margin_at_age_kib());
+                undelivered + recall_step_kib(at_actual.min(bonus - undelivered))
+            } else {
+                undelivered
+            };
+            (free, harmless - free, step, false, g.recall_ready())
         }
         // A bounded step below the balloon's size now, not below a target
         // still on its way: a balloon that stops short is not asked for
         // another step every pass.
-        None => (
-            0,
-            policy.blind_step_kib.map_or(u64::MAX, |step| {
+        None => {
+            let blind = policy.blind_step_kib.map_or(u64::MAX, |step| {
                 (vm.current_kib.saturating_add(step)).saturating_sub(vm.actual_kib)
-            }),
-            true,
-            true,
-        ),
+            });
+            (0, blind, blind, true, true)
+        }
     };
     let give_free = give_free.min(bonus);
     let give_cache = give_cache.min(bonus - give_free);
-    let give = give_free + give_cache;
-    // A grow still on its way was never the guest's: handing it back is
-    // no recall, whatever its figures. The recall step applies to the rest.
-    let undelivered = vm.current_kib.saturating_sub(vm.actual_kib).min(give);
-    let step = match (blind, ready) {
-        (true, _) => give,
-        (false, true) => undelivered + recall_step_kib(give - undelivered),
-        (false, false) => undelivered,
-    };
+    let step = step.min(bonus);
     Slot {
         i,
         floor: vm.floor_kib,
