@@ -469,11 +469,20 @@ fn run_locked(
     debug!("connected to libvirt");
     let procs = settings.split.needs_contribution().then_some(&paths.procs);
     let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
-    let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
+    let mut planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     for n in &planned.notes {
         log!(n.level, "{}", n.text);
     }
+    // Record before asking: each resize is in the saved state before it
+    // is made, so a pass killed after a resize and before its last save
+    // leaves a state that knows the balloon's new size is ours.
+    let priors = apply::intend(&mut planned.state, &planned.resizes, now);
+    if !priors.is_empty() {
+        lock.save(&planned.state)
+            .context("cannot record the resizes this pass is about to make; none was made")?;
+    }
     let applied = apply::apply(hv.as_mut(), &planned);
+    apply::withdraw(&mut planned.state, priors, &applied);
     let (state, mut report) = apply::record(planned, &applied, now);
     report.calls = hv.calls();
     report.hook_records = hook_records;

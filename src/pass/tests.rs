@@ -251,13 +251,28 @@ fn a_fatal_error_in_the_middle_of_the_resizes_keeps_what_was_done() {
         "{err:#}"
     );
     let s = h.state();
-    let asked: Vec<_> = s.vms.values().filter_map(|r| r.last_target_kib).collect();
-    assert_eq!(asked, [190 * MIB]);
+    // the resize made is recorded, and so is the one the connection was
+    // lost on (libvirt may have made it: issue 18); the third, never
+    // tried, is not
+    let asked: Vec<_> = s.vms.values().map(|r| r.last_target_kib).collect();
+    assert_eq!(asked, [Some(190 * MIB), Some(190 * MIB), None]);
     assert_eq!(s.vms.len(), 3, "every adoption is kept");
-    // the next pass, connection back, does the other two
+    // the next pass, connection back, does the third; the second, short
+    // of the target it may have been asked, is asked again after the
+    // back-off, and is never taken for a balloon set by hand
     h.fake().lost_after = None;
     let r = h.run(T0 + 10).unwrap();
-    assert_eq!(r.resized, 2);
+    assert_eq!(r.resized, 1);
+    let mut t = T0 + 10;
+    while t < T0 + 10 + plan::SETTLE_SECS + plan::BACKOFF_FIRST_SECS + 10 {
+        t += 10;
+        let r = h.run(t).unwrap();
+        assert!(vm(&r, "vm2").held_by_hand.is_none(), "{t}");
+    }
+    assert_eq!(
+        h.fake().current("00000002-0000-4000-8000-000000000000"),
+        Some(190 * MIB)
+    );
 }
 
 #[test]
@@ -1168,4 +1183,125 @@ fn a_recall_asks_for_fresh_figures_once_and_sets_the_period_back_when_it_is_over
     h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, T0 + 19);
     assert_eq!(h.run(T0 + 20).unwrap().resized, 1);
     assert!(h.fake().stats_periods.is_empty());
+}
+
+/// The fake hypervisor, killed right after the first resize it makes: the
+/// panic unwinds out of the pass as a SIGKILL would end it, before the
+/// pass's last save.
+struct KilledAfterResize(Shared);
+
+impl Hypervisor for KilledAfterResize {
+    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
+        self.0.domains()
+    }
+    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
+        self.0.inactive_xml(uuid)
+    }
+    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
+        self.0.set_memory(uuid, kib)?;
+        panic!("the pass is killed right after a resize (a test's doing)");
+    }
+    fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
+        self.0.set_stats_period(uuid, seconds)
+    }
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        self.0.metadata(uuid)
+    }
+    fn calls(&self) -> CallCount {
+        self.0.calls()
+    }
+}
+
+impl Host {
+    /// A pass killed right after its first resize.
+    fn run_killed_after_resize(&self, now: u64) {
+        let hv = self.hv.clone();
+        let mut open = move || Ok(Box::new(KilledAfterResize(hv.clone())) as Box<dyn Hypervisor>);
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(
+                &self.paths,
+                &self.settings,
+                Duration::from_secs(5),
+                &mut open,
+                now,
+            )
+        }));
+        assert!(killed.is_err(), "the pass was not killed");
+    }
+
+    fn set_current(&self, uuid: &str, kib: u64) {
+        self.fake()
+            .domains
+            .get_mut(uuid)
+            .unwrap()
+            .live
+            .sizes
+            .as_mut()
+            .unwrap()
+            .current_kib = kib;
+    }
+}
+
+#[test]
+fn a_pass_killed_between_a_resize_and_its_save_never_takes_its_own_ask_for_a_hand_regression() {
+    // Issue 18: resizes were made before the state was saved. A pass
+    // killed in between (the unit's timeout, an OOM kill) left balloons at
+    // sizes the state never asked for, and the manual-change detector held
+    // those VMs "set by hand" until they restarted or were released. Now
+    // every ask is saved before it is made.
+    let mut h = Host::new(vec![
+        defined(dom(1, 160, 256), 160),
+        defined(dom(2, 160, 256), 160),
+    ]);
+    h.settings.hold_window_secs = 0;
+    let (u1, u2) = (
+        "00000001-0000-4000-8000-000000000000",
+        "00000002-0000-4000-8000-000000000000",
+    );
+    // adopted at their floors, which they have reached
+    h.run(T0).unwrap();
+    h.run(T0 + 10).unwrap();
+    // savings: 190 MiB each; killed right after vm1's resize
+    h.ksm(1, 60);
+    h.run_killed_after_resize(T0 + 20);
+    assert_eq!(h.fake().resizes, [(u1.to_string(), 190 * MIB)]);
+    // vm1's balloon stops part way (175 MiB, as on the test driver in the
+    // issue); vm2 was never asked
+    h.set_current(u1, 175 * MIB);
+    assert_eq!(h.fake().current(u2), Some(160 * MIB));
+    let mut t = T0 + 20;
+    while t < T0 + 20 + plan::SETTLE_SECS + plan::BACKOFF_FIRST_SECS + 20 {
+        t += 10;
+        let r = h.run(t).unwrap();
+        for name in ["vm1", "vm2"] {
+            let v = vm(&r, name);
+            assert!(v.held_by_hand.is_none(), "+{}s {name}: {v:?}", t - T0);
+            assert_ne!(v.reason, Reason::Unsettled, "+{}s {name}", t - T0);
+        }
+    }
+    // both were asked again after the back-off, and got there
+    assert_eq!(h.fake().current(u1), Some(190 * MIB));
+    assert_eq!(h.fake().current(u2), Some(190 * MIB));
+}
+
+#[test]
+fn a_pass_that_cannot_record_its_resizes_makes_none() {
+    // Issue 18: the state is saved before the resizes; when that save
+    // fails (a full disk), no balloon is moved behind the state's back.
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.hold_window_secs = 0;
+    h.run(T0).unwrap();
+    // every save fails: a directory (not empty) where this process's
+    // temporary state file goes
+    let mut tmp = h.paths.state.clone().into_os_string();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    fs::create_dir_all(tmp.join("x")).unwrap();
+    h.ksm(1, 30);
+    let err = h.run(T0 + 10).unwrap_err();
+    assert!(format!("{err:#}").contains("none was made"), "{err:#}");
+    assert_eq!(h.fake().resizes, []);
+    assert_eq!(h.state().vms.values().next().unwrap().last_target_kib, None);
+    fs::remove_dir_all(&tmp).unwrap();
+    assert_eq!(h.run(T0 + 20).unwrap().resized, 1);
 }
