@@ -30,6 +30,17 @@ fn pick<'a>(state: &'a mut State, names: &[String]) -> anyhow::Result<Vec<&'a mu
         .collect())
 }
 
+/// Logs the VM records a load dropped (they cannot be right).
+fn logged(store: &crate::state::Store, loaded: crate::state::Loaded) -> crate::state::Loaded {
+    for d in loaded.dropped() {
+        log::error!(
+            "state file {}: {d}; dropped that record, kept the rest",
+            store.path().display()
+        );
+    }
+    loaded
+}
+
 /// `ksm-balloon release VM...`: what each VM was, one line each.
 pub fn release(
     paths: &Paths,
@@ -39,7 +50,7 @@ pub fn release(
 ) -> anyhow::Result<Vec<String>> {
     let store = paths.store();
     let lock = store.lock(lock_timeout)?;
-    let mut state = lock.load(now)?.into_state();
+    let mut state = logged(&store, lock.load(now)?).into_state();
     let folded = fold_spool(&store, &mut state, true);
     let mut out = Vec::new();
     for r in pick(&mut state, names)? {
@@ -82,7 +93,7 @@ pub fn reload(
 ) -> anyhow::Result<Vec<String>> {
     let store = paths.store();
     let lock = store.lock(lock_timeout)?;
-    let mut state = lock.load(now)?.into_state();
+    let mut state = logged(&store, lock.load(now)?).into_state();
     let folded = fold_spool(&store, &mut state, true);
     let mut hv: Box<dyn Hypervisor> = open()?;
     let live = hv.domains().context("listing the domains")?;

@@ -67,6 +67,9 @@ pub enum Outcome {
     Forgotten,
     /// Nothing to do (not known, or not our business).
     Nothing,
+    /// The record the XML gives cannot be right (a floor of 0): the state
+    /// is not changed by it.
+    Rejected(String),
 }
 
 /// A record of the VM `xml` describes, booting at `floor_kib`: its
@@ -132,10 +135,13 @@ pub fn apply(state: &mut State, event: Event, xml: &DomainXml, now: u64) -> Outc
     match event {
         Event::Ignore => Outcome::Nothing,
         Event::Register => {
-            drop_stale_namesakes(state, &xml.name, &xml.uuid);
-            state.candidates.remove(&xml.uuid);
             let floor = xml.current_memory_kib.min(xml.memory_kib);
             let new = record_from(xml, floor, Source::Hook, now);
+            if let Some(why) = new.impossible(&xml.uuid) {
+                return Outcome::Rejected(why);
+            }
+            drop_stale_namesakes(state, &xml.name, &xml.uuid);
+            state.candidates.remove(&xml.uuid);
             match state.vms.get(&xml.uuid) {
                 // The same start told twice (prepare, then start; or a
                 // record folded again): keep what passes learnt since.
@@ -176,13 +182,14 @@ pub fn apply(state: &mut State, event: Event, xml: &DomainXml, now: u64) -> Outc
                 Outcome::Kept
             }
             None => {
+                let floor = xml.current_memory_kib.min(xml.memory_kib);
+                let new = record_from(xml, floor, Source::HookLive, now);
+                if let Some(why) = new.impossible(&xml.uuid) {
+                    return Outcome::Rejected(why);
+                }
                 drop_stale_namesakes(state, &xml.name, &xml.uuid);
                 state.candidates.remove(&xml.uuid);
-                let floor = xml.current_memory_kib.min(xml.memory_kib);
-                state.vms.insert(
-                    xml.uuid.clone(),
-                    record_from(xml, floor, Source::HookLive, now),
-                );
+                state.vms.insert(xml.uuid.clone(), new);
                 Outcome::Recorded
             }
         },
@@ -330,6 +337,12 @@ pub fn fold(state: &mut State, records: &[HookRecord]) -> Vec<Folded> {
                     .into_iter()
                     .collect();
                 let outcome = apply(state, event, &x, r.at);
+                if let Outcome::Rejected(why) = &outcome {
+                    problems.push(format!(
+                        "impossible record for VM {:?}: {why}; dropped, state not changed by it",
+                        x.name
+                    ));
+                }
                 if matches!(outcome, Outcome::Recorded | Outcome::Updated) {
                     let floor = x.current_memory_kib.min(x.memory_kib);
                     problems.extend(metadata_problems(&x, floor));
@@ -565,6 +578,43 @@ mod tests {
         );
         assert_eq!(s.vms["u1"].floor_kib, 200);
         assert_eq!(s.vms["u1"].source, Source::HookLive);
+    }
+
+    #[test]
+    fn an_impossible_record_from_the_spool_is_dropped_regression() {
+        // Issue 18: a start whose XML gave a floor of 0 was recorded and
+        // saved; the next load then moved the whole state file aside.
+        let mut s = State::default();
+        apply(&mut s, Event::Register, &xml(160, 256), 1);
+        let before = s.clone();
+        let mut zero = xml(0, 256);
+        zero.uuid = "u2".into();
+        zero.name = "g2".into();
+        assert_eq!(
+            apply(&mut s, Event::Register, &zero, 2),
+            Outcome::Rejected("floor is 0".into())
+        );
+        assert_eq!(
+            apply(&mut s, Event::KeepFloor, &zero, 2),
+            Outcome::Rejected("floor is 0".into())
+        );
+        assert_eq!(s, before);
+        let f = fold(
+            &mut s,
+            &[rec(
+                "prepare",
+                Some(text(0, 256).replace("u1", "u3").replace("g1", "g3")),
+                3,
+            )],
+        );
+        assert_eq!(s, before);
+        assert!(
+            f[0].problems
+                .iter()
+                .any(|p| p.contains("impossible record for VM \"g3\": floor is 0")),
+            "{:?}",
+            f[0].problems
+        );
     }
 
     #[test]

@@ -453,6 +453,16 @@ fn run_locked(
             problem = Some(p);
             state
         }
+        Loaded::Repaired { state, dropped } => {
+            for d in &dropped {
+                error!(
+                    "state file {}: {d}; dropped that record, kept the rest",
+                    store.path().display()
+                );
+            }
+            problem = Some(dropped.join("; "));
+            state
+        }
         other => other.into_state(),
     };
     spool::remove_stale_temps(store.path(), now);

@@ -1305,3 +1305,33 @@ fn a_pass_that_cannot_record_its_resizes_makes_none() {
     fs::remove_dir_all(&tmp).unwrap();
     assert_eq!(h.run(T0 + 20).unwrap().resized, 1);
 }
+
+#[test]
+fn a_hook_record_with_floor_0_costs_no_other_vm_its_history_regression() {
+    // Issue 18: a hook record with floor 0 was folded and saved; the next
+    // load moved the whole state file aside, and every VM was adopted
+    // anew: holds by hand, back-offs and histories lost.
+    let h = Host::new(vec![
+        defined(dom(1, 160, 256), 160),
+        defined(dom(2, 160, 256), 160),
+    ]);
+    h.ksm(1, 60);
+    h.run(T0).unwrap();
+    let before = h.state().vms["00000001-0000-4000-8000-000000000000"].clone();
+    let d2 = defined(dom(2, 160, 256), 160);
+    h.hook_prepare(&d2, 0, T0 + 5);
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(r.state_problem, None);
+    let r = h.run(T0 + 20).unwrap();
+    assert_eq!(r.state_problem, None, "the state file was moved aside");
+    assert!(!vm(&r, "vm1").adopted && !vm(&r, "vm2").adopted);
+    let s = h.state();
+    assert_eq!(
+        s.vms["00000001-0000-4000-8000-000000000000"].recorded_at,
+        before.recorded_at
+    );
+    assert_eq!(
+        s.vms["00000002-0000-4000-8000-000000000000"].floor_kib,
+        160 * MIB
+    );
+}
