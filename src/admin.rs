@@ -13,7 +13,7 @@ use log::{info, warn};
 use crate::hypervisor::Hypervisor;
 use crate::metadata;
 use crate::pass::{fold_spool, Opener, Paths};
-use crate::state::{spool, State, VmRecord};
+use crate::state::{State, VmRecord};
 use crate::units::Kib;
 
 fn pick<'a>(state: &'a mut State, names: &[String]) -> anyhow::Result<Vec<&'a mut VmRecord>> {
@@ -51,7 +51,7 @@ pub fn release(
     let store = paths.store();
     let lock = store.lock(lock_timeout)?;
     let mut state = logged(&store, lock.load(now)?).into_state();
-    let folded = fold_spool(&store, &mut state, true);
+    fold_spool(&store, &mut state, Some(&lock), now)?;
     let mut out = Vec::new();
     for r in pick(&mut state, names)? {
         let Some(h) = r.manual.as_mut() else {
@@ -78,7 +78,6 @@ pub fn release(
         }
     }
     lock.save(&state)?;
-    spool::remove(&folded);
     Ok(out)
 }
 
@@ -94,7 +93,7 @@ pub fn reload(
     let store = paths.store();
     let lock = store.lock(lock_timeout)?;
     let mut state = logged(&store, lock.load(now)?).into_state();
-    let folded = fold_spool(&store, &mut state, true);
+    fold_spool(&store, &mut state, Some(&lock), now)?;
     let mut hv: Box<dyn Hypervisor> = open()?;
     let live = hv.domains().context("listing the domains")?;
     let mut out = Vec::new();
@@ -155,6 +154,5 @@ pub fn reload(
         out.push(line);
     }
     lock.save(&state)?;
-    spool::remove(&folded);
     Ok(out)
 }

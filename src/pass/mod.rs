@@ -304,53 +304,124 @@ pub struct Report {
 /// How a pass reaches libvirt: called once, after the host was read.
 pub type Opener<'a> = dyn FnMut() -> anyhow::Result<Box<dyn Hypervisor>> + 'a;
 
-/// Folds the hook's spooled records into `state`, logging what each did
-/// when `log_it`. Returns the spool entries read (records and strays), for
-/// the caller to remove once the state that holds them is saved.
-pub fn fold_spool(store: &Store, state: &mut State, log_it: bool) -> Vec<spool::Entry> {
-    let entries = match spool::read_all(store.path()) {
-        Ok(e) => e,
+/// Logs what folding one spooled record did.
+fn log_folded(state: &State, f: &hook::Folded) {
+    for p in &f.problems {
+        warn!("{}: {p}", f.call);
+    }
+    match (&f.outcome, state.vms.values().find(|v| v.name == f.name)) {
+        (hook::Outcome::Recorded | hook::Outcome::Updated, Some(r)) => info!(
+            "{}: recorded VM {:?} floor {} ceiling {}{}",
+            f.call,
+            f.name,
+            crate::units::Kib(r.floor_kib),
+            crate::units::Kib(r.ceiling_kib),
+            if r.balloon {
+                ""
+            } else {
+                " (no balloon device)"
+            }
+        ),
+        (hook::Outcome::Forgotten, _) => info!("{}: forgot VM {:?}", f.call, f.name),
+        (o, _) => debug!("{}: VM {:?}: {o:?}", f.call, f.name),
+    }
+}
+
+/// Moves a spool entry the pass cannot use to the quarantine, out of the
+/// path unit's sight; failing that removes it; failing that says so.
+fn set_aside(store: &Store, path: &Path, why: &str, now: u64) {
+    match spool::quarantine(store.path(), path, now) {
+        Ok(to) => warn!(
+            "hook spool: {}: {why}; moved to {}",
+            path.display(),
+            to.display()
+        ),
+        Err(q) => match spool::remove_entry(path) {
+            Ok(()) => warn!(
+                "hook spool: {}: {why}; removed (cannot move it to {}: {q})",
+                path.display(),
+                spool::quarantine_dir(store.path()).display()
+            ),
+            Err(e) => error!(
+                "hook spool: {}: {why}; can be neither moved to {} ({q}) nor removed ({e}): the path unit starts passes for it until its trigger limit; remove it by hand",
+                path.display(),
+                spool::quarantine_dir(store.path()).display()
+            ),
+        },
+    }
+}
+
+/// Folds the hook's spooled records into `state`, oldest first, one
+/// record in memory at a time. With `commit` (the pass lock held), the
+/// state is saved after every [`spool::FOLD_BATCH`] records and those
+/// records are then removed, and what cannot be folded or removed goes to
+/// the quarantine, logged; without it (`status`, `plan`) nothing on disk
+/// changes and nothing is logged. Returns how many hook records were
+/// folded.
+pub fn fold_spool(
+    store: &Store,
+    state: &mut State,
+    commit: Option<&crate::state::Locked<'_>>,
+    now: u64,
+) -> Result<usize, crate::state::StoreError> {
+    let listing = match spool::list(store.path(), &spool::boot_id()) {
+        Ok(l) => l,
         Err(e) => {
-            warn!(
-                "cannot read the hook spool {}: {e}; its records wait for the next pass",
-                store.spool_dir().display()
-            );
-            return Vec::new();
+            if commit.is_some() {
+                warn!(
+                    "cannot read the hook spool {}: {e}; its records wait for the next pass",
+                    store.spool_dir().display()
+                );
+            }
+            return Ok(0);
         }
     };
-    let mut records = Vec::new();
-    for e in &entries {
-        match &e.record {
-            Ok(r) => records.push(r.clone()),
-            Err(why) if log_it => warn!("hook spool: {}: {why}; removed", e.path.display()),
-            Err(_) => {}
+    if commit.is_some() {
+        for p in &listing.strays {
+            set_aside(store, p, "not a name the hook gives its records", now);
         }
     }
-    for f in hook::fold(state, &records) {
-        if !log_it {
+    let mut folded = 0;
+    for batch in listing.records.chunks(spool::FOLD_BATCH) {
+        let mut done = Vec::with_capacity(batch.len());
+        for path in batch {
+            match spool::read_record(path) {
+                Ok(r) => {
+                    for f in hook::fold(state, std::slice::from_ref(&r)) {
+                        if commit.is_some() {
+                            log_folded(state, &f);
+                        }
+                    }
+                    folded += 1;
+                    done.push(path);
+                }
+                Err(why) if commit.is_some() => set_aside(store, path, &why, now),
+                Err(_) => {}
+            }
+        }
+        let Some(lock) = commit else {
+            continue;
+        };
+        if done.is_empty() {
             continue;
         }
-        for p in &f.problems {
-            warn!("{}: {p}", f.call);
-        }
-        match (&f.outcome, state.vms.values().find(|v| v.name == f.name)) {
-            (hook::Outcome::Recorded | hook::Outcome::Updated, Some(r)) => info!(
-                "{}: recorded VM {:?} floor {} ceiling {}{}",
-                f.call,
-                f.name,
-                crate::units::Kib(r.floor_kib),
-                crate::units::Kib(r.ceiling_kib),
-                if r.balloon {
-                    ""
-                } else {
-                    " (no balloon device)"
+        // Saved before the records go, so a record is never lost; a pass
+        // killed in a long drain keeps the batches it saved.
+        lock.save(state)?;
+        for path in done {
+            if let Err(e) = spool::remove_entry(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    set_aside(
+                        store,
+                        path,
+                        &format!("folded, but cannot be removed: {e}"),
+                        now,
+                    );
                 }
-            ),
-            (hook::Outcome::Forgotten, _) => info!("{}: forgot VM {:?}", f.call, f.name),
-            (o, _) => debug!("{}: VM {:?}: {o:?}", f.call, f.name),
+            }
         }
     }
-    entries
+    Ok(folded)
 }
 
 /// `ksm-balloon run`: under the pass lock, fold the hook spool, observe,
@@ -466,14 +537,9 @@ fn run_locked(
         other => other.into_state(),
     };
     spool::remove_stale_temps(store.path(), now);
-    let folded = fold_spool(&store, &mut state, true);
-    let hook_records = folded.iter().filter(|e| e.record.is_ok()).count();
-    if !folded.is_empty() {
-        // Saved before anything else can fail, so the records can go: a
-        // spool left full would keep the systemd path unit starting passes.
-        lock.save(&state)?;
-        spool::remove(&folded);
-    }
+    // Saved (batch by batch) before anything else can fail, so the records
+    // can go: a spool left full would keep the path unit starting passes.
+    let hook_records = fold_spool(&store, &mut state, Some(&lock), now)?;
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     debug!("connected to libvirt");
@@ -523,7 +589,7 @@ pub fn dry_run(
             store.path().display()
         );
     }
-    let folded = fold_spool(&store, &mut state, false);
+    let hook_records = fold_spool(&store, &mut state, None, now)?;
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     let procs = settings.split.needs_contribution().then_some(&paths.procs);
@@ -532,7 +598,7 @@ pub fn dry_run(
     let mut report = planned.report;
     report.dry_run = true;
     report.calls = hv.calls();
-    report.hook_records = folded.iter().filter(|e| e.record.is_ok()).count();
+    report.hook_records = hook_records;
     report.state_problem = problem;
     Ok(report)
 }

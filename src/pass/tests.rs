@@ -1335,3 +1335,59 @@ fn a_hook_record_with_floor_0_costs_no_other_vm_its_history_regression() {
         160 * MIB
     );
 }
+
+#[test]
+fn what_a_pass_cannot_fold_goes_to_the_quarantine_and_the_spool_empties_regression() {
+    // Issue 18: a directory in the spool that was not empty was logged
+    // "removed" every pass and stayed; with the path unit
+    // (DirectoryNotEmpty, no start limit) it started passes back to back
+    // for ever. Now what a pass cannot fold is moved out of the spool.
+    let h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    let d = dom(1, 160, 256);
+    h.hook_prepare(&d, 160, T0);
+    let spool_dir = spool::dir_of(&h.paths.state);
+    fs::create_dir_all(spool_dir.join("a-directory/with-a-file")).unwrap();
+    fs::write(spool_dir.join("junk"), "not a record").unwrap();
+    let bad = format!("{}-{:020}-1.json", spool::UNKNOWN_BOOT, 1);
+    fs::write(spool_dir.join(&bad), "{garbage").unwrap();
+    let r = h.run(T0 + 1).unwrap();
+    assert_eq!(r.hook_records, 1);
+    assert!(h.state().vms.contains_key(&d.live.uuid));
+    assert_eq!(fs::read_dir(&spool_dir).unwrap().count(), 0);
+    let mut q: Vec<String> = fs::read_dir(spool::quarantine_dir(&h.paths.state))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    q.sort();
+    assert_eq!(
+        q,
+        [
+            format!("{bad}.{}", T0 + 1),
+            format!("a-directory.{}", T0 + 1),
+            format!("junk.{}", T0 + 1)
+        ]
+    );
+    // the next pass finds nothing to do
+    assert_eq!(h.run(T0 + 2).unwrap().hook_records, 0);
+}
+
+#[test]
+fn a_long_spool_is_folded_oldest_first_in_batches() {
+    // Issue 18: a pass read the whole spool into memory at once. Now it
+    // reads one record at a time and saves every FOLD_BATCH records.
+    let h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    let d = dom(1, 160, 256);
+    let n = 2 * spool::FOLD_BATCH + 7;
+    for i in 0..n as u64 {
+        h.hook_prepare(&d, 160 + (i % 3), T0 + i);
+    }
+    let r = h.run(T0 + n as u64).unwrap();
+    assert_eq!(r.hook_records, n);
+    assert_eq!(
+        fs::read_dir(spool::dir_of(&h.paths.state)).unwrap().count(),
+        0
+    );
+    // the last record is the one that holds
+    let last = 160 + ((n as u64 - 1) % 3);
+    assert_eq!(h.state().vms[&d.live.uuid].floor_kib, last * MIB);
+}
