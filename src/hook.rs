@@ -384,11 +384,10 @@ pub enum Verbosity {
 /// verbosity, from the settings file's text overridden by the environment.
 /// `Err` names the setting at fault.
 pub fn settings(
-    file_text: Option<&str>,
+    file: &[(String, String)],
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(PathBuf, Verbosity), String> {
-    let get =
-        |key: &str| env(key).or_else(|| file_text.and_then(|t| crate::sysconfig::get(t, key)));
+    let get = |key: &str| env(key).or_else(|| crate::sysconfig::lookup(file, key));
     let root = PathBuf::from(get("KSM_BALLOON_ROOT").unwrap_or_else(|| "/".into()));
     let state = PathBuf::from(
         get("KSM_BALLOON_STATE").unwrap_or_else(|| crate::sysconfig::DEFAULT_STATE.into()),
@@ -440,8 +439,18 @@ fn log_line(line: &str) {
 pub fn entry(args: &[String], mut input: impl Read) {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let config = env("KSM_BALLOON_CONFIG").unwrap_or_else(|| crate::sysconfig::DEFAULT_PATH.into());
-    let file_text = std::fs::read_to_string(&config).ok();
-    let (state_path, verbosity) = match settings(file_text.as_deref(), env) {
+    // Read as systemd's EnvironmentFile=- reads it for the pass: a file
+    // it refuses (a key or value not UTF-8) is one it ignores.
+    let file = match std::fs::read(&config) {
+        Ok(bytes) => crate::sysconfig::parse_bytes(&bytes).unwrap_or_else(|why| {
+            log_line(&format!(
+                "{config}: {why}; systemd ignores the whole file, and so does the hook"
+            ));
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    let (state_path, verbosity) = match settings(&file, env) {
         Ok(s) => s,
         Err(why) => {
             let _ = io::copy(&mut input, &mut io::sink());
@@ -710,7 +719,7 @@ mod tests {
     fn settings_from_file_and_environment() {
         let none = |_: &str| None;
         assert_eq!(
-            settings(None, none).unwrap(),
+            settings(&[], none).unwrap(),
             (
                 PathBuf::from("/var/lib/ksm-balloon/state.json"),
                 Verbosity::Problems
@@ -718,15 +727,19 @@ mod tests {
         );
         let file = "KSM_BALLOON_STATE=/run/t/state.json\nKSM_BALLOON_LOG=debug\n";
         assert_eq!(
-            settings(Some(file), none).unwrap(),
+            settings(&crate::sysconfig::parse(file), none).unwrap(),
             (PathBuf::from("/run/t/state.json"), Verbosity::Debug)
         );
         let env = |k: &str| (k == "KSM_BALLOON_ROOT").then(|| "/fake".to_string());
         assert_eq!(
-            settings(Some(file), env).unwrap().0,
+            settings(&crate::sysconfig::parse(file), env).unwrap().0,
             PathBuf::from("/fake/run/t/state.json")
         );
-        let err = settings(Some("KSM_BALLOON_STATE=relative.json"), none).unwrap_err();
+        let err = settings(
+            &crate::sysconfig::parse("KSM_BALLOON_STATE=relative.json"),
+            none,
+        )
+        .unwrap_err();
         assert!(err.contains("KSM_BALLOON_STATE"), "{err}");
     }
 
@@ -735,7 +748,7 @@ mod tests {
         // Issue 12: the binary exited 2 on KSM_BALLOON_RESERVE=lots before
         // reading stdin. The hook reads only the settings it needs.
         let file = "KSM_BALLOON_RESERVE=lots\nKSM_BALLOON_SHARE=2\n";
-        assert!(settings(Some(file), |_: &str| None).is_ok());
+        assert!(settings(&crate::sysconfig::parse(file), |_: &str| None).is_ok());
     }
 
     #[test]

@@ -271,6 +271,50 @@ fn the_hook_program_reads_its_settings_file() {
 }
 
 #[test]
+fn the_hook_reads_its_settings_file_as_systemd_does_regression() {
+    // Issue 18: the hook's reader and systemd's EnvironmentFile= disagreed
+    // on quoting, blanks around `=`, `export` and continued lines, so the
+    // hook could spool into a directory no pass reads. Here systemd sets
+    // KSM_BALLOON_STATE to "<dir>/with space/state.json" (a quoted piece
+    // joined to an unquoted one, across a continued line); the `export`
+    // line is not an assignment to systemd. The old reader took the
+    // `export` line's <dir>/nowhere, the last it understood.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("with space/state.json");
+    let settings = dir.path().join("sysconfig");
+    std::fs::write(
+        &settings,
+        format!(
+            "KSM_BALLOON_STATE = \"{}/with space/\"\\\nstate.json\nexport KSM_BALLOON_STATE={}/nowhere/state.json\n",
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(HOOK_BIN)
+        .env_clear()
+        .env("KSM_BALLOON_CONFIG", &settings)
+        .env("KSM_BALLOON_HOOK_LOG", "stderr")
+        .args(["g1", "prepare", "begin", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(fixture("prepare-begin.xml").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{out:?}");
+    assert_eq!(spool::read_all(&state).unwrap().len(), 1);
+    assert!(!dir.path().join("nowhere").exists());
+}
+
+#[test]
 fn an_invalid_setting_never_stops_the_hook() {
     // Issue 12: `ksm-balloon hook` exited 2 on KSM_BALLOON_RESERVE=lots
     // before reading stdin. Both programs read only what the hook needs.
