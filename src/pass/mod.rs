@@ -127,6 +127,11 @@ pub const DEFAULT_GUEST_STATS_PERIOD: u32 = 5;
 /// The holding window by default: a minute of passes.
 pub const DEFAULT_HOLD_WINDOW_SECS: u64 = 60;
 
+/// The most savings readings the state keeps for the holding window
+/// ([`plan::hold`]), however long the window: the state file stays the
+/// same size pass after pass.
+pub const HOLD_MAX_ENTRIES: usize = 64;
+
 impl Settings {
     /// The policy's settings, the reserve resolved against `mem_total_kib`.
     pub fn policy(&self, mem_total_kib: u64) -> Policy {

@@ -1391,3 +1391,38 @@ fn a_long_spool_is_folded_oldest_first_in_batches() {
     let last = 160 + ((n as u64 - 1) % 3);
     assert_eq!(h.state().vms[&d.live.uuid].floor_kib, last * MIB);
 }
+
+#[test]
+fn the_state_file_stays_the_same_size_over_a_day_of_passes_regression() {
+    // Issue 18: the holding window's history grew one entry per pass: a
+    // one-day window meant some 370 KB rewritten and fsynced every pass.
+    // A day of passes (every 60 s, to keep the test short: the history
+    // grew per pass whatever the interval), savings rising in steps for
+    // 400 passes and falling back (the worst case: every rise is a
+    // reading to keep).
+    let mut h = Host::new(vec![defined(dom(1, 160, 512), 160)]);
+    h.settings.hold_window_secs = 86_400;
+    let mut exact: Vec<(u64, u64)> = Vec::new();
+    let mut sizes = Vec::new();
+    for i in 0..1440u64 {
+        let now = T0 + 60 * i;
+        let savings = 50 + (i % 400) / 2;
+        h.ksm(1, savings);
+        let r = h.run(now).unwrap();
+        // never lends more than held over the whole window
+        exact.retain(|&(at, _)| now - at < 86_400);
+        exact.push((now, savings * MIB));
+        let held = exact.iter().map(|&(_, k)| k).min().unwrap();
+        assert!(r.lendable_kib <= held, "pass {i}");
+        sizes.push(fs::metadata(&h.paths.state).unwrap().len());
+    }
+    let s = h.state();
+    assert!(
+        s.savings_seen.len() <= HOLD_MAX_ENTRIES,
+        "{}",
+        s.savings_seen.len()
+    );
+    let settled = sizes[HOLD_MAX_ENTRIES * 5];
+    let most = *sizes.iter().max().unwrap();
+    assert!(most <= settled + 512, "from {settled} to {most} bytes");
+}
