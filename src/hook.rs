@@ -436,8 +436,23 @@ fn log_line(line: &str) {
 /// (`KSM_BALLOON_CONFIG`, default [`crate::sysconfig::DEFAULT_PATH`]) and
 /// the environment, spools, logs problems. Always returns: the caller
 /// exits 0 whatever happened, so a VM start never fails because of it.
-pub fn entry(args: &[String], mut input: impl Read) {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+pub fn entry(args: &[String], input: impl Read) {
+    entry_with(args, input, &crate::cli::HookFlags::default());
+}
+
+/// [`entry`], with the `--root` and `--state` of `ksm-balloon [flags]
+/// hook ...` (issue 22: they were accepted and ignored, and the record
+/// went to the host's real spool): a flag wins over the environment,
+/// which wins over the settings file.
+pub fn entry_with(args: &[String], mut input: impl Read, flags: &crate::cli::HookFlags) {
+    let env = |k: &str| {
+        let flag = match k {
+            "KSM_BALLOON_ROOT" => flags.root.clone(),
+            "KSM_BALLOON_STATE" => flags.state.clone(),
+            _ => None,
+        };
+        flag.or_else(|| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    };
     let config = env("KSM_BALLOON_CONFIG").unwrap_or_else(|| crate::sysconfig::DEFAULT_PATH.into());
     // Read as systemd's EnvironmentFile=- reads it for the pass: a file
     // it refuses (a key or value not UTF-8) is one it ignores.
