@@ -731,6 +731,41 @@ mod tests {
     }
 
     #[test]
+    fn a_full_spool_is_logged_and_the_call_still_returns_regression() {
+        // Issue 18: the hook stops adding records above the spool's cap,
+        // and says so (the caller logs each problem to syslog).
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let first = run(
+            &state,
+            "g1",
+            "prepare",
+            "begin",
+            text(160, 256).as_bytes(),
+            1,
+        );
+        let spool_dir = spool::dir_of(&state);
+        for i in 1..spool::MAX_RECORDS {
+            std::fs::write(spool_dir.join(format!("junk-{i}")), "").unwrap();
+        }
+        let r = run(
+            &state,
+            "g1",
+            "started",
+            "begin",
+            text(256, 256).as_bytes(),
+            2,
+        );
+        assert!(first.spooled.is_some() && r.spooled.is_none());
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(
+            r.problems[0].contains("its limit") && r.problems[0].contains("adopts the VM"),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
     fn settings_from_file_and_environment() {
         let none = |_: &str| None;
         assert_eq!(
