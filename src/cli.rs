@@ -74,7 +74,9 @@ pub enum Command {
     ///
     /// Records a VM's floor and ceiling when it starts and forgets it when it
     /// stops. Never connects to libvirt; always exits 0 once its arguments
-    /// parse, so it never blocks a VM start.
+    /// parse, so it never blocks a VM start. Of the settings it takes only
+    /// --root and --state on the command line (before or right after
+    /// `hook`); any other is refused (exit 2).
     Hook {
         /// The domain's name.
         domain: String,
@@ -409,6 +411,10 @@ pub fn hook_command_line(args: &[String]) -> Option<Result<(HookFlags, Vec<Strin
         if !a.starts_with('-') {
             break;
         }
+        if matches!(a.as_str(), "-h" | "--help" | "-V" | "--version") {
+            // clap's own: the hook's help
+            return None;
+        }
         match take(&mut flags, i) {
             0 => {
                 return Some(Err(format!(
@@ -500,6 +506,8 @@ mod tests {
         assert_eq!(hook_line(&["--root", &root, "run"]), None);
         assert_eq!(hook_line(&["hook"]), None);
         assert_eq!(hook_line(&["--share", "1", "hook", "vm", "prepare"]), None);
+        assert_eq!(hook_line(&["hook", "--help"]), None);
+        assert_eq!(hook_line(&["--root", &root, "hook", "-h"]), None);
         // refused
         for line in [
             vec!["hook", "--share", "1", "vm", "prepare"],

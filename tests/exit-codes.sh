@@ -48,6 +48,7 @@ expect 2 "invalid value '$work/nowhere' for '--root'" -- --root "$work/nowhere" 
 expect 2 "required arguments were not provided" -- hook
 # The hook takes --root and --state (before or right after `hook`) and
 # honours them (issue 22); any other setting given for it is refused.
+expect 0 "Usage: ksm-balloon hook" -- hook --help
 expect 2 "'--share' is not a flag the hook takes" -- hook --share 1 vm1 prepare begin -
 expect 2 "takes no setting on the command line but --root and --state" -- --share 1 hook vm1 prepare begin -
 expect 2 "invalid value '$work/nowhere' for '--root'" -- --root "$work/nowhere" hook vm1 prepare begin -
