@@ -46,6 +46,13 @@ expect 2 "invalid value '-3' for '--lock-timeout" -- --lock-timeout=-3 run
 expect 2 "invalid value 'relative/state.json' for '--state'" -- --state relative/state.json run
 expect 2 "invalid value '$work/nowhere' for '--root'" -- --root "$work/nowhere" run
 expect 2 "required arguments were not provided" -- hook
+# The hook takes --root and --state (before or right after `hook`) and
+# honours them (issue 22); any other setting given for it is refused.
+expect 0 "Usage: ksm-balloon hook" -- hook --help
+expect 2 "'--share' is not a flag the hook takes" -- hook --share 1 vm1 prepare begin -
+expect 2 "takes no setting on the command line but --root and --state" -- --share 1 hook vm1 prepare begin -
+expect 2 "invalid value '$work/nowhere' for '--root'" -- --root "$work/nowhere" hook vm1 prepare begin -
+expect 2 "invalid value 'state.json' for '--state'" -- hook --state state.json vm1 prepare begin -
 # With a domain, `hook` is the hook as libvirt runs it (answered before the
 # settings are parsed): it never fails, and says what was wrong.
 expect 0 "libvirt passes <domain> <operation>" -- hook vm1
@@ -62,6 +69,14 @@ expect 0 '' -- --connect "$DRV" run
 # the hook never fails a VM start, whatever its input
 expect 0 '' -- hook vm1 prepare begin -
 expect 0 '' -- hook vm1 frobnicate begin -
+mkdir -p "$work/hookroot"
+expect 0 '' -- --root "$work/hookroot" hook vm1 prepare begin -
+if [ -z "$(ls "$work/hookroot/var/lib/ksm-balloon/spool" 2>/dev/null)" ]; then
+    echo "FAIL: ksm-balloon --root $work/hookroot hook ... spooled nothing under that root"
+    fails=$((fails + 1))
+else
+    echo "ok: the hook's --root is honoured"
+fi
 
 # runtime failures: 1
 expect 1 "cannot connect to libvirt at qemu\+unix:///system\?socket=$work/no-such-socket" -- \

@@ -175,3 +175,83 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) 
     });
     (state, report)
 }
+
+// Record before asking (issue 18). Kept apart from `record`: a pass killed
+// between a resize and the save at its end (the unit's timeout, an OOM
+// kill, a full disk) must leave a state that tells its own asks from an
+// operator's, so each ask is in the saved state before it is made.
+
+/// What a VM's record said of its last ask before [`intend`] wrote this
+/// pass's into it: put back by [`withdraw`] when the resize surely was not
+/// made.
+#[derive(Clone, Debug)]
+pub struct Prior {
+    uuid: String,
+    last_target_kib: Option<u64>,
+    last_change_at: Option<u64>,
+    asked_from_kib: Option<u64>,
+    manual: Option<crate::manual::History>,
+}
+
+/// Writes every resize of the plan into `state` as asked at `now`, as
+/// [`record`] does for a resize made: the VM's last target, when, from
+/// what size, and the manual-change detector's ask. The caller saves the
+/// state before making any of them. Returns what each record said before,
+/// in the plan's order.
+pub fn intend(state: &mut State, resizes: &[super::plan::Resize], now: u64) -> Vec<Prior> {
+    let mut priors = Vec::with_capacity(resizes.len());
+    for z in resizes {
+        let Some(r) = state.vms.get_mut(&z.uuid) else {
+            // Never so (a resize is planned for a record only); kept in
+            // step with the plan's list all the same.
+            priors.push(Prior {
+                uuid: z.uuid.clone(),
+                last_target_kib: None,
+                last_change_at: None,
+                asked_from_kib: None,
+                manual: None,
+            });
+            continue;
+        };
+        priors.push(Prior {
+            uuid: z.uuid.clone(),
+            last_target_kib: r.last_target_kib,
+            last_change_at: r.last_change_at,
+            asked_from_kib: r.asked_from_kib,
+            manual: r.manual,
+        });
+        r.last_target_kib = Some(z.to_kib);
+        r.last_change_at = Some(now);
+        r.asked_from_kib = Some(z.from_kib);
+        if let Some(h) = r.manual.as_mut() {
+            h.asked(now, z.to_kib, z.from_kib);
+        }
+    }
+    priors
+}
+
+/// Puts back what [`intend`] wrote for each resize that surely was not
+/// made: one libvirt refused (the VM vanished, its balloon driver is not
+/// loaded), and those a lost connection stopped before they were tried.
+/// The one the connection was lost on keeps its intent: libvirt may have
+/// made it, and a balloon at either size is then on the path from where it
+/// was asked to what was asked, never "set by someone else"; one that did
+/// not move is short of its target, and the usual back-off applies.
+pub fn withdraw(state: &mut State, priors: Vec<Prior>, applied: &Applied) {
+    let uncertain = applied.fatal.is_some().then_some(applied.resizes.len());
+    for (i, p) in priors.into_iter().enumerate() {
+        let made_or_maybe = match applied.resizes.get(i) {
+            Some(result) => result.is_ok(),
+            None => Some(i) == uncertain,
+        };
+        if made_or_maybe {
+            continue;
+        }
+        if let Some(r) = state.vms.get_mut(&p.uuid) {
+            r.last_target_kib = p.last_target_kib;
+            r.last_change_at = p.last_change_at;
+            r.asked_from_kib = p.asked_from_kib;
+            r.manual = p.manual;
+        }
+    }
+}

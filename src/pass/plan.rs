@@ -297,13 +297,31 @@ pub fn track_io(
 /// older than `window_secs`) and returns the smallest reading of the
 /// window, the present one included, so a fall is followed at once and a
 /// rise only once it has lasted the window.
+///
+/// `seen` (in the state file) keeps only what can still be the smallest:
+/// a reading followed by one as small or smaller never will be, so the
+/// readings kept rise with time (one entry at steady savings, not one per
+/// pass). At most [`super::HOLD_MAX_ENTRIES`] are kept: past that, the
+/// two kept closest in time become one, with the smaller reading and the
+/// later time, which can only hold a rise back a little longer, never
+/// lend it early.
 pub fn hold(seen: &mut Vec<(u64, u64)>, now_kib: u64, now: u64, window_secs: u64) -> u64 {
     if window_secs == 0 {
         seen.clear();
         return now_kib;
     }
     seen.retain(|&(at, _)| at <= now && now - at < window_secs);
+    while seen.last().is_some_and(|&(_, k)| k >= now_kib) {
+        seen.pop();
+    }
     seen.push((now, now_kib));
+    while seen.len() > super::HOLD_MAX_ENTRIES {
+        let i = (1..seen.len())
+            .min_by_key(|&i| seen[i].0 - seen[i - 1].0)
+            .unwrap_or(1);
+        seen[i].1 = seen[i].1.min(seen[i - 1].1);
+        seen.remove(i - 1);
+    }
     seen.iter().map(|&(_, k)| k).min().unwrap_or(now_kib)
 }
 

@@ -251,13 +251,28 @@ fn a_fatal_error_in_the_middle_of_the_resizes_keeps_what_was_done() {
         "{err:#}"
     );
     let s = h.state();
-    let asked: Vec<_> = s.vms.values().filter_map(|r| r.last_target_kib).collect();
-    assert_eq!(asked, [190 * MIB]);
+    // the resize made is recorded, and so is the one the connection was
+    // lost on (libvirt may have made it: issue 18); the third, never
+    // tried, is not
+    let asked: Vec<_> = s.vms.values().map(|r| r.last_target_kib).collect();
+    assert_eq!(asked, [Some(190 * MIB), Some(190 * MIB), None]);
     assert_eq!(s.vms.len(), 3, "every adoption is kept");
-    // the next pass, connection back, does the other two
+    // the next pass, connection back, does the third; the second, short
+    // of the target it may have been asked, is asked again after the
+    // back-off, and is never taken for a balloon set by hand
     h.fake().lost_after = None;
     let r = h.run(T0 + 10).unwrap();
-    assert_eq!(r.resized, 2);
+    assert_eq!(r.resized, 1);
+    let mut t = T0 + 10;
+    while t < T0 + 10 + plan::SETTLE_SECS + plan::BACKOFF_FIRST_SECS + 10 {
+        t += 10;
+        let r = h.run(t).unwrap();
+        assert!(vm(&r, "vm2").held_by_hand.is_none(), "{t}");
+    }
+    assert_eq!(
+        h.fake().current("00000002-0000-4000-8000-000000000000"),
+        Some(190 * MIB)
+    );
 }
 
 #[test]
@@ -1168,4 +1183,246 @@ fn a_recall_asks_for_fresh_figures_once_and_sets_the_period_back_when_it_is_over
     h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, T0 + 19);
     assert_eq!(h.run(T0 + 20).unwrap().resized, 1);
     assert!(h.fake().stats_periods.is_empty());
+}
+
+/// The fake hypervisor, killed right after the first resize it makes: the
+/// panic unwinds out of the pass as a SIGKILL would end it, before the
+/// pass's last save.
+struct KilledAfterResize(Shared);
+
+impl Hypervisor for KilledAfterResize {
+    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
+        self.0.domains()
+    }
+    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
+        self.0.inactive_xml(uuid)
+    }
+    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
+        self.0.set_memory(uuid, kib)?;
+        panic!("the pass is killed right after a resize (a test's doing)");
+    }
+    fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
+        self.0.set_stats_period(uuid, seconds)
+    }
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        self.0.metadata(uuid)
+    }
+    fn calls(&self) -> CallCount {
+        self.0.calls()
+    }
+}
+
+impl Host {
+    /// A pass killed right after its first resize.
+    fn run_killed_after_resize(&self, now: u64) {
+        let hv = self.hv.clone();
+        let mut open = move || Ok(Box::new(KilledAfterResize(hv.clone())) as Box<dyn Hypervisor>);
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(
+                &self.paths,
+                &self.settings,
+                Duration::from_secs(5),
+                &mut open,
+                now,
+            )
+        }));
+        assert!(killed.is_err(), "the pass was not killed");
+    }
+
+    fn set_current(&self, uuid: &str, kib: u64) {
+        self.fake()
+            .domains
+            .get_mut(uuid)
+            .unwrap()
+            .live
+            .sizes
+            .as_mut()
+            .unwrap()
+            .current_kib = kib;
+    }
+}
+
+#[test]
+fn a_pass_killed_between_a_resize_and_its_save_never_takes_its_own_ask_for_a_hand_regression() {
+    // Issue 18: resizes were made before the state was saved. A pass
+    // killed in between (the unit's timeout, an OOM kill) left balloons at
+    // sizes the state never asked for, and the manual-change detector held
+    // those VMs "set by hand" until they restarted or were released. Now
+    // every ask is saved before it is made.
+    let mut h = Host::new(vec![
+        defined(dom(1, 160, 256), 160),
+        defined(dom(2, 160, 256), 160),
+    ]);
+    h.settings.hold_window_secs = 0;
+    let (u1, u2) = (
+        "00000001-0000-4000-8000-000000000000",
+        "00000002-0000-4000-8000-000000000000",
+    );
+    // adopted at their floors, which they have reached
+    h.run(T0).unwrap();
+    h.run(T0 + 10).unwrap();
+    // savings: 190 MiB each; killed right after vm1's resize
+    h.ksm(1, 60);
+    h.run_killed_after_resize(T0 + 20);
+    assert_eq!(h.fake().resizes, [(u1.to_string(), 190 * MIB)]);
+    // vm1's balloon stops part way (175 MiB, as on the test driver in the
+    // issue); vm2 was never asked
+    h.set_current(u1, 175 * MIB);
+    assert_eq!(h.fake().current(u2), Some(160 * MIB));
+    let mut t = T0 + 20;
+    while t < T0 + 20 + plan::SETTLE_SECS + plan::BACKOFF_FIRST_SECS + 20 {
+        t += 10;
+        let r = h.run(t).unwrap();
+        for name in ["vm1", "vm2"] {
+            let v = vm(&r, name);
+            assert!(v.held_by_hand.is_none(), "+{}s {name}: {v:?}", t - T0);
+            assert_ne!(v.reason, Reason::Unsettled, "+{}s {name}", t - T0);
+        }
+    }
+    // both were asked again after the back-off, and got there
+    assert_eq!(h.fake().current(u1), Some(190 * MIB));
+    assert_eq!(h.fake().current(u2), Some(190 * MIB));
+}
+
+#[test]
+fn a_pass_that_cannot_record_its_resizes_makes_none() {
+    // Issue 18: the state is saved before the resizes; when that save
+    // fails (a full disk), no balloon is moved behind the state's back.
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.hold_window_secs = 0;
+    h.run(T0).unwrap();
+    // every save fails: a directory (not empty) where this process's
+    // temporary state file goes
+    let mut tmp = h.paths.state.clone().into_os_string();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    fs::create_dir_all(tmp.join("x")).unwrap();
+    h.ksm(1, 30);
+    let err = h.run(T0 + 10).unwrap_err();
+    assert!(format!("{err:#}").contains("none was made"), "{err:#}");
+    assert_eq!(h.fake().resizes, []);
+    assert_eq!(h.state().vms.values().next().unwrap().last_target_kib, None);
+    fs::remove_dir_all(&tmp).unwrap();
+    assert_eq!(h.run(T0 + 20).unwrap().resized, 1);
+}
+
+#[test]
+fn a_hook_record_with_floor_0_costs_no_other_vm_its_history_regression() {
+    // Issue 18: a hook record with floor 0 was folded and saved; the next
+    // load moved the whole state file aside, and every VM was adopted
+    // anew: holds by hand, back-offs and histories lost.
+    let h = Host::new(vec![
+        defined(dom(1, 160, 256), 160),
+        defined(dom(2, 160, 256), 160),
+    ]);
+    h.ksm(1, 60);
+    h.run(T0).unwrap();
+    let before = h.state().vms["00000001-0000-4000-8000-000000000000"].clone();
+    let d2 = defined(dom(2, 160, 256), 160);
+    h.hook_prepare(&d2, 0, T0 + 5);
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(r.state_problem, None);
+    let r = h.run(T0 + 20).unwrap();
+    assert_eq!(r.state_problem, None, "the state file was moved aside");
+    assert!(!vm(&r, "vm1").adopted && !vm(&r, "vm2").adopted);
+    let s = h.state();
+    assert_eq!(
+        s.vms["00000001-0000-4000-8000-000000000000"].recorded_at,
+        before.recorded_at
+    );
+    assert_eq!(
+        s.vms["00000002-0000-4000-8000-000000000000"].floor_kib,
+        160 * MIB
+    );
+}
+
+#[test]
+fn what_a_pass_cannot_fold_goes_to_the_quarantine_and_the_spool_empties_regression() {
+    // Issue 18: a directory in the spool that was not empty was logged
+    // "removed" every pass and stayed; with the path unit
+    // (DirectoryNotEmpty, no start limit) it started passes back to back
+    // for ever. Now what a pass cannot fold is moved out of the spool.
+    let h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    let d = dom(1, 160, 256);
+    h.hook_prepare(&d, 160, T0);
+    let spool_dir = spool::dir_of(&h.paths.state);
+    fs::create_dir_all(spool_dir.join("a-directory/with-a-file")).unwrap();
+    fs::write(spool_dir.join("junk"), "not a record").unwrap();
+    let bad = format!("{}-{:020}-1.json", spool::UNKNOWN_BOOT, 1);
+    fs::write(spool_dir.join(&bad), "{garbage").unwrap();
+    let r = h.run(T0 + 1).unwrap();
+    assert_eq!(r.hook_records, 1);
+    assert!(h.state().vms.contains_key(&d.live.uuid));
+    assert_eq!(fs::read_dir(&spool_dir).unwrap().count(), 0);
+    let mut q: Vec<String> = fs::read_dir(spool::quarantine_dir(&h.paths.state))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    q.sort();
+    assert_eq!(
+        q,
+        [
+            format!("{bad}.{}", T0 + 1),
+            format!("a-directory.{}", T0 + 1),
+            format!("junk.{}", T0 + 1)
+        ]
+    );
+    // the next pass finds nothing to do
+    assert_eq!(h.run(T0 + 2).unwrap().hook_records, 0);
+}
+
+#[test]
+fn a_long_spool_is_folded_oldest_first_in_batches() {
+    // Issue 18: a pass read the whole spool into memory at once. Now it
+    // reads one record at a time and saves every FOLD_BATCH records.
+    let h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    let d = dom(1, 160, 256);
+    let n = 2 * spool::FOLD_BATCH + 7;
+    for i in 0..n as u64 {
+        h.hook_prepare(&d, 160 + (i % 3), T0 + i);
+    }
+    let r = h.run(T0 + n as u64).unwrap();
+    assert_eq!(r.hook_records, n);
+    assert_eq!(
+        fs::read_dir(spool::dir_of(&h.paths.state)).unwrap().count(),
+        0
+    );
+    // the last record is the one that holds
+    let last = 160 + ((n as u64 - 1) % 3);
+    assert_eq!(h.state().vms[&d.live.uuid].floor_kib, last * MIB);
+}
+
+#[test]
+fn the_state_file_stays_the_same_size_over_a_day_of_passes_regression() {
+    // Issue 18: the holding window's history grew one entry per pass: a
+    // one-day window meant some 370 KB rewritten and fsynced every pass.
+    // A day of passes (every 60 s, to keep the test short: the history
+    // grew per pass whatever the interval), savings rising in steps for
+    // 400 passes and falling back (the worst case: every rise is a
+    // reading to keep).
+    let mut h = Host::new(vec![defined(dom(1, 160, 512), 160)]);
+    h.settings.hold_window_secs = 86_400;
+    let mut exact: Vec<(u64, u64)> = Vec::new();
+    let mut sizes = Vec::new();
+    for i in 0..1440u64 {
+        let now = T0 + 60 * i;
+        let savings = 50 + (i % 400) / 2;
+        h.ksm(1, savings);
+        let r = h.run(now).unwrap();
+        // never lends more than held over the whole window
+        exact.retain(|&(at, _)| now - at < 86_400);
+        exact.push((now, savings * MIB));
+        let held = exact.iter().map(|&(_, k)| k).min().unwrap();
+        assert!(r.lendable_kib <= held, "pass {i}");
+        sizes.push(fs::metadata(&h.paths.state).unwrap().len());
+    }
+    let s = h.state();
+    assert!(
+        s.savings_seen.len() <= HOLD_MAX_ENTRIES,
+        "{}",
+        s.savings_seen.len()
+    );
+    let settled = sizes[HOLD_MAX_ENTRIES * 5];
+    let most = *sizes.iter().max().unwrap();
+    assert!(most <= settled + 512, "from {settled} to {most} bytes");
 }
