@@ -228,7 +228,9 @@ rs_savings_kib() {
 }
 
 # rs_wait_savings_settle SECONDS MIN_KIB: waits until the savings are at
-# least MIN_KIB and moved less than 2 MiB over the last 3 s.
+# least MIN_KIB and moved less than 2 MiB over the last 3 s (KSM merged to a
+# level). It samples once a second, not kb_wait_until's 0.2 s: "the last 3
+# s" is its last 4 samples, so that 1 s is its clock, not a guess.
 rs_savings_settled() {
     local min=$1 now
     now=$(rs_savings_kib)

@@ -169,6 +169,8 @@ kb_wait_until 30 "the pass to reach libvirtd's socket" sh -c "ss -xp | grep -q '
 # call (or, if that was answered from libvirt's cache, a resize): either way
 # blocked on the stopped QEMU. A pass still connecting when libvirtd dies
 # would say "cannot connect", which fails the message check below.
+# (A window, not a wait for a state: "still blocked after 3 s" is what
+# says the pass is stuck in the call.)
 if timeout 3 tail --pid="$pass_pid" -f /dev/null; then
     cat "$work/c.log"; kb_die "C: the pass did not block on the stopped QEMU"
 fi
