@@ -422,6 +422,34 @@ kg_wait_boot_size() {
     done
 }
 
+# kg_stats_update NAME: when the guest last reported its memory statistics
+# (libvirt's balloon.last-update, epoch seconds); fails when it never did
+# (no statistics period, or the driver has not reported yet).
+kg_stats_update() {
+    kg_virsh domstats --balloon "$1" 2>/dev/null |
+        awk -F= '$1 ~ /balloon.last-update$/ && $2 > 0 { print $2; f = 1 } END { exit !f }'
+}
+
+# kg_stats_after NAME EPOCH: the guest's statistics are newer than EPOCH.
+kg_stats_after() {
+    local t
+    t=$(kg_stats_update "$1") || return 1
+    [ "$t" -gt "$2" ]
+}
+
+# kg_wait_stats_after SECONDS EPOCH NAME...: waits until every guest reported
+# memory statistics after EPOCH (a pass, a check or a sample that reads a
+# guest's own figures after a change waits for this first). The period is
+# the domain's <stats period>, 2 s by default.
+kg_wait_stats_after() {
+    local limit=$1 since=$2 g
+    shift 2
+    for g in "$@"; do
+        kb_wait_until "$limit" "$g's memory statistics newer than $(date -u -d "@$since" +%T)" \
+            kg_stats_after "$g" "$since" || return 1
+    done
+}
+
 # kg_destroy NAME: destroys the domain; fails when there is none to destroy.
 kg_destroy() { kg_virsh destroy "$1" >/dev/null 2>&1; }
 

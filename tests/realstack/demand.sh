@@ -297,8 +297,11 @@ kbb_boot 2 "$KBB_FLOOR_MIB" --cmd --idle
 kbb_wait_ready 120 "${G[@]:0:3}" || kb_die "the guests did not boot"
 kbb_wait_reading 60 "${G[0]}" || kb_die "${G[0]} did not start reading"
 # the first pass adopts them with their live size as floor: not before
-# their balloons are at the size they booted at
+# their balloons are at the size they booted at, and it splits by their
+# own figures: not before each reported them at that size
 kbb_wait_boot_size 60 "${G[@]:0:3}" || kb_die "the guests' balloons did not inflate"
+booted=$(date +%s)
+kg_wait_stats_after 30 "$booted" "${G[@]:0:3}" || kb_die "the guests sent no memory statistics"
 # what KSM merges in these guests: their kernels and the same 32 MiB each
 kb_wait_until 120 "KSM to save 64 MiB" \
     bash -c "[ \"\$(cat $KB_KSM_DIR/general_profit)\" -ge $((64 << 20)) ]" ||
