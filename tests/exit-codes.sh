@@ -5,6 +5,9 @@
 set -uo pipefail
 BIN=$(realpath "$1")
 here=$(cd "$(dirname "$0")" && pwd)
+# kb_wait_until: a wait for a state, with a deadline
+# shellcheck source=tests/lib/libvirtd.sh
+. "$here/lib/libvirtd.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r "$here/fixtures/root" "$work/root"
@@ -100,12 +103,19 @@ expect 1 "$work/nomem/proc/meminfo: no MemAvailable line" -- --root "$work/nomem
 mkdir -p "$work/root/var/lib/ksm-balloon"
 lockf="$work/root/var/lib/ksm-balloon/state.json.lock"
 touch "$lockf"
-flock "$lockf" sh -c "echo \$\$ > '$lockf'; sleep 5" &
+# The holder keeps the lock until it is killed (not for a few seconds that
+# a loaded machine may spend before the pass runs); the pass runs once the
+# holder has written its pid, i.e. holds the lock.
+flock "$lockf" sh -c "echo \$\$ > '$lockf'; exec sleep 600" &
 holder=$!
-for _ in $(seq 50); do [ -s "$lockf" ] && break; sleep 0.1; done
-expect 1 "timed out after .* waiting for the lock $lockf \(held by pid [0-9]+\)" -- \
-    --connect "$DRV" --lock-timeout 0.3 run
-kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
+if kb_wait_until 30 "the lock holder to write its pid into $lockf" test -s "$lockf"; then
+    expect 1 "timed out after .* waiting for the lock $lockf \(held by pid [0-9]+\)" -- \
+        --connect "$DRV" --lock-timeout 0.3 run
+else
+    echo "FAIL: the lock holder never held $lockf"
+    fails=$((fails + 1))
+fi
+kill "$(cat "$lockf")" "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
 
 if [ "$fails" -gt 0 ]; then
     echo "$fails exit-code check(s) failed"

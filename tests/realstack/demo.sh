@@ -63,8 +63,8 @@ rs_setup target/release/ksm-balloon
 say "Booting three guests: ceiling 256 MiB, started at 160 MiB, their floor (software-emulated, ~10 s)"
 # kb_fill=96: room in the guests' tmpfs for the shared data and g1's own.
 for g in g1 g2 g3; do rs_boot "$g" 256 160 virtio --cmdline kb_fill=96; done
+# (rs_wait_ready returns once each balloon is at its boot size, the floor)
 rs_wait_ready 120 g1 g2 g3 || { rs_diagnostics; exit 1; }
-for g in g1 g2 g3; do kb_wait_until 30 "$g at its floor" rs_actual_is "$g" $((160 * RS_MIB)); done
 kb_wait_until 10 "libvirt to report the balloons at their floors" rs_balloons_settled
 echo "libvirt ran the hook; the state records each guest's floor and ceiling:"
 status

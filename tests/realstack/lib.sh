@@ -129,15 +129,23 @@ rs_boot() {
     kg_boot "$RS_RUN" "$name" "${RS_GUEST_ARGS[@]}"
 }
 
-# rs_wait_ready SECONDS GUEST...: every guest printed its ready marker and a
-# first MEMTOTAL line.
+# rs_wait_ready SECONDS GUEST...: every guest printed its ready marker, its
+# balloon is at the size it booted at (kg_wait_boot_size: QEMU reports the
+# maximum until the guest's driver has inflated it), and it printed a
+# MEMTOTAL line after that, so rs_actual and rs_memtotal read right after
+# this return the boot size and the guest's view of it.
 rs_wait_ready() {
-    local limit=$1 g
+    local limit=$1 g line
     shift
     for g in "$@"; do
         kg_wait_console "$limit" "$(rs_console "$RS_PREFIX$g")" '^KB-GUEST-READY' "guest $g" ||
             return 1
-        kb_wait_until 20 "guest $g to print MEMTOTAL" rs_memtotal "$g" || return 1
+    done
+    for g in "$@"; do
+        kg_wait_boot_size 60 "$RS_RUN" "$RS_PREFIX$g" || return 1
+        line=$(rs_console_lines "$g")
+        kb_wait_until 20 "guest $g to print MEMTOTAL at its boot size" rs_memtotal_after "$g" "$line" ||
+            return 1
     done
 }
 
@@ -220,7 +228,9 @@ rs_savings_kib() {
 }
 
 # rs_wait_savings_settle SECONDS MIN_KIB: waits until the savings are at
-# least MIN_KIB and moved less than 2 MiB over the last 3 s.
+# least MIN_KIB and moved less than 2 MiB over the last 3 s (KSM merged to a
+# level). It samples once a second, not kb_wait_until's 0.2 s: "the last 3
+# s" is its last 4 samples, so that 1 s is its clock, not a guess.
 rs_savings_settled() {
     local min=$1 now
     now=$(rs_savings_kib)

@@ -338,6 +338,9 @@ s7_timer_loop() {
     pass_run s7-first
     rs_check "the first pass exits 0" test "$PASS_RC" -eq 0 || return 1
     mark1=$(kb_monitor_log_mark)
+    # where the first pass put them, once they are there: a balloon read while
+    # it still moves would make "unchanged" below a matter of timing
+    kb_wait_until 30 "the balloons to reach what the first pass set" rs_balloons_settled || return 1
     local a1 a2
     a1=$(rs_actual g1)
     a2=$(rs_actual g2)
@@ -423,6 +426,7 @@ s9_collapse() {
     # A pass at that reserve: the bonuses are held (or grow by at most 32 MiB).
     pass_run s9-before --reserve "${reserve}K"
     rs_check "the pass before the collapse exits 0" test "$PASS_RC" -eq 0 || return 1
+    kb_wait_until 30 "the balloons to reach what that pass set" rs_balloons_settled || return 1
     b1=$(rs_actual g1)
     b2=$(rs_actual g2)
     rs_check "g1 and g2 hold bonuses before the collapse ($b1, $b2 KiB)" test "${b1:-0}" -gt "$FLOOR" -a "${b2:-0}" -gt "$FLOOR" || return 1
