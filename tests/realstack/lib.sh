@@ -177,6 +177,18 @@ rs_console_problem() {
         "$(rs_console "$RS_PREFIX$1")" 2>/dev/null
 }
 
+# rs_alive GUEST: nothing on its console says it panicked or met the OOM
+# killer, and it still answers a command (prints the console's lines when
+# it did).
+rs_alive() {
+    local p
+    if p=$(rs_console_problem "$1"); then
+        echo "  $1's console: $(head -n3 <<<"$p" | tr -d '\r' | paste -sd'|')"
+        return 1
+    fi
+    [ "$(rs_cmd "$1" ping)" = pong ]
+}
+
 # rs_memtotal_after GUEST LINE: a MEMTOTAL printed after console line LINE.
 rs_console_lines() { wc -l <"$(rs_console "$RS_PREFIX$1")"; }
 rs_memtotal_after() {

@@ -128,17 +128,6 @@ wait_stats_after() {
     kb_wait_until 30 "fresh statistics from $*" stats_after "$t" "$@"
 }
 
-# alive GUEST: nothing on its console says it panicked or met the OOM
-# killer, and it still answers a command.
-alive() {
-    local p
-    if p=$(rs_console_problem "$1"); then
-        echo "  $1's console: $(head -n3 <<<"$p" | tr -d '\r' | paste -sd'|')"
-        return 1
-    fi
-    [ "$(rs_cmd "$1" ping)" = pong ]
-}
-
 # prints_more GUEST LINE N: the guest printed N more MEMTOTAL lines after
 # console line LINE (it runs on: one every 2 s).
 prints_more() {
@@ -270,7 +259,7 @@ PY
     line=$(rs_console_lines g1)
     kb_wait_until 20 "g1 to print 5 more lines" prints_more g1 "$line" 5 || ok=1
     for g in g1 g2 g3; do
-        rs_check "$g alive 10 s on: no panic, no OOM kill on its console, it answers" alive "$g" || ok=1
+        rs_check "$g alive 10 s on: no panic, no OOM kill on its console, it answers" rs_alive "$g" || ok=1
     done
     for g in g1 g2; do
         rs_check "$g still holds its $SHARED_MIB + $OWN_MIB MiB" \
@@ -407,7 +396,7 @@ s3_squeezed_under_reserve() {
     for g in g1 g2 g3; do
         moved=$((moved + before[i] - $(rs_actual "$g")))
         i=$((i + 1))
-        if alive "$g"; then fate+="$g alive; "; else fate+="$g DEAD; "; fi
+        if rs_alive "$g"; then fate+="$g alive; "; else fate+="$g DEAD; "; fi
     done
     echo "  10 s on: $fate"
     rs_figure "3: try $try, --reserve $(rs_mib $((give + extra))) MiB above MemAvailable $(rs_mib "$avail") MiB: the pass saw MemAvailable $(rs_mib "$(rs_json "$f" "r['host']['available_kib']")"), shortfall $(rs_mib "$(rs_json "$f" "r['shortfall_kib']")"), recalled $(rs_mib "$(rs_json "$f" "r['recalled_kib']")"), squeezed $(rs_json "$f" "', '.join(f\"{v['name']} {v['squeezed_kib'] / 1024:.1f}\" for v in r['vms'] if v['squeezed_kib'])") MiB; balloons 10 s on: g1 $(rs_mib "${before[0]}") -> $(rs_mib "$(rs_actual g1)") (asked $(rs_mib "$(target g1 "$f")")), g2 $(rs_mib "${before[1]}") -> $(rs_mib "$(rs_actual g2)") (asked $(rs_mib "$(target g2 "$f")")), g3 $(rs_mib "${before[2]}") -> $(rs_mib "$(rs_actual g3)") MiB (moved $(rs_mib "$moved") in all); host MemAvailable $(rs_mib "$(rs_meminfo_available)") MiB; g1: $(view g1); $fate"
@@ -500,7 +489,7 @@ for path in sys.argv[1:]:
 PY
     rs_check "at most one ask of g6 in 7 passes (70 s; the first back-off is 60 s)" \
         test "$(printf '%s\n' "${asks[@]}" | grep -c '^1$')" -le 1 || ok=1
-    rs_check "g6 alive (autodeflate='on' gives it pages back when it runs short)" alive g6 || ok=1
+    rs_check "g6 alive (autodeflate='on' gives it pages back when it runs short)" rs_alive g6 || ok=1
     rs_figure "5: g6 (no statistics, autodeflate='on', $SHARED_MIB + $G6_OWN MiB in tmpfs) at $(rs_mib "$(rs_actual g6)") MiB, asked $(rs_mib "$(target g6 "$f")"): 7 passes 10 s apart asked g6 ${asks[*]}; its reasons ${reasons[*]}; $(view g6)"
     return $ok
 }
@@ -554,7 +543,7 @@ s6_stats_turned_on() {
     kb_wait_until 20 "g6 to print 3 more lines" prints_more g6 "$line" 3 || ok=1
     rs_pass_show after-withdraw
     rs_check "and then left alone" rs_json "$RS_PASS_JSON" "vm('g6')['action'] == 'hold'" || ok=1
-    rs_check "g6 alive" alive g6 || ok=1
+    rs_check "g6 alive" rs_alive g6 || ok=1
     rs_figure "6: the withdrawal: g6's balloon $(rs_mib "$(rs_json "$w" "vm('g6')['current_kib']")") MiB, short of the $(rs_mib "$asked") asked; asked for $(rs_mib "$(target g6 "$w")") instead; g6's MemFree $(rs_mib "$free0") MiB before, $(rs_mib "$(rs_guest_field g6 MEMFREE)") after"
     rs_figure "6: default --guest-stats-period: statistics turned on for 3 guests by one pass, fresh in $fresh_s s; then g4 $(rs_mib "$(rs_json "$f" "vm('g4')['current_kib']")") -> $(rs_mib "$(target g4 "$f")"), g5 -> $(rs_mib "$(target g5 "$f")"), g6 $(rs_mib "$(rs_json "$f" "vm('g6')['current_kib']")") -> $(rs_mib "$(target g6 "$f")") MiB (usable $(rs_mib "$(rs_json "$f" "vm('g6')['guest']['usable_kib']")"), keeps $(rs_mib "$(rs_json "$f" "vm('g6')['kept_kib']")"))"
     return $ok

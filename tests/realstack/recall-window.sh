@@ -79,17 +79,6 @@ grow_after_report() {
     echo "$g $((u / 1024)) $n $(($(date +%s) - lu))"
 }
 
-# alive GUEST: nothing on its console says it panicked or met the OOM
-# killer, and it still answers a command.
-alive() {
-    local p
-    if p=$(rs_console_problem "$1"); then
-        echo "  $1's console: $(head -n3 <<<"$p" | tr -d '\r' | paste -sd'|')"
-        return 1
-    fi
-    [ "$(rs_cmd "$1" ping)" = pong ]
-}
-
 s0_boot() {
     local g
     for g in "${GUESTS[@]}"; do rs_boot "$g" 320 160 virtio --cmdline kb_fill=200 --stats 10; done
@@ -156,7 +145,7 @@ PY
     kb_wait_until 20 "g1 to print 3 more lines" bash -c "[ \$(tail -n +$((line + 1)) '$(rs_console "${RS_PREFIX}g1")' | grep -ac '^MEMTOTAL ') -ge 3 ]" || ok=1
     local deaths=0
     for g in "${GUESTS[@]}"; do
-        rs_check "$g alive: no OOM kill or panic on its console, it answers" alive "$g" || deaths=$((deaths + 1))
+        rs_check "$g alive: no OOM kill or panic on its console, it answers" rs_alive "$g" || deaths=$((deaths + 1))
     done
     [ "$deaths" = 0 ] || ok=1
     local shrinks maxage
