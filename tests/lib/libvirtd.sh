@@ -126,7 +126,10 @@ kb_libvirtd_start() {
     if [ -z "$(kb_running libvirtd)" ]; then
         kb_spawn_daemon /usr/sbin/libvirtd -d
     fi
-    kb_wait_until 60 "libvirtd to answer on $KB_URI" kb_libvirtd_alive || {
+    # (180 s: seen here, a libvirtd restarted with guests of another run
+    # still being torn down on a loaded 2-core machine answered after
+    # more than 60 s; a healthy one answers within a second or two)
+    kb_wait_until 180 "libvirtd to answer on $KB_URI" kb_libvirtd_alive || {
         kb_log "libvirtd processes: $(kb_running libvirtd | tr '\n' ' ')"
         kb_libvirtd_log_tail 20 >&2
         kb_die "libvirtd did not start; see $KB_LIBVIRTD_LOG"
