@@ -4,6 +4,20 @@
 //! such as one being started); one `virDomainSetMemoryFlags(...,
 //! VIR_DOMAIN_AFFECT_LIVE)` per VM whose target moved.
 //!
+//! Every call that can reach a guest's QEMU monitor is bounded in time
+//! ([`super::deadline`]): `NOWAIT` skips only a domain libvirt already
+//! holds a job on, and a domain with no job still gets its monitor asked
+//! for its balloon and disk figures, which a stopped QEMU never answers.
+//! When the bulk call does not come back within its bound, the pass lists
+//! the domains without the monitor (their states, and their balloon sizes
+//! from `virDomainGetInfo`, which libvirt keeps from QEMU's balloon
+//! events), then asks each running domain for its figures on a worker
+//! thread of its own, all under one deadline; a domain that does not
+//! answer is listed as unresponsive, the others as usual. A domain the
+//! bulk call reports without the figures that need its job (libvirt is
+//! busy with it, e.g. an earlier pass's call still waits for its QEMU) is
+//! unresponsive too: a resize would wait for that job as well.
+//!
 //! The bulk call is made through `virt::sys` (the crate's wrapper leaves
 //! the records' typed parameters unread and leaks the records): the list is
 //! held by `StatsList`, whose Drop frees it; each record's domain gets a
@@ -17,6 +31,9 @@ use virt::domain::Domain;
 use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
 
+use std::time::{Duration, Instant};
+
+use super::deadline::{self, Bounds};
 use super::typed;
 use super::{CallCount, GuestStats, HvError, Hypervisor, LibvirtMessage, LiveDomain, Sizes};
 
@@ -104,7 +121,73 @@ pub fn read_record(name: String, uuid: String, f: &HashMap<String, u64>) -> Live
             minor_fault: get("balloon.minor_fault"),
         },
         block_rd_bytes,
+        unresponsive: None,
     }
+}
+
+/// A bulk record of the qemu driver (it has the balloon group) without the
+/// figures libvirt reads only while it holds the domain's job
+/// (`balloon.rss`, which it adds to every active domain's balloon group
+/// once it has the job, balloon device or not): `NOWAIT` found the domain
+/// busy. Pure.
+pub fn busy(f: &HashMap<String, u64>) -> bool {
+    f.contains_key("balloon.maximum") && !f.contains_key("balloon.rss")
+}
+
+/// The monitor-dependent groups: balloon (the guest's figures) and block.
+const MONITOR_GROUPS: u32 = sys::VIR_DOMAIN_STATS_BALLOON | sys::VIR_DOMAIN_STATS_BLOCK;
+
+/// One bulk call on `conn` (any thread). Its records, each with a
+/// reference of its own to its domain.
+fn bulk_call(conn: &Connect, stats: u32, flags: u32) -> Result<Vec<StatsRecord>, VirtError> {
+    let mut ptr: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    // SAFETY: a valid connection; libvirt allocates the record list and
+    // stores it in `ptr`, which StatsList then owns.
+    let n = unsafe { sys::virConnectGetAllDomainStats(conn.as_ptr(), stats, &mut ptr, flags) };
+    if n < 0 {
+        return Err(VirtError::last_error());
+    }
+    take_records(ptr, n)
+}
+
+/// One domain's statistics (`virDomainListGetStats` on a list of one), on
+/// any thread.
+fn domain_stats_call(dom: &Domain, stats: u32, flags: u32) -> Result<Vec<StatsRecord>, VirtError> {
+    let mut ptr: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    // SAFETY: `dom` is a valid domain (we hold a reference for the whole
+    // call); the array of one is NULL-terminated as libvirt wants; libvirt
+    // allocates the record list into `ptr`, which StatsList then owns.
+    let n = unsafe {
+        let mut doms = [dom.as_ptr(), std::ptr::null_mut()];
+        sys::virDomainListGetStats(doms.as_mut_ptr(), stats, &mut ptr, flags)
+    };
+    if n < 0 {
+        return Err(VirtError::last_error());
+    }
+    take_records(ptr, n)
+}
+
+fn take_records(
+    ptr: *mut sys::virDomainStatsRecordPtr,
+    n: std::os::raw::c_int,
+) -> Result<Vec<StatsRecord>, VirtError> {
+    let list = StatsList {
+        ptr,
+        len: usize::try_from(n).unwrap_or(0),
+    };
+    let mut out = Vec::with_capacity(list.len);
+    for rec in list.records() {
+        // SAFETY: `rec.dom` is a valid domain the list holds a
+        // reference to; taking our own lets the handle outlive the list.
+        if unsafe { sys::virDomainRef(rec.dom) } < 0 {
+            return Err(VirtError::last_error());
+        }
+        // SAFETY: we own the reference just taken; Domain frees it.
+        let dom = unsafe { Domain::from_ptr(rec.dom) };
+        out.push((dom, typed::numbers(params(rec))));
+    }
+    drop(list);
+    Ok(out)
 }
 
 /// One domain's bulk statistics: its handle and its numeric fields.
@@ -117,33 +200,94 @@ pub struct Libvirt {
     uri: String,
     conn: Connect,
     calls: CallCount,
+    bounds: Bounds,
+    /// The end of the pass's libvirt budget: no call runs past it.
+    budget_end: Instant,
 }
 
+/// What a worker thread gives back: the call's result, libvirt's error
+/// read on the thread that made the call (libvirt keeps it per thread).
+type Answer<T> = Result<T, VirtError>;
+
 impl Libvirt {
-    /// Opens a connection to `uri`.
+    /// Opens a connection to `uri`, within the default bounds.
     pub fn open(uri: &str) -> Result<Libvirt, HvError> {
-        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connect {
-            uri: uri.to_string(),
-            source: message(&e),
-        })?;
-        Ok(Libvirt::from_connect(uri, conn))
+        Libvirt::open_bounded(uri, Bounds::default())
+    }
+
+    /// Opens a connection to `uri`; every call made through it is bounded
+    /// by `bounds`, the budget counted from now.
+    pub fn open_bounded(uri: &str, bounds: Bounds) -> Result<Libvirt, HvError> {
+        let started = Instant::now();
+        let target = uri.to_string();
+        let opened = deadline::bounded(started + bounds.connect, "connect", move || {
+            Connect::open(Some(&target))
+        });
+        let conn = match opened {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                return Err(HvError::Connect {
+                    uri: uri.to_string(),
+                    source: message(&e),
+                })
+            }
+            None => {
+                return Err(HvError::Connect {
+                    uri: uri.to_string(),
+                    source: LibvirtMessage {
+                        message: format!(
+                            "libvirtd did not answer within {} s",
+                            bounds.connect.as_secs()
+                        ),
+                    },
+                })
+            }
+        };
+        let mut lv = Libvirt::from_connect(uri, conn);
+        lv.bounds = bounds;
+        lv.budget_end = started + bounds.budget;
+        Ok(lv)
     }
 
     /// Wraps an open connection (tests keep a clone of it to look at the
     /// domains afterwards: the test driver's state lives only as long as
-    /// its connection).
+    /// its connection), with the default bounds from now.
     pub fn from_connect(uri: &str, conn: Connect) -> Libvirt {
+        let bounds = Bounds::default();
         Libvirt {
             handles: HashMap::new(),
             uri: uri.to_string(),
             conn,
             calls: CallCount::default(),
+            bounds,
+            budget_end: Instant::now() + bounds.budget,
         }
+    }
+
+    /// The same, with other bounds (tests).
+    pub fn with_bounds(mut self, bounds: Bounds) -> Libvirt {
+        self.bounds = bounds;
+        self.budget_end = Instant::now() + bounds.budget;
+        self
     }
 
     /// The connection, for tests that look at the domains themselves.
     pub fn connection(&self) -> &Connect {
         &self.conn
+    }
+
+    /// The deadline of a call bounded by `own`, within the budget.
+    fn deadline(&self, own: Duration) -> Instant {
+        (Instant::now() + own).min(self.budget_end)
+    }
+
+    /// How long a call bounded by `own` waits at most now, seconds (for
+    /// messages).
+    fn secs(&self, own: Duration) -> u64 {
+        self.deadline(own)
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64()
+            .round() as u64
     }
 
     fn classify(&self, call: &'static str, name: &str, e: VirtError) -> HvError {
@@ -176,72 +320,212 @@ impl Libvirt {
         }
     }
 
-    fn bulk(&mut self) -> Result<Vec<StatsRecord>, HvError> {
-        let mut ptr: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    /// Runs `f` on a domain's handle on a worker thread, bounded by the
+    /// per-domain bound within the budget.
+    fn on_domain<T, F>(&mut self, uuid: &str, call: &'static str, f: F) -> Result<T, HvError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Domain) -> Answer<T> + Send + 'static,
+    {
+        let Some((name, dom)) = self.handles.get(uuid) else {
+            return Err(gone(uuid));
+        };
+        let (name, dom) = (name.clone(), dom.clone());
+        let secs = self.secs(self.bounds.per_domain);
+        let deadline = self.deadline(self.bounds.per_domain);
+        match deadline::bounded(deadline, call, move || f(&dom)) {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(self.classify(call, &name, e)),
+            None => Err(HvError::Unresponsive { name, call, secs }),
+        }
+    }
+
+    /// The bulk call, bounded; `None` when it did not come back in time.
+    fn bulk(&mut self) -> Option<Result<Vec<StatsRecord>, HvError>> {
         self.calls.bulk_stats += 1;
-        // SAFETY: a valid connection; libvirt allocates the record list and
-        // stores it in `ptr`, which StatsList then owns.
-        let n = unsafe {
-            sys::virConnectGetAllDomainStats(
-                self.conn.as_ptr(),
-                sys::VIR_DOMAIN_STATS_STATE
-                    | sys::VIR_DOMAIN_STATS_BALLOON
-                    | sys::VIR_DOMAIN_STATS_BLOCK,
-                &mut ptr,
+        let conn = self.conn.clone();
+        let deadline = self.deadline(self.bounds.bulk);
+        let r = deadline::bounded(deadline, "bulk-stats", move || {
+            bulk_call(
+                &conn,
+                sys::VIR_DOMAIN_STATS_STATE | MONITOR_GROUPS,
                 sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
                     | sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
             )
-        };
-        if n < 0 {
-            let e = VirtError::last_error();
-            return Err(self.classify("virConnectGetAllDomainStats", "", e));
-        }
-        let list = StatsList {
-            ptr,
-            len: usize::try_from(n).unwrap_or(0),
-        };
-        let mut out = Vec::with_capacity(list.len);
-        for rec in list.records() {
-            // SAFETY: `rec.dom` is a valid domain the list holds a
-            // reference to; taking our own lets the handle outlive the list.
-            if unsafe { sys::virDomainRef(rec.dom) } < 0 {
-                let e = VirtError::last_error();
-                return Err(self.classify("virDomainRef", "", e));
-            }
-            // SAFETY: we own the reference just taken; Domain frees it.
-            let dom = unsafe { Domain::from_ptr(rec.dom) };
-            out.push((dom, typed::numbers(params(rec))));
-        }
-        drop(list);
-        Ok(out)
+        })?;
+        Some(r.map_err(|e| self.classify("virConnectGetAllDomainStats", "", e)))
     }
+
+    /// The fallback when the bulk call did not come back: every active
+    /// domain's state and balloon sizes without its monitor (the state
+    /// group alone, and `virDomainGetInfo`, which answers from what libvirt
+    /// holds), then each running domain's figures on its own worker thread
+    /// (`NOWAIT`), all under one deadline.
+    fn fallback(&mut self, bulk_secs: u64) -> Result<Vec<StatsRecord>, HvError> {
+        self.calls.bulk_stats += 1;
+        let conn = self.conn.clone();
+        let listing = deadline::bounded(
+            self.deadline(self.bounds.listing),
+            "listing",
+            move || -> Answer<Vec<StatsRecord>> {
+                let mut records = bulk_call(
+                    &conn,
+                    sys::VIR_DOMAIN_STATS_STATE,
+                    sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE,
+                )?;
+                for (dom, f) in records.iter_mut() {
+                    // Sizes from what libvirt holds; a domain gone meanwhile
+                    // is listed without them.
+                    if let Ok(i) = dom.info() {
+                        f.insert("balloon.current".into(), i.memory);
+                        f.insert("balloon.maximum".into(), i.max_mem);
+                    }
+                }
+                Ok(records)
+            },
+        );
+        let mut records = match listing {
+            Some(r) => r.map_err(|e| self.classify("virConnectGetAllDomainStats", "", e))?,
+            None => {
+                return Err(HvError::Call {
+                    call: "virConnectGetAllDomainStats",
+                    source: LibvirtMessage {
+                        message: format!(
+                            "the bulk statistics did not come back within {bulk_secs} s, nor the list of domains within {} s",
+                            self.bounds.listing.as_secs()
+                        ),
+                    },
+                })
+            }
+        };
+        let secs = self.secs(self.bounds.per_domain);
+        let started: Vec<_> = records
+            .iter()
+            .map(|(dom, f)| {
+                let running = f.get("state.state") == Some(&u64::from(sys::VIR_DOMAIN_RUNNING));
+                running.then(|| {
+                    self.calls.per_domain_info += 1;
+                    let dom = dom.clone();
+                    deadline::start("domain-stats", move || {
+                        domain_stats_call(
+                            &dom,
+                            MONITOR_GROUPS,
+                            sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+                        )
+                    })
+                })
+            })
+            .collect();
+        let deadline = self.deadline(self.bounds.per_domain);
+        for ((dom, f), pending) in records.iter_mut().zip(started) {
+            let Some(pending) = pending else { continue };
+            let name = dom.name().unwrap_or_default();
+            match pending.wait(deadline) {
+                Some(Ok(recs)) => {
+                    let Some((_, more)) = recs.into_iter().next() else {
+                        continue;
+                    };
+                    if busy(&more) {
+                        f.insert(UNRESPONSIVE_BUSY.into(), 1);
+                    }
+                    // The sizes from the call (the same source), and the
+                    // guest's and the disks' figures.
+                    f.extend(more);
+                }
+                Some(Err(e)) => {
+                    let err = self.classify("virDomainListGetStats", &name, e);
+                    if err.is_fatal() {
+                        return Err(err);
+                    }
+                    log::warn!(
+                        "{}; its guest's figures are left out this pass",
+                        crate::errors::chain(&err)
+                    );
+                }
+                None => {
+                    f.insert(UNRESPONSIVE_TIMEOUT.into(), secs);
+                }
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// Marks the fallback puts among a record's numbers (never libvirt field
+/// names: those have no `!`).
+const UNRESPONSIVE_BUSY: &str = "!busy";
+const UNRESPONSIVE_TIMEOUT: &str = "!timeout-secs";
+
+/// Why a domain is unresponsive, from its record's numbers; `None` when it
+/// answered. `bulk_secs`: the bulk call timed out after that long (its
+/// own records say nothing then). Pure.
+pub fn unresponsive(f: &HashMap<String, u64>, bulk_secs: Option<u64>) -> Option<String> {
+    if let Some(s) = f.get(UNRESPONSIVE_TIMEOUT) {
+        return Some(format!(
+            "its QEMU did not answer within {s} s (the bulk statistics call did not come back within {} s either)",
+            bulk_secs.unwrap_or(0)
+        ));
+    }
+    if f.contains_key(UNRESPONSIVE_BUSY) || busy(f) {
+        let after = match bulk_secs {
+            Some(s) => format!(" (the bulk statistics call did not come back within {s} s)"),
+            None => String::new(),
+        };
+        return Some(format!(
+            "libvirt is busy with it: a call on it has not returned, so its QEMU may not be answering{after}"
+        ));
+    }
+    None
 }
 
 impl Drop for Libvirt {
     fn drop(&mut self) {
         // Every domain handle goes before the connection it belongs to.
+        // A worker thread still blocked in a call holds its own references
+        // to its domain and the connection: nothing here waits for it.
         self.handles.clear();
     }
 }
 
 impl Hypervisor for Libvirt {
     fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
-        let records = self.bulk()?;
+        let bulk_secs = self.secs(self.bounds.bulk);
+        let (records, timed_out) = match self.bulk() {
+            Some(r) => (r?, None),
+            None => {
+                log::warn!(
+                    "the bulk statistics call did not come back within {bulk_secs} s (a QEMU that does not answer its monitor?): listing the domains without it, then asking each for its figures within {} s",
+                    self.bounds.per_domain.as_secs()
+                );
+                (self.fallback(bulk_secs)?, Some(bulk_secs))
+            }
+        };
         let mut out = Vec::with_capacity(records.len());
         self.handles.clear();
         for (dom, mut f) in records {
             let name = dom.name().unwrap_or_default();
             let uuid = dom.uuid_string().unwrap_or_default().to_ascii_lowercase();
+            let running = f.get("state.state") == Some(&u64::from(sys::VIR_DOMAIN_RUNNING));
+            let why = if running {
+                unresponsive(&f, timed_out)
+            } else {
+                None
+            };
             if !(f.contains_key("balloon.current") && f.contains_key("balloon.maximum")) {
                 // Drivers whose bulk call has no balloon group (the test
                 // driver): one info call for this domain.
                 self.calls.per_domain_info += 1;
-                match dom.info() {
-                    Ok(i) => {
+                let d = dom.clone();
+                let info =
+                    deadline::bounded(self.deadline(self.bounds.per_domain), "info", move || {
+                        d.info()
+                    });
+                match info {
+                    Some(Ok(i)) => {
                         f.insert("balloon.current".into(), i.memory);
                         f.insert("balloon.maximum".into(), i.max_mem);
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         let err = self.classify("virDomainGetInfo", &name, e);
                         if err.is_fatal() {
                             return Err(err);
@@ -253,9 +537,20 @@ impl Hypervisor for Libvirt {
                             crate::errors::chain(&err)
                         );
                     }
+                    None => log::warn!(
+                        "domain {name:?} did not answer virDomainGetInfo in time; its balloon is left alone this pass"
+                    ),
                 }
             }
-            out.push(read_record(name.clone(), uuid.clone(), &f));
+            let mut d = read_record(name.clone(), uuid.clone(), &f);
+            if let Some(why) = why {
+                // What the call could not read is not the guest's: no
+                // figures at all rather than half of them.
+                d.guest = GuestStats::default();
+                d.block_rd_bytes = None;
+                d.unresponsive = Some(why);
+            }
+            out.push(d);
             self.handles.insert(uuid, (name, dom));
         }
         Ok(out)
@@ -272,49 +567,51 @@ impl Hypervisor for Libvirt {
     }
 
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
-        let Some((name, dom)) = self.handles.get(uuid) else {
+        if !self.handles.contains_key(uuid) {
             return Err(gone(uuid));
-        };
+        }
         self.calls.set_memory += 1;
-        let r = dom.set_memory_flags(kib, sys::VIR_DOMAIN_AFFECT_LIVE);
-        let name = name.clone();
-        r.map_err(|e| self.classify("virDomainSetMemoryFlags", &name, e))
+        self.on_domain(uuid, "virDomainSetMemoryFlags", move |dom| {
+            dom.set_memory_flags(kib, sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map(|_| ())
+        })
     }
 
     fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
-        let Some((name, dom)) = self.handles.get(uuid) else {
+        if !self.handles.contains_key(uuid) {
             return Err(gone(uuid));
-        };
+        }
         self.calls.stats_period += 1;
         let period = i32::try_from(seconds).unwrap_or(i32::MAX);
-        let r = dom.set_memory_stats_period(period, sys::VIR_DOMAIN_AFFECT_LIVE);
-        let name = name.clone();
-        r.map_err(|e| self.classify("virDomainSetMemoryStatsPeriod", &name, e))
+        self.on_domain(uuid, "virDomainSetMemoryStatsPeriod", move |dom| {
+            dom.set_memory_stats_period(period, sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map(|_| ())
+        })
     }
 
     fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
-        let Some((name, dom)) = self.handles.get(uuid) else {
+        if !self.handles.contains_key(uuid) {
             return Err(gone(uuid));
-        };
-        self.calls.metadata += 1;
-        let r = dom.metadata(
-            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-            Some(crate::metadata::NAMESPACE),
-            sys::VIR_DOMAIN_AFFECT_LIVE,
-        );
-        let name = name.clone();
-        match r {
-            Ok(text) => Ok(Some(text)),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    virt::enumutil::Enum::Known(ErrorNumber::NoDomainMetadata)
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(self.classify("virDomainGetMetadata", &name, e)),
         }
+        self.calls.metadata += 1;
+        self.on_domain(uuid, "virDomainGetMetadata", |dom| {
+            match dom.metadata(
+                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                Some(crate::metadata::NAMESPACE),
+                sys::VIR_DOMAIN_AFFECT_LIVE,
+            ) {
+                Ok(text) => Ok(Some(text)),
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        virt::enumutil::Enum::Known(ErrorNumber::NoDomainMetadata)
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn calls(&self) -> CallCount {
@@ -393,6 +690,41 @@ mod tests {
         assert_eq!(d.block_rd_bytes, None, "a disk without its figure");
         let d = read_record("g".into(), "u".into(), &numbers(&[("state.state", 1)]));
         assert_eq!(d.sizes, None);
+    }
+
+    #[test]
+    fn a_record_without_the_figures_of_its_job_is_a_busy_domain() {
+        // Measured (libvirt 9.0): with the domain's job held by a call
+        // that waits for a stopped QEMU, NOWAIT gives only the balloon's
+        // sizes and the disks' names; a domain that answered has
+        // balloon.rss, with a balloon device or without one.
+        let busy_rec = numbers(&[
+            ("state.state", 1),
+            ("balloon.current", 163_840),
+            ("balloon.maximum", 262_144),
+            ("block.count", 1),
+        ]);
+        assert!(busy(&busy_rec));
+        let why = unresponsive(&busy_rec, None).unwrap();
+        assert!(why.contains("busy"), "{why}");
+        let no_balloon = numbers(&[
+            ("state.state", 1),
+            ("balloon.current", 262_144),
+            ("balloon.maximum", 262_144),
+            ("balloon.rss", 218_228),
+        ]);
+        assert!(!busy(&no_balloon));
+        assert_eq!(unresponsive(&no_balloon, None), None);
+        // the test driver's bulk call has no balloon group: not busy
+        assert!(!busy(&numbers(&[("state.state", 1)])));
+        // the fallback's marks
+        let mut timed_out = numbers(&[("state.state", 1)]);
+        timed_out.insert(UNRESPONSIVE_TIMEOUT.into(), 5);
+        let why = unresponsive(&timed_out, Some(8)).unwrap();
+        assert!(
+            why.contains("within 5 s") && why.contains("within 8 s"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! an in-memory hypervisor for the pass's unit tests, with the faults a
 //! real daemon does not produce on demand.
 
+pub mod deadline;
 pub mod fake;
 pub mod libvirt;
 pub mod typed;
@@ -65,6 +66,12 @@ pub struct LiveDomain {
     pub guest: GuestStats,
     /// Bytes read from all its disks since it started (`block.<n>.rd.bytes`).
     pub block_rd_bytes: Option<u64>,
+    /// Why its monitor-dependent figures could not be had this pass: its
+    /// QEMU did not answer in time, or libvirt is still busy with it (a call
+    /// on it has not returned). `None`: it answered. Such a VM is left alone
+    /// this pass (a call on it would wait too) and its record kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresponsive: Option<String>,
 }
 
 /// How many libvirt calls of each kind a run made.
@@ -130,6 +137,19 @@ pub enum HvError {
         /// libvirt's error.
         #[source]
         source: LibvirtMessage,
+    },
+    /// The call did not come back within its bound: the domain's QEMU does
+    /// not answer (stopped, stuck in I/O, a long monitor command), or
+    /// libvirt is busy with it. The call is abandoned; only this domain is
+    /// affected.
+    #[error("domain {name:?} did not answer {call} within {secs} s")]
+    Unresponsive {
+        /// The domain.
+        name: String,
+        /// The call.
+        call: &'static str,
+        /// The bound waited, seconds.
+        secs: u64,
     },
     /// Any other libvirt failure.
     #[error("libvirt call {call} failed")]

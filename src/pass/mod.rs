@@ -229,6 +229,14 @@ pub struct VmReport {
     pub last_change_at: Option<u64>,
     /// The error that made the resize fail, if it did.
     pub error: Option<String>,
+    /// Why its QEMU is taken not to answer this pass (a call on it did not
+    /// come back in time): it is left alone, its record kept. Absent from
+    /// the JSON while it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresponsive: Option<String>,
+    /// Since when it does not answer (seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresponsive_since: Option<u64>,
 }
 
 /// What a pass saw and did.

@@ -83,7 +83,11 @@ pub fn observe(
     domains.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
     let mut definitions = BTreeMap::new();
     for d in &domains {
-        if state.vms.contains_key(&d.uuid) || !d.running || d.sizes.is_none() {
+        if state.vms.contains_key(&d.uuid)
+            || !d.running
+            || d.sizes.is_none()
+            || d.unresponsive.is_some()
+        {
             continue;
         }
         let def = match hv.inactive_xml(&d.uuid) {

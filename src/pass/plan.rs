@@ -351,6 +351,49 @@ fn adoption_bounds(d: &LiveDomain, def: Option<&Result<DomainXml, String>>) -> (
     }
 }
 
+/// Keeps `r`'s record of whether its QEMU answers: since when it does not
+/// (named in the log when it starts and when it ends). Its record is kept
+/// either way: a VM that does not answer is neither forgotten nor
+/// re-adopted.
+fn track_unresponsive(r: &mut VmRecord, d: &LiveDomain, now: u64, notes: &mut Vec<Note>) {
+    match (&d.unresponsive, r.unresponsive_since) {
+        (Some(why), None) => {
+            r.unresponsive_since = Some(now);
+            note(
+                notes,
+                Level::Warn,
+                format!(
+                    "VM {:?} does not answer: {why}; left alone (its balloon stays at {}) until it does, the others are resized as usual",
+                    d.name,
+                    d.sizes.map_or("what it was".into(), |s| Kib(s.current_kib).to_string())
+                ),
+            );
+        }
+        (Some(why), Some(since)) => note(
+            notes,
+            Level::Warn,
+            format!(
+                "VM {:?} still does not answer ({}s): {why}; left alone",
+                d.name,
+                now.saturating_sub(since)
+            ),
+        ),
+        (None, Some(since)) => {
+            r.unresponsive_since = None;
+            note(
+                notes,
+                Level::Info,
+                format!(
+                    "VM {:?} answers again (it did not for {}s): managed as before",
+                    d.name,
+                    now.saturating_sub(since)
+                ),
+            );
+        }
+        (None, None) => {}
+    }
+}
+
 /// Brings the state in line with what libvirt runs. Returns the UUIDs
 /// adopted.
 fn reconcile(state: &mut State, obs: &Observation, notes: &mut Vec<Note>) -> Vec<String> {
@@ -383,6 +426,7 @@ fn reconcile(state: &mut State, obs: &Observation, notes: &mut Vec<Note>) -> Vec
             if r.name != d.name {
                 r.name = d.name.clone();
             }
+            track_unresponsive(r, d, now, notes);
             continue;
         }
         let first_seen = state
@@ -393,7 +437,7 @@ fn reconcile(state: &mut State, obs: &Observation, notes: &mut Vec<Note>) -> Vec
                 first_seen: now,
             })
             .first_seen;
-        if !d.running || d.sizes.is_none() {
+        if !d.running || d.sizes.is_none() || d.unresponsive.is_some() {
             continue;
         }
         let (floor, ceiling, balloon) = adoption_bounds(d, obs.definitions.get(&d.uuid));
@@ -554,7 +598,8 @@ pub fn plan(
     // The VMs the policy sees, in the order of the domains.
     let mut rows: Vec<Row> = Vec::new();
     for d in &obs.domains {
-        let (Some(r), Some(s)) = (state.vms.get_mut(&d.uuid), d.sizes) else {
+        let (Some(r), Some(s), None) = (state.vms.get_mut(&d.uuid), d.sizes, &d.unresponsive)
+        else {
             continue;
         };
         let actual = s.current_kib;
@@ -853,7 +898,9 @@ pub fn plan(
                 },
             ),
             None => {
-                let reason = if r.is_some() {
+                let reason = if d.unresponsive.is_some() {
+                    Reason::Unresponsive
+                } else if r.is_some() {
                     Reason::Unreadable
                 } else if !d.running {
                     Reason::NotRunning
@@ -918,6 +965,8 @@ pub fn plan(
             adopted: adopted.contains(&d.uuid),
             last_change_at: r.and_then(|r| r.last_change_at),
             error: None,
+            unresponsive: d.unresponsive.clone(),
+            unresponsive_since: r.and_then(|r| r.unresponsive_since),
         });
     }
     let report = Report {

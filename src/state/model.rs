@@ -97,6 +97,10 @@ pub struct VmRecord {
     /// Its disk reads at the last pass, for the demand split.
     #[serde(default)]
     pub io: Option<IoTrack>,
+    /// Since when its QEMU does not answer libvirt in time (seconds since
+    /// the epoch); `None` while it answers (and absent from the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresponsive_since: Option<u64>,
 }
 
 /// A VM's disk reads as the last pass saw them, and its smoothed demand.
@@ -142,6 +146,7 @@ impl VmRecord {
             autodeflate: false,
             manual: None,
             io: None,
+            unresponsive_since: None,
         }
     }
 
