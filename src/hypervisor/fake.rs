@@ -164,6 +164,14 @@ impl Hypervisor for FakeHv {
         }))
     }
 
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        let d = self.domains.get(uuid).ok_or_else(|| HvError::Gone {
+            name: uuid.to_string(),
+            source: msg("no such domain"),
+        })?;
+        Ok(d.xml.is_some())
+    }
+
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
         if self.lost_after == Some(self.calls.set_memory) {
             return Err(self.lost());

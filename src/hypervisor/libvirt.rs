@@ -557,13 +557,15 @@ impl Hypervisor for Libvirt {
     }
 
     fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
-        let Some((name, dom)) = self.handles.get(uuid) else {
-            return Err(gone(uuid));
-        };
         self.calls.xml += 1;
-        let r = dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE);
-        let name = name.clone();
-        r.map_err(|e| self.classify("virDomainGetXMLDesc", &name, e))
+        self.on_domain(uuid, "virDomainGetXMLDesc", |dom| {
+            dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+        })
+    }
+
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        // Part of fetching a definition to adopt a VM: counted with it.
+        self.on_domain(uuid, "virDomainIsPersistent", |dom| dom.is_persistent())
     }
 
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {

@@ -175,9 +175,16 @@ pub trait Hypervisor {
     /// Every active domain with its balloon figures, in as few calls as the
     /// driver allows (one for the qemu driver), never waiting for a domain
     /// libvirt is busy with.
+    /// A domain whose QEMU does not answer in time is listed with
+    /// [`LiveDomain::unresponsive`] set, and the others all the same.
     fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError>;
-    /// The persistent (inactive) XML of a domain, for adopting it.
+    /// The persistent (inactive) XML of a domain, for adopting it (for a
+    /// transient domain, libvirt gives its live definition).
     fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError>;
+    /// Whether a domain has a persistent definition (a transient one has
+    /// none: its `<currentMemory>` is the balloon's size of the moment, not
+    /// the size it booted with). Only asked for a domain to adopt.
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError>;
     /// Sets a domain's balloon target (live only), in KiB.
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError>;
     /// Turns on (live only) the guest's balloon statistics every `seconds`.

@@ -463,8 +463,16 @@ fn run_locked(
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     debug!("connected to libvirt");
-    let procs = settings.split.needs_contribution().then_some(&paths.procs);
-    let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
+    let contribution = settings.split.needs_contribution();
+    let obs = observe::observe(
+        ksm,
+        mem,
+        hv.as_mut(),
+        &state,
+        now,
+        &paths.procs,
+        contribution,
+    )?;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     for n in &planned.notes {
         log!(n.level, "{}", n.text);
@@ -503,8 +511,16 @@ pub fn dry_run(
     let folded = fold_spool(&store, &mut state, false);
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
-    let procs = settings.split.needs_contribution().then_some(&paths.procs);
-    let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
+    let contribution = settings.split.needs_contribution();
+    let obs = observe::observe(
+        ksm,
+        mem,
+        hv.as_mut(),
+        &state,
+        now,
+        &paths.procs,
+        contribution,
+    )?;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     let mut report = planned.report;
     report.dry_run = true;

@@ -31,6 +31,9 @@ impl Hypervisor for Shared {
     fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
         self.0.borrow_mut().inactive_xml(uuid)
     }
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        self.0.borrow_mut().persistent(uuid)
+    }
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
         self.0.borrow_mut().set_memory(uuid, kib)
     }
@@ -204,7 +207,12 @@ fn a_transient_vm_at_its_maximum_is_not_adopted_with_it_as_floor_regression() {
         .domains
         .values_mut()
         .for_each(|d| d.live.sizes.as_mut().unwrap().current_kib = 160 * MIB);
-    let r = h.run(T0 + 10).unwrap();
+    // (no /proc for its QEMU here: it counts as booting since first seen)
+    for t in (10..plan::ADOPT_BOOT_SECS).step_by(10) {
+        let r = h.run(T0 + t).unwrap();
+        assert_eq!(vm(&r, "vm1").reason, Reason::Adopting, "t={t}");
+    }
+    let r = h.run(T0 + plan::ADOPT_BOOT_SECS).unwrap();
     let v = vm(&r, "vm1");
     assert!(v.adopted);
     assert_eq!((v.floor_kib, v.target_kib), (160 * MIB, 220 * MIB));
@@ -215,7 +223,9 @@ fn a_transient_vm_at_its_maximum_is_not_adopted_with_it_as_floor_regression() {
 fn a_vm_that_stays_at_its_maximum_is_adopted_without_headroom_after_settling() {
     let h = Host::new(vec![dom(1, 256, 256)]);
     h.run(T0).unwrap();
-    let r = h.run(T0 + plan::ADOPT_SETTLE_SECS).unwrap();
+    let r = h.run(T0 + plan::ADOPT_BOOT_SECS).unwrap();
+    assert!(!vm(&r, "vm1").managed, "at its maximum it waits longer");
+    let r = h.run(T0 + plan::ADOPT_AT_MAXIMUM_SECS).unwrap();
     let v = vm(&r, "vm1");
     assert!(v.adopted);
     assert_eq!((v.action, v.reason), (Action::Skip, Reason::NoHeadroom));
@@ -1143,6 +1153,9 @@ fn a_resize_that_times_out_counts_as_asked_and_the_others_go_on() {
         fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
             self.0.inactive_xml(uuid)
         }
+        fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+            self.0.persistent(uuid)
+        }
         fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
             self.0.set_memory(uuid, kib)
         }
@@ -1210,4 +1223,165 @@ fn an_unrecorded_vm_that_does_not_answer_is_not_adopted() {
     let r = h.run(T0 + 10).unwrap();
     assert!(vm(&r, "vm1").adopted);
     assert_eq!(vm(&r, "vm1").floor_kib, 160 * MIB);
+}
+
+impl Host {
+    /// A fake QEMU for `d` started `age` seconds before the fake
+    /// `/proc/uptime` says now (`uptime`).
+    fn qemu_aged(&self, d: &FakeDomain, pid: u32, uptime: u64, age: u64) {
+        self.qemu(d, pid, 0, 0);
+        let dir = self.paths.procs.proc_dir.join(pid.to_string());
+        let start_ticks = (uptime - age) * 100;
+        let fields = vec!["0"; 18].join(" ");
+        fs::write(
+            dir.join("stat"),
+            format!("{pid} (qemu-system-x86) S {fields} {start_ticks} 0\n"),
+        )
+        .unwrap();
+        self.uptime(uptime);
+    }
+
+    fn uptime(&self, secs: u64) {
+        fs::write(
+            self.paths.procs.proc_dir.join("uptime"),
+            format!("{secs}.00 0.00\n"),
+        )
+        .unwrap();
+    }
+}
+
+/// Issue 18: a transient guest (no persistent definition: its definition's
+/// <currentMemory> is its balloon's size of the moment) caught by a pass
+/// 1 MiB into its balloon driver's inflation from 256 MiB to its 160 MiB
+/// boot size. It was adopted with floor 255 MiB, then its balloon reaching
+/// 160 by itself was "set by someone else (ksm-balloon asked for 255)" and
+/// the VM left alone for good. Now a transient domain is adopted only once
+/// its QEMU has run ADOPT_BOOT_SECS and its balloon stayed put between two
+/// passes: with its boot size as its floor, never held by hand, and lent
+/// to.
+#[test]
+fn a_transient_vm_caught_while_its_balloon_inflates_is_adopted_at_its_boot_size_regression() {
+    let d = dom(1, 255, 256);
+    let u = d.live.uuid.clone();
+    let h = Host::new(vec![d.clone()]);
+    h.ksm(1, 60);
+    let up = 1000;
+    h.qemu_aged(&d, 4242, up, 3);
+    let r = h.run(T0).unwrap();
+    let v = vm(&r, "vm1");
+    assert!(!v.managed, "not adopted 3 s after its QEMU started: {v:?}");
+    assert_eq!(v.reason, Reason::Adopting);
+    // its driver reaches the boot size; passes every 10 s
+    d_current(&h, &u, 160 * MIB);
+    let mut adopted_at = None;
+    for t in (10..=90).step_by(10) {
+        h.uptime(up + t);
+        let r = h.run(T0 + t).unwrap();
+        let v = vm(&r, "vm1");
+        assert!(v.held_by_hand.is_none(), "t={t}: {v:?}");
+        assert!(
+            !matches!(v.reason, Reason::HeldByHand | Reason::Unsettled),
+            "t={t}: {v:?}"
+        );
+        if v.adopted {
+            assert_eq!(adopted_at, None);
+            adopted_at = Some(t);
+            assert_eq!(
+                (v.floor_kib, v.ceiling_kib),
+                (160 * MIB, 256 * MIB),
+                "t={t}"
+            );
+        }
+    }
+    // adopted once its QEMU had run ADOPT_BOOT_SECS (3 + 60 s: t = 60)
+    assert_eq!(adopted_at, Some(plan::ADOPT_BOOT_SECS));
+    let rec = &h.state().vms[&u];
+    assert_eq!(
+        (rec.floor_kib, rec.source),
+        (160 * MIB, crate::state::Source::Adopted)
+    );
+    assert!(rec.manual.unwrap().held.is_none());
+    // and lent to: 60 MiB of savings, one VM
+    assert_eq!(h.fake().current(&u), Some(220 * MIB));
+}
+
+/// A transient domain whose balloon is still moving is not adopted, old
+/// QEMU or not: the size of the moment is no floor.
+#[test]
+fn a_transient_vm_whose_balloon_moves_is_not_adopted_until_it_stays_put() {
+    let d = dom(1, 250, 256);
+    let u = d.live.uuid.clone();
+    let h = Host::new(vec![d.clone()]);
+    h.qemu_aged(&d, 4242, 5000, 600);
+    for (t, size) in [(0, 250), (10, 230), (20, 200), (30, 170)] {
+        d_current(&h, &u, size * MIB);
+        h.uptime(5000 + t);
+        let r = h.run(T0 + t).unwrap();
+        assert!(!vm(&r, "vm1").managed, "t={t}");
+    }
+    h.uptime(5040);
+    let r = h.run(T0 + 40).unwrap();
+    assert!(vm(&r, "vm1").adopted);
+    assert_eq!(vm(&r, "vm1").floor_kib, 170 * MIB);
+}
+
+/// A transient domain found running long after its boot (the state file
+/// was lost, its balloon grown by an earlier pass): its boot size cannot be
+/// known. The safe side for the guest: its size now is its floor, so a
+/// bonus it may hold is never recalled (the host keeps lending it).
+#[test]
+fn a_transient_vm_found_long_after_its_boot_takes_its_size_as_floor() {
+    let d = dom(1, 200, 256);
+    let h = Host::new(vec![d.clone()]);
+    h.qemu_aged(&d, 4242, 90_000, 86_400);
+    let r = h.run(T0).unwrap();
+    assert!(
+        !vm(&r, "vm1").managed,
+        "seen once: not known to stay put yet"
+    );
+    h.uptime(90_010);
+    let r = h.run(T0 + 10).unwrap();
+    let v = vm(&r, "vm1");
+    assert!(v.adopted);
+    assert_eq!(v.floor_kib, 200 * MIB);
+    assert_eq!(v.held_by_hand, None);
+}
+
+#[test]
+fn the_adoption_rule() {
+    use plan::{adoption, Adoption::*, ADOPT_AT_MAXIMUM_SECS as M, ADOPT_BOOT_SECS as B};
+    let m = MIB;
+    let x = 256 * m;
+    // persistent: at once, whatever its balloon does
+    assert_eq!(adoption(false, 255 * m, x, None, Some(1), 0), Defined);
+    // transient: seen once, or moving, or young: wait
+    assert_eq!(adoption(true, 160 * m, x, None, Some(B + 5), 0), Wait);
+    assert_eq!(
+        adoption(true, 160 * m, x, Some(255 * m), Some(B + 5), 10),
+        Wait
+    );
+    assert_eq!(
+        adoption(true, 160 * m, x, Some(160 * m), Some(B - 1), 10),
+        Wait
+    );
+    // jitter within STEADY_KIB is staying put
+    assert_eq!(
+        adoption(true, 160 * m, x, Some(160 * m + 512), Some(B), 10),
+        Booted
+    );
+    // still at its maximum: its driver may not be loaded yet; longer
+    assert_eq!(adoption(true, x, x, Some(x), Some(B + 100), 110), Wait);
+    assert_eq!(adoption(true, x - 512, x, Some(x), Some(M - 1), 110), Wait);
+    assert_eq!(adoption(true, x, x, Some(x), Some(M), 110), Booted);
+    // no /proc: the time since the first sighting counts instead
+    assert_eq!(adoption(true, 160 * m, x, Some(160 * m), None, B - 1), Wait);
+    assert_eq!(
+        adoption(true, 160 * m, x, Some(160 * m), None, B),
+        FloorUnknown
+    );
+    // its QEMU was already old at the first sighting: boot size unknown
+    assert_eq!(
+        adoption(true, 200 * m, x, Some(200 * m), Some(B + 100), 10),
+        FloorUnknown
+    );
 }

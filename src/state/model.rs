@@ -188,13 +188,19 @@ impl VmRecord {
 
 /// A running domain no hook recorded, seen by a pass but not adopted yet:
 /// a VM still starting has not inflated its balloon to its configured size,
-/// and adopting it now would take its maximum for its floor.
+/// and adopting it now would take a size its balloon driver has not
+/// finished reaching for its floor (`crate::pass::plan`, the adoption
+/// rule).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
     /// The domain's name.
     pub name: String,
     /// When a pass first saw it.
     pub first_seen: u64,
+    /// Its balloon's size at the last pass that saw it, KiB: a balloon
+    /// that moved since is still on its way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_kib: Option<u64>,
 }
 
 /// What the last pass saw and did.
@@ -367,6 +373,7 @@ mod tests {
             Candidate {
                 name: "starting".into(),
                 first_seen: 4,
+                last_kib: Some(262_144),
             },
         );
         s.last_pass = Some(LastPass {
