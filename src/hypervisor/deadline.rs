@@ -28,11 +28,10 @@ pub struct Bounds {
     /// host).
     pub bulk: Duration,
     /// The listing without the monitor (states and sizes) the pass falls
-    /// back to when the bulk call does not come back.
+    /// back to when no bulk call came back within the budget.
     pub listing: Duration,
-    /// One domain's call: its statistics in the fallback (these run side
-    /// by side, under one common deadline), a resize, a statistics period,
-    /// a definition.
+    /// One domain's call (a resize, a statistics period, a definition), and
+    /// each bulk call after one that did not come back.
     pub per_domain: Duration,
     /// All of a pass's libvirt work, from the connection on.
     pub budget: Duration,
@@ -77,38 +76,6 @@ where
     rx.recv_timeout(left).ok()
 }
 
-/// Starts `f` on a worker thread now; [`Pending::wait`] takes its result
-/// until a deadline. For calls that run side by side.
-pub fn start<T, F>(name: &str, f: F) -> Pending<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    let (tx, rx) = mpsc::sync_channel(1);
-    let spawned = std::thread::Builder::new()
-        .name(format!("kb-{name}"))
-        .spawn(move || {
-            let _ = tx.send(f());
-        });
-    Pending {
-        rx: spawned.ok().map(|_| rx),
-    }
-}
-
-/// A call started on a worker thread by [`start`].
-pub struct Pending<T> {
-    rx: Option<mpsc::Receiver<T>>,
-}
-
-impl<T> Pending<T> {
-    /// Its result, if it comes back by `deadline`.
-    pub fn wait(self, deadline: Instant) -> Option<T> {
-        let rx = self.rx?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        rx.recv_timeout(left).ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,27 +117,5 @@ mod tests {
         assert_eq!(out, None);
         std::thread::sleep(Duration::from_millis(50));
         assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
-    }
-
-    #[test]
-    fn calls_started_side_by_side_share_one_deadline() {
-        let never = Arc::new(Barrier::new(2));
-        let t0 = Instant::now();
-        let calls: Vec<_> = (0..4)
-            .map(|i| {
-                let held = never.clone();
-                start("side", move || {
-                    if i == 2 {
-                        held.wait();
-                    }
-                    i
-                })
-            })
-            .collect();
-        let deadline = t0 + Duration::from_millis(300);
-        let got: Vec<_> = calls.into_iter().map(|p| p.wait(deadline)).collect();
-        assert_eq!(got, vec![Some(0), Some(1), None, Some(3)]);
-        assert!(t0.elapsed() < Duration::from_secs(2));
-        std::mem::forget(never);
     }
 }

@@ -8,15 +8,19 @@
 //! ([`super::deadline`]): `NOWAIT` skips only a domain libvirt already
 //! holds a job on, and a domain with no job still gets its monitor asked
 //! for its balloon and disk figures, which a stopped QEMU never answers.
-//! When the bulk call does not come back within its bound, the pass lists
-//! the domains without the monitor (their states, and their balloon sizes
-//! from `virDomainGetInfo`, which libvirt keeps from QEMU's balloon
-//! events), then asks each running domain for its figures on a worker
-//! thread of its own, all under one deadline; a domain that does not
-//! answer is listed as unresponsive, the others as usual. A domain the
-//! bulk call reports without the figures that need its job (libvirt is
-//! busy with it, e.g. an earlier pass's call still waits for its QEMU) is
-//! unresponsive too: a resize would wait for that job as well.
+//! When the bulk call does not come back within its bound, it is
+//! abandoned with its connection (calls queued behind an abandoned one on
+//! the same connection were seen to hang too), and the pass asks again on
+//! a fresh connection: the abandoned call holds the job of the domain it
+//! waits for, so `NOWAIT` now reports that domain busy and goes past it.
+//! Each try pins one more QEMU that does not answer; when the pass's
+//! budget is spent first, the domains are listed without their monitors
+//! (the state group, and `virDomainGetInfo`, which answers from what
+//! libvirt keeps of QEMU's balloon events) and every running one is left
+//! alone. A running domain a bulk call reports without the figures that
+//! need its job (libvirt is busy with it: an earlier call, maybe an
+//! earlier pass's, still waits for its QEMU) is unresponsive: a resize
+//! would wait for that job as well.
 //!
 //! The bulk call is made through `virt::sys` (the crate's wrapper leaves
 //! the records' typed parameters unread and leaks the records): the list is
@@ -150,23 +154,6 @@ fn bulk_call(conn: &Connect, stats: u32, flags: u32) -> Result<Vec<StatsRecord>,
     take_records(ptr, n)
 }
 
-/// One domain's statistics (`virDomainListGetStats` on a list of one), on
-/// any thread.
-fn domain_stats_call(dom: &Domain, stats: u32, flags: u32) -> Result<Vec<StatsRecord>, VirtError> {
-    let mut ptr: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
-    // SAFETY: `dom` is a valid domain (we hold a reference for the whole
-    // call); the array of one is NULL-terminated as libvirt wants; libvirt
-    // allocates the record list into `ptr`, which StatsList then owns.
-    let n = unsafe {
-        let mut doms = [dom.as_ptr(), std::ptr::null_mut()];
-        sys::virDomainListGetStats(doms.as_mut_ptr(), stats, &mut ptr, flags)
-    };
-    if n < 0 {
-        return Err(VirtError::last_error());
-    }
-    take_records(ptr, n)
-}
-
 fn take_records(
     ptr: *mut sys::virDomainStatsRecordPtr,
     n: std::os::raw::c_int,
@@ -196,9 +183,20 @@ type StatsRecord = (Domain, HashMap<String, u64>);
 /// The real thing: a libvirt connection.
 pub struct Libvirt {
     // Declared before `conn`: the domain handles are dropped first.
-    handles: HashMap<String, (String, Domain)>,
+    /// Each listed domain: its name, its handle, and the connection
+    /// generation the handle belongs to.
+    handles: HashMap<String, (String, Domain, u32)>,
     uri: String,
     conn: Connect,
+    /// Which connection `conn` is: 0 the first, one more each time a fresh
+    /// one replaced a connection a call was abandoned on.
+    generation: u32,
+    /// A call on `conn` was abandoned (it did not come back in time): the
+    /// next call opens a fresh connection rather than queue behind it.
+    tainted: bool,
+    /// The connections calls were abandoned on: never used again, never
+    /// closed (a worker may still be blocked in a call on one).
+    abandoned: Vec<Connect>,
     calls: CallCount,
     bounds: Bounds,
     /// The end of the pass's libvirt budget: no call runs past it.
@@ -258,6 +256,9 @@ impl Libvirt {
             handles: HashMap::new(),
             uri: uri.to_string(),
             conn,
+            generation: 0,
+            tainted: false,
+            abandoned: Vec::new(),
             calls: CallCount::default(),
             bounds,
             budget_end: Instant::now() + bounds.budget,
@@ -320,31 +321,92 @@ impl Libvirt {
         }
     }
 
+    /// Replaces a connection a call was abandoned on by a fresh one. (A
+    /// call that never returns holds its connection's place in libvirtd,
+    /// which handles a few calls of one connection at a time: calls queued
+    /// behind it on the same connection would wait with it.)
+    fn fresh(&mut self) -> Result<(), HvError> {
+        if !self.tainted {
+            return Ok(());
+        }
+        let target = self.uri.clone();
+        let deadline = self.deadline(self.bounds.connect);
+        let secs = self.secs(self.bounds.connect);
+        match deadline::bounded(deadline, "reconnect", move || Connect::open(Some(&target))) {
+            Some(Ok(c)) => {
+                let old = std::mem::replace(&mut self.conn, c);
+                self.abandoned.push(old);
+                self.generation += 1;
+                self.tainted = false;
+                log::debug!(
+                    "a call was abandoned on the libvirt connection: a fresh one for the rest of the pass"
+                );
+                Ok(())
+            }
+            Some(Err(e)) => Err(HvError::Connect {
+                uri: self.uri.clone(),
+                source: message(&e),
+            }),
+            None => Err(HvError::Connect {
+                uri: self.uri.clone(),
+                source: LibvirtMessage {
+                    message: format!("libvirtd did not answer within {secs} s"),
+                },
+            }),
+        }
+    }
+
     /// Runs `f` on a domain's handle on a worker thread, bounded by the
-    /// per-domain bound within the budget.
+    /// per-domain bound within the budget; on a fresh connection if a call
+    /// was abandoned on the one the handle came from.
     fn on_domain<T, F>(&mut self, uuid: &str, call: &'static str, f: F) -> Result<T, HvError>
     where
         T: Send + 'static,
         F: FnOnce(&Domain) -> Answer<T> + Send + 'static,
     {
-        let Some((name, dom)) = self.handles.get(uuid) else {
+        if !self.handles.contains_key(uuid) {
             return Err(gone(uuid));
-        };
-        let (name, dom) = (name.clone(), dom.clone());
+        }
+        self.fresh()?;
         let secs = self.secs(self.bounds.per_domain);
         let deadline = self.deadline(self.bounds.per_domain);
-        match deadline::bounded(deadline, call, move || f(&dom)) {
-            Some(Ok(v)) => Ok(v),
+        let (name, dom, generation) = self.handles[uuid].clone();
+        let gen_now = self.generation;
+        let conn = self.conn.clone();
+        let u = uuid.to_string();
+        let r = deadline::bounded(deadline, call, move || {
+            // A handle of a connection given up: the same domain on this one.
+            let dom = if generation == gen_now {
+                dom
+            } else {
+                conn.lookup_domain_by_uuid_string(&u)?
+            };
+            f(&dom).map(|v| (v, dom))
+        });
+        match r {
+            Some(Ok((v, dom))) => {
+                if generation != gen_now {
+                    self.handles.insert(uuid.to_string(), (name, dom, gen_now));
+                }
+                Ok(v)
+            }
             Some(Err(e)) => Err(self.classify(call, &name, e)),
-            None => Err(HvError::Unresponsive { name, call, secs }),
+            None => {
+                self.tainted = true;
+                Err(HvError::Unresponsive { name, call, secs })
+            }
         }
     }
 
-    /// The bulk call, bounded; `None` when it did not come back in time.
-    fn bulk(&mut self) -> Option<Result<Vec<StatsRecord>, HvError>> {
+    /// The bulk call, bounded by `own` within the budget; `None` when it
+    /// did not come back in time (the connection is then given up).
+    fn bulk(&mut self, own: Duration) -> Option<Result<Vec<StatsRecord>, HvError>> {
+        if let Err(e) = self.fresh() {
+            return Some(Err(e));
+        }
         self.calls.bulk_stats += 1;
         let conn = self.conn.clone();
-        let deadline = self.deadline(self.bounds.bulk);
+        let deadline = self.deadline(own);
         let r = deadline::bounded(deadline, "bulk-stats", move || {
             bulk_call(
                 &conn,
@@ -352,127 +414,87 @@ impl Libvirt {
                 sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
                     | sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
             )
-        })?;
+        });
+        let Some(r) = r else {
+            self.tainted = true;
+            return None;
+        };
         Some(r.map_err(|e| self.classify("virConnectGetAllDomainStats", "", e)))
     }
 
-    /// The fallback when the bulk call did not come back: every active
-    /// domain's state and balloon sizes without its monitor (the state
-    /// group alone, and `virDomainGetInfo`, which answers from what libvirt
-    /// holds), then each running domain's figures on its own worker thread
-    /// (`NOWAIT`), all under one deadline.
-    fn fallback(&mut self, bulk_secs: u64) -> Result<Vec<StatsRecord>, HvError> {
+    /// The last resort when no bulk call came back within the budget:
+    /// every active domain's state and balloon sizes without its monitor
+    /// (the state group alone, and `virDomainGetInfo`, which answers from
+    /// what libvirt holds: QEMU's balloon events), every running one marked
+    /// as not answering.
+    fn listing(&mut self, tries: u32) -> Result<Vec<StatsRecord>, HvError> {
+        self.fresh()?;
         self.calls.bulk_stats += 1;
         let conn = self.conn.clone();
-        let listing = deadline::bounded(
-            self.deadline(self.bounds.listing),
-            "listing",
-            move || -> Answer<Vec<StatsRecord>> {
+        // The listing gets its own bound even past the budget: without it
+        // the pass knows nothing.
+        let deadline = Instant::now() + self.bounds.listing;
+        let listing =
+            deadline::bounded(deadline, "listing", move || -> Answer<Vec<StatsRecord>> {
                 let mut records = bulk_call(
                     &conn,
                     sys::VIR_DOMAIN_STATS_STATE,
                     sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE,
                 )?;
                 for (dom, f) in records.iter_mut() {
-                    // Sizes from what libvirt holds; a domain gone meanwhile
-                    // is listed without them.
+                    // A domain gone meanwhile is listed without sizes.
                     if let Ok(i) = dom.info() {
                         f.insert("balloon.current".into(), i.memory);
                         f.insert("balloon.maximum".into(), i.max_mem);
                     }
                 }
                 Ok(records)
-            },
-        );
+            });
         let mut records = match listing {
             Some(r) => r.map_err(|e| self.classify("virConnectGetAllDomainStats", "", e))?,
             None => {
+                self.tainted = true;
                 return Err(HvError::Call {
                     call: "virConnectGetAllDomainStats",
                     source: LibvirtMessage {
                         message: format!(
-                            "the bulk statistics did not come back within {bulk_secs} s, nor the list of domains within {} s",
+                            "the bulk statistics call did not come back ({tries} tries), nor the list of domains within {} s",
                             self.bounds.listing.as_secs()
                         ),
                     },
-                })
+                });
             }
         };
-        let secs = self.secs(self.bounds.per_domain);
-        let started: Vec<_> = records
-            .iter()
-            .map(|(dom, f)| {
-                let running = f.get("state.state") == Some(&u64::from(sys::VIR_DOMAIN_RUNNING));
-                running.then(|| {
-                    self.calls.per_domain_info += 1;
-                    let dom = dom.clone();
-                    deadline::start("domain-stats", move || {
-                        domain_stats_call(
-                            &dom,
-                            MONITOR_GROUPS,
-                            sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
-                        )
-                    })
-                })
-            })
-            .collect();
-        let deadline = self.deadline(self.bounds.per_domain);
-        for ((dom, f), pending) in records.iter_mut().zip(started) {
-            let Some(pending) = pending else { continue };
-            let name = dom.name().unwrap_or_default();
-            match pending.wait(deadline) {
-                Some(Ok(recs)) => {
-                    let Some((_, more)) = recs.into_iter().next() else {
-                        continue;
-                    };
-                    if busy(&more) {
-                        f.insert(UNRESPONSIVE_BUSY.into(), 1);
-                    }
-                    // The sizes from the call (the same source), and the
-                    // guest's and the disks' figures.
-                    f.extend(more);
-                }
-                Some(Err(e)) => {
-                    let err = self.classify("virDomainListGetStats", &name, e);
-                    if err.is_fatal() {
-                        return Err(err);
-                    }
-                    log::warn!(
-                        "{}; its guest's figures are left out this pass",
-                        crate::errors::chain(&err)
-                    );
-                }
-                None => {
-                    f.insert(UNRESPONSIVE_TIMEOUT.into(), secs);
-                }
-            }
+        self.calls.per_domain_info += u32::try_from(records.len()).unwrap_or(u32::MAX);
+        for (_, f) in records.iter_mut() {
+            f.insert(UNRESPONSIVE_UNREAD.into(), u64::from(tries));
         }
         Ok(records)
     }
 }
 
-/// Marks the fallback puts among a record's numbers (never libvirt field
-/// names: those have no `!`).
-const UNRESPONSIVE_BUSY: &str = "!busy";
-const UNRESPONSIVE_TIMEOUT: &str = "!timeout-secs";
+/// The mark the last-resort listing puts among a record's numbers (never
+/// a libvirt field name: those have no `!`): how many bulk calls did not
+/// come back.
+const UNRESPONSIVE_UNREAD: &str = "!unread-after-tries";
 
-/// Why a domain is unresponsive, from its record's numbers; `None` when it
-/// answered. `bulk_secs`: the bulk call timed out after that long (its
-/// own records say nothing then). Pure.
-pub fn unresponsive(f: &HashMap<String, u64>, bulk_secs: Option<u64>) -> Option<String> {
-    if let Some(s) = f.get(UNRESPONSIVE_TIMEOUT) {
+/// Why a running domain is unresponsive, from its record's numbers; `None`
+/// when it answered. `tries`: how many bulk calls of the pass did not come
+/// back before this record's. Pure.
+pub fn unresponsive(f: &HashMap<String, u64>, tries: u32) -> Option<String> {
+    if let Some(n) = f.get(UNRESPONSIVE_UNREAD) {
         return Some(format!(
-            "its QEMU did not answer within {s} s (the bulk statistics call did not come back within {} s either)",
-            bulk_secs.unwrap_or(0)
+            "no bulk statistics call came back within the pass's libvirt budget ({n} tries): its figures are unknown this pass"
         ));
     }
-    if f.contains_key(UNRESPONSIVE_BUSY) || busy(f) {
-        let after = match bulk_secs {
-            Some(s) => format!(" (the bulk statistics call did not come back within {s} s)"),
-            None => String::new(),
+    if busy(f) {
+        let after = if tries > 0 {
+            format!(" (this pass's bulk statistics call did not come back {tries} time(s))")
+        } else {
+            String::new()
         };
         return Some(format!(
-            "libvirt is busy with it: a call on it has not returned, so its QEMU may not be answering{after}"
+            "libvirt is busy with it: a call on it has not returned, so its QEMU does not seem to answer{after}"
         ));
     }
     None
@@ -482,22 +504,51 @@ impl Drop for Libvirt {
     fn drop(&mut self) {
         // Every domain handle goes before the connection it belongs to.
         // A worker thread still blocked in a call holds its own references
-        // to its domain and the connection: nothing here waits for it.
+        // to its domain and the connection: nothing here waits for it. A
+        // connection a call was abandoned on is not closed at all (closing
+        // is a call too); the process exits at the end of the pass.
         self.handles.clear();
+        for c in self.abandoned.drain(..) {
+            std::mem::forget(c);
+        }
+        if self.tainted {
+            // One more reference, never given back: dropping `conn` then
+            // only counts down, it never closes it.
+            std::mem::forget(self.conn.clone());
+        }
     }
 }
 
 impl Hypervisor for Libvirt {
     fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
-        let bulk_secs = self.secs(self.bounds.bulk);
-        let (records, timed_out) = match self.bulk() {
-            Some(r) => (r?, None),
-            None => {
+        // The bulk call blocks on the first domain with no job whose QEMU
+        // does not answer, and its abandoned call then holds that domain's
+        // job in libvirtd: the next bulk call (NOWAIT, on a fresh
+        // connection) reports it busy and goes past it. So each try pins
+        // one more QEMU that does not answer, until one comes back or the
+        // budget is spent.
+        let mut tries = 0u32;
+        let records = loop {
+            let own = if tries == 0 {
+                self.bounds.bulk
+            } else {
+                self.bounds.per_domain
+            };
+            let secs = self.secs(own);
+            if secs == 0 {
                 log::warn!(
-                    "the bulk statistics call did not come back within {bulk_secs} s (a QEMU that does not answer its monitor?): listing the domains without it, then asking each for its figures within {} s",
-                    self.bounds.per_domain.as_secs()
+                    "no bulk statistics call came back within the pass's libvirt budget ({tries} tries): listing the domains without their monitors; every running one is left alone this pass"
                 );
-                (self.fallback(bulk_secs)?, Some(bulk_secs))
+                break self.listing(tries)?;
+            }
+            match self.bulk(own) {
+                Some(r) => break r?,
+                None => {
+                    tries += 1;
+                    log::warn!(
+                        "the bulk statistics call did not come back within {secs} s (a QEMU that does not answer its monitor?): asking again on a fresh connection, past the domain it waits for"
+                    );
+                }
             }
         };
         let mut out = Vec::with_capacity(records.len());
@@ -507,7 +558,7 @@ impl Hypervisor for Libvirt {
             let uuid = dom.uuid_string().unwrap_or_default().to_ascii_lowercase();
             let running = f.get("state.state") == Some(&u64::from(sys::VIR_DOMAIN_RUNNING));
             let why = if running {
-                unresponsive(&f, timed_out)
+                unresponsive(&f, tries)
             } else {
                 None
             };
@@ -551,7 +602,7 @@ impl Hypervisor for Libvirt {
                 d.unresponsive = Some(why);
             }
             out.push(d);
-            self.handles.insert(uuid, (name, dom));
+            self.handles.insert(uuid, (name, dom, self.generation));
         }
         Ok(out)
     }
@@ -707,8 +758,10 @@ mod tests {
             ("block.count", 1),
         ]);
         assert!(busy(&busy_rec));
-        let why = unresponsive(&busy_rec, None).unwrap();
+        let why = unresponsive(&busy_rec, 0).unwrap();
         assert!(why.contains("busy"), "{why}");
+        let why = unresponsive(&busy_rec, 1).unwrap();
+        assert!(why.contains("did not come back 1 time"), "{why}");
         let no_balloon = numbers(&[
             ("state.state", 1),
             ("balloon.current", 262_144),
@@ -716,17 +769,14 @@ mod tests {
             ("balloon.rss", 218_228),
         ]);
         assert!(!busy(&no_balloon));
-        assert_eq!(unresponsive(&no_balloon, None), None);
+        assert_eq!(unresponsive(&no_balloon, 0), None);
         // the test driver's bulk call has no balloon group: not busy
         assert!(!busy(&numbers(&[("state.state", 1)])));
-        // the fallback's marks
-        let mut timed_out = numbers(&[("state.state", 1)]);
-        timed_out.insert(UNRESPONSIVE_TIMEOUT.into(), 5);
-        let why = unresponsive(&timed_out, Some(8)).unwrap();
-        assert!(
-            why.contains("within 5 s") && why.contains("within 8 s"),
-            "{why}"
-        );
+        // the last resort's mark
+        let mut unread = numbers(&[("state.state", 1), ("balloon.rss", 1)]);
+        unread.insert(UNRESPONSIVE_UNREAD.into(), 5);
+        let why = unresponsive(&unread, 5).unwrap();
+        assert!(why.contains("5 tries"), "{why}");
     }
 
     #[test]
