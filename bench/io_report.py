@@ -30,8 +30,9 @@ DIR/io-memory.svg (balloon size and KSM savings over time) and
 DIR/io-summary.svg (the table as bars).
 
 --check fails (exit 1) unless the run is complete and the rig behaved as
-each arm says: every guest reported throughput in the window; a, b and c
-booted at the floor, d at the ceiling; KSM saved nothing in a and d and
+each arm says (the balloons read from t = 0 on, after bench/io-effect.sh saw
+each at the size it booted at): every guest reported throughput in the
+window; a, b and c booted at the floor, d at the ceiling; KSM saved nothing in a and d and
 something in b and c; in b the balloons stayed at the floor; in c
 ksm-balloon ran without a failed pass and grew every guest. It checks no
 speed: figures are printed, not asserted.
@@ -83,7 +84,10 @@ def load_run(path):
     with open(os.path.join(path, "samples.jsonl")) as f:
         for line in f:
             r = json.loads(line)
-            r["t"] -= arm["t_ready"]  # seconds since every guest was reading
+            # seconds since every guest was reading (or idling) with its
+            # balloon at the size it booted at (bench/io-effect.sh waits for
+            # both before it sets t_ready)
+            r["t"] -= arm["t_ready"]
             (tput if r["kind"] == "tput" else host).append(r)
     log = ""
     lp = os.path.join(path, "ksm-balloon.log")
@@ -546,6 +550,9 @@ def check(runs, settings):
             want = [ceil if arm == "d" else floor] * len(r["guests"])
             if [b * MIB for b in boot] != want:
                 bad.append(f"{what}: booted at {boot} MiB, expected {[w // MIB for w in want]}")
+        # the window these checks read: from t = 0, the state io-effect.sh
+        # waited for (every balloon at its boot size), to the run's end; a
+        # sample taken at t >= 0 was started after that state was seen
         first = next((h for h in r["host"] if h["t"] >= 0 and h["balloon_kib"]), None)
         if first is None:
             bad.append(f"{what}: no balloon samples")
@@ -555,7 +562,8 @@ def check(runs, settings):
             for g, w in zip(r["guests"], want):
                 b = first["balloon_kib"].get(g)
                 if b is None or abs(b - w) > MIB:
-                    bad.append(f"{what}: {g} balloon {b} KiB when reading started, expected {w}")
+                    bad.append(f"{what}: {g} balloon {b} KiB at the first sample after t = 0 "
+                               f"(every balloon seen at its boot size), expected {w}")
         else:
             # ksm-balloon's first pass starts as the reading does and may beat
             # the first sample: check what it saw instead

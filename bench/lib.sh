@@ -123,12 +123,14 @@ kbb_wait_reading() {
     done
 }
 
-# kbb_balloon NAME: balloon.current (KiB) as libvirt reports it.
-kbb_balloon() {
-    kbb_virsh domstats --balloon "$1" 2>/dev/null |
-        awk -F= '$1 ~ /balloon.current$/ { print $2; f = 1 } END { exit !f }'
+# kbb_wait_boot_size SECONDS NAME...: every guest's balloon is at the size
+# it booted at (kg_wait_boot_size): until then QEMU reports it at the
+# ceiling.
+kbb_wait_boot_size() {
+    local limit=$1
+    shift
+    kg_wait_boot_size "$limit" "$KBB_RUN" "$@"
 }
-kbb_balloon_is() { [ "$(kbb_balloon "$1")" = "$2" ]; }
 
 kbb_destroy_all() { kg_destroy_all "$KBB_PREFIX"; }
 

@@ -90,6 +90,7 @@ if [ $do_qemu = 1 ]; then
     mapfile -t names < <(kbb_names "$n")
     for ((i = 0; i < n; i++)); do kbb_boot "$i" "$KBB_FLOOR_MIB"; done
     kbb_wait_reading 300 "${names[@]}" || kb_die "the bench guests did not start"
+    kbb_wait_boot_size 120 "${names[@]}" || kb_die "the bench guests' balloons did not reach their floors"
     others=$(kbb_virsh list --name | grep -v "^$KBB_PREFIX" | grep -c . || true)
     [ "$others" = 0 ] || kb_die "other guests are running on $KB_URI: ksm-balloon would manage them too"
     "$PY" bench/pass_cost.py --driver qemu --uri "$KB_URI" --domains "$(IFS=,; echo "${names[*]}")" \

@@ -13,7 +13,7 @@ use log::{info, warn};
 use crate::hypervisor::Hypervisor;
 use crate::metadata;
 use crate::pass::{fold_spool, Opener, Paths};
-use crate::state::{spool, State, VmRecord};
+use crate::state::{State, VmRecord};
 use crate::units::Kib;
 
 fn pick<'a>(state: &'a mut State, names: &[String]) -> anyhow::Result<Vec<&'a mut VmRecord>> {
@@ -30,6 +30,17 @@ fn pick<'a>(state: &'a mut State, names: &[String]) -> anyhow::Result<Vec<&'a mu
         .collect())
 }
 
+/// Logs the VM records a load dropped (they cannot be right).
+fn logged(store: &crate::state::Store, loaded: crate::state::Loaded) -> crate::state::Loaded {
+    for d in loaded.dropped() {
+        log::error!(
+            "state file {}: {d}; dropped that record, kept the rest",
+            store.path().display()
+        );
+    }
+    loaded
+}
+
 /// `ksm-balloon release VM...`: what each VM was, one line each.
 pub fn release(
     paths: &Paths,
@@ -39,8 +50,8 @@ pub fn release(
 ) -> anyhow::Result<Vec<String>> {
     let store = paths.store();
     let lock = store.lock(lock_timeout)?;
-    let mut state = lock.load(now)?.into_state();
-    let folded = fold_spool(&store, &mut state, true);
+    let mut state = logged(&store, lock.load(now)?).into_state();
+    fold_spool(&store, &mut state, Some(&lock), now)?;
     let mut out = Vec::new();
     for r in pick(&mut state, names)? {
         let Some(h) = r.manual.as_mut() else {
@@ -67,7 +78,6 @@ pub fn release(
         }
     }
     lock.save(&state)?;
-    spool::remove(&folded);
     Ok(out)
 }
 
@@ -82,8 +92,8 @@ pub fn reload(
 ) -> anyhow::Result<Vec<String>> {
     let store = paths.store();
     let lock = store.lock(lock_timeout)?;
-    let mut state = lock.load(now)?.into_state();
-    let folded = fold_spool(&store, &mut state, true);
+    let mut state = logged(&store, lock.load(now)?).into_state();
+    fold_spool(&store, &mut state, Some(&lock), now)?;
     let mut hv: Box<dyn Hypervisor> = open()?;
     let live = hv.domains().context("listing the domains")?;
     let mut out = Vec::new();
@@ -144,6 +154,5 @@ pub fn reload(
         out.push(line);
     }
     lock.save(&state)?;
-    spool::remove(&folded);
     Ok(out)
 }

@@ -74,7 +74,9 @@ pub enum Command {
     ///
     /// Records a VM's floor and ceiling when it starts and forgets it when it
     /// stops. Never connects to libvirt; always exits 0 once its arguments
-    /// parse, so it never blocks a VM start.
+    /// parse, so it never blocks a VM start. Of the settings it takes only
+    /// --root and --state on the command line (before or right after
+    /// `hook`); any other is refused (exit 2).
     Hook {
         /// The domain's name.
         domain: String,
@@ -203,7 +205,9 @@ pub struct Settings {
     #[arg(long, global = true, env = "KSM_BALLOON_SHARE", default_value = "1.0", value_parser = parse_share)]
     pub share: f64,
 
-    /// How the pool is divided: equal (the paper) or proportional to each VM's floor.
+    /// How the pool is divided: equal (the paper), proportional (to each
+    /// VM's floor), demand (to its disk reads while its memory is full),
+    /// contribution (to what its own pages saved), or contribution-demand.
     #[arg(long, global = true, env = "KSM_BALLOON_SPLIT", default_value = "equal", value_parser = one_of(&Split::ALL))]
     pub split: Split,
 
@@ -347,10 +351,173 @@ impl Settings {
     }
 }
 
+/// The only settings the hook takes on the command line (it reads the
+/// rest, like them, from the settings file and the environment).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookFlags {
+    /// `--root`.
+    pub root: Option<String>,
+    /// `--state`.
+    pub state: Option<String>,
+}
+
+/// `ksm-balloon [--root DIR] [--state FILE] hook [--root DIR] [--state
+/// FILE] <domain> <operation> ...`: the hook's flags and libvirt's
+/// arguments, answered before clap parses anything (so a setting only a
+/// pass uses, even an invalid one, never stops the hook). `None` when the
+/// command line is not the hook's, or is left to clap (a bare `hook`, or
+/// other settings before it: clap parses those, and `main` refuses them
+/// for the hook). `Err` (exit 2) names a flag the hook does not take, or
+/// a value of `--root` or `--state` it cannot use: a flag that is
+/// accepted must be honoured. After `hook`, flags are looked for only
+/// before the domain: whatever follows it is libvirt's, verbatim.
+pub fn hook_command_line(args: &[String]) -> Option<Result<(HookFlags, Vec<String>), String>> {
+    let mut flags = HookFlags::default();
+    let mut i = 0;
+    // One `--root`/`--state` flag at `args[i]` into `flags`: how many
+    // tokens it took, 0 if it is not one.
+    let take = |flags: &mut HookFlags, i: usize| -> usize {
+        let a = args[i].as_str();
+        for (name, slot) in [("--root", &mut flags.root), ("--state", &mut flags.state)] {
+            if let Some(v) = a.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+                *slot = Some(v.to_string());
+                return 1;
+            }
+            if a == name {
+                if let Some(v) = args.get(i + 1) {
+                    *slot = Some(v.clone());
+                    return 2;
+                }
+            }
+        }
+        0
+    };
+    loop {
+        match args.get(i).map(String::as_str) {
+            Some("hook") => break,
+            Some(_) => match take(&mut flags, i) {
+                0 => return None,
+                n => i += n,
+            },
+            None => return None,
+        }
+    }
+    i += 1;
+    while let Some(a) = args.get(i) {
+        if a == "--" {
+            i += 1;
+            break;
+        }
+        if !a.starts_with('-') {
+            break;
+        }
+        if matches!(a.as_str(), "-h" | "--help" | "-V" | "--version") {
+            // clap's own: the hook's help
+            return None;
+        }
+        match take(&mut flags, i) {
+            0 => {
+                return Some(Err(format!(
+                    "'{a}' is not a flag the hook takes: it takes only --root and --state"
+                )))
+            }
+            n => i += n,
+        }
+    }
+    if i >= args.len() {
+        return None;
+    }
+    if let Some(r) = &flags.root {
+        let p = std::path::Path::new(r);
+        if !p.is_absolute() || !p.is_dir() {
+            return Some(Err(UsageError {
+                flag: "root",
+                value: r.clone(),
+                why: "must be an absolute path to a directory".into(),
+            }
+            .to_string()));
+        }
+    }
+    if let Some(s) = &flags.state {
+        let p = std::path::Path::new(s);
+        if !p.is_absolute() || p.file_name().is_none() {
+            return Some(Err(UsageError {
+                flag: "state",
+                value: s.clone(),
+                why: "must be an absolute path to a file".into(),
+            }
+            .to_string()));
+        }
+    }
+    Some(Ok((flags, args[i..].to_vec())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    fn hook_line(args: &[&str]) -> Option<Result<(HookFlags, Vec<String>), String>> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        hook_command_line(&args)
+    }
+
+    #[test]
+    fn the_hooks_command_lines() {
+        let root = std::env::temp_dir().display().to_string();
+        let libvirts = ["vm", "prepare", "begin", "-"].map(String::from).to_vec();
+        // as libvirt runs it: everything after `hook` verbatim
+        assert_eq!(
+            hook_line(&["hook", "vm", "prepare", "begin", "-"]),
+            Some(Ok((HookFlags::default(), libvirts.clone())))
+        );
+        assert_eq!(
+            hook_line(&["hook", "vm", "--root", "x"])
+                .unwrap()
+                .unwrap()
+                .1,
+            ["vm", "--root", "x"]
+        );
+        // --root and --state, before or right after `hook`, both spellings
+        let want = HookFlags {
+            root: Some(root.clone()),
+            state: Some("/s/state.json".into()),
+        };
+        for line in [
+            vec!["--root", &root, "--state", "/s/state.json", "hook"],
+            vec!["hook", "--root", &root, "--state=/s/state.json"],
+            vec![
+                "--state=/s/state.json",
+                "hook",
+                &format!("--root={root}"),
+                "--",
+            ],
+        ] {
+            let mut line = line.clone();
+            line.extend(["vm", "prepare", "begin", "-"]);
+            assert_eq!(
+                hook_line(&line),
+                Some(Ok((want.clone(), libvirts.clone()))),
+                "{line:?}"
+            );
+        }
+        // left to clap: not the hook, a bare hook, other settings before it
+        assert_eq!(hook_line(&["run"]), None);
+        assert_eq!(hook_line(&["--root", &root, "run"]), None);
+        assert_eq!(hook_line(&["hook"]), None);
+        assert_eq!(hook_line(&["--share", "1", "hook", "vm", "prepare"]), None);
+        assert_eq!(hook_line(&["hook", "--help"]), None);
+        assert_eq!(hook_line(&["--root", &root, "hook", "-h"]), None);
+        // refused
+        for line in [
+            vec!["hook", "--share", "1", "vm", "prepare"],
+            vec!["hook", "-v", "vm", "prepare"],
+            vec!["--root", "relative", "hook", "vm", "prepare"],
+            vec!["hook", "--state", "s.json", "vm", "prepare"],
+        ] {
+            assert!(matches!(hook_line(&line), Some(Err(_))), "{line:?}");
+        }
+    }
 
     #[test]
     fn clap_definition_is_consistent() {

@@ -67,6 +67,9 @@ pub enum Outcome {
     Forgotten,
     /// Nothing to do (not known, or not our business).
     Nothing,
+    /// The record the XML gives cannot be right (a floor of 0): the state
+    /// is not changed by it.
+    Rejected(String),
 }
 
 /// A record of the VM `xml` describes, booting at `floor_kib`: its
@@ -132,10 +135,13 @@ pub fn apply(state: &mut State, event: Event, xml: &DomainXml, now: u64) -> Outc
     match event {
         Event::Ignore => Outcome::Nothing,
         Event::Register => {
-            drop_stale_namesakes(state, &xml.name, &xml.uuid);
-            state.candidates.remove(&xml.uuid);
             let floor = xml.current_memory_kib.min(xml.memory_kib);
             let new = record_from(xml, floor, Source::Hook, now);
+            if let Some(why) = new.impossible(&xml.uuid) {
+                return Outcome::Rejected(why);
+            }
+            drop_stale_namesakes(state, &xml.name, &xml.uuid);
+            state.candidates.remove(&xml.uuid);
             match state.vms.get(&xml.uuid) {
                 // The same start told twice (prepare, then start; or a
                 // record folded again): keep what passes learnt since.
@@ -176,13 +182,14 @@ pub fn apply(state: &mut State, event: Event, xml: &DomainXml, now: u64) -> Outc
                 Outcome::Kept
             }
             None => {
+                let floor = xml.current_memory_kib.min(xml.memory_kib);
+                let new = record_from(xml, floor, Source::HookLive, now);
+                if let Some(why) = new.impossible(&xml.uuid) {
+                    return Outcome::Rejected(why);
+                }
                 drop_stale_namesakes(state, &xml.name, &xml.uuid);
                 state.candidates.remove(&xml.uuid);
-                let floor = xml.current_memory_kib.min(xml.memory_kib);
-                state.vms.insert(
-                    xml.uuid.clone(),
-                    record_from(xml, floor, Source::HookLive, now),
-                );
+                state.vms.insert(xml.uuid.clone(), new);
                 Outcome::Recorded
             }
         },
@@ -330,6 +337,12 @@ pub fn fold(state: &mut State, records: &[HookRecord]) -> Vec<Folded> {
                     .into_iter()
                     .collect();
                 let outcome = apply(state, event, &x, r.at);
+                if let Outcome::Rejected(why) = &outcome {
+                    problems.push(format!(
+                        "impossible record for VM {:?}: {why}; dropped, state not changed by it",
+                        x.name
+                    ));
+                }
                 if matches!(outcome, Outcome::Recorded | Outcome::Updated) {
                     let floor = x.current_memory_kib.min(x.memory_kib);
                     problems.extend(metadata_problems(&x, floor));
@@ -371,11 +384,10 @@ pub enum Verbosity {
 /// verbosity, from the settings file's text overridden by the environment.
 /// `Err` names the setting at fault.
 pub fn settings(
-    file_text: Option<&str>,
+    file: &[(String, String)],
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(PathBuf, Verbosity), String> {
-    let get =
-        |key: &str| env(key).or_else(|| file_text.and_then(|t| crate::sysconfig::get(t, key)));
+    let get = |key: &str| env(key).or_else(|| crate::sysconfig::lookup(file, key));
     let root = PathBuf::from(get("KSM_BALLOON_ROOT").unwrap_or_else(|| "/".into()));
     let state = PathBuf::from(
         get("KSM_BALLOON_STATE").unwrap_or_else(|| crate::sysconfig::DEFAULT_STATE.into()),
@@ -424,11 +436,36 @@ fn log_line(line: &str) {
 /// (`KSM_BALLOON_CONFIG`, default [`crate::sysconfig::DEFAULT_PATH`]) and
 /// the environment, spools, logs problems. Always returns: the caller
 /// exits 0 whatever happened, so a VM start never fails because of it.
-pub fn entry(args: &[String], mut input: impl Read) {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+pub fn entry(args: &[String], input: impl Read) {
+    entry_with(args, input, &crate::cli::HookFlags::default());
+}
+
+/// [`entry`], with the `--root` and `--state` of `ksm-balloon [flags]
+/// hook ...` (issue 22: they were accepted and ignored, and the record
+/// went to the host's real spool): a flag wins over the environment,
+/// which wins over the settings file.
+pub fn entry_with(args: &[String], mut input: impl Read, flags: &crate::cli::HookFlags) {
+    let env = |k: &str| {
+        let flag = match k {
+            "KSM_BALLOON_ROOT" => flags.root.clone(),
+            "KSM_BALLOON_STATE" => flags.state.clone(),
+            _ => None,
+        };
+        flag.or_else(|| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    };
     let config = env("KSM_BALLOON_CONFIG").unwrap_or_else(|| crate::sysconfig::DEFAULT_PATH.into());
-    let file_text = std::fs::read_to_string(&config).ok();
-    let (state_path, verbosity) = match settings(file_text.as_deref(), env) {
+    // Read as systemd's EnvironmentFile=- reads it for the pass: a file
+    // it refuses (a key or value not UTF-8) is one it ignores.
+    let file = match std::fs::read(&config) {
+        Ok(bytes) => crate::sysconfig::parse_bytes(&bytes).unwrap_or_else(|why| {
+            log_line(&format!(
+                "{config}: {why}; systemd ignores the whole file, and so does the hook"
+            ));
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    let (state_path, verbosity) = match settings(&file, env) {
         Ok(s) => s,
         Err(why) => {
             let _ = io::copy(&mut input, &mut io::sink());
@@ -568,6 +605,43 @@ mod tests {
     }
 
     #[test]
+    fn an_impossible_record_from_the_spool_is_dropped_regression() {
+        // Issue 18: a start whose XML gave a floor of 0 was recorded and
+        // saved; the next load then moved the whole state file aside.
+        let mut s = State::default();
+        apply(&mut s, Event::Register, &xml(160, 256), 1);
+        let before = s.clone();
+        let mut zero = xml(0, 256);
+        zero.uuid = "u2".into();
+        zero.name = "g2".into();
+        assert_eq!(
+            apply(&mut s, Event::Register, &zero, 2),
+            Outcome::Rejected("floor is 0".into())
+        );
+        assert_eq!(
+            apply(&mut s, Event::KeepFloor, &zero, 2),
+            Outcome::Rejected("floor is 0".into())
+        );
+        assert_eq!(s, before);
+        let f = fold(
+            &mut s,
+            &[rec(
+                "prepare",
+                Some(text(0, 256).replace("u1", "u3").replace("g1", "g3")),
+                3,
+            )],
+        );
+        assert_eq!(s, before);
+        assert!(
+            f[0].problems
+                .iter()
+                .any(|p| p.contains("impossible record for VM \"g3\": floor is 0")),
+            "{:?}",
+            f[0].problems
+        );
+    }
+
+    #[test]
     fn stop_forgets() {
         let mut s = State::default();
         apply(&mut s, Event::Register, &xml(160, 256), 1);
@@ -657,10 +731,45 @@ mod tests {
     }
 
     #[test]
+    fn a_full_spool_is_logged_and_the_call_still_returns_regression() {
+        // Issue 18: the hook stops adding records above the spool's cap,
+        // and says so (the caller logs each problem to syslog).
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let first = run(
+            &state,
+            "g1",
+            "prepare",
+            "begin",
+            text(160, 256).as_bytes(),
+            1,
+        );
+        let spool_dir = spool::dir_of(&state);
+        for i in 1..spool::MAX_RECORDS {
+            std::fs::write(spool_dir.join(format!("junk-{i}")), "").unwrap();
+        }
+        let r = run(
+            &state,
+            "g1",
+            "started",
+            "begin",
+            text(256, 256).as_bytes(),
+            2,
+        );
+        assert!(first.spooled.is_some() && r.spooled.is_none());
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(
+            r.problems[0].contains("its limit") && r.problems[0].contains("adopts the VM"),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
     fn settings_from_file_and_environment() {
         let none = |_: &str| None;
         assert_eq!(
-            settings(None, none).unwrap(),
+            settings(&[], none).unwrap(),
             (
                 PathBuf::from("/var/lib/ksm-balloon/state.json"),
                 Verbosity::Problems
@@ -668,15 +777,19 @@ mod tests {
         );
         let file = "KSM_BALLOON_STATE=/run/t/state.json\nKSM_BALLOON_LOG=debug\n";
         assert_eq!(
-            settings(Some(file), none).unwrap(),
+            settings(&crate::sysconfig::parse(file), none).unwrap(),
             (PathBuf::from("/run/t/state.json"), Verbosity::Debug)
         );
         let env = |k: &str| (k == "KSM_BALLOON_ROOT").then(|| "/fake".to_string());
         assert_eq!(
-            settings(Some(file), env).unwrap().0,
+            settings(&crate::sysconfig::parse(file), env).unwrap().0,
             PathBuf::from("/fake/run/t/state.json")
         );
-        let err = settings(Some("KSM_BALLOON_STATE=relative.json"), none).unwrap_err();
+        let err = settings(
+            &crate::sysconfig::parse("KSM_BALLOON_STATE=relative.json"),
+            none,
+        )
+        .unwrap_err();
         assert!(err.contains("KSM_BALLOON_STATE"), "{err}");
     }
 
@@ -685,7 +798,7 @@ mod tests {
         // Issue 12: the binary exited 2 on KSM_BALLOON_RESERVE=lots before
         // reading stdin. The hook reads only the settings it needs.
         let file = "KSM_BALLOON_RESERVE=lots\nKSM_BALLOON_SHARE=2\n";
-        assert!(settings(Some(file), |_: &str| None).is_ok());
+        assert!(settings(&crate::sysconfig::parse(file), |_: &str| None).is_ok());
     }
 
     #[test]

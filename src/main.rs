@@ -111,15 +111,9 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
             )?;
             print(&(lines.join("\n") + "\n"))?;
         }
-        Command::Hook {
-            domain,
-            operation,
-            sub_op,
-            extra,
-        } => {
-            // Reached only with flags before `hook`; see main().
-            hook::entry(&[domain, operation, sub_op, extra], io::stdin().lock());
-        }
+        // Refused in main(): the hook's own command lines are answered
+        // before clap, and clap gets only those with other settings.
+        Command::Hook { .. } => {}
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "ksm-balloon", &mut buf);
@@ -137,11 +131,19 @@ fn main() -> ExitCode {
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    if args.first().map(String::as_str) == Some("hook")
-        && args.get(1).is_some_and(|a| !a.starts_with('-'))
-    {
-        hook::entry(&args[1..], io::stdin().lock());
-        return ExitCode::SUCCESS;
+    // Flags before or right after `hook` are only --root and --state, and
+    // are honoured; any other is refused (exit 2), never ignored.
+    match ksm_balloon::cli::hook_command_line(&args) {
+        Some(Ok((flags, rest))) => {
+            hook::entry_with(&rest, io::stdin().lock(), &flags);
+            return ExitCode::SUCCESS;
+        }
+        Some(Err(why)) => {
+            let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+            eprintln!("error: {why}");
+            return ExitCode::from(2);
+        }
+        None => {}
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -150,6 +152,16 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if let Command::Hook { .. } = cli.command {
+        // Settings other than --root and --state given for the hook
+        // (hook_command_line() took every other hook command line):
+        // refused, not ignored.
+        let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+        eprintln!(
+            "error: the hook takes no setting on the command line but --root and --state; the others come from the settings file and the environment"
+        );
+        return ExitCode::from(2);
+    }
     init_logging();
     let cfg = match cli.settings.validate() {
         Ok(c) => c,

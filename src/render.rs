@@ -227,6 +227,11 @@ fn note(r: &Report, v: &VmReport) -> String {
     if v.managed && v.action != Action::Skip && !v.guest_stats_fresh {
         parts.push("no fresh guest statistics".into());
     }
+    if v.reason == crate::policy::Reason::Awaiting {
+        if let Some(age) = v.figures_age_secs {
+            parts.push(format!("its figures are {age} s old"));
+        }
+    }
     parts.join("; ")
 }
 
@@ -245,6 +250,7 @@ pub fn status(r: &Report) -> String {
         "CEILING",
         "SHARE",
         "KEPT",
+        "OOM-DEFLATE",
         "LAST CHANGE",
         "NOTE",
     ]
@@ -262,6 +268,11 @@ pub fn status(r: &Report) -> String {
                 Kib(v.kept_kib).to_string()
             } else {
                 "-".into()
+            },
+            match v.autodeflate {
+                Some(true) => "on".into(),
+                Some(false) => "off".into(),
+                None => "-".into(),
             },
             ago(r.at, v.last_change_at),
             note(r, v),

@@ -5,6 +5,9 @@
 set -uo pipefail
 BIN=$(realpath "$1")
 here=$(cd "$(dirname "$0")" && pwd)
+# kb_wait_until: a wait for a state, with a deadline
+# shellcheck source=tests/lib/libvirtd.sh
+. "$here/lib/libvirtd.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r "$here/fixtures/root" "$work/root"
@@ -46,6 +49,13 @@ expect 2 "invalid value '-3' for '--lock-timeout" -- --lock-timeout=-3 run
 expect 2 "invalid value 'relative/state.json' for '--state'" -- --state relative/state.json run
 expect 2 "invalid value '$work/nowhere' for '--root'" -- --root "$work/nowhere" run
 expect 2 "required arguments were not provided" -- hook
+# The hook takes --root and --state (before or right after `hook`) and
+# honours them (issue 22); any other setting given for it is refused.
+expect 0 "Usage: ksm-balloon hook" -- hook --help
+expect 2 "'--share' is not a flag the hook takes" -- hook --share 1 vm1 prepare begin -
+expect 2 "takes no setting on the command line but --root and --state" -- --share 1 hook vm1 prepare begin -
+expect 2 "invalid value '$work/nowhere' for '--root'" -- --root "$work/nowhere" hook vm1 prepare begin -
+expect 2 "invalid value 'state.json' for '--state'" -- hook --state state.json vm1 prepare begin -
 # With a domain, `hook` is the hook as libvirt runs it (answered before the
 # settings are parsed): it never fails, and says what was wrong.
 expect 0 "libvirt passes <domain> <operation>" -- hook vm1
@@ -62,6 +72,14 @@ expect 0 '' -- --connect "$DRV" run
 # the hook never fails a VM start, whatever its input
 expect 0 '' -- hook vm1 prepare begin -
 expect 0 '' -- hook vm1 frobnicate begin -
+mkdir -p "$work/hookroot"
+expect 0 '' -- --root "$work/hookroot" hook vm1 prepare begin -
+if [ -z "$(ls "$work/hookroot/var/lib/ksm-balloon/spool" 2>/dev/null)" ]; then
+    echo "FAIL: ksm-balloon --root $work/hookroot hook ... spooled nothing under that root"
+    fails=$((fails + 1))
+else
+    echo "ok: the hook's --root is honoured"
+fi
 
 # runtime failures: 1
 expect 1 "cannot connect to libvirt at qemu\+unix:///system\?socket=$work/no-such-socket" -- \
@@ -85,12 +103,19 @@ expect 1 "$work/nomem/proc/meminfo: no MemAvailable line" -- --root "$work/nomem
 mkdir -p "$work/root/var/lib/ksm-balloon"
 lockf="$work/root/var/lib/ksm-balloon/state.json.lock"
 touch "$lockf"
-flock "$lockf" sh -c "echo \$\$ > '$lockf'; sleep 5" &
+# The holder keeps the lock until it is killed (not for a few seconds that
+# a loaded machine may spend before the pass runs); the pass runs once the
+# holder has written its pid, i.e. holds the lock.
+flock "$lockf" sh -c "echo \$\$ > '$lockf'; exec sleep 600" &
 holder=$!
-for _ in $(seq 50); do [ -s "$lockf" ] && break; sleep 0.1; done
-expect 1 "timed out after .* waiting for the lock $lockf \(held by pid [0-9]+\)" -- \
-    --connect "$DRV" --lock-timeout 0.3 run
-kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
+if kb_wait_until 30 "the lock holder to write its pid into $lockf" test -s "$lockf"; then
+    expect 1 "timed out after .* waiting for the lock $lockf \(held by pid [0-9]+\)" -- \
+        --connect "$DRV" --lock-timeout 0.3 run
+else
+    echo "FAIL: the lock holder never held $lockf"
+    fails=$((fails + 1))
+fi
+kill "$(cat "$lockf")" "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
 
 if [ "$fails" -gt 0 ]; then
     echo "$fails exit-code check(s) failed"

@@ -281,22 +281,87 @@ fn bad_state_files_are_moved_aside_logged_and_rebuilt() {
             "future version",
             "run",
         ),
-        (impossible.into_bytes(), "floor above ceiling", "hook"),
-        (
-            good.replacen("\"floor_kib\": 163840", "\"floor_kib\": 0", 1)
-                .into_bytes(),
-            "zero floor",
-            "run",
-        ),
-        (
-            good.replacen("\"floor_kib\": 163840", "\"floor_kib\": -5", 1)
-                .into_bytes(),
-            "negative floor",
-            "run",
-        ),
     ];
     for (bytes, what, first) in &cases {
         bad_state_is_moved_aside(bytes, what, first);
+    }
+    // A VM record that cannot be right no longer costs the whole file:
+    // an_impossible_vm_record_is_dropped_and_the_others_kept_regression.
+    let _ = impossible;
+}
+
+#[test]
+fn an_impossible_vm_record_is_dropped_and_the_others_kept_regression() {
+    // Issue 18: one impossible record (floor 0, say, spooled by a hook and
+    // saved) moved the whole state file aside at the next load: every
+    // VM's hold by hand, back-off and history was lost. Now that record
+    // is dropped, with a log line naming it, and the rest stays.
+    let good = valid_state_text();
+    let cases = [
+        (
+            "\"floor_kib\": 999999999",
+            "floor above ceiling",
+            "is above ceiling",
+        ),
+        ("\"floor_kib\": 0", "zero floor", "floor is 0"),
+        ("\"floor_kib\": -5", "negative floor", "not a VM record"),
+    ];
+    for (with, what, why) in cases {
+        let text = good.replacen("\"floor_kib\": 163840", with, 1);
+        assert_ne!(text, good);
+        let doms = four();
+        let fx = Fixture::new(&doms);
+        fs::create_dir_all(fx.state_dir()).unwrap();
+        fs::write(fx.state_path(), &text).unwrap();
+        let out = fx.run(&["run", "--json"]);
+        assert_eq!(out.code, Some(0), "{what}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("dropped that record, kept the rest") && out.stderr.contains(why),
+            "{what}: {}",
+            out.stderr
+        );
+        let r = report(&out.stdout);
+        assert!(!r["state_problem"].is_null(), "{what}");
+        let adopted: Vec<_> = r["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["adopted"] == true)
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            adopted.len(),
+            1,
+            "{what}: only the dropped VM is adopted anew: {adopted:?}"
+        );
+        assert!(
+            out.stderr.contains(&format!("{:?}", adopted[0])),
+            "{what}: {}",
+            out.stderr
+        );
+        let aside = fs::read_dir(fx.state_dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".bad-")
+            })
+            .count();
+        assert_eq!(aside, 0, "{what}: the file was moved aside");
+        let out = fx.run(&["run", "--json"]);
+        assert_eq!(out.code, Some(0), "{what}: {}", out.stderr);
+        assert!(report(&out.stdout)["state_problem"].is_null(), "{what}");
+        assert_invariants(
+            &fx.state_path(),
+            &Expect {
+                present: doms,
+                live_uri: Some(fx.uri()),
+                ..Expect::default()
+            },
+            &[out.stdout],
+        );
     }
 }
 

@@ -271,6 +271,50 @@ fn the_hook_program_reads_its_settings_file() {
 }
 
 #[test]
+fn the_hook_reads_its_settings_file_as_systemd_does_regression() {
+    // Issue 18: the hook's reader and systemd's EnvironmentFile= disagreed
+    // on quoting, blanks around `=`, `export` and continued lines, so the
+    // hook could spool into a directory no pass reads. Here systemd sets
+    // KSM_BALLOON_STATE to "<dir>/with space/state.json" (a quoted piece
+    // joined to an unquoted one, across a continued line); the `export`
+    // line is not an assignment to systemd. The old reader took the
+    // `export` line's <dir>/nowhere, the last it understood.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("with space/state.json");
+    let settings = dir.path().join("sysconfig");
+    std::fs::write(
+        &settings,
+        format!(
+            "KSM_BALLOON_STATE = \"{}/with space/\"\\\nstate.json\nexport KSM_BALLOON_STATE={}/nowhere/state.json\n",
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(HOOK_BIN)
+        .env_clear()
+        .env("KSM_BALLOON_CONFIG", &settings)
+        .env("KSM_BALLOON_HOOK_LOG", "stderr")
+        .args(["g1", "prepare", "begin", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(fixture("prepare-begin.xml").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{out:?}");
+    assert_eq!(spool::read_all(&state).unwrap().len(), 1);
+    assert!(!dir.path().join("nowhere").exists());
+}
+
+#[test]
 fn an_invalid_setting_never_stops_the_hook() {
     // Issue 12: `ksm-balloon hook` exited 2 on KSM_BALLOON_RESERVE=lots
     // before reading stdin. Both programs read only what the hook needs.
@@ -354,7 +398,11 @@ fn the_hook_opens_no_libvirt_connection() {
                     .args(["g1", op, "begin", "-"]);
                 c
             } else {
-                h.cmd(&["--connect", &uri, "hook", "g1", op, "begin", "-"])
+                // (`--connect` on the command line is refused for the hook,
+                // issue 22; the unit passes settings in the environment)
+                let mut c = h.cmd(&["hook", "g1", op, "begin", "-"]);
+                c.env("KSM_BALLOON_CONNECT", &uri);
+                c
             };
             c.env("LIBVIRT_DEFAULT_URI", &uri)
                 .stdin(Stdio::piped())
@@ -395,4 +443,113 @@ fn the_hook_opens_no_libvirt_connection() {
         connected,
         "the control pass never connected: the test is blind"
     );
+}
+
+/// Runs `ksm-balloon <args>` as a hook would be run, with no settings file
+/// and a bare environment; returns its exit code and stderr.
+fn subcommand(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("KSM_BALLOON_CONFIG", "/nonexistent/ksm-balloon-settings")
+        .env("KSM_BALLOON_HOOK_LOG", "stderr")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(fixture("prepare-begin.xml").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.stdout.is_empty(), "{out:?}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_hooks_root_and_state_flags_are_honoured_regression() {
+    // Issue 22: `ksm-balloon --root DIR hook ...` accepted --root and
+    // wrote to the host's real spool (only KSM_BALLOON_ROOT was read).
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let spooled = |state: &str| {
+        spool::read_all(&dir.path().join(state.trim_start_matches('/')))
+            .map(|e| e.len())
+            .unwrap_or(0)
+    };
+    let (code, err) = subcommand(&["--root", &root, "hook", UUID, "prepare", "begin", "-"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(spooled("/var/lib/ksm-balloon/state.json"), 1);
+    let (code, err) = subcommand(&[
+        "hook",
+        &format!("--root={root}"),
+        "--state",
+        "/elsewhere/state.json",
+        UUID,
+        "prepare",
+        "begin",
+        "-",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(spooled("/elsewhere/state.json"), 1);
+}
+
+#[test]
+fn a_flag_the_hook_does_not_take_is_refused_not_ignored_regression() {
+    // Issue 22: a flag that is accepted must be honoured, or refused.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    for (args, says) in [
+        (
+            vec![
+                "--root",
+                root.as_str(),
+                "--share",
+                "0.5",
+                "hook",
+                "g1",
+                "prepare",
+            ],
+            "takes no setting on the command line but --root and --state",
+        ),
+        (
+            vec![
+                "--root",
+                root.as_str(),
+                "hook",
+                "--share=0.5",
+                "g1",
+                "prepare",
+            ],
+            "'--share=0.5' is not a flag the hook takes",
+        ),
+        (
+            vec!["--root", "relative", "hook", "g1", "prepare"],
+            "invalid value 'relative' for '--root'",
+        ),
+        (
+            vec![
+                "--root",
+                root.as_str(),
+                "hook",
+                "--state",
+                "state.json",
+                "g1",
+                "prepare",
+            ],
+            "invalid value 'state.json' for '--state'",
+        ),
+    ] {
+        let (code, err) = subcommand(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // nothing was spooled anywhere under the root
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

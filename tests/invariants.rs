@@ -60,6 +60,17 @@ fn each_broken_invariant_is_reported() {
     fs::create_dir_all(fx.state_dir()).unwrap();
     fs::write(fx.state_path(), "{").unwrap();
     assert!(violations(&fx, &Expect::default(), &[]).contains("does not parse"));
+    // a record a load would drop (the file itself still loads)
+    let mut s = State::default();
+    let mut zero = record(&a);
+    zero.floor_kib = 0;
+    s.vms.insert(a.uuid.clone(), zero);
+    fs::write(fx.state_path(), s.to_json()).unwrap();
+    let v = violations(&fx, &Expect::default(), &[]);
+    assert!(
+        v.contains("impossible record for VM \"a001\": floor is 0"),
+        "{v}"
+    );
     // a running VM missing, a stopped one present
     let mut s = State::default();
     s.vms.insert(b.uuid.clone(), record(&b));

@@ -6,11 +6,15 @@
 //! (its MemAvailable less the margin; a bounded step without fresh
 //! statistics). The guard: under the reserve the bonuses shrink by exactly
 //! the shortfall, whatever the deadband and however unequal the bonuses.
+//! The recall rule (issue 23): a step at most half of what the figures
+//! allow (16 MiB at least), nothing on figures too old or that predate the
+//! last ask.
 
 #![allow(clippy::unwrap_used)] // a test helper that fails should panic
 
 use ksm_balloon::policy::{
-    plan, Action, GuestView, HostView, Plan, Policy, Split, VmStatus, VmView,
+    plan, Action, GuestView, HostView, Plan, Policy, Reason, Split, VmStatus, VmView,
+    RECALL_FRESH_SECS, RECALL_STEP_MIN_KIB,
 };
 use proptest::prelude::*;
 
@@ -195,11 +199,9 @@ fn guest_vm_strategy() -> impl Strategy<Value = VmView> {
             let headroom = headroom * MIB;
             let current = floor + headroom * at_pct / 100;
             let usable = usable * MIB;
-            VmView::new(floor, floor + headroom, current, VmStatus::Managed).with_guest(GuestView {
-                usable_kib: usable,
-                unused_kib: usable * free_pct / 100,
-                total_kib: current * 3 / 4,
-            })
+            VmView::new(floor, floor + headroom, current, VmStatus::Managed).with_guest(
+                GuestView::now(usable, usable * free_pct / 100, current * 3 / 4),
+            )
         },
     )
 }
@@ -355,5 +357,91 @@ proptest! {
         let required = short.min(bonus);
         prop_assert!(r >= required, "recalled {r} < required {required}");
         prop_assert!(r <= required.max(bonus.saturating_sub(savings)), "recalled {r}: {p:?}");
+    }
+}
+
+/// Managed VMs whose guest figures have any age and may or may not answer
+/// the last ask (issue 23), with a target possibly still on its way.
+fn aged_guest_vm_strategy() -> impl Strategy<Value = VmView> {
+    (guest_vm_strategy(), 0u64..40, any::<bool>(), -256i64..256).prop_map(
+        |(mut v, age_secs, confirmed, off)| {
+            v.guest = v.guest.map(|g| GuestView {
+                age_secs,
+                confirmed,
+                ..g
+            });
+            v.actual_kib = v
+                .current_kib
+                .saturating_add_signed(off * MIB as i64)
+                .clamp(v.floor_kib, v.ceiling_kib);
+            v
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Issue 23: above the reserve, what a guest gives back of what its
+    /// balloon holds now is at most one recall step of what its figures
+    /// say it can give (half, or all of it up to 16 MiB), and nothing on
+    /// figures that are too old or do not answer the last ask.
+    #[test]
+    fn above_the_reserve_no_recall_step_is_larger_than_the_rule_allows(
+        savings in 0u64..1 << 22,
+        deadband in 0u64..1 << 14,
+        vms in proptest::collection::vec(aged_guest_vm_strategy(), 1..10),
+    ) {
+        let policy = Policy { deadband_kib: deadband, ..Policy::default() };
+        let host = HostView { savings_kib: savings, ksm_counters_live: true, available_kib: u64::MAX / 4 };
+        let p = plan(&policy, &host, &vms);
+        for (v, d) in vms.iter().zip(&p.decisions) {
+            let g = v.guest.unwrap();
+            // taken by this pass from what the balloon holds now (a grow
+            // still on its way was never the guest's; a shrink on its way
+            // was asked by an earlier pass)
+            let taken = v.actual_kib.min(v.current_kib).saturating_sub(d.applied_kib(v.current_kib));
+            let allowed = if !g.confirmed || g.age_secs > RECALL_FRESH_SECS {
+                0
+            } else {
+                // figures describe the guest at `actual`; the age only
+                // widens the margin, so the plain margin bounds it
+                let give = g.usable_kib.saturating_sub(g.margin_kib());
+                (give / 2).max(give.min(RECALL_STEP_MIN_KIB))
+            };
+            prop_assert!(
+                taken <= allowed,
+                "{v:?} gave {taken} of its balloon, the rule allows {allowed}: {d:?}"
+            );
+        }
+    }
+
+    /// Issue 23: a recall on figures older than the last ask never takes
+    /// more than the guest's margin from it (it takes nothing: it waits).
+    #[test]
+    fn a_recall_on_figures_older_than_the_last_ask_never_exceeds_the_margin(
+        savings in 0u64..1 << 22,
+        vms in proptest::collection::vec(aged_guest_vm_strategy(), 1..10),
+    ) {
+        let vms: Vec<VmView> = vms
+            .into_iter()
+            .map(|mut v| {
+                v.guest = v.guest.map(|g| GuestView { confirmed: false, ..g });
+                v
+            })
+            .collect();
+        let policy = Policy::default();
+        let host = HostView { savings_kib: savings, ksm_counters_live: true, available_kib: u64::MAX / 4 };
+        let p = plan(&policy, &host, &vms);
+        for (v, d) in vms.iter().zip(&p.decisions) {
+            let taken = v.actual_kib.min(v.current_kib).saturating_sub(d.applied_kib(v.current_kib));
+            prop_assert!(taken <= v.guest.unwrap().margin_kib(), "{v:?}: {d:?}");
+            if d.action == Action::Hold && d.kept_kib > 0 {
+                prop_assert!(
+                    matches!(d.reason, Reason::Awaiting | Reason::Kept | Reason::Deadband),
+                    "{v:?}: {d:?}"
+                );
+            }
+        }
     }
 }

@@ -126,11 +126,7 @@ pub fn replay(trace: &[Point], vms: &[(u64, u64)], policy: &Policy, window_secs:
             .zip(vms)
             .map(|(&s, &(f, c))| {
                 // a guest that can give back all it was lent
-                VmView::new(f, c, s, VmStatus::Managed).with_guest(GuestView {
-                    usable_kib: s,
-                    unused_kib: s,
-                    total_kib: s,
-                })
+                VmView::new(f, c, s, VmStatus::Managed).with_guest(GuestView::now(s, s, s))
             })
             .collect();
         let host = HostView {

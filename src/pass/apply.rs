@@ -11,7 +11,7 @@ use crate::hypervisor::{HvError, Hypervisor};
 use crate::state::{LastPass, State};
 use crate::units::{Kib, KibDelta};
 
-use super::plan::Planned;
+use super::plan::{PeriodKind, Planned};
 use super::Report;
 
 /// What the writes did.
@@ -87,10 +87,20 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
         }
         match hv.set_stats_period(&s.uuid, s.seconds) {
             Ok(()) => {
-                info!(
-                    "VM {:?}: turned its guest's memory statistics on (every {} s, live only): the loan rule needs them",
-                    s.name, s.seconds
-                );
+                match s.kind {
+                    PeriodKind::TurnOn => info!(
+                        "VM {:?}: turned its guest's memory statistics on (every {} s, live only): the loan rule needs them",
+                        s.name, s.seconds
+                    ),
+                    PeriodKind::Recall => info!(
+                        "VM {:?}: recalling its loan: its guest reports every {} s until the recall is over (each step waits for its fresh figures)",
+                        s.name, s.seconds
+                    ),
+                    PeriodKind::Restore => info!(
+                        "VM {:?}: recall over: its guest reports every {} s again",
+                        s.name, s.seconds
+                    ),
+                }
                 out.stats_periods.push(Ok(()));
             }
             Err(e) if e.is_fatal() => {
@@ -176,19 +186,26 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) 
         }
     }
     for (s, result) in stats_periods.iter().zip(&applied.stats_periods) {
-        if let (Ok(()), Some(r)) = (result, state.vms.get_mut(&s.uuid)) {
-            r.stats_period_set = true;
-        }
         if result.is_err() && applied.timed_out.contains(&s.uuid) {
-            // Not the guest's refusal: asked again once it answers.
+            // Not the guest's refusal: its QEMU did not answer; asked
+            // again once it does.
             if let Some(r) = state.vms.get_mut(&s.uuid) {
                 r.unresponsive_since.get_or_insert(now);
             }
-        } else if result.is_err() {
-            // Not asked again every pass: the guest is treated as one
-            // without statistics until it restarts.
-            if let Some(r) = state.vms.get_mut(&s.uuid) {
-                r.stats_period_set = true;
+            continue;
+        }
+        // Recorded whether it worked or not, so it is not asked again
+        // every pass: a guest whose period cannot be set is treated as one
+        // without statistics (turned on), or answers at its own period
+        // (a recall: its next report after this pass still confirms).
+        if let Some(r) = state.vms.get_mut(&s.uuid) {
+            match s.kind {
+                PeriodKind::TurnOn => r.stats_period_set = true,
+                PeriodKind::Recall => {
+                    r.stats_period_set = true;
+                    r.recall_stats_at = Some(now);
+                }
+                PeriodKind::Restore => r.recall_stats_at = None,
             }
         }
     }
@@ -216,4 +233,86 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) 
         failed: report.failed,
     });
     (state, report)
+}
+
+// Record before asking (issue 18). Kept apart from `record`: a pass killed
+// between a resize and the save at its end (the unit's timeout, an OOM
+// kill, a full disk) must leave a state that tells its own asks from an
+// operator's, so each ask is in the saved state before it is made.
+
+/// What a VM's record said of its last ask before [`intend`] wrote this
+/// pass's into it: put back by [`withdraw`] when the resize surely was not
+/// made.
+#[derive(Clone, Debug)]
+pub struct Prior {
+    uuid: String,
+    last_target_kib: Option<u64>,
+    last_change_at: Option<u64>,
+    asked_from_kib: Option<u64>,
+    manual: Option<crate::manual::History>,
+}
+
+/// Writes every resize of the plan into `state` as asked at `now`, as
+/// [`record`] does for a resize made: the VM's last target, when, from
+/// what size, and the manual-change detector's ask. The caller saves the
+/// state before making any of them. Returns what each record said before,
+/// in the plan's order.
+pub fn intend(state: &mut State, resizes: &[super::plan::Resize], now: u64) -> Vec<Prior> {
+    let mut priors = Vec::with_capacity(resizes.len());
+    for z in resizes {
+        let Some(r) = state.vms.get_mut(&z.uuid) else {
+            // Never so (a resize is planned for a record only); kept in
+            // step with the plan's list all the same.
+            priors.push(Prior {
+                uuid: z.uuid.clone(),
+                last_target_kib: None,
+                last_change_at: None,
+                asked_from_kib: None,
+                manual: None,
+            });
+            continue;
+        };
+        priors.push(Prior {
+            uuid: z.uuid.clone(),
+            last_target_kib: r.last_target_kib,
+            last_change_at: r.last_change_at,
+            asked_from_kib: r.asked_from_kib,
+            manual: r.manual,
+        });
+        r.last_target_kib = Some(z.to_kib);
+        r.last_change_at = Some(now);
+        r.asked_from_kib = Some(z.from_kib);
+        if let Some(h) = r.manual.as_mut() {
+            h.asked(now, z.to_kib, z.from_kib);
+        }
+    }
+    priors
+}
+
+/// Puts back what [`intend`] wrote for each resize that surely was not
+/// made: one libvirt refused (the VM vanished, its balloon driver is not
+/// loaded), and those a lost connection stopped before they were tried.
+/// The one the connection was lost on keeps its intent: libvirt may have
+/// made it, and a balloon at either size is then on the path from where it
+/// was asked to what was asked, never "set by someone else"; one that did
+/// not move is short of its target, and the usual back-off applies.
+pub fn withdraw(state: &mut State, priors: Vec<Prior>, applied: &Applied) {
+    let uncertain = applied.fatal.is_some().then_some(applied.resizes.len());
+    for (i, p) in priors.into_iter().enumerate() {
+        let made_or_maybe = match applied.resizes.get(i) {
+            // A resize that timed out may still be made once its QEMU
+            // answers: its intent stays.
+            Some(result) => result.is_ok() || applied.timed_out.contains(&p.uuid),
+            None => Some(i) == uncertain,
+        };
+        if made_or_maybe {
+            continue;
+        }
+        if let Some(r) = state.vms.get_mut(&p.uuid) {
+            r.last_target_kib = p.last_target_kib;
+            r.last_change_at = p.last_change_at;
+            r.asked_from_kib = p.asked_from_kib;
+            r.manual = p.manual;
+        }
+    }
 }

@@ -127,6 +127,11 @@ pub const DEFAULT_GUEST_STATS_PERIOD: u32 = 5;
 /// The holding window by default: a minute of passes.
 pub const DEFAULT_HOLD_WINDOW_SECS: u64 = 60;
 
+/// The most savings readings the state keeps for the holding window
+/// ([`plan::hold`]), however long the window: the state file stays the
+/// same size pass after pass.
+pub const HOLD_MAX_ENTRIES: usize = 64;
+
 impl Settings {
     /// The policy's settings, the reserve resolved against `mem_total_kib`.
     pub fn policy(&self, mem_total_kib: u64) -> Policy {
@@ -204,6 +209,18 @@ pub struct VmReport {
     pub guest: GuestStats,
     /// Those figures are recent enough to go by.
     pub guest_stats_fresh: bool,
+    /// How old the figures the decision used were, seconds (`None`: no
+    /// fresh figures; a recall step above the reserve waits for figures
+    /// at most [`crate::policy::RECALL_FRESH_SECS`] old).
+    pub figures_age_secs: Option<u64>,
+    /// Those figures answer every ask: reported after the last shrink
+    /// landed and after the pass asked for fresh ones (`None`: no fresh
+    /// figures).
+    pub figures_confirmed: Option<bool>,
+    /// Its balloon deflates on guest OOM (`<memballoon autodeflate='on'>`):
+    /// the guest's own net against a recall it cannot pay (`None`: not
+    /// known, a VM not recorded yet).
+    pub autodeflate: Option<bool>,
     /// Its balloon does not reach the last target (back-off).
     pub stuck: Option<Stuck>,
     /// Its balloon was set by someone else and is left alone since then.
@@ -300,53 +317,124 @@ pub struct Report {
 /// How a pass reaches libvirt: called once, after the host was read.
 pub type Opener<'a> = dyn FnMut() -> anyhow::Result<Box<dyn Hypervisor>> + 'a;
 
-/// Folds the hook's spooled records into `state`, logging what each did
-/// when `log_it`. Returns the spool entries read (records and strays), for
-/// the caller to remove once the state that holds them is saved.
-pub fn fold_spool(store: &Store, state: &mut State, log_it: bool) -> Vec<spool::Entry> {
-    let entries = match spool::read_all(store.path()) {
-        Ok(e) => e,
+/// Logs what folding one spooled record did.
+fn log_folded(state: &State, f: &hook::Folded) {
+    for p in &f.problems {
+        warn!("{}: {p}", f.call);
+    }
+    match (&f.outcome, state.vms.values().find(|v| v.name == f.name)) {
+        (hook::Outcome::Recorded | hook::Outcome::Updated, Some(r)) => info!(
+            "{}: recorded VM {:?} floor {} ceiling {}{}",
+            f.call,
+            f.name,
+            crate::units::Kib(r.floor_kib),
+            crate::units::Kib(r.ceiling_kib),
+            if r.balloon {
+                ""
+            } else {
+                " (no balloon device)"
+            }
+        ),
+        (hook::Outcome::Forgotten, _) => info!("{}: forgot VM {:?}", f.call, f.name),
+        (o, _) => debug!("{}: VM {:?}: {o:?}", f.call, f.name),
+    }
+}
+
+/// Moves a spool entry the pass cannot use to the quarantine, out of the
+/// path unit's sight; failing that removes it; failing that says so.
+fn set_aside(store: &Store, path: &Path, why: &str, now: u64) {
+    match spool::quarantine(store.path(), path, now) {
+        Ok(to) => warn!(
+            "hook spool: {}: {why}; moved to {}",
+            path.display(),
+            to.display()
+        ),
+        Err(q) => match spool::remove_entry(path) {
+            Ok(()) => warn!(
+                "hook spool: {}: {why}; removed (cannot move it to {}: {q})",
+                path.display(),
+                spool::quarantine_dir(store.path()).display()
+            ),
+            Err(e) => error!(
+                "hook spool: {}: {why}; can be neither moved to {} ({q}) nor removed ({e}): the path unit starts passes for it until its trigger limit; remove it by hand",
+                path.display(),
+                spool::quarantine_dir(store.path()).display()
+            ),
+        },
+    }
+}
+
+/// Folds the hook's spooled records into `state`, oldest first, one
+/// record in memory at a time. With `commit` (the pass lock held), the
+/// state is saved after every [`spool::FOLD_BATCH`] records and those
+/// records are then removed, and what cannot be folded or removed goes to
+/// the quarantine, logged; without it (`status`, `plan`) nothing on disk
+/// changes and nothing is logged. Returns how many hook records were
+/// folded.
+pub fn fold_spool(
+    store: &Store,
+    state: &mut State,
+    commit: Option<&crate::state::Locked<'_>>,
+    now: u64,
+) -> Result<usize, crate::state::StoreError> {
+    let listing = match spool::list(store.path(), &spool::boot_id()) {
+        Ok(l) => l,
         Err(e) => {
-            warn!(
-                "cannot read the hook spool {}: {e}; its records wait for the next pass",
-                store.spool_dir().display()
-            );
-            return Vec::new();
+            if commit.is_some() {
+                warn!(
+                    "cannot read the hook spool {}: {e}; its records wait for the next pass",
+                    store.spool_dir().display()
+                );
+            }
+            return Ok(0);
         }
     };
-    let mut records = Vec::new();
-    for e in &entries {
-        match &e.record {
-            Ok(r) => records.push(r.clone()),
-            Err(why) if log_it => warn!("hook spool: {}: {why}; removed", e.path.display()),
-            Err(_) => {}
+    if commit.is_some() {
+        for p in &listing.strays {
+            set_aside(store, p, "not a name the hook gives its records", now);
         }
     }
-    for f in hook::fold(state, &records) {
-        if !log_it {
+    let mut folded = 0;
+    for batch in listing.records.chunks(spool::FOLD_BATCH) {
+        let mut done = Vec::with_capacity(batch.len());
+        for path in batch {
+            match spool::read_record(path) {
+                Ok(r) => {
+                    for f in hook::fold(state, std::slice::from_ref(&r)) {
+                        if commit.is_some() {
+                            log_folded(state, &f);
+                        }
+                    }
+                    folded += 1;
+                    done.push(path);
+                }
+                Err(why) if commit.is_some() => set_aside(store, path, &why, now),
+                Err(_) => {}
+            }
+        }
+        let Some(lock) = commit else {
+            continue;
+        };
+        if done.is_empty() {
             continue;
         }
-        for p in &f.problems {
-            warn!("{}: {p}", f.call);
-        }
-        match (&f.outcome, state.vms.values().find(|v| v.name == f.name)) {
-            (hook::Outcome::Recorded | hook::Outcome::Updated, Some(r)) => info!(
-                "{}: recorded VM {:?} floor {} ceiling {}{}",
-                f.call,
-                f.name,
-                crate::units::Kib(r.floor_kib),
-                crate::units::Kib(r.ceiling_kib),
-                if r.balloon {
-                    ""
-                } else {
-                    " (no balloon device)"
+        // Saved before the records go, so a record is never lost; a pass
+        // killed in a long drain keeps the batches it saved.
+        lock.save(state)?;
+        for path in done {
+            if let Err(e) = spool::remove_entry(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    set_aside(
+                        store,
+                        path,
+                        &format!("folded, but cannot be removed: {e}"),
+                        now,
+                    );
                 }
-            ),
-            (hook::Outcome::Forgotten, _) => info!("{}: forgot VM {:?}", f.call, f.name),
-            (o, _) => debug!("{}: VM {:?}: {o:?}", f.call, f.name),
+            }
         }
     }
-    entries
+    Ok(folded)
 }
 
 /// `ksm-balloon run`: under the pass lock, fold the hook spool, observe,
@@ -449,17 +537,22 @@ fn run_locked(
             problem = Some(p);
             state
         }
+        Loaded::Repaired { state, dropped } => {
+            for d in &dropped {
+                error!(
+                    "state file {}: {d}; dropped that record, kept the rest",
+                    store.path().display()
+                );
+            }
+            problem = Some(dropped.join("; "));
+            state
+        }
         other => other.into_state(),
     };
     spool::remove_stale_temps(store.path(), now);
-    let folded = fold_spool(&store, &mut state, true);
-    let hook_records = folded.iter().filter(|e| e.record.is_ok()).count();
-    if !folded.is_empty() {
-        // Saved before anything else can fail, so the records can go: a
-        // spool left full would keep the systemd path unit starting passes.
-        lock.save(&state)?;
-        spool::remove(&folded);
-    }
+    // Saved (batch by batch) before anything else can fail, so the records
+    // can go: a spool left full would keep the path unit starting passes.
+    let hook_records = fold_spool(&store, &mut state, Some(&lock), now)?;
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     debug!("connected to libvirt");
@@ -473,11 +566,20 @@ fn run_locked(
         &paths.procs,
         contribution,
     )?;
-    let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
+    let mut planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     for n in &planned.notes {
         log!(n.level, "{}", n.text);
     }
+    // Record before asking: each resize is in the saved state before it
+    // is made, so a pass killed after a resize and before its last save
+    // leaves a state that knows the balloon's new size is ours.
+    let priors = apply::intend(&mut planned.state, &planned.resizes, now);
+    if !priors.is_empty() {
+        lock.save(&planned.state)
+            .context("cannot record the resizes this pass is about to make; none was made")?;
+    }
     let applied = apply::apply(hv.as_mut(), &planned);
+    apply::withdraw(&mut planned.state, priors, &applied);
     let (state, mut report) = apply::record(planned, &applied, now);
     report.calls = hv.calls();
     report.hook_records = hook_records;
@@ -508,7 +610,7 @@ pub fn dry_run(
             store.path().display()
         );
     }
-    let folded = fold_spool(&store, &mut state, false);
+    let hook_records = fold_spool(&store, &mut state, None, now)?;
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     let contribution = settings.split.needs_contribution();
@@ -525,7 +627,7 @@ pub fn dry_run(
     let mut report = planned.report;
     report.dry_run = true;
     report.calls = hv.calls();
-    report.hook_records = folded.iter().filter(|e| e.record.is_ok()).count();
+    report.hook_records = hook_records;
     report.state_problem = problem;
     Ok(report)
 }

@@ -99,7 +99,19 @@ pub struct Resize {
     pub reason: Reason,
 }
 
-/// A guest whose statistics the pass turns on.
+/// Why the pass sets a guest's statistics period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeriodKind {
+    /// It reports none: turned on once.
+    TurnOn,
+    /// A recall starts: the short period, so each step is checked by the
+    /// guest's fresh answer ([`RECALL_STATS_PERIOD_SECS`]).
+    Recall,
+    /// The recall is over: back to `--guest-stats-period`.
+    Restore,
+}
+
+/// A guest whose statistics period the pass sets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatsPeriod {
     /// The domain's UUID.
@@ -108,6 +120,8 @@ pub struct StatsPeriod {
     pub name: String,
     /// The period, seconds.
     pub seconds: u32,
+    /// Why.
+    pub kind: PeriodKind,
 }
 
 /// Everything the plan step works out.
@@ -193,18 +207,53 @@ pub fn figures_now(g: GuestView, rec: &VmRecord, actual_kib: u64, last_update: u
     }
 }
 
-/// The guest's figures for the policy, when they are complete and fresh.
+/// The guest's figures for the policy, when they are complete and fresh
+/// (at most [`STATS_FRESH_SECS`] old), with their age at `now`. They are
+/// taken as answering every ask; [`confirm`] says whether they do.
 pub fn guest_view(g: &GuestStats, now: u64) -> Option<GuestView> {
-    let fresh = g
-        .last_update
-        .is_some_and(|t| t > 0 && now.saturating_sub(t) <= STATS_FRESH_SECS);
-    match (fresh, g.usable_kib, g.unused_kib, g.available_kib) {
-        (true, Some(usable_kib), Some(unused_kib), Some(total_kib)) => Some(GuestView {
+    let t = g.last_update.filter(|&t| t > 0)?;
+    let age_secs = now.saturating_sub(t);
+    if age_secs > STATS_FRESH_SECS {
+        return None;
+    }
+    match (g.usable_kib, g.unused_kib, g.available_kib) {
+        (Some(usable_kib), Some(unused_kib), Some(total_kib)) => Some(GuestView {
             usable_kib,
             unused_kib,
             total_kib,
+            age_secs,
+            confirmed: true,
         }),
         _ => None,
+    }
+}
+
+/// The guest's statistics period while ksm-balloon recalls from it,
+/// seconds: a recall step waits for figures this fresh.
+pub const RECALL_STATS_PERIOD_SECS: u32 = 1;
+
+/// Whether figures the guest reported at `last_update` answer every ask
+/// made of it: reported once the last shrink asked of its balloon had
+/// landed ([`MOVE_SECS`] after it), and, when the pass manages statistics
+/// periods (`asks_for_figures`), after the pass last asked for fresh
+/// figures (set its recall period). Figures that do not are stale for a
+/// recall: what the guest did since is unknown.
+pub fn confirm(
+    g: GuestView,
+    rec: &VmRecord,
+    last_update: u64,
+    asks_for_figures: bool,
+) -> GuestView {
+    let after_shrink = match (rec.asked_from_kib, rec.last_target_kib, rec.last_change_at) {
+        (Some(from), Some(to), Some(at)) if to < from => {
+            last_update >= at.saturating_add(MOVE_SECS)
+        }
+        _ => true,
+    };
+    let after_ask = !asks_for_figures || rec.recall_stats_at.is_some_and(|t| last_update > t);
+    GuestView {
+        confirmed: after_shrink && after_ask,
+        ..g
     }
 }
 
@@ -265,13 +314,31 @@ pub fn track_io(
 /// older than `window_secs`) and returns the smallest reading of the
 /// window, the present one included, so a fall is followed at once and a
 /// rise only once it has lasted the window.
+///
+/// `seen` (in the state file) keeps only what can still be the smallest:
+/// a reading followed by one as small or smaller never will be, so the
+/// readings kept rise with time (one entry at steady savings, not one per
+/// pass). At most [`super::HOLD_MAX_ENTRIES`] are kept: past that, the
+/// two kept closest in time become one, with the smaller reading and the
+/// later time, which can only hold a rise back a little longer, never
+/// lend it early.
 pub fn hold(seen: &mut Vec<(u64, u64)>, now_kib: u64, now: u64, window_secs: u64) -> u64 {
     if window_secs == 0 {
         seen.clear();
         return now_kib;
     }
     seen.retain(|&(at, _)| at <= now && now - at < window_secs);
+    while seen.last().is_some_and(|&(_, k)| k >= now_kib) {
+        seen.pop();
+    }
     seen.push((now, now_kib));
+    while seen.len() > super::HOLD_MAX_ENTRIES {
+        let i = (1..seen.len())
+            .min_by_key(|&i| seen[i].0 - seen[i - 1].0)
+            .unwrap_or(1);
+        seen[i].1 = seen[i].1.min(seen[i - 1].1);
+        seen.remove(i - 1);
+    }
     seen.iter().map(|&(_, k)| k).min().unwrap_or(now_kib)
 }
 
@@ -713,8 +780,15 @@ pub fn plan(
             Motion::InFlight(t) => t,
             Motion::Settled | Motion::Short(_) => actual,
         };
-        let guest = guest_view(&d.guest, now)
-            .map(|g| figures_now(g, r, actual, d.guest.last_update.unwrap_or(0)));
+        let last_update = d.guest.last_update.unwrap_or(0);
+        let guest = guest_view(&d.guest, now).map(|g| {
+            confirm(
+                figures_now(g, r, actual, last_update),
+                r,
+                last_update,
+                settings.guest_stats_period > 0,
+            )
+        });
         let (io, demand) = track_io(r.io, d.block_rd_bytes, guest, now);
         r.io = io;
         // Was the balloon set by someone else? (Only for a VM we manage:
@@ -880,7 +954,7 @@ pub fn plan(
         if let Motion::Short(asked) = row.motion {
             if dec.action == Action::Hold
                 && row.view.status == VmStatus::Managed
-                && row.fresh
+                && row.view.guest.is_some_and(|g| g.recall_ready())
                 && !p.under_reserve
                 && asked < row.view.actual_kib
                 && dec.target_kib > asked.saturating_add(policy.deadband_kib.max(REACHED_KIB))
@@ -946,15 +1020,38 @@ pub fn plan(
         // No fresh figures, not merely none at all: a guest without a
         // statistics period still sends one report when its balloon
         // driver starts, and its last-update then stays at that moment.
-        let wants_stats = settings.guest_stats_period > 0
-            && row.view.status == VmStatus::Managed
-            && !r.stats_period_set
-            && !row.fresh;
-        if wants_stats {
+        let manages_periods =
+            settings.guest_stats_period > 0 && row.view.status == VmStatus::Managed;
+        // A recall (a shrink, a loan kept, figures awaited) asks the guest
+        // for fresh figures: the short period until it is over.
+        let shrinking = match row.motion {
+            Motion::InFlight(t) | Motion::Short(t) => t < row.view.actual_kib,
+            Motion::Settled => false,
+        };
+        let recalling = dec.action == Action::Shrink
+            || dec.reason == Reason::Awaiting
+            || dec.kept_kib > 0
+            || shrinking;
+        let kind = if !manages_periods {
+            None
+        } else if recalling && r.recall_stats_at.is_none() {
+            Some(PeriodKind::Recall)
+        } else if !recalling && r.recall_stats_at.is_some() {
+            Some(PeriodKind::Restore)
+        } else if !r.stats_period_set && !row.fresh {
+            Some(PeriodKind::TurnOn)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
             stats_periods.push(StatsPeriod {
                 uuid: row.d.uuid.clone(),
                 name: name.clone(),
-                seconds: settings.guest_stats_period,
+                seconds: match kind {
+                    PeriodKind::Recall => RECALL_STATS_PERIOD_SECS,
+                    PeriodKind::TurnOn | PeriodKind::Restore => settings.guest_stats_period,
+                },
+                kind,
             });
         }
         decided.push(dec);
@@ -1049,6 +1146,9 @@ pub fn plan(
             givable_kib: dec.givable_kib,
             guest: d.guest,
             guest_stats_fresh: fresh,
+            figures_age_secs: view.and_then(|v| v.guest).map(|g| g.age_secs),
+            figures_confirmed: view.and_then(|v| v.guest).map(|g| g.confirmed),
+            autodeflate: r.map(|r| r.autodeflate),
             demand: view.and_then(|v| v.demand),
             ksm: parts.get(&d.uuid).copied(),
             contribution_share: match (&attribution, parts.get(&d.uuid)) {
@@ -1122,20 +1222,12 @@ mod tests {
     const MIB: u64 = 1024;
 
     fn guest(free_mib: u64) -> Option<GuestView> {
-        Some(GuestView {
-            usable_kib: 100 * MIB,
-            unused_kib: free_mib * MIB,
-            total_kib: 190 * MIB,
-        })
+        Some(GuestView::now(100 * MIB, free_mib * MIB, 190 * MIB))
     }
 
     #[test]
     fn figures_taken_before_the_last_resize_are_moved_by_it() {
-        let g = GuestView {
-            usable_kib: 60 * MIB,
-            unused_kib: 50 * MIB,
-            total_kib: 190 * MIB,
-        };
+        let g = GuestView::now(60 * MIB, 50 * MIB, 190 * MIB);
         let mut rec = VmRecord::new(
             "a".into(),
             "u".into(),

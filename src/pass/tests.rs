@@ -261,13 +261,28 @@ fn a_fatal_error_in_the_middle_of_the_resizes_keeps_what_was_done() {
         "{err:#}"
     );
     let s = h.state();
-    let asked: Vec<_> = s.vms.values().filter_map(|r| r.last_target_kib).collect();
-    assert_eq!(asked, [190 * MIB]);
+    // the resize made is recorded, and so is the one the connection was
+    // lost on (libvirt may have made it: issue 18); the third, never
+    // tried, is not
+    let asked: Vec<_> = s.vms.values().map(|r| r.last_target_kib).collect();
+    assert_eq!(asked, [Some(190 * MIB), Some(190 * MIB), None]);
     assert_eq!(s.vms.len(), 3, "every adoption is kept");
-    // the next pass, connection back, does the other two
+    // the next pass, connection back, does the third; the second, short
+    // of the target it may have been asked, is asked again after the
+    // back-off, and is never taken for a balloon set by hand
     h.fake().lost_after = None;
     let r = h.run(T0 + 10).unwrap();
-    assert_eq!(r.resized, 2);
+    assert_eq!(r.resized, 1);
+    let mut t = T0 + 10;
+    while t < T0 + 10 + plan::SETTLE_SECS + plan::BACKOFF_FIRST_SECS + 10 {
+        t += 10;
+        let r = h.run(t).unwrap();
+        assert!(vm(&r, "vm2").held_by_hand.is_none(), "{t}");
+    }
+    assert_eq!(
+        h.fake().current("00000002-0000-4000-8000-000000000000"),
+        Some(190 * MIB)
+    );
 }
 
 #[test]
@@ -340,20 +355,62 @@ fn a_pass_right_after_a_recall_does_not_ask_for_the_same_memory_twice_regression
     assert_eq!(h.fake().current(uuid), Some(240 * MIB));
     h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 9);
     h.ksm(2, 0);
+    // the recall starts by asking for fresh figures (issue 23)
     let r = h.run(T0 + 10).unwrap();
     let v = vm(&r, "vm1");
-    assert_eq!((v.target_kib, v.kept_kib), (196 * MIB, 36 * MIB));
-    assert_eq!(h.fake().current(uuid), Some(196 * MIB));
-    // the same figures (taken at T0 + 9, before the recall) a second later
-    let r = h.run(T0 + 11).unwrap();
+    assert_eq!((v.action, v.reason), (Action::Hold, Reason::Awaiting));
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 12);
+    let r = h.run(T0 + 12).unwrap();
     let v = vm(&r, "vm1");
-    assert_eq!((v.action, v.target_kib), (Action::Hold, 196 * MIB));
+    // 60 - 16 = 44 givable, a step of 22
+    assert_eq!((v.target_kib, v.kept_kib), (218 * MIB, 58 * MIB));
+    assert_eq!(h.fake().current(uuid), Some(218 * MIB));
+    // the same figures (taken at T0 + 12, before the recall) a second later
+    let r = h.run(T0 + 13).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!(
+        (v.action, v.reason, v.target_kib),
+        (Action::Hold, Reason::Awaiting, 218 * MIB)
+    );
     assert_eq!(r.resized, 0);
-    assert_eq!(h.fake().current(uuid), Some(196 * MIB));
+    assert_eq!(h.fake().current(uuid), Some(218 * MIB));
     // once the guest reports at its new size, that is what counts
-    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 15);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 19);
     let r = h.run(T0 + 20).unwrap();
-    assert_eq!(vm(&r, "vm1").target_kib, 196 * MIB);
+    assert_eq!(vm(&r, "vm1").target_kib, 218 * MIB);
+    assert_eq!(vm(&r, "vm1").reason, Reason::Kept);
+}
+
+#[test]
+fn a_recall_on_figures_older_than_the_guests_application_kills_no_one_regression() {
+    // Issue 23 (32-loans, scenario 1): g2's last report (every 10 s)
+    // predated its application's 40 MiB write; the pass saw 79.5 MiB
+    // available, took 62 MiB at once, and the guest panicked. Now the
+    // first pass asks for fresh figures and takes nothing; the next takes
+    // one step on figures that show the application.
+    let d = defined(dom(1, 160, 320), 160);
+    let h = Host::new(vec![d]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 124);
+    h.run(T0).unwrap();
+    assert_eq!(h.fake().current(uuid), Some(284 * MIB));
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(80, T0 + 2);
+    // its application writes 40 MiB at T0 + 3; KSM unmerges
+    h.ksm(2, 0);
+    let r = h.run(T0 + 4).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.action, v.reason), (Action::Hold, Reason::Awaiting));
+    assert_eq!(v.figures_age_secs, Some(2));
+    assert_eq!(
+        h.fake().stats_periods.last(),
+        Some(&(uuid.to_string(), plan::RECALL_STATS_PERIOD_SECS))
+    );
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(40, T0 + 6);
+    let r = h.run(T0 + 7).unwrap();
+    let v = vm(&r, "vm1");
+    // 40 - 16 = 24 givable: a step of 16, never the 62 of before
+    assert_eq!((v.action, v.target_kib), (Action::Shrink, 268 * MIB));
+    assert_eq!(v.figures_age_secs, Some(1));
 }
 
 #[test]
@@ -369,13 +426,16 @@ fn a_balloon_that_does_not_reach_its_target_is_not_asked_again_every_pass() {
     assert_eq!(h.fake().current(uuid), Some(260 * MIB));
     // the savings fall; the guest reports plenty available, yet its
     // balloon stops at 230
-    h.ksm(1, 20);
+    h.ksm(1, 60);
     let fresh = |t| {
         h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, t);
     };
+    fresh(T0 + 8);
+    // the recall asks for fresh figures first (issue 23)
+    assert_eq!(h.run(T0 + 8).unwrap().resized, 0);
     fresh(T0 + 10);
     let r = h.run(T0 + 10).unwrap();
-    assert_eq!(vm(&r, "vm1").target_kib, 180 * MIB);
+    assert_eq!(vm(&r, "vm1").target_kib, 220 * MIB);
     assert_eq!(h.fake().current(uuid), Some(230 * MIB));
     let mut calls = Vec::new();
     for t in [30, 40, 50, 60] {
@@ -610,13 +670,19 @@ fn a_vm_handed_back_is_resized_at_once_not_backed_off_from_its_old_target_regres
     }
     crate::admin::release(&h.paths, Duration::from_secs(5), &["vm1".into()], T0 + 35).unwrap();
     fresh(T0 + 40);
+    // not backed off: the recall starts (issue 23: with a pass that asks
+    // for fresh figures), then its first step (half of the 84 it can give)
     let r = h.run(T0 + 40).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.action, v.reason), (Action::Hold, Reason::Awaiting));
+    fresh(T0 + 42);
+    let r = h.run(T0 + 42).unwrap();
     let v = vm(&r, "vm1");
     assert_eq!(
         (v.action, v.reason, v.target_kib),
-        (Action::Shrink, Reason::Share, 200 * MIB)
+        (Action::Shrink, Reason::RecallStep, 238 * MIB)
     );
-    assert_eq!(h.fake().current(u1), Some(200 * MIB));
+    assert_eq!(h.fake().current(u1), Some(238 * MIB));
 
     // manage no (reload), setmem meanwhile, manage yes (reload)
     let hv = h.hv.clone();
@@ -633,7 +699,7 @@ fn a_vm_handed_back_is_resized_at_once_not_backed_off_from_its_old_target_regres
     let v = vm(&r, "vm1");
     assert_eq!(
         (v.action, v.reason, v.target_kib),
-        (Action::Shrink, Reason::Share, 200 * MIB)
+        (Action::Shrink, Reason::RecallStep, 238 * MIB)
     );
 }
 
@@ -842,6 +908,12 @@ fn demand_lends_the_pool_to_the_vm_that_reads_with_its_memory_full() {
     let r = h.run(T0 + 10).unwrap();
     assert_eq!(vm(&r, "vm1").demand, Some(28_000));
     assert_eq!(vm(&r, "vm2").demand, Some(0));
+    // the idle ones give their loans back in recall steps (issue 23): the
+    // pass asked for fresh figures; two more passes, reading on
+    set(&h, T0 + 20, 560 << 20);
+    h.run(T0 + 20).unwrap();
+    set(&h, T0 + 30, 840 << 20);
+    let r = h.run(T0 + 30).unwrap();
     let bonus = |n: &str| vm(&r, n).target_kib - 160 * MIB;
     assert!(
         bonus("vm1") > 8 * bonus("vm2"),
@@ -902,22 +974,24 @@ fn the_back_off_doubles_with_passes_every_10_s_regression() {
     h.ksm(1, 100);
     h.run(T0).unwrap();
     // the savings fall; the guest says it can give plenty, yet its balloon
-    // stops at 230
-    h.ksm(1, 20);
+    // stops at 230 (short of 220: within one recall step of 260)
+    h.ksm(1, 60);
     let mut asked = Vec::new();
     for i in 1..=90u64 {
         let t = T0 + 10 * i;
         h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, t);
-        if h.run(t).unwrap().resized > 0 {
+        let r = h.run(t).unwrap();
+        if r.resized > 0 {
             asked.push(10 * i);
         }
     }
     let gaps: Vec<u64> = asked.windows(2).map(|w| w[1] - w[0]).collect();
-    // asked at 10 s, found short at 30, retried 60 s later, then 120 and
-    // 240 s after each retry
+    // asked at 20 s (the pass at 10 s asked for fresh figures), found
+    // short at 40, retried 60 s later, then 120 and 240 s after each retry
+    assert_eq!(asked[0], 20, "asked at {asked:?}");
     assert_eq!(gaps, [80, 120, 240], "asked at {asked:?}");
     let st = h.state().vms[uuid].stuck.unwrap();
-    assert_eq!((st.tries, st.retry_at), (4, T0 + 450 + 480));
+    assert_eq!((st.tries, st.retry_at), (4, T0 + 460 + 480));
 }
 
 #[test]
@@ -1001,21 +1075,24 @@ fn a_shrink_the_guest_cannot_give_is_withdrawn_regression() {
     assert_eq!(h.fake().current(uuid), Some(240 * MIB));
     h.ksm(1, 40);
     h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 9);
-    let r = h.run(T0 + 10).unwrap();
-    assert_eq!(vm(&r, "vm1").target_kib, 200 * MIB);
+    // the recall asks for fresh figures, then takes a step of 22
+    assert_eq!(h.run(T0 + 10).unwrap().resized, 0);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(60, T0 + 12);
+    let r = h.run(T0 + 12).unwrap();
+    assert_eq!(vm(&r, "vm1").target_kib, 218 * MIB);
     assert_eq!(h.fake().current(uuid), Some(230 * MIB));
     // it has 16 MiB left, its margin: nothing to give
-    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 29);
-    let r = h.run(T0 + 30).unwrap();
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 33);
+    let r = h.run(T0 + 34).unwrap();
     let v = vm(&r, "vm1");
     assert_eq!((v.action, v.target_kib), (Action::Grow, 230 * MIB));
     assert_eq!(r.resized, 1);
     assert_eq!(h.state().vms[uuid].last_target_kib, Some(230 * MIB));
     // and then it is left alone
-    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 39);
-    assert_eq!(h.run(T0 + 40).unwrap().resized, 0);
-    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 59);
-    assert_eq!(h.run(T0 + 60).unwrap().resized, 0);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 43);
+    assert_eq!(h.run(T0 + 44).unwrap().resized, 0);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(16, T0 + 63);
+    assert_eq!(h.run(T0 + 64).unwrap().resized, 0);
 }
 
 #[test]
@@ -1384,4 +1461,301 @@ fn the_adoption_rule() {
         adoption(true, 200 * m, x, Some(200 * m), Some(B + 100), 10),
         FloorUnknown
     );
+}
+
+#[test]
+fn a_recall_asks_for_fresh_figures_once_and_sets_the_period_back_when_it_is_over() {
+    // Issue 23: the first pass of a recall sets the short period (and
+    // records when), the passes of the recall set nothing more, and the
+    // pass that finds it over sets --guest-stats-period back.
+    let d = defined(dom(1, 160, 320), 160);
+    let h = Host::new(vec![d]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    let fresh = |usable, t| h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(usable, t);
+    h.ksm(1, 40);
+    fresh(200, T0);
+    h.run(T0).unwrap();
+    assert_eq!(h.fake().current(uuid), Some(200 * MIB));
+    assert!(h.fake().stats_periods.is_empty());
+    assert_eq!(h.state().vms[uuid].recall_stats_at, None);
+    h.ksm(2, 0);
+    let mut periods = Vec::new();
+    let mut sizes = Vec::new();
+    for i in 1..=8u64 {
+        let t = T0 + 10 * i;
+        fresh(200, t - 1);
+        let r = h.run(t).unwrap();
+        periods.push(r.calls.stats_period);
+        sizes.push(h.fake().current(uuid).unwrap() / MIB);
+    }
+    // asked once (the recall's start), set back once (its end)
+    assert_eq!(
+        h.fake().stats_periods,
+        [
+            (uuid.to_string(), plan::RECALL_STATS_PERIOD_SECS),
+            (uuid.to_string(), Settings::default().guest_stats_period)
+        ],
+        "calls per pass {periods:?}, sizes {sizes:?}"
+    );
+    // nothing taken on the pass that asked; then steps: 40 -> 20 -> 4 -> 0
+    assert_eq!(sizes[..5], [200, 180, 164, 160, 160], "{sizes:?}");
+    assert_eq!(h.state().vms[uuid].recall_stats_at, None);
+    // never with the setting at 0: the recall then waits for figures at
+    // most RECALL_FRESH_SECS old, and takes the same steps
+    let mut h = Host::new(vec![defined(dom(1, 160, 320), 160)]);
+    h.settings.guest_stats_period = 0;
+    h.ksm(1, 40);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, T0);
+    h.run(T0).unwrap();
+    h.ksm(2, 0);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, T0 + 6);
+    assert_eq!(h.run(T0 + 10).unwrap().resized, 0, "figures 4 s old");
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, T0 + 19);
+    assert_eq!(h.run(T0 + 20).unwrap().resized, 1);
+    assert!(h.fake().stats_periods.is_empty());
+}
+
+/// The fake hypervisor, killed right after the first resize it makes: the
+/// panic unwinds out of the pass as a SIGKILL would end it, before the
+/// pass's last save.
+struct KilledAfterResize(Shared);
+
+impl Hypervisor for KilledAfterResize {
+    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
+        self.0.domains()
+    }
+    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
+        self.0.inactive_xml(uuid)
+    }
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        self.0.persistent(uuid)
+    }
+    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
+        self.0.set_memory(uuid, kib)?;
+        panic!("the pass is killed right after a resize (a test's doing)");
+    }
+    fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
+        self.0.set_stats_period(uuid, seconds)
+    }
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        self.0.metadata(uuid)
+    }
+    fn calls(&self) -> CallCount {
+        self.0.calls()
+    }
+}
+
+impl Host {
+    /// A pass killed right after its first resize.
+    fn run_killed_after_resize(&self, now: u64) {
+        let hv = self.hv.clone();
+        let mut open = move || Ok(Box::new(KilledAfterResize(hv.clone())) as Box<dyn Hypervisor>);
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(
+                &self.paths,
+                &self.settings,
+                Duration::from_secs(5),
+                &mut open,
+                now,
+            )
+        }));
+        assert!(killed.is_err(), "the pass was not killed");
+    }
+
+    fn set_current(&self, uuid: &str, kib: u64) {
+        self.fake()
+            .domains
+            .get_mut(uuid)
+            .unwrap()
+            .live
+            .sizes
+            .as_mut()
+            .unwrap()
+            .current_kib = kib;
+    }
+}
+
+#[test]
+fn a_pass_killed_between_a_resize_and_its_save_never_takes_its_own_ask_for_a_hand_regression() {
+    // Issue 18: resizes were made before the state was saved. A pass
+    // killed in between (the unit's timeout, an OOM kill) left balloons at
+    // sizes the state never asked for, and the manual-change detector held
+    // those VMs "set by hand" until they restarted or were released. Now
+    // every ask is saved before it is made.
+    let mut h = Host::new(vec![
+        defined(dom(1, 160, 256), 160),
+        defined(dom(2, 160, 256), 160),
+    ]);
+    h.settings.hold_window_secs = 0;
+    let (u1, u2) = (
+        "00000001-0000-4000-8000-000000000000",
+        "00000002-0000-4000-8000-000000000000",
+    );
+    // adopted at their floors, which they have reached
+    h.run(T0).unwrap();
+    h.run(T0 + 10).unwrap();
+    // savings: 190 MiB each; killed right after vm1's resize
+    h.ksm(1, 60);
+    h.run_killed_after_resize(T0 + 20);
+    assert_eq!(h.fake().resizes, [(u1.to_string(), 190 * MIB)]);
+    // vm1's balloon stops part way (175 MiB, as on the test driver in the
+    // issue); vm2 was never asked
+    h.set_current(u1, 175 * MIB);
+    assert_eq!(h.fake().current(u2), Some(160 * MIB));
+    let mut t = T0 + 20;
+    while t < T0 + 20 + plan::SETTLE_SECS + plan::BACKOFF_FIRST_SECS + 20 {
+        t += 10;
+        let r = h.run(t).unwrap();
+        for name in ["vm1", "vm2"] {
+            let v = vm(&r, name);
+            assert!(v.held_by_hand.is_none(), "+{}s {name}: {v:?}", t - T0);
+            assert_ne!(v.reason, Reason::Unsettled, "+{}s {name}", t - T0);
+        }
+    }
+    // both were asked again after the back-off, and got there
+    assert_eq!(h.fake().current(u1), Some(190 * MIB));
+    assert_eq!(h.fake().current(u2), Some(190 * MIB));
+}
+
+#[test]
+fn a_pass_that_cannot_record_its_resizes_makes_none() {
+    // Issue 18: the state is saved before the resizes; when that save
+    // fails (a full disk), no balloon is moved behind the state's back.
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.hold_window_secs = 0;
+    h.run(T0).unwrap();
+    // every save fails: a directory (not empty) where this process's
+    // temporary state file goes
+    let mut tmp = h.paths.state.clone().into_os_string();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    fs::create_dir_all(tmp.join("x")).unwrap();
+    h.ksm(1, 30);
+    let err = h.run(T0 + 10).unwrap_err();
+    assert!(format!("{err:#}").contains("none was made"), "{err:#}");
+    assert_eq!(h.fake().resizes, []);
+    assert_eq!(h.state().vms.values().next().unwrap().last_target_kib, None);
+    fs::remove_dir_all(&tmp).unwrap();
+    assert_eq!(h.run(T0 + 20).unwrap().resized, 1);
+}
+
+#[test]
+fn a_hook_record_with_floor_0_costs_no_other_vm_its_history_regression() {
+    // Issue 18: a hook record with floor 0 was folded and saved; the next
+    // load moved the whole state file aside, and every VM was adopted
+    // anew: holds by hand, back-offs and histories lost.
+    let h = Host::new(vec![
+        defined(dom(1, 160, 256), 160),
+        defined(dom(2, 160, 256), 160),
+    ]);
+    h.ksm(1, 60);
+    h.run(T0).unwrap();
+    let before = h.state().vms["00000001-0000-4000-8000-000000000000"].clone();
+    let d2 = defined(dom(2, 160, 256), 160);
+    h.hook_prepare(&d2, 0, T0 + 5);
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(r.state_problem, None);
+    let r = h.run(T0 + 20).unwrap();
+    assert_eq!(r.state_problem, None, "the state file was moved aside");
+    assert!(!vm(&r, "vm1").adopted && !vm(&r, "vm2").adopted);
+    let s = h.state();
+    assert_eq!(
+        s.vms["00000001-0000-4000-8000-000000000000"].recorded_at,
+        before.recorded_at
+    );
+    assert_eq!(
+        s.vms["00000002-0000-4000-8000-000000000000"].floor_kib,
+        160 * MIB
+    );
+}
+
+#[test]
+fn what_a_pass_cannot_fold_goes_to_the_quarantine_and_the_spool_empties_regression() {
+    // Issue 18: a directory in the spool that was not empty was logged
+    // "removed" every pass and stayed; with the path unit
+    // (DirectoryNotEmpty, no start limit) it started passes back to back
+    // for ever. Now what a pass cannot fold is moved out of the spool.
+    let h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    let d = dom(1, 160, 256);
+    h.hook_prepare(&d, 160, T0);
+    let spool_dir = spool::dir_of(&h.paths.state);
+    fs::create_dir_all(spool_dir.join("a-directory/with-a-file")).unwrap();
+    fs::write(spool_dir.join("junk"), "not a record").unwrap();
+    let bad = format!("{}-{:020}-1.json", spool::UNKNOWN_BOOT, 1);
+    fs::write(spool_dir.join(&bad), "{garbage").unwrap();
+    let r = h.run(T0 + 1).unwrap();
+    assert_eq!(r.hook_records, 1);
+    assert!(h.state().vms.contains_key(&d.live.uuid));
+    assert_eq!(fs::read_dir(&spool_dir).unwrap().count(), 0);
+    let mut q: Vec<String> = fs::read_dir(spool::quarantine_dir(&h.paths.state))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    q.sort();
+    assert_eq!(
+        q,
+        [
+            format!("{bad}.{}", T0 + 1),
+            format!("a-directory.{}", T0 + 1),
+            format!("junk.{}", T0 + 1)
+        ]
+    );
+    // the next pass finds nothing to do
+    assert_eq!(h.run(T0 + 2).unwrap().hook_records, 0);
+}
+
+#[test]
+fn a_long_spool_is_folded_oldest_first_in_batches() {
+    // Issue 18: a pass read the whole spool into memory at once. Now it
+    // reads one record at a time and saves every FOLD_BATCH records.
+    let h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    let d = dom(1, 160, 256);
+    let n = 2 * spool::FOLD_BATCH + 7;
+    for i in 0..n as u64 {
+        h.hook_prepare(&d, 160 + (i % 3), T0 + i);
+    }
+    let r = h.run(T0 + n as u64).unwrap();
+    assert_eq!(r.hook_records, n);
+    assert_eq!(
+        fs::read_dir(spool::dir_of(&h.paths.state)).unwrap().count(),
+        0
+    );
+    // the last record is the one that holds
+    let last = 160 + ((n as u64 - 1) % 3);
+    assert_eq!(h.state().vms[&d.live.uuid].floor_kib, last * MIB);
+}
+
+#[test]
+fn the_state_file_stays_the_same_size_over_a_day_of_passes_regression() {
+    // Issue 18: the holding window's history grew one entry per pass: a
+    // one-day window meant some 370 KB rewritten and fsynced every pass.
+    // A day of passes (every 60 s, to keep the test short: the history
+    // grew per pass whatever the interval), savings rising in steps for
+    // 400 passes and falling back (the worst case: every rise is a
+    // reading to keep).
+    let mut h = Host::new(vec![defined(dom(1, 160, 512), 160)]);
+    h.settings.hold_window_secs = 86_400;
+    let mut exact: Vec<(u64, u64)> = Vec::new();
+    let mut sizes = Vec::new();
+    for i in 0..1440u64 {
+        let now = T0 + 60 * i;
+        let savings = 50 + (i % 400) / 2;
+        h.ksm(1, savings);
+        let r = h.run(now).unwrap();
+        // never lends more than held over the whole window
+        exact.retain(|&(at, _)| now - at < 86_400);
+        exact.push((now, savings * MIB));
+        let held = exact.iter().map(|&(_, k)| k).min().unwrap();
+        assert!(r.lendable_kib <= held, "pass {i}");
+        sizes.push(fs::metadata(&h.paths.state).unwrap().len());
+    }
+    let s = h.state();
+    assert!(
+        s.savings_seen.len() <= HOLD_MAX_ENTRIES,
+        "{}",
+        s.savings_seen.len()
+    );
+    let settled = sizes[HOLD_MAX_ENTRIES * 5];
+    let most = *sizes.iter().max().unwrap();
+    assert!(most <= settled + 512, "from {settled} to {most} bytes");
 }

@@ -80,6 +80,11 @@ pub struct VmRecord {
     /// The pass turned the guest's memory statistics on (once per VM).
     #[serde(default)]
     pub stats_period_set: bool,
+    /// When the pass set the guest's short recall statistics period (it
+    /// asked for fresh figures): a recall step above the reserve is taken
+    /// only on figures reported after this. `None` outside a recall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_stats_at: Option<u64>,
     /// ksm-balloon's metadata of the VM, as read at its start, its
     /// adoption or the last `reload` (manage, weight, floor, ceiling).
     #[serde(default)]
@@ -141,6 +146,7 @@ impl VmRecord {
             stuck: None,
             kept_kib: 0,
             stats_period_set: false,
+            recall_stats_at: None,
             settings: crate::metadata::VmSettings::default(),
             defined: None,
             autodeflate: false,
@@ -160,6 +166,29 @@ impl VmRecord {
         self.last_target_kib = None;
         self.asked_from_kib = None;
         self.stuck = None;
+    }
+
+    /// Why this record, stored under `key`, cannot be right; `None` when
+    /// it can. Checked for each record at load, at the save and for each
+    /// record the hook's spool brings.
+    pub fn impossible(&self, key: &str) -> Option<String> {
+        if key != self.uuid {
+            Some(format!(
+                "stored under key {key:?} but its uuid is {:?}",
+                self.uuid
+            ))
+        } else if self.uuid.is_empty() {
+            Some("its uuid is empty".into())
+        } else if self.floor_kib == 0 {
+            Some("floor is 0".into())
+        } else if self.floor_kib > self.ceiling_kib {
+            Some(format!(
+                "floor {} KiB is above ceiling {} KiB",
+                self.floor_kib, self.ceiling_kib
+            ))
+        } else {
+            None
+        }
     }
 
     /// The floor and ceiling its definition gives (before the metadata's).
@@ -273,19 +302,33 @@ pub enum StateParseError {
         /// The version in the file.
         found: u32,
     },
-    /// Values that cannot be true.
-    #[error("impossible record for VM {name:?}: {what}")]
-    Impossible {
-        /// The VM.
-        name: String,
-        /// What is wrong.
-        what: String,
-    },
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 impl State {
-    /// Parses and validates a state file's text.
+    /// Parses a state file's text, dropping the VM records that cannot be
+    /// right (see [`State::parse_checked`]).
     pub fn parse(text: &str) -> Result<State, StateParseError> {
+        State::parse_checked(text).map(|(s, _)| s)
+    }
+
+    /// Parses and validates a state file's text. A VM record that cannot
+    /// be right (not a record, floor 0, floor above ceiling, stored under
+    /// another UUID) is dropped, and named in the lines returned; the rest
+    /// of the state stays: one bad record must not cost every VM its hold
+    /// by hand, back-off and history. Only a file that is not a state
+    /// document at all (or of another version) is an error.
+    pub fn parse_checked(text: &str) -> Result<(State, Vec<String>), StateParseError> {
         if text.trim().is_empty() {
             return Err(StateParseError::Empty);
         }
@@ -293,44 +336,61 @@ impl State {
         struct Probe {
             version: u32,
         }
-        let probe: Probe =
-            serde_json::from_str(text).map_err(|e| StateParseError::Syntax(e.to_string()))?;
+        let syntax = |e: serde_json::Error| StateParseError::Syntax(e.to_string());
+        let probe: Probe = serde_json::from_str(text).map_err(syntax)?;
         if probe.version != STATE_VERSION {
             return Err(StateParseError::Version {
                 found: probe.version,
             });
         }
-        let state: State =
-            serde_json::from_str(text).map_err(|e| StateParseError::Syntax(e.to_string()))?;
-        state.validate()?;
-        Ok(state)
+        let mut doc: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(syntax)?;
+        let vms = match doc.insert("vms".into(), serde_json::Value::Object(Default::default())) {
+            Some(serde_json::Value::Object(vms)) => vms,
+            Some(other) => {
+                return Err(StateParseError::Syntax(format!(
+                    "\"vms\" is {}, not an object",
+                    json_kind(&other)
+                )))
+            }
+            None => return Err(StateParseError::Syntax("missing field `vms`".into())),
+        };
+        let mut state: State =
+            serde_json::from_value(serde_json::Value::Object(doc)).map_err(syntax)?;
+        let mut dropped = Vec::new();
+        for (key, value) in vms {
+            let name = value
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or(key.as_str())
+                .to_string();
+            let why = match serde_json::from_value::<VmRecord>(value) {
+                Ok(vm) => match vm.impossible(&key) {
+                    None => {
+                        state.vms.insert(key, vm);
+                        continue;
+                    }
+                    Some(why) => why,
+                },
+                Err(e) => format!("not a VM record: {e}"),
+            };
+            dropped.push(format!("impossible record for VM {name:?}: {why}"));
+        }
+        Ok((state, dropped))
     }
 
-    fn validate(&self) -> Result<(), StateParseError> {
-        for (key, vm) in &self.vms {
-            let bad = |what: String| {
-                Err(StateParseError::Impossible {
-                    name: vm.name.clone(),
-                    what,
-                })
-            };
-            if *key != vm.uuid {
-                return bad(format!(
-                    "stored under key {key:?} but its uuid is {:?}",
-                    vm.uuid
-                ));
+    /// Drops the VM records that cannot be right, returning a line naming
+    /// each (for the log).
+    pub fn drop_impossible(&mut self) -> Vec<String> {
+        let mut dropped = Vec::new();
+        self.vms.retain(|key, vm| match vm.impossible(key) {
+            None => true,
+            Some(why) => {
+                dropped.push(format!("impossible record for VM {:?}: {why}", vm.name));
+                false
             }
-            if vm.floor_kib == 0 {
-                return bad("floor is 0".into());
-            }
-            if vm.floor_kib > vm.ceiling_kib {
-                return bad(format!(
-                    "floor {} KiB is above ceiling {} KiB",
-                    vm.floor_kib, vm.ceiling_kib
-                ));
-            }
-        }
-        Ok(())
+        });
+        dropped
     }
 
     /// The state as the file's text.
@@ -411,25 +471,54 @@ mod tests {
             State::parse(r#"{"version": 2, "vms": {}}"#),
             Err(StateParseError::Version { found: 2 })
         );
-        let mut s = State::default();
-        s.vms.insert("u1".into(), record("u1", 300, 200));
+    }
+
+    #[test]
+    fn an_impossible_record_is_dropped_and_the_rest_kept_regression() {
+        // Issue 18: one impossible record (a hook record with floor 0,
+        // saved) made the next load move the whole file aside: every hold
+        // by hand, back-off and history of every VM was lost.
+        let mut good = record("good", 100, 200);
+        good.stuck = Some(Stuck {
+            since: 3,
+            at_kib: 150,
+            retry_at: 63,
+            tries: 1,
+        });
+        good.manual = Some(crate::manual::History::adopted(5, 150));
+        for (bad_key, bad, why) in [
+            ("u1", record("u1", 300, 200), "above ceiling"),
+            ("other", record("u1", 100, 200), "stored under key"),
+            ("u1", record("u1", 0, 200), "floor is 0"),
+        ] {
+            let mut s = State::default();
+            s.vms.insert("good".into(), good.clone());
+            s.vms.insert(bad_key.into(), bad);
+            s.savings_seen = vec![(1, 2)];
+            let (got, dropped) = State::parse_checked(&s.to_json()).unwrap();
+            assert_eq!(got.vms.keys().collect::<Vec<_>>(), ["good"], "{why}");
+            assert_eq!(got.vms["good"], good);
+            assert_eq!(got.savings_seen, [(1, 2)]);
+            assert_eq!(dropped.len(), 1);
+            assert!(dropped[0].contains(why), "{dropped:?}");
+            assert!(dropped[0].contains("\"vm-u1\""), "{dropped:?}");
+            // and the same records are dropped before a save
+            let mut again = s.clone();
+            assert_eq!(again.drop_impossible().len(), 1);
+            assert_eq!(again.vms.len(), 1);
+        }
+        // negative sizes are not sizes; a record that is not one at all
+        let text = r#"{"version":1,"vms":{"u":{"name":"n","uuid":"u","floor_kib":-1,"ceiling_kib":2,"balloon":true,"source":"hook","recorded_at":0},"v":"junk","w":{"name":"w","uuid":"w","floor_kib":1,"ceiling_kib":2,"balloon":true,"source":"hook","recorded_at":0}}}"#;
+        let (got, dropped) = State::parse_checked(text).unwrap();
+        assert_eq!(got.vms.keys().collect::<Vec<_>>(), ["w"]);
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
+        assert!(
+            dropped[0].contains("VM \"n\": not a VM record"),
+            "{dropped:?}"
+        );
+        // a "vms" that is not a map is a file that cannot be read
         assert!(matches!(
-            State::parse(&s.to_json()),
-            Err(StateParseError::Impossible { .. })
-        ));
-        let mut s = State::default();
-        s.vms.insert("other".into(), record("u1", 100, 200));
-        assert!(matches!(
-            State::parse(&s.to_json()),
-            Err(StateParseError::Impossible { .. })
-        ));
-        let mut s = State::default();
-        s.vms.insert("u1".into(), record("u1", 0, 200));
-        assert!(State::parse(&s.to_json()).is_err());
-        // negative sizes are not sizes
-        let text = r#"{"version":1,"vms":{"u":{"name":"n","uuid":"u","floor_kib":-1,"ceiling_kib":2,"balloon":true,"source":"hook","recorded_at":0}}}"#;
-        assert!(matches!(
-            State::parse(text),
+            State::parse(r#"{"version":1,"vms":[]}"#),
             Err(StateParseError::Syntax(_))
         ));
     }

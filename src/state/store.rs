@@ -46,6 +46,14 @@ pub enum Loaded {
     Fresh(State),
     /// Read and valid.
     Read(State),
+    /// Read, with the VM records that could not be right dropped (one line
+    /// each, naming the VM); the rest of the state kept.
+    Repaired {
+        /// The state, without those records.
+        state: State,
+        /// What was dropped, and why.
+        dropped: Vec<String>,
+    },
     /// Bad: moved aside to `moved_to`, starting empty.
     Recovered {
         /// An empty state to rebuild into.
@@ -58,10 +66,22 @@ pub enum Loaded {
 }
 
 impl Loaded {
+    /// The VM records dropped at load, one line each (see
+    /// [`Loaded::Repaired`]).
+    pub fn dropped(&self) -> &[String] {
+        match self {
+            Loaded::Repaired { dropped, .. } => dropped,
+            _ => &[],
+        }
+    }
+
     /// The state, however it was had.
     pub fn into_state(self) -> State {
         match self {
-            Loaded::Fresh(s) | Loaded::Read(s) | Loaded::Recovered { state: s, .. } => s,
+            Loaded::Fresh(s)
+            | Loaded::Read(s)
+            | Loaded::Repaired { state: s, .. }
+            | Loaded::Recovered { state: s, .. } => s,
         }
     }
 }
@@ -289,8 +309,9 @@ impl Locked<'_> {
         let store = self.store;
         let problem = match store.read_text() {
             Ok(None) => return Ok(Loaded::Fresh(State::default())),
-            Ok(Some(text)) => match State::parse(&text) {
-                Ok(s) => return Ok(Loaded::Read(s)),
+            Ok(Some(text)) => match State::parse_checked(&text) {
+                Ok((s, dropped)) if dropped.is_empty() => return Ok(Loaded::Read(s)),
+                Ok((state, dropped)) => return Ok(Loaded::Repaired { state, dropped }),
                 Err(e) => e.to_string(),
             },
             Err(ReadProblem::Bad(why)) => why,
@@ -317,8 +338,20 @@ impl Locked<'_> {
     }
 
     /// Writes the state atomically. On any failure the previous file is
-    /// left untouched.
+    /// left untouched. A VM record that cannot be right is not written
+    /// (logged, naming the VM): the next load would have to drop it.
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
+        let checked;
+        let state = if state.vms.iter().any(|(k, v)| v.impossible(k).is_some()) {
+            let mut s = state.clone();
+            for d in s.drop_impossible() {
+                log::error!("{d}: not saved");
+            }
+            checked = s;
+            &checked
+        } else {
+            state
+        };
         let store = self.store;
         store.ensure_dir()?;
         let mut tmp = store.path.clone().into_os_string();
@@ -521,5 +554,46 @@ mod tests {
         lock.save(&State::default()).unwrap();
         assert_eq!(fs::read_to_string(&target).unwrap(), "do not touch");
         assert!(!is_symlink(store.path()));
+    }
+
+    #[test]
+    fn an_impossible_record_is_neither_saved_nor_costs_the_others_at_load_regression() {
+        // Issue 18: a record with floor 0 was saved, and the next load
+        // moved the whole file aside, every other VM's history with it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let mut s = State::default();
+        s.vms.insert("u1".into(), record("u1", 100, 200));
+        s.vms.insert("u2".into(), record("u2", 0, 200));
+        lock.save(&s).unwrap();
+        match lock.load(1).unwrap() {
+            Loaded::Read(r) => assert_eq!(r.vms.keys().collect::<Vec<_>>(), ["u1"]),
+            other => panic!("{other:?}"),
+        }
+        // written by an older build (or by hand): dropped at load, the
+        // rest kept, the file not moved aside
+        let text = s.to_json();
+        fs::write(store.path(), &text).unwrap();
+        match lock.load(2).unwrap() {
+            Loaded::Repaired { state, dropped } => {
+                assert_eq!(state.vms.keys().collect::<Vec<_>>(), ["u1"]);
+                assert_eq!(dropped.len(), 1);
+                assert!(dropped[0].contains("\"vm-u2\": floor is 0"), "{dropped:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fs::read_to_string(store.path()).unwrap(), text);
+        let aside = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".bad-")
+            })
+            .count();
+        assert_eq!(aside, 0);
     }
 }

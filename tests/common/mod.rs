@@ -310,8 +310,13 @@ pub fn check(state_path: &Path, expect: &Expect, reports: &[String]) -> Result<S
         Err(_) if spool_dir.is_dir() => State::default().to_json(),
         Err(e) => return Err(format!("cannot read {}: {e}", state_path.display())),
     };
-    let mut state = match State::parse(&text) {
-        Ok(s) => s,
+    let mut state = match State::parse_checked(&text) {
+        // A record the load would drop is one the save should never have
+        // written.
+        Ok((s, dropped)) => {
+            bad.extend(dropped.into_iter().map(|d| format!("state file: {d}")));
+            s
+        }
         Err(e) => return Err(format!("state does not parse: {e}\n{text}")),
     };
     // Hook records not folded yet are part of the state the next pass works

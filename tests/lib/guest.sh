@@ -351,6 +351,105 @@ kg_running() { [ "$(kg_virsh domstate "$1" 2>/dev/null)" = running ]; }
 # OS, which prints nothing).
 kg_wait_running() { kb_wait_until "$1" "$2 to run" kg_running "$2"; }
 
+# --- the balloon: states to wait for ------------------------------------------
+
+# kg_balloon NAME: the balloon's size (KiB) as libvirt's bulk statistics
+# report it: balloon.current of `virsh domstats --balloon`, what a
+# ksm-balloon pass and bench/io_sample.py read. libvirt updates it from
+# QEMU's balloon events (at most one a second), so it may trail `virsh
+# dommemstat`'s `actual` (asked of QEMU) by a second; waiting on this one
+# waits for both.
+kg_balloon() {
+    kg_virsh domstats --balloon "$1" 2>/dev/null |
+        awk -F= '$1 ~ /balloon.current$/ { print $2; f = 1 } END { exit !f }'
+}
+
+# kg_balloon_near NAME KIB [TOL_KIB]: the balloon is within TOL_KIB (default
+# 1024: one MiB, the rounding to balloon pages) of KIB.
+kg_balloon_near() {
+    local b d
+    b=$(kg_balloon "$1") || return 1
+    d=$((b - $2))
+    [ "${d#-}" -le "${3:-1024}" ]
+}
+
+# kg_boot_kib XML_FILE: the size (KiB) the domain XML_FILE describes boots
+# at, its <currentMemory>; fails when the domain has no balloon device
+# (nothing to wait for: its size never moves).
+kg_boot_kib() {
+    local xml=$1 line unit n
+    [ -r "$xml" ] || { kb_log "kg_boot_kib: no domain XML $xml"; return 2; }
+    grep -q "<memballoon model='none'" "$xml" && return 1
+    line=$(grep -o "<currentMemory[^>]*>[0-9]*</currentMemory>" "$xml" | head -n1)
+    [ -n "$line" ] || line=$(grep -o "<memory[^>]*>[0-9]*</memory>" "$xml" | head -n1)
+    n=$(sed 's/.*>\([0-9]*\)<.*/\1/' <<<"$line")
+    unit=$(sed -n "s/.*unit='\([A-Za-z]*\)'.*/\1/p" <<<"$line")
+    [ -n "$n" ] || { kb_log "kg_boot_kib: no size in $xml"; return 2; }
+    case ${unit:-KiB} in
+        KiB | k | K) echo "$n" ;;
+        MiB | M) echo $((n * 1024)) ;;
+        GiB | G) echo $((n * 1048576)) ;;
+        *) kb_log "kg_boot_kib: unit $unit in $xml"; return 2 ;;
+    esac
+}
+
+# kg_wait_boot_size SECONDS DIR NAME...: waits, SECONDS at most for each,
+# until every guest's balloon (kg_balloon) is at the size it booted at: the
+# <currentMemory> of DIR/NAME.xml, the XML kg_boot kept. Exactly, not
+# within a MiB: the driver inflates in steps of up to a MiB, so "within a
+# MiB" can be one step short, and the balloons of these guests do reach
+# their boot size to the KiB (suites check that equality right after). A
+# guest booted below its maximum is not at its boot size when it is ready:
+# QEMU reports the balloon at the maximum (<memory>) until the guest's
+# balloon driver has inflated it, which under software emulation takes
+# seconds after the guest printed it is ready. Anything that samples or
+# checks a balloon after a boot waits for this first. A guest without a
+# balloon device is skipped. Fails, naming the guest and its size, at the
+# deadline.
+kg_wait_boot_size() {
+    local limit=$1 dir=$2 g want rc
+    shift 2
+    for g in "$@"; do
+        rc=0
+        want=$(kg_boot_kib "$dir/$g.xml") || rc=$?
+        [ "$rc" = 1 ] && continue
+        [ "$rc" = 0 ] || return 1
+        if ! kb_wait_until "$limit" "$g's balloon to reach its boot size, $want KiB" \
+            kg_balloon_near "$g" "$want" 0; then
+            kb_log "$g's balloon is at $(kg_balloon "$g" || echo '?') KiB, booted at $want KiB"
+            return 1
+        fi
+    done
+}
+
+# kg_stats_update NAME: when the guest last reported its memory statistics
+# (libvirt's balloon.last-update, epoch seconds); fails when it never did
+# (no statistics period, or the driver has not reported yet).
+kg_stats_update() {
+    kg_virsh domstats --balloon "$1" 2>/dev/null |
+        awk -F= '$1 ~ /balloon.last-update$/ && $2 > 0 { print $2; f = 1 } END { exit !f }'
+}
+
+# kg_stats_after NAME EPOCH: the guest's statistics are newer than EPOCH.
+kg_stats_after() {
+    local t
+    t=$(kg_stats_update "$1") || return 1
+    [ "$t" -gt "$2" ]
+}
+
+# kg_wait_stats_after SECONDS EPOCH NAME...: waits until every guest reported
+# memory statistics after EPOCH (a pass, a check or a sample that reads a
+# guest's own figures after a change waits for this first). The period is
+# the domain's <stats period>, 2 s by default.
+kg_wait_stats_after() {
+    local limit=$1 since=$2 g
+    shift 2
+    for g in "$@"; do
+        kb_wait_until "$limit" "$g's memory statistics newer than $(date -u -d "@$since" +%T)" \
+            kg_stats_after "$g" "$since" || return 1
+    done
+}
+
 # kg_destroy NAME: destroys the domain; fails when there is none to destroy.
 kg_destroy() { kg_virsh destroy "$1" >/dev/null 2>&1; }
 

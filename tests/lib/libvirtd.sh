@@ -210,6 +210,13 @@ kb_monitor_balloon_calls() {
         grep -c 'QEMU_MONITOR_SEND_MSG.*"execute":"balloon"' || true
 }
 
+# kb_monitor_sent_since MARK: how many commands libvirt sent to any QEMU's
+# monitor since MARK (a call libvirtd makes on a client's behalf that needs
+# QEMU: while that QEMU is stopped, the client is blocked in its call).
+kb_monitor_sent_since() {
+    tail -c +"$(( $1 + 1 ))" "$KB_MONITOR_LOG" 2>/dev/null | grep -c 'QEMU_MONITOR_SEND_MSG' || true
+}
+
 # KSM: save the knobs a test turns, restore them exactly.
 KB_KSM_KNOBS=(run pages_to_scan sleep_millisecs)
 declare -gA KB_KSM_SAVED=()

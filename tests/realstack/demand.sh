@@ -90,6 +90,7 @@ N=0 LAST='' NEXT_PASS=0
 pass() {
     local now
     now=$(date +%s)
+    # pacing, not a wait for a condition: the timer's period between passes
     [ "$now" -ge "$NEXT_PASS" ] || sleep $((NEXT_PASS - now))
     NEXT_PASS=$(($(date +%s) + PASS_PERIOD))
     N=$((N + 1))
@@ -295,6 +296,12 @@ kbb_boot 1 "$KBB_FLOOR_MIB" --cmd --idle
 kbb_boot 2 "$KBB_FLOOR_MIB" --cmd --idle
 kbb_wait_ready 120 "${G[@]:0:3}" || kb_die "the guests did not boot"
 kbb_wait_reading 60 "${G[0]}" || kb_die "${G[0]} did not start reading"
+# the first pass adopts them with their live size as floor: not before
+# their balloons are at the size they booted at, and it splits by their
+# own figures: not before each reported them at that size
+kbb_wait_boot_size 60 "${G[@]:0:3}" || kb_die "the guests' balloons did not inflate"
+booted=$(date +%s)
+kg_wait_stats_after 30 "$booted" "${G[@]:0:3}" || kb_die "the guests sent no memory statistics"
 # what KSM merges in these guests: their kernels and the same 32 MiB each
 kb_wait_until 120 "KSM to save 64 MiB" \
     bash -c "[ \"\$(cat $KB_KSM_DIR/general_profit)\" -ge $((64 << 20)) ]" ||
@@ -347,8 +354,7 @@ kbb_wait_ready 120 "${G[3]}" || kb_die "${G[3]} did not boot"
 # live size as its floor, so wait until its balloon driver has inflated it
 # to the size it boots at (a pass that saw it on its way, at 255 of 256 MiB,
 # took that as its floor and then the balloon's move as someone else's).
-kb_wait_until 60 "${G[3]}'s balloon to reach ${KBB_FLOOR_MIB} MiB" \
-    kbb_balloon_is "${G[3]}" $((KBB_FLOOR_MIB * 1024)) || kb_die "${G[3]}'s balloon did not inflate"
+kbb_wait_boot_size 60 "${G[3]}" || kb_die "${G[3]}'s balloon did not inflate"
 passes_until 120 "${G[3]} (no statistics) counts as the average demand" "$AVERAGE" "${G[3]}"
 consoles_clean || kb_die "a guest ran out of memory"
 

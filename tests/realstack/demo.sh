@@ -16,15 +16,17 @@
 #      lent, then KSM unmerges everything (run = 2): the savings vanish; g2
 #      and g3 return to their floors, g1 gives back what it can and keeps
 #      what its application holds (the KEPT column): the bonus is a loan,
-#      recalled only as far as the guest can pay.
+#      recalled only as far as the guest can pay, in steps: the first pass
+#      asks the guests for fresh figures, each next one takes at most half
+#      of what the guest's fresh figures say it can give.
 # Everything is torn down when it ends or on Ctrl-C: guests destroyed, KSM
-# as it was found, the hook removed. About three minutes once built.
+# as it was found, the hook removed. About four minutes once built.
 #
 # The passes lend the savings of the moment (KSM_BALLOON_HOLD_WINDOW=0, as
 # the paper's method does), so the balloons follow within a pass; by
 # default ksm-balloon lends only what held for a minute.
 #
-# DEMO_TICKS="5 4 3" sets how many passes each phase runs.
+# DEMO_TICKS="5 4 6" sets how many passes each phase runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -48,7 +50,7 @@ cargo build --release --locked --quiet
 # shellcheck source=tests/realstack/lib.sh
 . tests/realstack/lib.sh
 
-read -r TICKS1 TICKS2 TICKS3 <<<"${DEMO_TICKS:-5 4 3}"
+read -r TICKS1 TICKS2 TICKS3 <<<"${DEMO_TICKS:-5 4 6}"
 export KSM_BALLOON_HOLD_WINDOW=0
 
 # status: the table, without the log lines status repeats from the pass.
@@ -61,8 +63,8 @@ rs_setup target/release/ksm-balloon
 say "Booting three guests: ceiling 256 MiB, started at 160 MiB, their floor (software-emulated, ~10 s)"
 # kb_fill=96: room in the guests' tmpfs for the shared data and g1's own.
 for g in g1 g2 g3; do rs_boot "$g" 256 160 virtio --cmdline kb_fill=96; done
+# (rs_wait_ready returns once each balloon is at its boot size, the floor)
 rs_wait_ready 120 g1 g2 g3 || { rs_diagnostics; exit 1; }
-for g in g1 g2 g3; do kb_wait_until 30 "$g at its floor" rs_actual_is "$g" $((160 * RS_MIB)); done
 kb_wait_until 10 "libvirt to report the balloons at their floors" rs_balloons_settled
 echo "libvirt ran the hook; the state records each guest's floor and ceiling:"
 status

@@ -77,10 +77,7 @@ settled() {
     [ "$(cat "$KB_KSM_DIR/full_scans")" -ge $((LAST_SCAN + 2)) ]
 }
 LAST='' LAST_SCAN=0
-until settled; do
-    if [ "$SECONDS" -gt 300 ]; then kb_die "KSM did not settle within 300 s"; fi
-    sleep 0.5
-done
+kb_wait_until 300 "KSM to settle (2 full scans without a change)" settled || kb_die "KSM did not settle"
 
 python3 - "$KB_KSM_DIR" "$(getconf PAGESIZE)" "$WORK" <<'PY'
 import os, sys

@@ -129,15 +129,23 @@ rs_boot() {
     kg_boot "$RS_RUN" "$name" "${RS_GUEST_ARGS[@]}"
 }
 
-# rs_wait_ready SECONDS GUEST...: every guest printed its ready marker and a
-# first MEMTOTAL line.
+# rs_wait_ready SECONDS GUEST...: every guest printed its ready marker, its
+# balloon is at the size it booted at (kg_wait_boot_size: QEMU reports the
+# maximum until the guest's driver has inflated it), and it printed a
+# MEMTOTAL line after that, so rs_actual and rs_memtotal read right after
+# this return the boot size and the guest's view of it.
 rs_wait_ready() {
-    local limit=$1 g
+    local limit=$1 g line
     shift
     for g in "$@"; do
         kg_wait_console "$limit" "$(rs_console "$RS_PREFIX$g")" '^KB-GUEST-READY' "guest $g" ||
             return 1
-        kb_wait_until 20 "guest $g to print MEMTOTAL" rs_memtotal "$g" || return 1
+    done
+    for g in "$@"; do
+        kg_wait_boot_size 60 "$RS_RUN" "$RS_PREFIX$g" || return 1
+        line=$(rs_console_lines "$g")
+        kb_wait_until 20 "guest $g to print MEMTOTAL at its boot size" rs_memtotal_after "$g" "$line" ||
+            return 1
     done
 }
 
@@ -220,7 +228,9 @@ rs_savings_kib() {
 }
 
 # rs_wait_savings_settle SECONDS MIN_KIB: waits until the savings are at
-# least MIN_KIB and moved less than 2 MiB over the last 3 s.
+# least MIN_KIB and moved less than 2 MiB over the last 3 s (KSM merged to a
+# level). It samples once a second, not kb_wait_until's 0.2 s: "the last 3
+# s" is its last 4 samples, so that 1 s is its clock, not a guess.
 rs_savings_settled() {
     local min=$1 now
     now=$(rs_savings_kib)
@@ -398,6 +408,71 @@ for vm in json.loads(sys.argv[2])["vms"]:
     want = rec["last_target_kib"] or rec["floor_kib"]
     if abs(vm["current_kib"] - want) > 1024:
         sys.exit(1)
+PY
+}
+
+# rs_figures_after EPOCH: status --json says every managed guest that
+# reports statistics reported at or after EPOCH (libvirt's last-update).
+rs_figures_after() {
+    local f=$RS_RUN/figures-after.json
+    rs_status_json "$f" || return 1
+    rs_json "$f" "all((v['guest']['last_update'] or 0) >= $1 for v in r['vms'] if v['managed'] and v['action'] != 'skip' and v['guest_stats_fresh'])"
+}
+
+# rs_recall LABEL MAX [ARGS...]: a recall runs in steps (issue 23), each on
+# figures the guest reported after the step before had landed: passes, each
+# once the balloons reached what the last set and the guests reported again
+# (MOVE_SECS, 3 s, after it), until a pass changes nothing (no resize, no
+# guest awaiting its figures, none on its way) or MAX passes ran. The
+# reports are RS_RECALL_REPORTS, the last RS_PASS_JSON. Fails when the
+# recall did not end within MAX passes or a pass failed.
+rs_recall() {
+    local label=$1 max=$2 i
+    shift 2
+    RS_RECALL_REPORTS=()
+    for ((i = 1; i <= max; i++)); do
+        rs_pass "$label-$i" "$@"
+        RS_RECALL_REPORTS+=("$RS_PASS_JSON")
+        [ "$RS_PASS_RC" -eq 0 ] || return 1
+        if rs_json "$RS_PASS_JSON" "r['resized'] == 0 and not any(v['reason'] in ('awaiting', 'in-flight') or v['pending_kib'] for v in r['vms'] if v['managed'])"; then
+            return 0
+        fi
+        # (a balloon that cannot reach its target stops short: the next
+        # pass finds it so, which is the point; 10 s is ten times what a
+        # balloon change takes here)
+        kb_wait_until 10 "the balloons to reach what pass $label-$i set" rs_balloons_settled || true
+        kb_wait_until 30 "the guests to report after pass $label-$i" \
+            rs_figures_after "$(($(rs_json "$RS_PASS_JSON" "r['at']") + 3))" || return 1
+    done
+    kb_log "the recall $label did not end within $max passes"
+    return 1
+}
+
+# rs_recall_safe REPORT...: every shrink above the reserve in REPORTs was
+# one recall step on figures that answered every ask and were at most 3 s
+# old (RECALL_FRESH_SECS), never more than what the report says it could
+# give; prints the violations.
+rs_recall_safe() {
+    python3 - "$@" <<'PY'
+import json, sys
+bad = []
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    if r["under_reserve"]:
+        continue
+    for v in r["vms"]:
+        if v["action"] != "shrink" or v["reason"] in ("blind-step", "out-of-bounds"):
+            continue
+        # taken from the balloon's size now (a grow still on its way, handed
+        # back, was never the guest's)
+        base = min(v["current_kib"], v["pending_kib"] or v["current_kib"])
+        step = base - v["target_kib"]
+        if step <= 0:
+            continue
+        if not v["figures_confirmed"] or (v["figures_age_secs"] or 0) > 3 or step > v["givable_kib"]:
+            bad.append(f"{path}: {v['name']} shrank {step} KiB on figures {v['figures_age_secs']} s old, confirmed {v['figures_confirmed']}, givable {v['givable_kib']}")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
 PY
 }
 

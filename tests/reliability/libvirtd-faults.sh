@@ -160,6 +160,7 @@ kb_rel_check "$state" "$KB_URI" "$present" "" "$work/b.json:$work/b-next.json"
 # --- C: the pass inside a call (the guest's QEMU stopped, so libvirtd
 # waits on its monitor), libvirtd SIGKILLed
 sha=$(sha256sum "$state" | cut -d' ' -f1)
+mark=$(kb_monitor_log_mark)
 kill -STOP "$qemu_pid"
 "$KB_BIN" run --json >"$work/c.json" 2>"$work/c.log" &
 pass_pid=$!
@@ -168,10 +169,14 @@ kb_wait_until 30 "the pass to reach libvirtd's socket" sh -c "ss -xp | grep -q '
 # libvirtd answers, so the pass connects and goes on to its bulk statistics
 # call (or, if that was answered from libvirt's cache, a resize): either way
 # blocked on the stopped QEMU. A pass still connecting when libvirtd dies
-# would say "cannot connect", which fails the message check below.
-if timeout 3 tail --pid="$pass_pid" -f /dev/null; then
-    cat "$work/c.log"; kb_die "C: the pass did not block on the stopped QEMU"
-fi
+# would say "cannot connect", which fails the message check below: so the
+# kill waits for the state "inside the call", libvirtd having sent a
+# command to the stopped QEMU's monitor (its monitor log) since the pass
+# started, and the pass still running.
+monitor_waited_on() { [ "$(kb_monitor_sent_since "$mark")" -gt 0 ]; }
+kb_wait_until 30 "libvirtd to send the pass's call to the stopped QEMU" monitor_waited_on ||
+    { cat "$work/c.log"; kb_die "C: libvirtd sent the stopped QEMU nothing"; }
+kill -0 "$pass_pid" 2>/dev/null || { cat "$work/c.log"; kb_die "C: the pass did not block on the stopped QEMU"; }
 pid=$(libvirtd_pid)
 kill -9 "$pid"
 wait_exit "$pass_pid" 30; rc=$?

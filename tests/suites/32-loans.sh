@@ -6,4 +6,5 @@
 # balloons and the host's KSM, on the binary run-all.sh just built.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bash tests/realstack/loans.sh target/debug/ksm-balloon
+# KB_LOANS_SCENARIOS="1" runs scenario 1 alone (repeated runs of it).
+bash tests/realstack/loans.sh --scenarios "${KB_LOANS_SCENARIOS:-1 2 3 4 5 6}" target/debug/ksm-balloon

@@ -117,7 +117,9 @@ not() { ! "$@"; }
 # active_is UNIT STATE: systemctl is-active prints STATE for UNIT.
 active_is() { [ "$(sd_run systemctl is-active "$1")" = "$2" ]; }
 # watch_passes SECONDS MAX MARK: watches the passes started since MARK for
-# SECONDS; fails as soon as there are more than MAX.
+# SECONDS; fails as soon as there are more than MAX. A measuring window, not
+# a wait for a state: "no more than MAX passes in SECONDS" can only be
+# watched for, so its 1 s polling is pacing.
 watch_passes() {
     local end=$(($(date +%s) + $1)) n
     while [ "$(date +%s)" -lt "$end" ]; do
