@@ -24,9 +24,6 @@ pub struct Applied {
     pub stats_periods: Vec<Result<(), String>>,
     /// The error that stopped the writes (the connection is gone).
     pub fatal: Option<HvError>,
-    /// The domains a call timed out on (their QEMU does not answer): no
-    /// further call on them this pass.
-    pub timed_out: std::collections::BTreeSet<String>,
 }
 
 /// Makes the writes `planned` asks for.
@@ -34,11 +31,6 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
     let mut out = Applied::default();
     let r = &planned.report;
     for z in &planned.resizes {
-        if out.timed_out.contains(&z.uuid) {
-            out.resizes
-                .push(Err("an earlier call on it timed out this pass".into()));
-            continue;
-        }
         match hv.set_memory(&z.uuid, z.to_kib) {
             Ok(()) => {
                 info!(
@@ -58,16 +50,6 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
                 out.fatal = Some(e);
                 return out;
             }
-            Err(e @ HvError::Unresponsive { .. }) => {
-                warn!(
-                    "VM {:?}: resize to {} abandoned: {}; the others go on (it may still reach that size once its QEMU answers)",
-                    z.name,
-                    Kib(z.to_kib),
-                    chain(&e)
-                );
-                out.timed_out.insert(z.uuid.clone());
-                out.resizes.push(Err(chain(&e)));
-            }
             Err(e) => {
                 warn!(
                     "VM {:?}: resize to {} skipped: {}",
@@ -80,11 +62,6 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
         }
     }
     for s in &planned.stats_periods {
-        if out.timed_out.contains(&s.uuid) {
-            out.stats_periods
-                .push(Err("an earlier call on it timed out this pass".into()));
-            continue;
-        }
         match hv.set_stats_period(&s.uuid, s.seconds) {
             Ok(()) => {
                 match s.kind {
@@ -106,15 +83,6 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
             Err(e) if e.is_fatal() => {
                 out.fatal = Some(e);
                 return out;
-            }
-            Err(e @ HvError::Unresponsive { .. }) => {
-                warn!(
-                    "VM {:?}: turning its guest's memory statistics on abandoned: {}",
-                    s.name,
-                    chain(&e)
-                );
-                out.timed_out.insert(s.uuid.clone());
-                out.stats_periods.push(Err(chain(&e)));
             }
             Err(e) => {
                 warn!(
@@ -142,25 +110,6 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) 
         ..
     } = planned;
     for (z, result) in resizes.iter().zip(&applied.resizes) {
-        if result.is_err() && applied.timed_out.contains(&z.uuid) {
-            // A resize that timed out was sent, and libvirt may still make
-            // it once the QEMU answers: it counts as asked (a balloon that
-            // gets there later is ours, not an operator's), and the VM as
-            // one that does not answer, since now.
-            if let Some(r) = state.vms.get_mut(&z.uuid) {
-                r.last_target_kib = Some(z.to_kib);
-                r.last_change_at = Some(now);
-                r.asked_from_kib = Some(z.from_kib);
-                if let Some(h) = r.manual.as_mut() {
-                    h.asked(now, z.to_kib, z.from_kib);
-                }
-                let since = *r.unresponsive_since.get_or_insert(now);
-                if let Some(v) = report.vms.iter_mut().find(|v| v.uuid == z.uuid) {
-                    v.unresponsive_since = Some(since);
-                    v.last_change_at = Some(now);
-                }
-            }
-        }
         let vm = report.vms.iter_mut().find(|v| v.uuid == z.uuid);
         match result {
             Ok(()) => {
@@ -185,15 +134,7 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) 
             }
         }
     }
-    for (s, result) in stats_periods.iter().zip(&applied.stats_periods) {
-        if result.is_err() && applied.timed_out.contains(&s.uuid) {
-            // Not the guest's refusal: its QEMU did not answer; asked
-            // again once it does.
-            if let Some(r) = state.vms.get_mut(&s.uuid) {
-                r.unresponsive_since.get_or_insert(now);
-            }
-            continue;
-        }
+    for (s, _result) in stats_periods.iter().zip(&applied.stats_periods) {
         // Recorded whether it worked or not, so it is not asked again
         // every pass: a guest whose period cannot be set is treated as one
         // without statistics (turned on), or answers at its own period
@@ -300,9 +241,7 @@ pub fn withdraw(state: &mut State, priors: Vec<Prior>, applied: &Applied) {
     let uncertain = applied.fatal.is_some().then_some(applied.resizes.len());
     for (i, p) in priors.into_iter().enumerate() {
         let made_or_maybe = match applied.resizes.get(i) {
-            // A resize that timed out may still be made once its QEMU
-            // answers: its intent stays.
-            Some(result) => result.is_ok() || applied.timed_out.contains(&p.uuid),
+            Some(result) => result.is_ok(),
             None => Some(i) == uncertain,
         };
         if made_or_maybe {

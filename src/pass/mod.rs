@@ -246,14 +246,6 @@ pub struct VmReport {
     pub last_change_at: Option<u64>,
     /// The error that made the resize fail, if it did.
     pub error: Option<String>,
-    /// Why its QEMU is taken not to answer this pass (a call on it did not
-    /// come back in time): it is left alone, its record kept. Absent from
-    /// the JSON while it answers.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unresponsive: Option<String>,
-    /// Since when it does not answer (seconds since the epoch).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unresponsive_since: Option<u64>,
 }
 
 /// What a pass saw and did.
@@ -556,16 +548,8 @@ fn run_locked(
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     debug!("connected to libvirt");
-    let contribution = settings.split.needs_contribution();
-    let obs = observe::observe(
-        ksm,
-        mem,
-        hv.as_mut(),
-        &state,
-        now,
-        &paths.procs,
-        contribution,
-    )?;
+    let procs = settings.split.needs_contribution().then_some(&paths.procs);
+    let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
     let mut planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     for n in &planned.notes {
         log!(n.level, "{}", n.text);
@@ -613,16 +597,8 @@ pub fn dry_run(
     let hook_records = fold_spool(&store, &mut state, None, now)?;
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
-    let contribution = settings.split.needs_contribution();
-    let obs = observe::observe(
-        ksm,
-        mem,
-        hv.as_mut(),
-        &state,
-        now,
-        &paths.procs,
-        contribution,
-    )?;
+    let procs = settings.split.needs_contribution().then_some(&paths.procs);
+    let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     let mut report = planned.report;
     report.dry_run = true;
