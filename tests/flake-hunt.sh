@@ -110,7 +110,7 @@ for s in "${suites[@]}"; do
         times+=("$dt")
         if [ "$rc" = 0 ]; then
             pass=$((pass + 1))
-            log "$name run $i/$runs: ok in ${dt}s ($(grep -E '^(ok|FAIL) ' "$out" | tr '\n' ' '))"
+            log "$name run $i/$runs: ok in ${dt}s ($(grep -E '^(ok|FAIL) +[0-9]{2}-' "$out" | tr '\n' ' '))"
         else
             failed=1
             first=$(grep -m 8 -E 'CHECK FAILED|FAIL|timed out|panicked' "$out" || tail -n 8 "$out")
