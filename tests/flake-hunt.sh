@@ -68,11 +68,12 @@ mkdir -p "$logs"
 
 log() { printf '[%s] flake-hunt: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
-loader='' work=''
+loader='' work='' finished=0
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    [ "$finished" = 1 ] || log "stopped early (exit $rc)${work:+ with $work in use}"
     if [ -n "$loader" ]; then
         kill "$loader" 2>/dev/null || true
         wait "$loader" 2>/dev/null || true
@@ -82,6 +83,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# a command of the hunt itself that fails says where (set -e then ends it)
+trap 'log "line $LINENO failed: $BASH_COMMAND"' ERR
 
 if [ "$load" = 1 ]; then
     # one busy core for the whole hunt: the loop never sleeps
@@ -132,4 +135,5 @@ printf '%s\n' "${summary[@]}"
 printf '\nfor docs/TESTING.md (suite | runs | passes | failures | cause | fix | commit):\n'
 printf '%s\n' "${rows[@]}"
 log "logs in $logs"
+finished=1
 exit "$failed"
