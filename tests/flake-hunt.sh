@@ -86,7 +86,9 @@ trap 'exit 130' INT TERM
 # a command of the hunt itself that fails says where (set -e then ends it)
 trap 'log "line $LINENO failed: $BASH_COMMAND"' ERR
 
+loadnote='no load' loadrow=''
 if [ "$load" = 1 ]; then
+    loadnote='one busy core' loadrow=' (one busy core)'
     # one busy core for the whole hunt: the loop never sleeps
     sh -c 'while :; do :; done' &
     loader=$!
@@ -105,7 +107,7 @@ for s in "${suites[@]}"; do
         out=$logs/$name-run$i.log
         git clone -q --no-checkout "$repo" "$work/ksm-balloon"
         git -C "$work/ksm-balloon" checkout -q --detach "$sha"
-        log "$name run $i/$runs at $short in $work/ksm-balloon$([ "$load" = 1 ] && echo ', one busy core')"
+        log "$name run $i/$runs at $short in $work/ksm-balloon, $loadnote"
         t0=$(date +%s)
         rc=0
         (cd "$work/ksm-balloon" && KBB_OUT=$work/bench-out bash tests/run-all.sh "$s") >"$out" 2>&1 || rc=$?
@@ -125,9 +127,9 @@ for s in "${suites[@]}"; do
         work=''
     done
     range=$(printf '%s\n' "${times[@]}" | sort -n | sed -n '1p;$p' | uniq | paste -sd- -)
-    summary+=("flake-hunt: $name at $short: $pass/$runs passed ($((100 * pass / runs)) %), $([ "$load" = 1 ] && echo 'one busy core' || echo 'no load'), ${range} s per run")
+    summary+=("flake-hunt: $name at $short: $pass/$runs passed ($((100 * pass / runs)) %), $loadnote, ${range} s per run")
     for f in "${firsts[@]}"; do summary+=("    $f"); done
-    rows+=("| $name$([ "$load" = 1 ] && echo ' (one busy core)') | $runs | $pass | $((runs - pass)) | | | $short |")
+    rows+=("| $name$loadrow | $runs | $pass | $((runs - pass)) | | | $short |")
 done
 
 printf '\n'
