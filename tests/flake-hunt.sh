@@ -68,11 +68,12 @@ mkdir -p "$logs"
 
 log() { printf '[%s] flake-hunt: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
-loader='' work=''
+loader='' work='' finished=0
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    [ "$finished" = 1 ] || log "stopped early (exit $rc)${work:+ with $work in use}"
     if [ -n "$loader" ]; then
         kill "$loader" 2>/dev/null || true
         wait "$loader" 2>/dev/null || true
@@ -82,8 +83,12 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# a command of the hunt itself that fails says where (set -e then ends it)
+trap 'log "line $LINENO failed: $BASH_COMMAND"' ERR
 
+loadnote='no load' loadrow=''
 if [ "$load" = 1 ]; then
+    loadnote='one busy core' loadrow=' (one busy core)'
     # one busy core for the whole hunt: the loop never sleeps
     sh -c 'while :; do :; done' &
     loader=$!
@@ -102,7 +107,7 @@ for s in "${suites[@]}"; do
         out=$logs/$name-run$i.log
         git clone -q --no-checkout "$repo" "$work/ksm-balloon"
         git -C "$work/ksm-balloon" checkout -q --detach "$sha"
-        log "$name run $i/$runs at $short in $work/ksm-balloon$([ "$load" = 1 ] && echo ', one busy core')"
+        log "$name run $i/$runs at $short in $work/ksm-balloon, $loadnote"
         t0=$(date +%s)
         rc=0
         (cd "$work/ksm-balloon" && KBB_OUT=$work/bench-out bash tests/run-all.sh "$s") >"$out" 2>&1 || rc=$?
@@ -110,7 +115,7 @@ for s in "${suites[@]}"; do
         times+=("$dt")
         if [ "$rc" = 0 ]; then
             pass=$((pass + 1))
-            log "$name run $i/$runs: ok in ${dt}s ($(grep -E '^(ok|FAIL) ' "$out" | tr '\n' ' '))"
+            log "$name run $i/$runs: ok in ${dt}s ($(grep -E '^(ok|FAIL) +[0-9]{2}-' "$out" | tr '\n' ' '))"
         else
             failed=1
             first=$(grep -m 8 -E 'CHECK FAILED|FAIL|timed out|panicked' "$out" || tail -n 8 "$out")
@@ -122,9 +127,9 @@ for s in "${suites[@]}"; do
         work=''
     done
     range=$(printf '%s\n' "${times[@]}" | sort -n | sed -n '1p;$p' | uniq | paste -sd- -)
-    summary+=("flake-hunt: $name at $short: $pass/$runs passed ($((100 * pass / runs)) %), $([ "$load" = 1 ] && echo 'one busy core' || echo 'no load'), ${range} s per run")
+    summary+=("flake-hunt: $name at $short: $pass/$runs passed ($((100 * pass / runs)) %), $loadnote, ${range} s per run")
     for f in "${firsts[@]}"; do summary+=("    $f"); done
-    rows+=("| $name$([ "$load" = 1 ] && echo ' (one busy core)') | $runs | $pass | $((runs - pass)) | | | $short |")
+    rows+=("| $name$loadrow | $runs | $pass | $((runs - pass)) | | | $short |")
 done
 
 printf '\n'
@@ -132,4 +137,5 @@ printf '%s\n' "${summary[@]}"
 printf '\nfor docs/TESTING.md (suite | runs | passes | failures | cause | fix | commit):\n'
 printf '%s\n' "${rows[@]}"
 log "logs in $logs"
+finished=1
 exit "$failed"
