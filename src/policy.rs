@@ -596,7 +596,10 @@ fn slot(i: usize, vm: &VmView, policy: &Policy) -> Slot {
                     .saturating_sub(g.margin_at_age_kib());
                 undelivered + recall_step_kib(at_actual.min(bonus - undelivered))
             } else {
-                undelivered
+                // Nothing is taken on these figures (the decision holds),
+                // but a dip of the savings within the deadband is no loan
+                // kept: the split may count it as given back.
+                undelivered + harmless.min(bonus - undelivered).min(policy.deadband_kib)
             };
             (free, harmless - free, step, false, g.recall_ready())
         }
@@ -920,6 +923,14 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
                 Action::Shrink
             };
             (a, Reason::OutOfBounds)
+        } else if s.awaiting
+            && !under_reserve
+            && target < vm.actual_kib.min(vm.current_kib)
+            && (kept > 0 || diff > band)
+        {
+            // figures that do not answer every ask: nothing is taken from
+            // the guest this pass (a grow still on its way may go back)
+            (Action::Hold, Reason::Awaiting)
         } else if diff <= band && !exempt {
             (Action::Hold, Reason::Deadband)
         } else if target > vm.current_kib {
@@ -927,13 +938,30 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
         } else {
             (Action::Shrink, reason)
         };
+        // An awaited recall holds where the balloon is (or a grow on its
+        // way is handed back): all of it is kept this pass.
+        let (target, kept) = if reason == Reason::Awaiting && action == Action::Hold {
+            let at = vm
+                .current_kib
+                .min(vm.actual_kib)
+                .clamp(vm.floor_kib, vm.ceiling_kib);
+            (at, (at - vm.floor_kib).saturating_sub(ideal))
+        } else {
+            (target, kept)
+        };
         decisions[s.i] = Some(Decision {
             target_kib: target,
             action,
             reason,
             kept_kib: kept,
             squeezed_kib: squeezed[k],
-            givable_kib: if under_reserve { s.give() } else { s.step },
+            givable_kib: if under_reserve {
+                s.give()
+            } else if reason == Reason::Awaiting {
+                0
+            } else {
+                s.step
+            },
         });
     }
 
@@ -1118,6 +1146,34 @@ mod tests {
         // the same figures, fresh and confirmed: one step
         let d = plan(&Policy::default(), &host(0), &[fresh]).decisions[0];
         assert_eq!((d.action, d.target_kib), (Action::Shrink, 200 * MIB));
+    }
+
+    #[test]
+    fn a_dip_of_the_savings_within_the_deadband_is_no_loan_kept_regression() {
+        // 38-operator on the real stack: the savings dipped by a few KiB
+        // between two passes, each guest's new part was 3 KiB under its
+        // size, and guests whose figures did not answer the last ask were
+        // reported keeping 3 KiB, reason awaiting (and set to a 1 s
+        // statistics period): not a plain split. A dip inside the deadband
+        // is held as one, whatever the figures.
+        let g = GuestView {
+            confirmed: false,
+            ..GuestView::now(100 * MIB, 100 * MIB, 200 * MIB)
+        };
+        let vms = [
+            vm(160, 320, 200).with_guest(g),
+            vm(160, 320, 200).with_guest(g),
+        ];
+        let mut h = host(80);
+        h.savings_kib -= 6;
+        let p = plan(&Policy::default(), &h, &vms);
+        for d in &p.decisions {
+            assert_eq!(
+                (d.action, d.reason, d.kept_kib),
+                (Action::Hold, Reason::Deadband, 0)
+            );
+        }
+        assert_eq!(p.kept_kib, 0);
     }
 
     #[test]
