@@ -181,8 +181,31 @@ libvirtd_restart() {
     sd_run systemctl restart libvirtd.service || return 1
     kb_wait_until 60 "libvirtd to answer after its restart" libvirtd_alive
 }
-hook_off() { sd_run mv "$HOOK" "$HOOK_ASIDE" && libvirtd_restart; }
-hook_on() { sd_run mv "$HOOK_ASIDE" "$HOOK" && libvirtd_restart; }
+# libvirtd_restart_quiet: the restart that puts the hook in or out, for the
+# cost and storm scenarios (operator's maintenance, not the scenario under
+# test): the timer and path units stopped, no pass running, restart, units
+# started again. A pass that connects while libvirtd goes down exits 1 by
+# design (libvirtd unreachable), and scenario 9 counts every failed pass
+# outside scenario 7's: a clean-clone run of this suite failed so, a pass
+# started by the path unit for the last of scenario 5's stopped guests
+# meeting hook_off's restart.
+service_idle() {
+    local s
+    s=$(sd_run systemctl show -P ActiveState ksm-balloon.service)
+    [ "$s" != activating ] && [ "$s" != deactivating ]
+}
+libvirtd_restart_quiet() {
+    local rc=0
+    # the spool drained first (the path unit folds it), then no new pass
+    wait_pass_idle || return 1
+    sd_run systemctl stop ksm-balloon.timer ksm-balloon.path || return 1
+    kb_wait_until 60 "the last pass to end" service_idle || rc=1
+    [ "$rc" = 1 ] || libvirtd_restart || rc=1
+    sd_run systemctl start ksm-balloon.timer ksm-balloon.path || rc=1
+    return $rc
+}
+hook_off() { sd_run mv "$HOOK" "$HOOK_ASIDE" && libvirtd_restart_quiet; }
+hook_on() { sd_run mv "$HOOK_ASIDE" "$HOOK" && libvirtd_restart_quiet; }
 
 status_json() { sd_run ksm-balloon status --json >"$1" 2>"$WORK/status.err"; }
 journal_json() { sd_run journalctl -u ksm-balloon.service -o json --no-pager >"$WORK/journal.json"; }
