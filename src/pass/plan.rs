@@ -825,7 +825,19 @@ pub fn plan(
             }
         }
         // Safe recall: say once per episode what a VM keeps.
-        if dec.kept_kib > 0 && r.kept_kib == 0 {
+        if dec.kept_kib > 0
+            && r.kept_kib == 0
+            && matches!(dec.reason, Reason::Awaiting | Reason::RecallStep)
+        {
+            note(
+                &mut notes,
+                Level::Info,
+                format!(
+                    "VM {name:?}: {} of its loan to give back, in recall steps, each once its guest's fresh figures allow it",
+                    Kib(dec.kept_kib)
+                ),
+            );
+        } else if dec.kept_kib > 0 && r.kept_kib == 0 {
             note(
                 &mut notes,
                 Level::Warn,
