@@ -940,14 +940,20 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
         };
         // An awaited recall holds where the balloon is (or a grow on its
         // way is handed back): all of it is kept this pass.
-        let (target, kept) = if reason == Reason::Awaiting && action == Action::Hold {
+        let (target, kept, action) = if reason == Reason::Awaiting && action == Action::Hold {
             let at = vm
                 .current_kib
                 .min(vm.actual_kib)
                 .clamp(vm.floor_kib, vm.ceiling_kib);
-            (at, (at - vm.floor_kib).saturating_sub(ideal))
+            // a grow still on its way is handed back all the same
+            let action = if at < vm.current_kib {
+                Action::Shrink
+            } else {
+                Action::Hold
+            };
+            (at, (at - vm.floor_kib).saturating_sub(ideal), action)
         } else {
-            (target, kept)
+            (target, kept, action)
         };
         decisions[s.i] = Some(Decision {
             target_kib: target,
