@@ -19,7 +19,11 @@ KB_MONITOR_LOG=${KB_MONITOR_LOG:-/var/log/libvirt/libvirtd-qemu-monitor.log}
 KB_KSM_DIR=${KB_KSM_DIR:-/sys/kernel/mm/ksm}
 
 kb_log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-kb_die() { kb_log "FAIL: $*"; exit 1; }
+# KB_FAILURES: every failure said so far (kb_die, kb_wait_until's timeouts,
+# rs_check), so a diagnostics dump can repeat them at its end: CI shows the
+# tail of a long log, and the cause must be in it.
+KB_FAILURES=()
+kb_die() { KB_FAILURES+=("$*"); kb_log "FAIL: $*"; exit 1; }
 
 # kb_wait_until SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.2 s
 # until it succeeds; fails with DESCRIPTION after SECONDS.
@@ -29,6 +33,7 @@ kb_wait_until() {
     deadline=$(( $(date +%s%N) + limit * 1000000000 ))
     until "$@" >/dev/null 2>&1; do
         if [ "$(date +%s%N)" -ge "$deadline" ]; then
+            KB_FAILURES+=("timed out after ${limit}s waiting for: $what")
             kb_log "timed out after ${limit}s waiting for: $what"
             return 1
         fi

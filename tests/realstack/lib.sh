@@ -49,6 +49,7 @@ rs_check() {
     if "$@"; then
         echo "  ok: $what"
     else
+        KB_FAILURES+=("$what")
         echo "  FAIL: $what"
         return 1
     fi
@@ -68,6 +69,7 @@ rs_scenario() {
         RS_FAILED+=("$name")
         echo "--- FAIL: scenario $name"
         rs_diagnostics
+        echo "--- FAIL: scenario $name (above)"
     fi
 }
 
@@ -77,6 +79,7 @@ rs_summary() {
     printf '\n=== %s summary\n' "$1"
     [ ${#RS_PASSED[@]} -eq 0 ] || printf 'ok    %s\n' "${RS_PASSED[@]}"
     [ ${#RS_FAILED[@]} -eq 0 ] || printf 'FAIL  %s\n' "${RS_FAILED[@]}"
+    [ ${#RS_FAILED[@]} -eq 0 ] || printf '  failed or timed out: %s\n' "${KB_FAILURES[@]}"
     printf 'figures:\n'
     [ ${#RS_FIGURES[@]} -eq 0 ] || printf '  %s\n' "${RS_FIGURES[@]}"
     printf 'wall time %ss (%ss of it waiting for the real-stack lock)\n' \
@@ -548,7 +551,8 @@ rs_diagnostics() {
     cat "$RS_STATE" 2>&1 || true
     echo "--- ksm-balloon status"
     rs_kb status 2>&1 || true
-    echo "=============== end of diagnostics"
+    echo "=============== end of diagnostics; what failed or timed out so far:"
+    [ ${#KB_FAILURES[@]} -eq 0 ] || printf '  - %s\n' "${KB_FAILURES[@]}"
 }
 
 # rs_teardown: guests destroyed, KSM as found, hook removed. Safe to call
