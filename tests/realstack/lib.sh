@@ -535,12 +535,18 @@ rs_setup() {
     mkdir -p "$RS_RUN"
     rm -f "$RS_RUN"/*.console "$RS_RUN"/*.cmd "$RS_RUN"/*.xml "$RS_RUN"/pass-*.out \
         "$RS_RUN"/*.json "$RS_STATE" "$RS_STATE.lock"
-    # The hook's records of an earlier run (its teardown's stops among them).
-    rm -rf "$(dirname "$RS_STATE")/spool"
     rs_write_config
     kb_install_hook "$RS_BIN" "$RS_CONFIG"
     kb_libvirtd_start
     rs_destroy_all
+    # The hook's records of an earlier run, and of what this start did: a
+    # run killed mid-way leaves guests whose QEMU died with it, and libvirtd,
+    # reconnecting to them, runs the hook's stopped and release for each.
+    # Cleared after the destroy, so the suite's first pass folds only its
+    # own guests' records. (A CI run that followed a killed session found 3
+    # such guests and failed scenario 1 of suite 30; strays in its first
+    # pass are the likely cause: the log kept did not show the check.)
+    rm -rf "$(dirname "$RS_STATE")/spool"
     kb_ksm_set 2
 }
 
