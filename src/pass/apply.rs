@@ -12,7 +12,7 @@ use crate::state::{LastPass, State};
 use crate::units::{Kib, KibDelta};
 
 use super::plan::{PeriodKind, Planned};
-use super::Report;
+use super::report::Report;
 
 /// What the writes did.
 #[derive(Debug, Default)]

@@ -14,7 +14,7 @@ use crate::meminfo::{self, MemInfo};
 use crate::procksm::{self, AllProcesses, ProcPaths, VmProcess};
 use crate::state::State;
 
-use super::Paths;
+use super::settings::Paths;
 
 /// Everything a pass plans from.
 #[derive(Clone, Debug)]

@@ -31,7 +31,8 @@ use crate::state::{Candidate, IoTrack, Source, State, Stuck, VmRecord};
 use crate::units::Kib;
 
 use super::observe::Observation;
-use super::{AttributionReport, Report, Settings, VmKsm, VmReport};
+use super::report::{AttributionReport, Report, VmKsm, VmReport};
+use super::settings::{Settings, HOLD_MAX_ENTRIES};
 
 /// A record this young whose domain is not active yet is a VM still
 /// starting (the hook ran at `prepare`): kept, not forgotten.
@@ -301,7 +302,7 @@ pub fn track_io(
 /// `seen` (in the state file) keeps only what can still be the smallest:
 /// a reading followed by one as small or smaller never will be, so the
 /// readings kept rise with time (one entry at steady savings, not one per
-/// pass). At most [`super::HOLD_MAX_ENTRIES`] are kept: past that, the
+/// pass). At most [`HOLD_MAX_ENTRIES`] are kept: past that, the
 /// two kept closest in time become one, with the smaller reading and the
 /// later time, which can only hold a rise back a little longer, never
 /// lend it early.
@@ -315,7 +316,7 @@ pub fn hold(seen: &mut Vec<(u64, u64)>, now_kib: u64, now: u64, window_secs: u64
         seen.pop();
     }
     seen.push((now, now_kib));
-    while seen.len() > super::HOLD_MAX_ENTRIES {
+    while seen.len() > HOLD_MAX_ENTRIES {
         let i = (1..seen.len())
             .min_by_key(|&i| seen[i].0 - seen[i - 1].0)
             .unwrap_or(1);

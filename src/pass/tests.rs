@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::hypervisor::fake::{FakeDomain, FakeHv, Fault};
-use crate::hypervisor::{GuestStats, HvError, LiveDomain};
-use crate::policy::Split;
+use crate::hypervisor::{CallCount, GuestStats, HvError, LiveDomain};
+use crate::policy::{Action, Reason, Split};
+use crate::units::SizeOrPercent;
 
 const MIB: u64 = 1024;
 const T0: u64 = 1_800_000_000;
