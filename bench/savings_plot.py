@@ -5,7 +5,7 @@ Reads a `t,savings_kib,available_kib` trace (bench/record-savings.sh writes
 one; its `# t=... guest ...` comment lines are the changes the guests made)
 and draws the savings, and what a holding window of each given length
 lends (the smallest reading of the window, the present one included, as
-ksm-balloon's `pass::plan::hold` works it out), with the guests' changes
+ksm-balloon's `pass::lend::hold` works it out), with the guests' changes
 marked.
 
 Usage: savings_plot.py TRACE.csv OUT.svg [--windows 60,120]

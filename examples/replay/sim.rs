@@ -6,7 +6,7 @@
 //! its reserve after growing a VM (a guard breach).
 #![allow(dead_code)]
 
-use ksm_balloon::pass::plan::hold;
+use ksm_balloon::pass::lend::hold;
 use ksm_balloon::policy::{self, GuestView, HostView, Policy, VmStatus, VmView};
 
 /// One pass of a trace.

@@ -11,7 +11,8 @@ use crate::hypervisor::{HvError, Hypervisor};
 use crate::state::{LastPass, State};
 use crate::units::{Kib, KibDelta};
 
-use super::plan::{PeriodKind, Planned};
+use super::asks::{PeriodKind, Resize};
+use super::plan::Planned;
 use super::report::Report;
 
 /// What the writes did.
@@ -198,7 +199,7 @@ pub struct Prior {
 /// what size, and the manual-change detector's ask. The caller saves the
 /// state before making any of them. Returns what each record said before,
 /// in the plan's order.
-pub fn intend(state: &mut State, resizes: &[super::plan::Resize], now: u64) -> Vec<Prior> {
+pub fn intend(state: &mut State, resizes: &[Resize], now: u64) -> Vec<Prior> {
     let mut priors = Vec::with_capacity(resizes.len());
     for z in resizes {
         let Some(r) = state.vms.get_mut(&z.uuid) else {

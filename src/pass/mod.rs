@@ -15,10 +15,16 @@
 //! [`Report`] is the machine-readable record of what a pass saw and did
 //! (`run --json`, `plan --json`, `status --json`).
 
+pub mod adjust;
 pub mod apply;
+pub mod asks;
+pub mod lend;
+pub mod notes;
 pub mod observe;
 pub mod plan;
+pub mod reconcile;
 pub mod report;
+pub mod rows;
 pub mod settings;
 
 pub use report::{AttributionReport, Report, VmKsm, VmReport};

@@ -1,15 +1,35 @@
 //! The report: the machine-readable record of what a pass saw and did
 //! (`run --json`, `plan --json`, `status --json`), a pass's figures and
 //! one [`VmReport`] per active domain. Every test and benchmark reads what
-//! a pass did from it, never from the log.
+//! a pass did from it, never from the log. [`build`] makes it from what
+//! the plan's stages worked out, in one place.
+//!
+//! Which stage decides each field of a [`VmReport`]:
+//!
+//! | fields | stage |
+//! | --- | --- |
+//! | `name`, `uuid`, `current_kib`, `guest` | [`super::observe`] |
+//! | `managed`, `adopted`, `source`, `manage`, `weight`, `autodeflate`, and `floor_kib` of a VM not managed | [`super::reconcile`] (the record) |
+//! | `ksm`, `contribution_share`, `ksm_problem` | [`super::lend`] |
+//! | `floor_kib`, `ceiling_kib`, `pending_kib`, `guest_stats_fresh`, `figures_age_secs`, `figures_confirmed`, `demand`, `held_by_hand` | [`super::rows`] |
+//! | `target_kib`, `action`, `reason`, `kept_kib`, `squeezed_kib`, `givable_kib`, `share_of_pool` | [`crate::policy::plan`], then [`super::adjust`] |
+//! | `stuck` | [`super::adjust`] (the back-off) |
+//! | `last_change_at`, `error` | [`super::apply::record`] (what the resize did) |
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::hypervisor::{CallCount, GuestStats};
+use crate::hypervisor::{CallCount, GuestStats, LiveDomain};
 use crate::ksm::{KsmCounters, Metric};
 use crate::meminfo::MemInfo;
-use crate::policy::{Action, Policy, Reason};
-use crate::state::{Source, Stuck};
+use crate::policy::{self, Action, Decision, Policy, Reason};
+use crate::state::{Source, State, Stuck};
+
+use super::lend::Lending;
+use super::observe::Observation;
+use super::rows::{guest_view, Motion, Row};
+use super::settings::Settings;
 
 /// A VM's own KSM figures (from its QEMU's `/proc/<pid>/ksm_stat`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -167,4 +187,170 @@ pub struct Report {
     pub counters: crate::metrics::Counters,
     /// A problem with the state file, if there was one.
     pub state_problem: Option<String>,
+}
+
+/// What the plan's stages worked out, as the report needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    /// The pass's settings.
+    pub settings: &'a Settings,
+    /// What was observed.
+    pub obs: &'a Observation,
+    /// The state after the plan's stages.
+    pub state: &'a State,
+    /// What is lent, and whose savings it is.
+    pub lending: &'a Lending,
+    /// The policy's settings.
+    pub policy: &'a Policy,
+    /// The policy's figures for the pass.
+    pub plan: &'a policy::Plan,
+    /// The managed VMs, in the order of the domains.
+    pub rows: &'a [Row<'a>],
+    /// Their decisions after the adjustments, in the same order.
+    pub decided: &'a [Decision],
+    /// The UUIDs adopted by this pass.
+    pub adopted: &'a [String],
+}
+
+/// The report of the plan: every active domain, managed or not (yet). What
+/// applying it does (`resized`, `failed`, a VM's `error` and
+/// `last_change_at`, the counters) is written by [`super::apply::record`].
+pub fn build(i: &Inputs) -> Report {
+    let (obs, p, lending) = (i.obs, i.plan, i.lending);
+    let mut vms = Vec::with_capacity(obs.domains.len());
+    let mut rows_iter = i.rows.iter().zip(i.decided).peekable();
+    for d in &obs.domains {
+        let managed_row = match rows_iter.peek() {
+            Some((row, _)) if row.d.uuid == d.uuid => rows_iter.next(),
+            _ => None,
+        };
+        vms.push(vm_report(i, d, managed_row));
+    }
+    Report {
+        at: obs.at,
+        dry_run: false,
+        ksm: obs.ksm.clone(),
+        metric: lending.savings.metric,
+        savings_kib: lending.savings.kib,
+        lendable_kib: lending.lendable_kib,
+        policy_window_secs: i.settings.hold_window_secs,
+        attribution: lending.attribution.as_ref().ok().copied(),
+        attribution_problem: if i.settings.split.needs_contribution() {
+            lending.attribution.as_ref().err().cloned()
+        } else {
+            None
+        },
+        pool_kib: p.pool_kib,
+        budget_kib: p.budget_kib,
+        host: obs.mem,
+        reserve_kib: i.policy.reserve_kib,
+        under_reserve: p.under_reserve,
+        shortfall_kib: p.shortfall_kib,
+        recalled_kib: p.recalled_kib,
+        kept_kib: p.kept_kib,
+        squeezed_kib: p.squeezed_kib,
+        policy: i.policy.clone(),
+        vms,
+        hook_records: 0,
+        resized: 0,
+        failed: 0,
+        calls: Default::default(),
+        counters: i.state.counters,
+        state_problem: None,
+    }
+}
+
+/// The decision shown for a domain the policy did not see: why it is left
+/// alone.
+fn left_alone(d: &LiveDomain, recorded: bool) -> Decision {
+    let reason = if recorded {
+        Reason::Unreadable
+    } else if !d.running {
+        Reason::NotRunning
+    } else {
+        Reason::Adopting
+    };
+    Decision {
+        target_kib: d.sizes.map_or(0, |s| s.current_kib),
+        action: Action::Skip,
+        reason,
+        kept_kib: 0,
+        squeezed_kib: 0,
+        givable_kib: 0,
+    }
+}
+
+/// One domain's report; `managed_row` is its row and decision when the
+/// policy saw it.
+fn vm_report(i: &Inputs, d: &LiveDomain, managed_row: Option<(&Row, &Decision)>) -> VmReport {
+    let r = i.state.vms.get(&d.uuid);
+    let parts: &BTreeMap<String, VmKsm> = &i.lending.parts;
+    let sizes = d.sizes;
+    let current = sizes.map_or(0, |s| s.current_kib);
+    let (view, dec, fresh, pending) = match managed_row {
+        Some((row, dec)) => (
+            Some(row.view),
+            *dec,
+            row.fresh,
+            match row.motion {
+                Motion::InFlight(t) => Some(t),
+                _ => None,
+            },
+        ),
+        None => (
+            None,
+            left_alone(d, r.is_some()),
+            guest_view(&d.guest, i.obs.at).is_some(),
+            None,
+        ),
+    };
+    let floor = view.map_or(r.map_or(current, |r| r.floor_kib), |v| v.floor_kib);
+    let budget_kib = i.plan.budget_kib;
+    VmReport {
+        name: d.name.clone(),
+        uuid: d.uuid.clone(),
+        managed: r.is_some(),
+        floor_kib: floor,
+        ceiling_kib: view.map_or(sizes.map_or(0, |s| s.maximum_kib), |v| v.ceiling_kib),
+        current_kib: current,
+        pending_kib: pending,
+        target_kib: dec.target_kib,
+        action: dec.action,
+        reason: dec.reason,
+        share_of_pool: if budget_kib > 0 && dec.action != Action::Skip {
+            dec.target_kib.saturating_sub(floor) as f64 / budget_kib as f64
+        } else {
+            0.0
+        },
+        kept_kib: dec.kept_kib,
+        squeezed_kib: dec.squeezed_kib,
+        givable_kib: dec.givable_kib,
+        guest: d.guest,
+        guest_stats_fresh: fresh,
+        figures_age_secs: view.and_then(|v| v.guest).map(|g| g.age_secs),
+        figures_confirmed: view.and_then(|v| v.guest).map(|g| g.confirmed),
+        autodeflate: r.map(|r| r.autodeflate),
+        demand: view.and_then(|v| v.demand),
+        ksm: parts.get(&d.uuid).copied(),
+        contribution_share: match (&i.lending.attribution, parts.get(&d.uuid)) {
+            (Ok(a), Some(p)) if a.vms_kib > 0 => {
+                Some(p.attributed_kib.max(0) as f64 / a.vms_kib as f64)
+            }
+            _ => None,
+        },
+        ksm_problem: i
+            .obs
+            .procs
+            .as_ref()
+            .and_then(|p| p.vms.get(&d.uuid))
+            .and_then(|r| r.as_ref().err().cloned()),
+        stuck: r.and_then(|r| r.stuck),
+        held_by_hand: r.and_then(|r| r.manual).and_then(|h| h.held),
+        manage: r.map_or(true, |r| r.settings.manage),
+        weight: r.map_or(crate::metadata::DEFAULT_WEIGHT, |r| r.settings.weight),
+        source: r.map(|r| r.source),
+        adopted: i.adopted.contains(&d.uuid),
+        last_change_at: r.and_then(|r| r.last_change_at),
+        error: None,
+    }
 }

@@ -103,7 +103,7 @@ pub const DEFAULT_GUEST_STATS_PERIOD: u32 = 5;
 pub const DEFAULT_HOLD_WINDOW_SECS: u64 = 60;
 
 /// The most savings readings the state keeps for the holding window
-/// ([`super::plan::hold`]), however long the window: the state file stays the
+/// ([`super::lend::hold`]), however long the window: the state file stays the
 /// same size pass after pass.
 pub const HOLD_MAX_ENTRIES: usize = 64;
 

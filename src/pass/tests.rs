@@ -216,7 +216,7 @@ fn a_transient_vm_at_its_maximum_is_not_adopted_with_it_as_floor_regression() {
 fn a_vm_that_stays_at_its_maximum_is_adopted_without_headroom_after_settling() {
     let h = Host::new(vec![dom(1, 256, 256)]);
     h.run(T0).unwrap();
-    let r = h.run(T0 + plan::ADOPT_SETTLE_SECS).unwrap();
+    let r = h.run(T0 + reconcile::ADOPT_SETTLE_SECS).unwrap();
     let v = vm(&r, "vm1");
     assert!(v.adopted);
     assert_eq!((v.action, v.reason), (Action::Skip, Reason::NoHeadroom));
@@ -231,7 +231,7 @@ fn a_vm_that_vanished_is_forgotten_after_the_starting_grace() {
     let r = h.run(T0 + 5).unwrap();
     assert_eq!(r.hook_records, 1);
     assert!(h.state().vms.contains_key(&d.live.uuid));
-    let r = h.run(T0 + plan::STARTING_GRACE_SECS + 1).unwrap();
+    let r = h.run(T0 + reconcile::STARTING_GRACE_SECS + 1).unwrap();
     assert!(r.vms.is_empty());
     assert!(h.state().vms.is_empty());
 }
@@ -265,7 +265,7 @@ fn a_fatal_error_in_the_middle_of_the_resizes_keeps_what_was_done() {
     let r = h.run(T0 + 10).unwrap();
     assert_eq!(r.resized, 1);
     let mut t = T0 + 10;
-    while t < T0 + 10 + plan::SETTLE_SECS + plan::BACKOFF_FIRST_SECS + 10 {
+    while t < T0 + 10 + rows::SETTLE_SECS + adjust::BACKOFF_FIRST_SECS + 10 {
         t += 10;
         let r = h.run(t).unwrap();
         assert!(vm(&r, "vm2").held_by_hand.is_none(), "{t}");
@@ -290,12 +290,12 @@ fn a_domain_whose_figures_cannot_be_read_keeps_its_record_regression() {
     let uuid = "00000001-0000-4000-8000-000000000000".to_string();
     assert_eq!(h.fake().current(&uuid), Some(190 * MIB));
     h.fake().unreadable.insert(uuid.clone());
-    let r = h.run(T0 + plan::STARTING_GRACE_SECS * 2).unwrap();
+    let r = h.run(T0 + reconcile::STARTING_GRACE_SECS * 2).unwrap();
     let v = vm(&r, "vm1");
     assert_eq!((v.action, v.reason), (Action::Skip, Reason::Unreadable));
     assert_eq!(h.state().vms[&uuid].floor_kib, 160 * MIB);
     h.fake().unreadable.clear();
-    let r = h.run(T0 + plan::STARTING_GRACE_SECS * 2 + 10).unwrap();
+    let r = h.run(T0 + reconcile::STARTING_GRACE_SECS * 2 + 10).unwrap();
     let v = vm(&r, "vm1");
     assert!(!v.adopted);
     assert_eq!(v.floor_kib, 160 * MIB);
@@ -394,7 +394,7 @@ fn a_recall_on_figures_older_than_the_guests_application_kills_no_one_regression
     assert_eq!(v.figures_age_secs, Some(2));
     assert_eq!(
         h.fake().stats_periods.last(),
-        Some(&(uuid.to_string(), plan::RECALL_STATS_PERIOD_SECS))
+        Some(&(uuid.to_string(), asks::RECALL_STATS_PERIOD_SECS))
     );
     h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(40, T0 + 6);
     let r = h.run(T0 + 7).unwrap();
@@ -441,11 +441,11 @@ fn a_balloon_that_does_not_reach_its_target_is_not_asked_again_every_pass() {
     let retry = st.retry_at;
     fresh(retry);
     assert_eq!(h.run(retry).unwrap().resized, 1);
-    fresh(retry + plan::SETTLE_SECS);
-    assert_eq!(h.run(retry + plan::SETTLE_SECS).unwrap().resized, 0);
+    fresh(retry + rows::SETTLE_SECS);
+    assert_eq!(h.run(retry + rows::SETTLE_SECS).unwrap().resized, 0);
     let st = h.state().vms[uuid].stuck.unwrap();
     assert_eq!(st.tries, 2);
-    assert_eq!(st.retry_at, retry + plan::backoff_secs(2));
+    assert_eq!(st.retry_at, retry + adjust::backoff_secs(2));
 }
 
 #[test]
@@ -1032,18 +1032,38 @@ fn d_current(h: &Host, uuid: &str, kib: u64) {
 #[test]
 fn asks_no_less_is_direction_aware() {
     // short of a shrink to 200 at 230: 202 is the same, 190 more, 220 less
-    assert!(plan::asks_no_less(202 * MIB, 200 * MIB, 230 * MIB, 4 * MIB));
-    assert!(plan::asks_no_less(190 * MIB, 200 * MIB, 230 * MIB, 4 * MIB));
-    assert!(!plan::asks_no_less(
+    assert!(adjust::asks_no_less(
+        202 * MIB,
+        200 * MIB,
+        230 * MIB,
+        4 * MIB
+    ));
+    assert!(adjust::asks_no_less(
+        190 * MIB,
+        200 * MIB,
+        230 * MIB,
+        4 * MIB
+    ));
+    assert!(!adjust::asks_no_less(
         220 * MIB,
         200 * MIB,
         230 * MIB,
         4 * MIB
     ));
     // short of a grow to 260 at 230: 258 the same, 270 more, 240 less
-    assert!(plan::asks_no_less(258 * MIB, 260 * MIB, 230 * MIB, 4 * MIB));
-    assert!(plan::asks_no_less(270 * MIB, 260 * MIB, 230 * MIB, 4 * MIB));
-    assert!(!plan::asks_no_less(
+    assert!(adjust::asks_no_less(
+        258 * MIB,
+        260 * MIB,
+        230 * MIB,
+        4 * MIB
+    ));
+    assert!(adjust::asks_no_less(
+        270 * MIB,
+        260 * MIB,
+        230 * MIB,
+        4 * MIB
+    ));
+    assert!(!adjust::asks_no_less(
         240 * MIB,
         260 * MIB,
         230 * MIB,
@@ -1163,7 +1183,7 @@ fn a_recall_asks_for_fresh_figures_once_and_sets_the_period_back_when_it_is_over
     assert_eq!(
         h.fake().stats_periods,
         [
-            (uuid.to_string(), plan::RECALL_STATS_PERIOD_SECS),
+            (uuid.to_string(), asks::RECALL_STATS_PERIOD_SECS),
             (uuid.to_string(), Settings::default().guest_stats_period)
         ],
         "calls per pass {periods:?}, sizes {sizes:?}"
@@ -1271,7 +1291,7 @@ fn a_pass_killed_between_a_resize_and_its_save_never_takes_its_own_ask_for_a_han
     h.set_current(u1, 175 * MIB);
     assert_eq!(h.fake().current(u2), Some(160 * MIB));
     let mut t = T0 + 20;
-    while t < T0 + 20 + plan::SETTLE_SECS + plan::BACKOFF_FIRST_SECS + 20 {
+    while t < T0 + 20 + rows::SETTLE_SECS + adjust::BACKOFF_FIRST_SECS + 20 {
         t += 10;
         let r = h.run(t).unwrap();
         for name in ["vm1", "vm2"] {

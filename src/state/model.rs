@@ -113,7 +113,7 @@ pub struct IoTrack {
     pub rd_bytes: u64,
     /// Its demand: disk reads while its memory was full, in thousandths of
     /// a MiB/s, rising at once and halving every
-    /// [`crate::pass::plan::DEMAND_HALF_LIFE_SECS`].
+    /// [`crate::pass::rows::DEMAND_HALF_LIFE_SECS`].
     pub demand: u64,
 }
 
