@@ -1,6 +1,6 @@
 //! Step 3 of a pass: the libvirt writes the plan asks for (resizes, and a
 //! guest statistics period where one is missing), then [`record`] of what
-//! happened into the state and the report. A VM that vanished or refuses
+//! happened into the state (the report takes it from [`Recorded`]). A VM that vanished or refuses
 //! is logged and skipped, never fatal to the others; a lost connection
 //! stops the writes, and what was done before it is still recorded.
 
@@ -98,42 +98,36 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
     out
 }
 
-/// Writes what `applied` did into the plan's state and report: each
-/// resize made is the VM's last ask (target, time, the size it was asked
-/// from); each statistics period set is not asked again; the pass's
-/// figures go into `last_pass`.
-pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) {
+/// Writes what `applied` did into the plan's state: each resize made is
+/// the VM's last ask (target, time, the size it was asked from); each
+/// statistics period set is not asked again; the pass's figures go into
+/// `last_pass`. Returns the state, the plan's report and each resize's
+/// result by UUID, in the plan's order (for [`Report::finish`]).
+pub fn record(planned: Planned, applied: &Applied, now: u64) -> Recorded {
     let Planned {
         mut state,
-        mut report,
+        report,
         resizes,
         stats_periods,
         ..
     } = planned;
+    let mut results = Vec::with_capacity(applied.resizes.len());
+    let (mut resized, mut failed) = (0u32, 0u32);
     for (z, result) in resizes.iter().zip(&applied.resizes) {
-        let vm = report.vms.iter_mut().find(|v| v.uuid == z.uuid);
-        match result {
-            Ok(()) => {
-                report.resized += 1;
-                if let Some(r) = state.vms.get_mut(&z.uuid) {
-                    r.last_target_kib = Some(z.to_kib);
-                    r.last_change_at = Some(now);
-                    r.asked_from_kib = Some(z.from_kib);
-                    if let Some(h) = r.manual.as_mut() {
-                        h.asked(now, z.to_kib, z.from_kib);
-                    }
-                }
-                if let Some(v) = vm {
-                    v.last_change_at = Some(now);
+        if result.is_ok() {
+            resized += 1;
+            if let Some(r) = state.vms.get_mut(&z.uuid) {
+                r.last_target_kib = Some(z.to_kib);
+                r.last_change_at = Some(now);
+                r.asked_from_kib = Some(z.from_kib);
+                if let Some(h) = r.manual.as_mut() {
+                    h.asked(now, z.to_kib, z.from_kib);
                 }
             }
-            Err(e) => {
-                report.failed += 1;
-                if let Some(v) = vm {
-                    v.error = Some(e.clone());
-                }
-            }
+        } else {
+            failed += 1;
         }
+        results.push((z.uuid.clone(), result.clone()));
     }
     for (s, _result) in stats_periods.iter().zip(&applied.stats_periods) {
         // Recorded whether it worked or not, so it is not asked again
@@ -151,19 +145,18 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) 
             }
         }
     }
-    if report.failed > 0 {
+    if failed > 0 {
         error!(
             "{} of {} resizes failed this pass",
-            report.failed,
-            report.failed + report.resized
+            failed,
+            failed + resized
         );
     }
-    state.counters.resizes += u64::from(report.resized);
-    state.counters.resize_failures += u64::from(report.failed);
+    state.counters.resizes += u64::from(resized);
+    state.counters.resize_failures += u64::from(failed);
     if applied.fatal.is_none() {
         state.counters.last_success_at = Some(now);
     }
-    report.counters = state.counters;
     state.last_pass = Some(LastPass {
         at: now,
         metric: report.metric.to_string(),
@@ -171,10 +164,25 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> (State, Report) 
         pool_kib: report.pool_kib,
         budget_kib: report.budget_kib,
         available_kib: report.host.available_kib,
-        resized: report.resized,
-        failed: report.failed,
+        resized,
+        failed,
     });
-    (state, report)
+    Recorded {
+        state,
+        report,
+        resizes: results,
+    }
+}
+
+/// What [`record`] leaves.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// The state, with what the pass did.
+    pub state: State,
+    /// The plan's report (what the pass did is added by [`Report::finish`]).
+    pub report: Report,
+    /// Each resize tried, by UUID, in the plan's order.
+    pub resizes: Vec<(String, Result<(), String>)>,
 }
 
 // Record before asking (issue 18). Kept apart from `record`: a pass killed

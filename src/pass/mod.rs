@@ -300,10 +300,17 @@ fn run_locked(
     }
     let applied = apply::apply(hv.as_mut(), &planned);
     apply::withdraw(&mut planned.state, priors, &applied);
-    let (state, mut report) = apply::record(planned, &applied, now);
-    report.calls = hv.calls();
-    report.hook_records = hook_records;
-    report.state_problem = problem;
+    let recorded = apply::record(planned, &applied, now);
+    let state = recorded.state;
+    let report = recorded.report.finish(report::Outcome {
+        dry_run: false,
+        resizes: recorded.resizes,
+        at: now,
+        calls: hv.calls(),
+        hook_records,
+        counters: state.counters,
+        state_problem: problem,
+    });
     debug!("libvirt calls this pass: {:?}", report.calls);
     lock.save(&state)
         .context("the pass's resizes were made but its state could not be saved")?;
@@ -336,12 +343,15 @@ pub fn dry_run(
     let procs = settings.split.needs_contribution().then_some(&paths.procs);
     let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
-    let mut report = planned.report;
-    report.dry_run = true;
-    report.calls = hv.calls();
-    report.hook_records = hook_records;
-    report.state_problem = problem;
-    Ok(report)
+    Ok(planned.report.finish(report::Outcome {
+        dry_run: true,
+        resizes: Vec::new(),
+        at: now,
+        calls: hv.calls(),
+        hook_records,
+        counters: planned.state.counters,
+        state_problem: problem,
+    }))
 }
 
 #[cfg(test)]

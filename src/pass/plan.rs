@@ -41,7 +41,7 @@ pub struct Planned {
     /// The state after reconciling and tracking (the asks of this pass are
     /// recorded by [`super::apply::record`] once they are made).
     pub state: State,
-    /// The report, as far as it is known before applying.
+    /// The plan's report ([`Report::finish`] adds what the pass did).
     pub report: Report,
     /// The balloons to set.
     pub resizes: Vec<Resize>,

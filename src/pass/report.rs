@@ -1,8 +1,10 @@
 //! The report: the machine-readable record of what a pass saw and did
 //! (`run --json`, `plan --json`, `status --json`), a pass's figures and
 //! one [`VmReport`] per active domain. Every test and benchmark reads what
-//! a pass did from it, never from the log. [`build`] makes it from what
-//! the plan's stages worked out, in one place.
+//! a pass did from it, never from the log. It is made here and nowhere
+//! else: [`build`] from what the plan's stages worked out, then
+//! [`Report::finish`] with what the pass did ([`Outcome`]: the resizes'
+//! results, the libvirt calls, the hook records folded, the counters).
 //!
 //! Which stage decides each field of a [`VmReport`]:
 //!
@@ -14,7 +16,7 @@
 //! | `floor_kib`, `ceiling_kib`, `pending_kib`, `guest_stats_fresh`, `figures_age_secs`, `figures_confirmed`, `demand`, `held_by_hand` | [`super::rows`] |
 //! | `target_kib`, `action`, `reason`, `kept_kib`, `squeezed_kib`, `givable_kib`, `share_of_pool` | [`crate::policy::plan`], then [`super::adjust`] |
 //! | `stuck` | [`super::adjust`] (the back-off) |
-//! | `last_change_at`, `error` | [`super::apply::record`] (what the resize did) |
+//! | `last_change_at`, `error` | [`super::apply`] (what the resize did, through [`Outcome`]) |
 
 use std::collections::BTreeMap;
 
@@ -213,8 +215,9 @@ pub struct Inputs<'a> {
 }
 
 /// The report of the plan: every active domain, managed or not (yet). What
-/// applying it does (`resized`, `failed`, a VM's `error` and
-/// `last_change_at`, the counters) is written by [`super::apply::record`].
+/// the pass then does (`resized`, `failed`, a VM's `error` and
+/// `last_change_at`, the calls, the counters) is added by
+/// [`Report::finish`].
 pub fn build(i: &Inputs) -> Report {
     let (obs, p, lending) = (i.obs, i.plan, i.lending);
     let mut vms = Vec::with_capacity(obs.domains.len());
@@ -352,5 +355,54 @@ fn vm_report(i: &Inputs, d: &LiveDomain, managed_row: Option<(&Row, &Decision)>)
         adopted: i.adopted.contains(&d.uuid),
         last_change_at: r.and_then(|r| r.last_change_at),
         error: None,
+    }
+}
+
+/// What the pass did with its plan, for [`Report::finish`].
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Nothing was applied (`plan`, `status`, `run --dry-run`).
+    pub dry_run: bool,
+    /// Each resize tried, in the plan's order: the domain's UUID and `Ok`
+    /// or the error's text.
+    pub resizes: Vec<(String, Result<(), String>)>,
+    /// When the resizes were made (seconds since the epoch).
+    pub at: u64,
+    /// libvirt calls made.
+    pub calls: CallCount,
+    /// Hook records folded into the state by this pass.
+    pub hook_records: usize,
+    /// Counters across passes, as this pass leaves them.
+    pub counters: crate::metrics::Counters,
+    /// A problem with the state file, if there was one.
+    pub state_problem: Option<String>,
+}
+
+impl Report {
+    /// The report of the plan with what the pass did.
+    pub fn finish(mut self, outcome: Outcome) -> Report {
+        for (uuid, result) in &outcome.resizes {
+            let vm = self.vms.iter_mut().find(|v| &v.uuid == uuid);
+            match result {
+                Ok(()) => {
+                    self.resized += 1;
+                    if let Some(v) = vm {
+                        v.last_change_at = Some(outcome.at);
+                    }
+                }
+                Err(e) => {
+                    self.failed += 1;
+                    if let Some(v) = vm {
+                        v.error = Some(e.clone());
+                    }
+                }
+            }
+        }
+        self.dry_run = outcome.dry_run;
+        self.calls = outcome.calls;
+        self.hook_records = outcome.hook_records;
+        self.counters = outcome.counters;
+        self.state_problem = outcome.state_problem;
+        self
     }
 }
