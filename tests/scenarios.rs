@@ -1,0 +1,362 @@
+//! Multi-pass golden scenarios: a sequence of passes with time moving,
+//! through the whole pass (`pass::run`: the state saved and read back,
+//! the hook's records folded) against the in-memory hypervisor, whose
+//! balloons move when asked.
+//!
+//! Every `tests/scenarios/<name>/` directory is a scenario:
+//! - `scenario.json`, the observations in:
+//!   - `args`: settings, as on the command line (optional);
+//!   - `vms`: each VM, `name`, `floor` and `max` (MiB): recorded by the
+//!     hook at the start, running at its floor;
+//!   - `passes`: in order, each with `t` (seconds from the start) and what
+//!     changed before it: `savings` (KSM's `general_profit`, MiB),
+//!     `available` (the host's MemAvailable, MiB; MemTotal is 24 GiB),
+//!     `release` (VM names handed back with `ksm-balloon release`), and
+//!     per VM under `vms`: `guest` (its own figures, MiB: `usable`,
+//!     `unused`, `total`, and either `age` (seconds before each pass) or
+//!     `at` (seconds from the start); `null`: none), `read` (its disk's
+//!     reads since boot, MiB), `lowest` (the smallest size its balloon
+//!     reaches, MiB; `null`: any), `setmem` (an operator sets its balloon
+//!     to this, MiB). What is not given stays as it was.
+//! - `expected`: per pass, the pass's figures, each VM's report (size,
+//!   target, action, reason and the rest that decide the next pass), and
+//!   the libvirt writes the pass made.
+//!
+//! One test function per scenario (`cargo test --test scenarios stuck`);
+//! `every_scenario_has_a_test` fails when a directory has none.
+//! `UPDATE_GOLDEN=1 cargo test --test scenarios` rewrites `expected`;
+//! review the diff before committing it.
+
+#![allow(clippy::unwrap_used)] // a test helper that fails should panic
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use clap::Parser;
+use ksm_balloon::cli::Cli;
+use ksm_balloon::hypervisor::fake::{FakeDomain, FakeHv};
+use ksm_balloon::hypervisor::{CallCount, GuestStats, HvError, Hypervisor, LiveDomain};
+use ksm_balloon::pass::{self, Report};
+use serde_json::Value;
+
+const MIB: u64 = 1024;
+/// The clock at a scenario's start.
+const T0: u64 = 1_800_000_000;
+/// The host's MemTotal, KiB.
+const TOTAL_KIB: u64 = 24 << 20;
+
+/// The fake hypervisor, shared so the scenario can change it between passes.
+#[derive(Clone)]
+struct Shared(Rc<RefCell<FakeHv>>);
+
+impl Hypervisor for Shared {
+    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
+        self.0.borrow_mut().domains()
+    }
+    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
+        self.0.borrow_mut().inactive_xml(uuid)
+    }
+    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
+        self.0.borrow_mut().set_memory(uuid, kib)
+    }
+    fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
+        self.0.borrow_mut().set_stats_period(uuid, seconds)
+    }
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        self.0.borrow_mut().metadata(uuid)
+    }
+    fn calls(&self) -> CallCount {
+        self.0.borrow().calls()
+    }
+}
+
+fn uuid(i: usize) -> String {
+    format!("{:08x}-0000-4000-8000-000000000000", i + 1)
+}
+
+fn mib(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64).map(|m| m * MIB)
+}
+
+fn write_ksm(dir: &Path, savings_mib: u64) {
+    for (f, v) in [
+        ("run", "1".to_string()),
+        ("pages_shared", "0".into()),
+        ("pages_sharing", "0".into()),
+        ("pages_unshared", "0".into()),
+        ("pages_volatile", "0".into()),
+        ("full_scans", "1".into()),
+        ("general_profit", (savings_mib * MIB * 1024).to_string()),
+    ] {
+        fs::write(dir.join(f), format!("{v}\n")).unwrap();
+    }
+}
+
+fn write_meminfo(path: &Path, available_kib: u64) {
+    fs::write(
+        path,
+        format!("MemTotal: {TOTAL_KIB} kB\nMemFree: 1 kB\nMemAvailable: {available_kib} kB\n"),
+    )
+    .unwrap();
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn in_mib(kib: u64) -> String {
+    if kib % MIB == 0 {
+        (kib / MIB).to_string()
+    } else {
+        format!("{:.1}", kib as f64 / MIB as f64)
+    }
+}
+
+/// One pass of the expected file.
+fn describe(out: &mut String, n: usize, t: u64, r: &Report, writes: &[String]) {
+    let _ = writeln!(
+        out,
+        "== pass {n} at +{t}s: savings {} lendable {} pool {} budget {} available {}{}",
+        in_mib(r.savings_kib),
+        in_mib(r.lendable_kib),
+        in_mib(r.pool_kib),
+        in_mib(r.budget_kib),
+        in_mib(r.host.available_kib),
+        if r.under_reserve {
+            format!(" UNDER RESERVE by {}", in_mib(r.shortfall_kib))
+        } else {
+            String::new()
+        }
+    );
+    for v in &r.vms {
+        let _ = writeln!(
+            out,
+            "{}: {} -> {} {:?}/{:?} pending {} kept {} givable {} figures age {} confirmed {} demand {} stuck {} held {}",
+            v.name,
+            in_mib(v.current_kib),
+            in_mib(v.target_kib),
+            v.action,
+            v.reason,
+            opt(v.pending_kib.map(in_mib)),
+            in_mib(v.kept_kib),
+            in_mib(v.givable_kib),
+            opt(v.figures_age_secs),
+            opt(v.figures_confirmed),
+            opt(v.demand),
+            opt(v.stuck.map(|s| format!(
+                "since +{} tries {} retry +{}",
+                s.since - T0,
+                s.tries,
+                s.retry_at - T0
+            ))),
+            opt(v.held_by_hand.map(|h| format!("since +{}", h.since - T0))),
+        );
+    }
+    for w in writes {
+        let _ = writeln!(out, "  {w}");
+    }
+}
+
+fn run_scenario(dir: &Path) -> Result<(), String> {
+    let spec: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("scenario.json")).unwrap()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let mut argv: Vec<String> = vec![
+        "ksm-balloon".into(),
+        "--root".into(),
+        root.display().to_string(),
+    ];
+    if let Some(args) = spec["args"].as_array() {
+        argv.extend(args.iter().map(|a| a.as_str().unwrap().to_string()));
+    }
+    argv.push("run".into());
+    let cfg = Cli::try_parse_from(&argv)
+        .map_err(|e| e.to_string())?
+        .settings
+        .validate()
+        .map_err(|e| e.to_string())?;
+    let paths = &cfg.paths;
+    fs::create_dir_all(&paths.ksm_dir).unwrap();
+    fs::create_dir_all(paths.meminfo.parent().unwrap()).unwrap();
+    write_ksm(&paths.ksm_dir, 0);
+    write_meminfo(&paths.meminfo, TOTAL_KIB);
+
+    let vms = spec["vms"].as_array().unwrap();
+    let names: Vec<String> = vms
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut domains = Vec::new();
+    for (i, v) in vms.iter().enumerate() {
+        let (floor, max) = (mib(v, "floor").unwrap(), mib(v, "max").unwrap());
+        let d = FakeDomain::new(&names[i], &uuid(i), floor, max);
+        let xml = format!(
+            "<domain><name>{}</name><uuid>{}</uuid><memory>{max}</memory><currentMemory>{floor}</currentMemory></domain>",
+            names[i],
+            uuid(i)
+        );
+        let h = ksm_balloon::hook::run(
+            &paths.state,
+            &names[i],
+            "prepare",
+            "begin",
+            xml.as_bytes(),
+            T0,
+        );
+        assert!(h.problems.is_empty(), "{:?}", h.problems);
+        domains.push(d);
+    }
+    let hv = Shared(Rc::new(RefCell::new(FakeHv::new(domains))));
+    // Each VM's guest figures as last given (re-stamped every pass when
+    // given by age).
+    let mut guests: Vec<Value> = vec![Value::Null; vms.len()];
+
+    let mut out = String::new();
+    for (n, p) in spec["passes"].as_array().unwrap().iter().enumerate() {
+        let t = p["t"].as_u64().unwrap();
+        let now = T0 + t;
+        if let Some(s) = p.get("savings").and_then(Value::as_u64) {
+            write_ksm(&paths.ksm_dir, s);
+        }
+        if let Some(a) = mib(p, "available") {
+            write_meminfo(&paths.meminfo, a);
+        }
+        if let Some(rel) = p.get("release").and_then(Value::as_array) {
+            let rel: Vec<String> = rel.iter().map(|v| v.as_str().unwrap().into()).collect();
+            ksm_balloon::admin::release(paths, cfg.settings.lock_timeout, &rel, now)
+                .map_err(|e| format!("{e:#}"))?;
+        }
+        if let Some(changes) = p.get("vms").and_then(Value::as_object) {
+            let mut fake = hv.0.borrow_mut();
+            for (name, c) in changes {
+                let i = names.iter().position(|n| n == name).unwrap();
+                let d = fake.domains.get_mut(&uuid(i)).unwrap();
+                let c = c.as_object().unwrap();
+                if let Some(g) = c.get("guest") {
+                    guests[i] = g.clone();
+                }
+                if let Some(r) = c.get("read") {
+                    d.live.block_rd_bytes = Some(r.as_u64().unwrap() << 20);
+                }
+                if let Some(l) = c.get("lowest") {
+                    d.lowest_kib = l.as_u64().map(|m| m * MIB);
+                }
+                if let Some(s) = c.get("setmem") {
+                    d.live.sizes.as_mut().unwrap().current_kib = s.as_u64().unwrap() * MIB;
+                }
+            }
+        }
+        {
+            let mut fake = hv.0.borrow_mut();
+            for (i, g) in guests.iter().enumerate() {
+                let d = fake.domains.get_mut(&uuid(i)).unwrap();
+                d.live.guest = if g.is_null() {
+                    GuestStats::default()
+                } else {
+                    GuestStats {
+                        usable_kib: mib(g, "usable"),
+                        unused_kib: mib(g, "unused"),
+                        available_kib: mib(g, "total"),
+                        last_update: Some(match g.get("at").and_then(Value::as_u64) {
+                            Some(at) => T0 + at,
+                            None => now - g["age"].as_u64().unwrap_or(0),
+                        }),
+                        ..GuestStats::default()
+                    }
+                };
+            }
+        }
+        let (resizes_before, periods_before) = {
+            let f = hv.0.borrow();
+            (f.resizes.len(), f.stats_periods.len())
+        };
+        let conn = hv.clone();
+        let mut open = move || Ok(Box::new(conn.clone()) as Box<dyn Hypervisor>);
+        let report = pass::run(paths, &cfg.pass, cfg.settings.lock_timeout, &mut open, now)
+            .map_err(|e| format!("pass {} at +{t}s: {e:#}", n + 1))?;
+        let writes: Vec<String> = {
+            let f = hv.0.borrow();
+            let name = |u: &str| names[(0..names.len()).find(|&i| uuid(i) == u).unwrap()].clone();
+            f.resizes[resizes_before..]
+                .iter()
+                .map(|(u, kib)| {
+                    format!(
+                        "set {} to {} (now at {})",
+                        name(u),
+                        in_mib(*kib),
+                        in_mib(f.current(u).unwrap())
+                    )
+                })
+                .chain(
+                    f.stats_periods[periods_before..]
+                        .iter()
+                        .map(|(u, s)| format!("statistics period of {} to {s} s", name(u))),
+                )
+                .collect()
+        };
+        describe(&mut out, n + 1, t, &report, &writes);
+    }
+
+    let expected = dir.join("expected");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::write(&expected, &out).unwrap();
+        return Ok(());
+    }
+    let want = fs::read_to_string(&expected).unwrap_or_default();
+    if want == out {
+        return Ok(());
+    }
+    let diff: String = want
+        .lines()
+        .zip(out.lines())
+        .filter(|(a, b)| a != b)
+        .take(6)
+        .map(|(a, b)| format!("- {a}\n+ {b}\n"))
+        .collect();
+    Err(format!(
+        "{} differs from what the passes did (first differing lines):\n{diff}--- got\n{out}",
+        expected.display()
+    ))
+}
+
+fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios")
+}
+
+fn scenario(name: &str) {
+    if let Err(e) = run_scenario(&scenarios_dir().join(name)) {
+        panic!("scenario {name}: {e}");
+    }
+}
+
+macro_rules! scenarios {
+    ($($f:ident => $dir:literal,)*) => {
+        $(
+            #[test]
+            fn $f() {
+                scenario($dir);
+            }
+        )*
+
+        #[test]
+        fn every_scenario_has_a_test() {
+            let known = [$($dir),*];
+            for e in fs::read_dir(scenarios_dir()).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                assert!(known.contains(&name.as_str()), "tests/scenarios/{name} has no test function");
+            }
+        }
+    };
+}
+
+scenarios! {
+    demand_split_follows_a_busy_vm => "demand-split-follows-a-busy-vm",
+    hold_window => "hold-window",
+    loan_recalled_as_the_guest_can_pay => "loan-recalled-as-the-guest-can-pay",
+    manual_setmem_held_and_released => "manual-setmem-held-and-released",
+    stuck_balloon_backoff => "stuck-balloon-backoff",
+}
