@@ -740,35 +740,28 @@ fn take_largest_first(want: u64, avail: &[u64]) -> Vec<u64> {
     out
 }
 
-/// Works out every VM's target. Pure: same input, same output.
+/// What the whole host is this pass, as each VM's decision needs it.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    /// KSM's counters can be trusted.
+    live: bool,
+    /// The host is under its reserve.
+    under_reserve: bool,
+    /// The guard cut the budget below the pool.
+    guarded: bool,
+}
+
+/// Works out every VM's target. Pure: same input, same output. In order:
+/// who takes part (`admit`), the pool and its split with the loan rule
+/// (`split_pool`), under the reserve the guard (`guard`), then each VM's
+/// decision (`decide`, its reason from `reason_for`).
 pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
     let share = if policy.share.is_finite() {
         policy.share.clamp(0.0, 1.0)
     } else {
         0.0
     };
-    let mut decisions: Vec<Option<Decision>> = vec![None; vms.len()];
-    let mut slots = Vec::new();
-    for (i, vm) in vms.iter().enumerate() {
-        decisions[i] = match vm.status {
-            VmStatus::NoBalloon => Some(Decision::skip(vm, Reason::NoBalloon)),
-            VmStatus::NotRunning => Some(Decision::skip(vm, Reason::NotRunning)),
-            VmStatus::OptedOut => Some(Decision::skip(vm, Reason::OptedOut)),
-            VmStatus::HeldByHand => Some(Decision::skip(vm, Reason::HeldByHand)),
-            VmStatus::Unsettled => Some(Decision::skip(vm, Reason::Unsettled)),
-            VmStatus::Managed if vm.floor_kib > vm.ceiling_kib => {
-                Some(Decision::skip(vm, Reason::BadBounds))
-            }
-            VmStatus::Managed if vm.floor_kib == vm.ceiling_kib => {
-                Some(Decision::skip(vm, Reason::NoHeadroom))
-            }
-            VmStatus::Managed => {
-                slots.push(slot(i, vm, policy));
-                None
-            }
-        };
-    }
-
+    let (mut decisions, mut slots) = admit(policy, vms);
     {
         let eligible: Vec<&VmView> = slots.iter().map(|s| &vms[s.i]).collect();
         for (s, w) in slots.iter_mut().zip(split_weights(policy.split, &eligible)) {
@@ -784,191 +777,20 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
     let room = i128::from(host.available_kib) - i128::from(policy.reserve_kib);
     let under_reserve = room < 0;
     let shortfall = if under_reserve { (-room) as u64 } else { 0 };
-
-    // The split (KSM live) or the sizes held (KSM stopped), with the loan
-    // rule: (bonus, its part of the plain split) per slot.
-    // Under the reserve nothing grows, so nothing is taken from one VM to
-    // grow another: the split is capped at each VM's bonus now, and takes
-    // back only what the fallen savings no longer cover.
-    let (budget, mut split): (u64, Vec<(u64, u64)>) = if host.ksm_counters_live {
-        let guard_cap = (i128::from(bonus_now) + room.max(0)) as u64;
-        let budget = pool.min(guard_cap);
-        // A VM of weight 0 takes no part of the pool.
-        let caps: Vec<u64> = slots
-            .iter()
-            .map(|s| match (s.weight, under_reserve) {
-                (0, _) => 0,
-                (_, true) => s.bonus,
-                (_, false) => s.headroom,
-            })
-            .collect();
-        (
-            budget,
-            split_with_loans(budget, &slots, &caps, under_reserve),
-        )
-    } else {
-        (
-            bonus_now,
-            slots.iter().map(|s| (s.bonus, s.bonus)).collect(),
-        )
-    };
+    let (budget, mut split) = split_pool(host, &slots, pool, bonus_now, room);
     let guarded = host.ksm_counters_live && budget < pool;
-
-    // Under the reserve: nothing grows, and the bonuses shrink by exactly
-    // the shortfall (or by what the split already takes back, if more).
-    let mut squeezed = vec![0u64; slots.len()];
-    if under_reserve {
-        for (k, s) in slots.iter().enumerate() {
-            split[k].0 = split[k].0.min(s.bonus);
-        }
-        let recalled: u64 = slots.iter().zip(&split).map(|(s, b)| s.bonus - b.0).sum();
-        let required = shortfall.min(bonus_now);
-        let mut left = required.saturating_sub(recalled);
-        // First what guests leave free, then their caches (largest first),
-        // then their applications' memory, in proportion to their bonuses.
-        for class in [0, 1] {
-            let avail: Vec<u64> = slots
-                .iter()
-                .zip(&split)
-                .map(|(s, b)| {
-                    let given = s.bonus - b.0;
-                    let free_left = s.give_free.saturating_sub(given);
-                    let cache_left = s.give().saturating_sub(given.max(s.give_free));
-                    let a = if class == 0 { free_left } else { cache_left };
-                    a.min(b.0)
-                })
-                .collect();
-            for (k, t) in take_largest_first(left, &avail).into_iter().enumerate() {
-                split[k].0 -= t;
-                left -= t;
-            }
-        }
-        if left > 0 {
-            let caps: Vec<u64> = split
-                .iter()
-                .map(|b| policy.max_squeeze_kib.map_or(b.0, |m| b.0.min(m)))
-                .collect();
-            let weights: Vec<u64> = split.iter().map(|b| b.0).collect();
-            for (k, t) in water_fill(left, &caps, &weights).into_iter().enumerate() {
-                split[k].0 -= t;
-                squeezed[k] = t;
-            }
-        }
-    }
-
+    let squeezed = if under_reserve {
+        guard(policy, &slots, &mut split, shortfall.min(bonus_now))
+    } else {
+        vec![0u64; slots.len()]
+    };
+    let mode = Mode {
+        live: host.ksm_counters_live,
+        under_reserve,
+        guarded,
+    };
     for (k, s) in slots.iter().enumerate() {
-        let vm = &vms[s.i];
-        let (bonus, ideal) = split[k];
-        let kept = bonus.saturating_sub(ideal);
-        let mut target = s.floor + bonus;
-        let cur = s.floor + s.bonus;
-        let mut reason = if squeezed[k] > 0 {
-            Reason::Squeezed
-        } else if !host.ksm_counters_live {
-            Reason::KsmStopped
-        } else if under_reserve && bonus < s.bonus {
-            Reason::HostGuard
-        } else if kept > 0 && s.blind {
-            Reason::BlindStep
-        } else if kept > 0 && s.awaiting && !under_reserve {
-            Reason::Awaiting
-        } else if kept > 0 && !under_reserve && s.give() >= s.bonus.saturating_sub(ideal) {
-            Reason::RecallStep
-        } else if kept > 0 {
-            Reason::Kept
-        } else if guarded {
-            Reason::HostGuard
-        } else if bonus == s.headroom && s.headroom > 0 {
-            Reason::Ceiling
-        } else {
-            Reason::Share
-        };
-        if let Some(g) = policy.max_grow_kib {
-            if target > vm.current_kib.saturating_add(g) {
-                target = vm.current_kib.saturating_add(g);
-                reason = Reason::StepLimit;
-            }
-        }
-        if !under_reserve {
-            if let Some(m) = policy.max_shrink_kib {
-                if target.saturating_add(m) < vm.current_kib {
-                    target = vm.current_kib - m;
-                    reason = Reason::StepLimit;
-                }
-            }
-        }
-        // Bounds win over everything above.
-        let target = target.clamp(vm.floor_kib, vm.ceiling_kib);
-        let out_of_bounds = vm.current_kib != cur;
-        let diff = target.abs_diff(vm.current_kib);
-        let band = if target == vm.floor_kib {
-            policy.deadband_kib.min(FLOOR_TOLERANCE_KIB)
-        } else {
-            policy.deadband_kib
-        };
-        // Under the reserve every shrink counts towards the shortfall: no
-        // deadband holds one back.
-        let exempt = under_reserve && target < vm.current_kib;
-        let (action, reason) = if diff == 0 {
-            let r = if kept > 0 || squeezed[k] > 0 {
-                reason
-            } else {
-                Reason::Steady
-            };
-            (Action::Hold, r)
-        } else if out_of_bounds {
-            let a = if target > vm.current_kib {
-                Action::Grow
-            } else {
-                Action::Shrink
-            };
-            (a, Reason::OutOfBounds)
-        } else if s.awaiting
-            && !under_reserve
-            && target < vm.actual_kib.min(vm.current_kib)
-            && (kept > 0 || diff > band)
-        {
-            // figures that do not answer every ask: nothing is taken from
-            // the guest this pass (a grow still on its way may go back)
-            (Action::Hold, Reason::Awaiting)
-        } else if diff <= band && !exempt {
-            (Action::Hold, Reason::Deadband)
-        } else if target > vm.current_kib {
-            (Action::Grow, reason)
-        } else {
-            (Action::Shrink, reason)
-        };
-        // An awaited recall holds where the balloon is (or a grow on its
-        // way is handed back): all of it is kept this pass.
-        let (target, kept, action) = if reason == Reason::Awaiting && action == Action::Hold {
-            let at = vm
-                .current_kib
-                .min(vm.actual_kib)
-                .clamp(vm.floor_kib, vm.ceiling_kib);
-            // a grow still on its way is handed back all the same
-            let action = if at < vm.current_kib {
-                Action::Shrink
-            } else {
-                Action::Hold
-            };
-            (at, (at - vm.floor_kib).saturating_sub(ideal), action)
-        } else {
-            (target, kept, action)
-        };
-        decisions[s.i] = Some(Decision {
-            target_kib: target,
-            action,
-            reason,
-            kept_kib: kept,
-            squeezed_kib: squeezed[k],
-            givable_kib: if under_reserve {
-                s.give()
-            } else if reason == Reason::Awaiting {
-                0
-            } else {
-                s.step
-            },
-        });
+        decisions[s.i] = Some(decide(policy, mode, s, &vms[s.i], split[k], squeezed[k]));
     }
 
     let decisions: Vec<Decision> = decisions
@@ -993,6 +815,252 @@ pub fn plan(policy: &Policy, host: &HostView, vms: &[VmView]) -> Plan {
         squeezed_kib: decisions.iter().map(|d| d.squeezed_kib).sum(),
         managed: slots.len(),
         decisions,
+    }
+}
+
+/// Who takes part: a decision (skip, and why) for every VM that does not,
+/// a slot for every one that does.
+fn admit(policy: &Policy, vms: &[VmView]) -> (Vec<Option<Decision>>, Vec<Slot>) {
+    let mut decisions: Vec<Option<Decision>> = vec![None; vms.len()];
+    let mut slots = Vec::new();
+    for (i, vm) in vms.iter().enumerate() {
+        decisions[i] = match vm.status {
+            VmStatus::NoBalloon => Some(Decision::skip(vm, Reason::NoBalloon)),
+            VmStatus::NotRunning => Some(Decision::skip(vm, Reason::NotRunning)),
+            VmStatus::OptedOut => Some(Decision::skip(vm, Reason::OptedOut)),
+            VmStatus::HeldByHand => Some(Decision::skip(vm, Reason::HeldByHand)),
+            VmStatus::Unsettled => Some(Decision::skip(vm, Reason::Unsettled)),
+            VmStatus::Managed if vm.floor_kib > vm.ceiling_kib => {
+                Some(Decision::skip(vm, Reason::BadBounds))
+            }
+            VmStatus::Managed if vm.floor_kib == vm.ceiling_kib => {
+                Some(Decision::skip(vm, Reason::NoHeadroom))
+            }
+            VmStatus::Managed => {
+                slots.push(slot(i, vm, policy));
+                None
+            }
+        };
+    }
+
+    (decisions, slots)
+}
+
+/// The budget (the pool, capped by the guard) and, per slot, (its bonus,
+/// its part of the plain split): the split with the loan rule when KSM is
+/// live, the sizes held when it is not. Under the reserve nothing grows,
+/// so nothing is taken from one VM to grow another: the split is capped at
+/// each VM's bonus now, and takes back only what the fallen savings no
+/// longer cover.
+fn split_pool(
+    host: &HostView,
+    slots: &[Slot],
+    pool: u64,
+    bonus_now: u64,
+    room: i128,
+) -> (u64, Vec<(u64, u64)>) {
+    let under_reserve = room < 0;
+    if host.ksm_counters_live {
+        let guard_cap = (i128::from(bonus_now) + room.max(0)) as u64;
+        let budget = pool.min(guard_cap);
+        // A VM of weight 0 takes no part of the pool.
+        let caps: Vec<u64> = slots
+            .iter()
+            .map(|s| match (s.weight, under_reserve) {
+                (0, _) => 0,
+                (_, true) => s.bonus,
+                (_, false) => s.headroom,
+            })
+            .collect();
+        (
+            budget,
+            split_with_loans(budget, slots, &caps, under_reserve),
+        )
+    } else {
+        (
+            bonus_now,
+            slots.iter().map(|s| (s.bonus, s.bonus)).collect(),
+        )
+    }
+}
+
+/// Under the reserve: nothing grows, and the bonuses shrink by exactly
+/// `required` (the shortfall, at most what is handed out) or by what the
+/// split already takes back, if more. First what guests leave free, then
+/// their caches (largest first), then their applications' memory, in
+/// proportion to their bonuses. Returns what is squeezed from each slot's
+/// applications.
+fn guard(policy: &Policy, slots: &[Slot], split: &mut [(u64, u64)], required: u64) -> Vec<u64> {
+    let mut squeezed = vec![0u64; slots.len()];
+    for (k, s) in slots.iter().enumerate() {
+        split[k].0 = split[k].0.min(s.bonus);
+    }
+    let recalled: u64 = slots
+        .iter()
+        .zip(split.iter())
+        .map(|(s, b)| s.bonus - b.0)
+        .sum();
+    let mut left = required.saturating_sub(recalled);
+    // First what guests leave free, then their caches (largest first),
+    // then their applications' memory, in proportion to their bonuses.
+    for class in [0, 1] {
+        let avail: Vec<u64> = slots
+            .iter()
+            .zip(split.iter())
+            .map(|(s, b)| {
+                let given = s.bonus - b.0;
+                let free_left = s.give_free.saturating_sub(given);
+                let cache_left = s.give().saturating_sub(given.max(s.give_free));
+                let a = if class == 0 { free_left } else { cache_left };
+                a.min(b.0)
+            })
+            .collect();
+        for (k, t) in take_largest_first(left, &avail).into_iter().enumerate() {
+            split[k].0 -= t;
+            left -= t;
+        }
+    }
+    if left > 0 {
+        let caps: Vec<u64> = split
+            .iter()
+            .map(|b| policy.max_squeeze_kib.map_or(b.0, |m| b.0.min(m)))
+            .collect();
+        let weights: Vec<u64> = split.iter().map(|b| b.0).collect();
+        for (k, t) in water_fill(left, &caps, &weights).into_iter().enumerate() {
+            split[k].0 -= t;
+            squeezed[k] = t;
+        }
+    }
+    squeezed
+}
+
+/// The reason a slot's target has before the step limits and the deadband.
+fn reason_for(mode: Mode, s: &Slot, bonus: u64, ideal: u64, squeezed: u64) -> Reason {
+    let kept = bonus.saturating_sub(ideal);
+    let under_reserve = mode.under_reserve;
+    if squeezed > 0 {
+        Reason::Squeezed
+    } else if !mode.live {
+        Reason::KsmStopped
+    } else if under_reserve && bonus < s.bonus {
+        Reason::HostGuard
+    } else if kept > 0 && s.blind {
+        Reason::BlindStep
+    } else if kept > 0 && s.awaiting && !under_reserve {
+        Reason::Awaiting
+    } else if kept > 0 && !under_reserve && s.give() >= s.bonus.saturating_sub(ideal) {
+        Reason::RecallStep
+    } else if kept > 0 {
+        Reason::Kept
+    } else if mode.guarded {
+        Reason::HostGuard
+    } else if bonus == s.headroom && s.headroom > 0 {
+        Reason::Ceiling
+    } else {
+        Reason::Share
+    }
+}
+
+/// One slot's decision: its target from its part of the split, the step
+/// limits, its bounds, then the deadband and the recall rule's await.
+fn decide(
+    policy: &Policy,
+    mode: Mode,
+    s: &Slot,
+    vm: &VmView,
+    (bonus, ideal): (u64, u64),
+    squeezed: u64,
+) -> Decision {
+    let under_reserve = mode.under_reserve;
+    let kept = bonus.saturating_sub(ideal);
+    let mut target = s.floor + bonus;
+    let cur = s.floor + s.bonus;
+    let mut reason = reason_for(mode, s, bonus, ideal, squeezed);
+    if let Some(g) = policy.max_grow_kib {
+        if target > vm.current_kib.saturating_add(g) {
+            target = vm.current_kib.saturating_add(g);
+            reason = Reason::StepLimit;
+        }
+    }
+    if !under_reserve {
+        if let Some(m) = policy.max_shrink_kib {
+            if target.saturating_add(m) < vm.current_kib {
+                target = vm.current_kib - m;
+                reason = Reason::StepLimit;
+            }
+        }
+    }
+    // Bounds win over everything above.
+    let target = target.clamp(vm.floor_kib, vm.ceiling_kib);
+    let out_of_bounds = vm.current_kib != cur;
+    let diff = target.abs_diff(vm.current_kib);
+    let band = if target == vm.floor_kib {
+        policy.deadband_kib.min(FLOOR_TOLERANCE_KIB)
+    } else {
+        policy.deadband_kib
+    };
+    // Under the reserve every shrink counts towards the shortfall: no
+    // deadband holds one back.
+    let exempt = under_reserve && target < vm.current_kib;
+    let (action, reason) = if diff == 0 {
+        let r = if kept > 0 || squeezed > 0 {
+            reason
+        } else {
+            Reason::Steady
+        };
+        (Action::Hold, r)
+    } else if out_of_bounds {
+        let a = if target > vm.current_kib {
+            Action::Grow
+        } else {
+            Action::Shrink
+        };
+        (a, Reason::OutOfBounds)
+    } else if s.awaiting
+        && !under_reserve
+        && target < vm.actual_kib.min(vm.current_kib)
+        && (kept > 0 || diff > band)
+    {
+        // figures that do not answer every ask: nothing is taken from
+        // the guest this pass (a grow still on its way may go back)
+        (Action::Hold, Reason::Awaiting)
+    } else if diff <= band && !exempt {
+        (Action::Hold, Reason::Deadband)
+    } else if target > vm.current_kib {
+        (Action::Grow, reason)
+    } else {
+        (Action::Shrink, reason)
+    };
+    // An awaited recall holds where the balloon is (or a grow on its
+    // way is handed back): all of it is kept this pass.
+    let (target, kept, action) = if reason == Reason::Awaiting && action == Action::Hold {
+        let at = vm
+            .current_kib
+            .min(vm.actual_kib)
+            .clamp(vm.floor_kib, vm.ceiling_kib);
+        // a grow still on its way is handed back all the same
+        let action = if at < vm.current_kib {
+            Action::Shrink
+        } else {
+            Action::Hold
+        };
+        (at, (at - vm.floor_kib).saturating_sub(ideal), action)
+    } else {
+        (target, kept, action)
+    };
+    Decision {
+        target_kib: target,
+        action,
+        reason,
+        kept_kib: kept,
+        squeezed_kib: squeezed,
+        givable_kib: if under_reserve {
+            s.give()
+        } else if reason == Reason::Awaiting {
+            0
+        } else {
+            s.step
+        },
     }
 }
 
