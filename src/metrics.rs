@@ -295,48 +295,7 @@ pub fn render(input: &MetricsInput) -> String {
     }
 
     if let Some(h) = &input.host {
-        let name = "ksm_balloon_savings_bytes";
-        let mut f = Family::new(
-            &mut out,
-            name,
-            Kind::Gauge,
-            "What KSM saved, by each metric: profit (general_profit), sharing (pages_sharing + ksm_zero_pages), shared (pages_shared).",
-        );
-        for s in &h.savings {
-            f.sample(name, &[("metric", &s.metric)], &bytes(s.kib));
-        }
-        let name = "ksm_balloon_savings_metric_info";
-        Family::new(
-            &mut out,
-            name,
-            Kind::Gauge,
-            "The metric the pool is taken from (value always 1).",
-        )
-        .sample(name, &[("metric", &h.metric_in_use)], "1");
-        for (name, help, kib) in [
-            (
-                "ksm_balloon_pool_bytes",
-                "Savings times the share: what may be handed out.",
-                h.pool_kib,
-            ),
-            (
-                "ksm_balloon_budget_bytes",
-                "What is handed out after the host guard.",
-                h.budget_kib,
-            ),
-            (
-                "ksm_balloon_reserve_bytes",
-                "Host MemAvailable kept free.",
-                h.reserve_kib,
-            ),
-            (
-                "ksm_balloon_host_memory_available_bytes",
-                "Host MemAvailable as the pass read it.",
-                h.available_kib,
-            ),
-        ] {
-            Family::new(&mut out, name, Kind::Gauge, help).sample(name, &[], &bytes(kib));
-        }
+        host_families(&mut out, h);
     }
 
     for (name, help, value) in VM_GAUGES {
@@ -346,6 +305,53 @@ pub fn render(input: &MetricsInput) -> String {
         }
     }
     out
+}
+
+/// The host's families: the savings by each metric, the metric in use, the
+/// pool, the budget, the reserve and MemAvailable.
+fn host_families(out: &mut String, h: &HostFigures) {
+    let name = "ksm_balloon_savings_bytes";
+    let mut f = Family::new(
+        out,
+        name,
+        Kind::Gauge,
+        "What KSM saved, by each metric: profit (general_profit), sharing (pages_sharing + ksm_zero_pages), shared (pages_shared).",
+    );
+    for s in &h.savings {
+        f.sample(name, &[("metric", &s.metric)], &bytes(s.kib));
+    }
+    let name = "ksm_balloon_savings_metric_info";
+    Family::new(
+        out,
+        name,
+        Kind::Gauge,
+        "The metric the pool is taken from (value always 1).",
+    )
+    .sample(name, &[("metric", &h.metric_in_use)], "1");
+    for (name, help, kib) in [
+        (
+            "ksm_balloon_pool_bytes",
+            "Savings times the share: what may be handed out.",
+            h.pool_kib,
+        ),
+        (
+            "ksm_balloon_budget_bytes",
+            "What is handed out after the host guard.",
+            h.budget_kib,
+        ),
+        (
+            "ksm_balloon_reserve_bytes",
+            "Host MemAvailable kept free.",
+            h.reserve_kib,
+        ),
+        (
+            "ksm_balloon_host_memory_available_bytes",
+            "Host MemAvailable as the pass read it.",
+            h.available_kib,
+        ),
+    ] {
+        Family::new(out, name, Kind::Gauge, help).sample(name, &[], &bytes(kib));
+    }
 }
 
 /// Why the file could not be written.

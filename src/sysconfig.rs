@@ -109,6 +109,10 @@ impl Raw {
 
 /// Every assignment systemd reads from the text, in order, before the
 /// clean-up of [`parse_bytes`]. `Err`: systemd refuses the file.
+// Longer than 100 lines on purpose: one state machine, one arm per state
+// of systemd 252's `parse_env_file_internal()` in the same order, so the
+// two can be read side by side; split, the byte-for-byte comparison that
+// keeps them in step would be lost.
 fn assignments(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
     let bytes = bytes.split(|&b| b == 0).next().unwrap_or_default();
     let mut out = Vec::new();
