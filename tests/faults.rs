@@ -175,6 +175,15 @@ fn libvirt_unreachable_fails_clearly_and_leaves_the_state() {
     );
 }
 
+/// The state files moved aside (`state.json.bad-*`) in `dir`.
+fn moved_aside(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".bad-"))
+        .collect()
+}
+
 /// A state file the tool must move aside, log, rebuild from, and never
 /// trip over again.
 fn bad_state_is_moved_aside(bad: &[u8], what: &str, first: &str) {
@@ -226,11 +235,7 @@ fn bad_state_is_moved_aside(bad: &[u8], what: &str, first: &str) {
     // and it tells the operator, naming the file and where it went
     assert!(logs[mover].contains("was unusable"), "{}", logs[mover]);
     assert!(logs[mover].contains(&format!("state file {}", fx.state_path().display())));
-    let aside: Vec<_> = fs::read_dir(fx.state_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains(".bad-"))
-        .collect();
+    let aside = moved_aside(&fx.state_dir());
     assert_eq!(aside.len(), 1, "{what}: {aside:?}");
     assert_eq!(fs::read(&aside[0]).unwrap(), bad, "{what}: kept as it was");
     assert!(
@@ -336,17 +341,11 @@ fn an_impossible_vm_record_is_dropped_and_the_others_kept_regression() {
             "{what}: {}",
             out.stderr
         );
-        let aside = fs::read_dir(fx.state_dir())
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .contains(".bad-")
-            })
-            .count();
-        assert_eq!(aside, 0, "{what}: the file was moved aside");
+        let aside = moved_aside(&fx.state_dir());
+        assert!(
+            aside.is_empty(),
+            "{what}: the file was moved aside: {aside:?}"
+        );
         let out = fx.run(&["run", "--json"]);
         assert_eq!(out.code, Some(0), "{what}: {}", out.stderr);
         assert!(report(&out.stdout)["state_problem"].is_null(), "{what}");

@@ -231,6 +231,29 @@ fn a_stop_with_unreadable_xml_still_forgets_the_vm_by_name() {
     });
 }
 
+/// The hook program, its environment cleared but for the settings file
+/// `settings` (and its log to stderr), run for g1's `prepare begin` with
+/// the real libvirt XML of the fixture on its stdin.
+fn prepare_with_settings(settings: &std::path::Path) -> std::process::Output {
+    let mut child = Command::new(HOOK_BIN)
+        .env_clear()
+        .env("KSM_BALLOON_CONFIG", settings)
+        .env("KSM_BALLOON_HOOK_LOG", "stderr")
+        .args(["g1", "prepare", "begin", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(fixture("prepare-begin.xml").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn the_hook_program_reads_its_settings_file() {
     // libvirtd gives hooks a bare environment: the settings file is how the
@@ -246,23 +269,7 @@ fn the_hook_program_reads_its_settings_file() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(HOOK_BIN)
-        .env_clear()
-        .env("KSM_BALLOON_CONFIG", &settings)
-        .env("KSM_BALLOON_HOOK_LOG", "stderr")
-        .args(["g1", "prepare", "begin", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(fixture("prepare-begin.xml").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = prepare_with_settings(&settings);
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
     let records = spool::read_all(&state).unwrap();
@@ -291,23 +298,7 @@ fn the_hook_reads_its_settings_file_as_systemd_does_regression() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(HOOK_BIN)
-        .env_clear()
-        .env("KSM_BALLOON_CONFIG", &settings)
-        .env("KSM_BALLOON_HOOK_LOG", "stderr")
-        .args(["g1", "prepare", "begin", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(fixture("prepare-begin.xml").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = prepare_with_settings(&settings);
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stderr.is_empty(), "{out:?}");
     assert_eq!(spool::read_all(&state).unwrap().len(), 1);

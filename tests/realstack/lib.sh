@@ -409,18 +409,19 @@ rs_state_names() {
 # rs_balloons_settled: every managed guest's balloon, as the pass reads it
 # (libvirt's bulk stats, which follow QEMU's balloon events, throttled to
 # one a second), is within 1 MiB of what the last pass set (or of its floor
-# before any pass).
+# before any pass: then there is no state file yet, and the floor is the one
+# status read from the hook's records).
 rs_balloons_settled() {
     local report
     report=$(KSM_BALLOON_LOG=error rs_kb status --json 2>/dev/null) || return 1
     python3 - "$RS_STATE" "$report" <<'PY'
-import json, sys
-state = json.load(open(sys.argv[1]))["vms"]
+import json, os, sys
+state = json.load(open(sys.argv[1]))["vms"] if os.path.exists(sys.argv[1]) else {}
 for vm in json.loads(sys.argv[2])["vms"]:
-    rec = state.get(vm["uuid"])
-    if rec is None or vm["action"] == "skip":
+    if vm["action"] == "skip" or not vm["managed"]:
         continue
-    want = rec["last_target_kib"] or rec["floor_kib"]
+    rec = state.get(vm["uuid"]) or {}
+    want = rec.get("last_target_kib") or vm["floor_kib"]
     if abs(vm["current_kib"] - want) > 1024:
         sys.exit(1)
 PY
