@@ -37,8 +37,8 @@ use std::rc::Rc;
 
 use clap::Parser;
 use ksm_balloon::cli::Cli;
-use ksm_balloon::hypervisor::fake::{FakeDomain, FakeHv};
-use ksm_balloon::hypervisor::{CallCount, GuestStats, HvError, Hypervisor, LiveDomain};
+use ksm_balloon::hypervisor::fake::{FakeDomain, FakeHv, Shared};
+use ksm_balloon::hypervisor::{GuestStats, Hypervisor};
 use ksm_balloon::pass::{self, Report};
 use serde_json::Value;
 
@@ -47,31 +47,6 @@ const MIB: u64 = 1024;
 const T0: u64 = 1_800_000_000;
 /// The host's MemTotal, KiB.
 const TOTAL_KIB: u64 = 24 << 20;
-
-/// The fake hypervisor, shared so the scenario can change it between passes.
-#[derive(Clone)]
-struct Shared(Rc<RefCell<FakeHv>>);
-
-impl Hypervisor for Shared {
-    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
-        self.0.borrow_mut().domains()
-    }
-    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
-        self.0.borrow_mut().inactive_xml(uuid)
-    }
-    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
-        self.0.borrow_mut().set_memory(uuid, kib)
-    }
-    fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
-        self.0.borrow_mut().set_stats_period(uuid, seconds)
-    }
-    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
-        self.0.borrow_mut().metadata(uuid)
-    }
-    fn calls(&self) -> CallCount {
-        self.0.borrow().calls()
-    }
-}
 
 fn uuid(i: usize) -> String {
     format!("{:08x}-0000-4000-8000-000000000000", i + 1)

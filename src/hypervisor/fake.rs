@@ -5,7 +5,9 @@
 //! read, a resize refused, a domain gone, the connection lost after a given
 //! number of resizes.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use super::{CallCount, GuestStats, HvError, Hypervisor, LibvirtMessage, LiveDomain, Sizes};
 
@@ -104,6 +106,33 @@ impl FakeHv {
             uri: "fake:///".into(),
             source: msg("the fake connection was closed"),
         }
+    }
+}
+
+/// One [`FakeHv`] shared between a test and the pass it runs: a pass takes
+/// its hypervisor by value, and the test keeps a clone to change the fake
+/// between passes and look at it after.
+#[derive(Clone)]
+pub struct Shared(pub Rc<RefCell<FakeHv>>);
+
+impl Hypervisor for Shared {
+    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
+        self.0.borrow_mut().domains()
+    }
+    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
+        self.0.borrow_mut().inactive_xml(uuid)
+    }
+    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
+        self.0.borrow_mut().set_memory(uuid, kib)
+    }
+    fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
+        self.0.borrow_mut().set_stats_period(uuid, seconds)
+    }
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        self.0.borrow_mut().metadata(uuid)
+    }
+    fn calls(&self) -> CallCount {
+        self.0.borrow().calls()
     }
 }
 

@@ -13,38 +13,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::*;
-use crate::hypervisor::fake::{FakeDomain, FakeHv, Fault};
+use crate::hypervisor::fake::{FakeDomain, FakeHv, Fault, Shared};
 use crate::hypervisor::{CallCount, GuestStats, HvError, LiveDomain};
 use crate::policy::{Action, Reason, Split};
 use crate::units::SizeOrPercent;
 
 const MIB: u64 = 1024;
 const T0: u64 = 1_800_000_000;
-
-/// The fake hypervisor, shared so the test can look at it after a pass.
-#[derive(Clone)]
-struct Shared(Rc<RefCell<FakeHv>>);
-
-impl Hypervisor for Shared {
-    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
-        self.0.borrow_mut().domains()
-    }
-    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
-        self.0.borrow_mut().inactive_xml(uuid)
-    }
-    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
-        self.0.borrow_mut().set_memory(uuid, kib)
-    }
-    fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
-        self.0.borrow_mut().set_stats_period(uuid, seconds)
-    }
-    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
-        self.0.borrow_mut().metadata(uuid)
-    }
-    fn calls(&self) -> CallCount {
-        self.0.borrow().calls()
-    }
-}
 
 /// A fake host: KSM counters and meminfo under a temporary root.
 struct Host {
