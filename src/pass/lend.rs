@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use log::Level;
+use serde::Serialize;
 
 use crate::attribution::Attribution;
 use crate::ksm::Savings;
@@ -13,8 +14,31 @@ use crate::state::State;
 
 use super::notes::{note, Note};
 use super::observe::Observation;
-use super::report::{AttributionReport, VmKsm};
 use super::settings::{Settings, HOLD_MAX_ENTRIES};
+
+/// A VM's own KSM figures (from its QEMU's `/proc/<pid>/ksm_stat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct VmKsm {
+    /// Its QEMU's pid.
+    pub pid: u32,
+    /// `ksm_merging_pages`: its pages KSM merged.
+    pub merging_pages: u64,
+    /// Its part of the host's savings by the metric in use, KiB.
+    pub attributed_kib: i64,
+}
+
+/// Whose savings: the VMs' part and the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct AttributionReport {
+    /// The host's savings by the metric in use, KiB.
+    pub host_kib: i64,
+    /// The VMs' parts together, KiB.
+    pub vms_kib: i64,
+    /// The rest: other processes, and pages no live process accounts for.
+    pub non_vm_kib: i64,
+    /// What the other processes' own figures add up to, KiB.
+    pub others_kib: Option<i64>,
+}
 
 /// What the pass can lend, and whose savings it is.
 #[derive(Clone, Debug)]

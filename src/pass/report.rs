@@ -29,33 +29,10 @@ use crate::policy::{self, Action, Decision, Policy, Reason};
 use crate::state::{Source, State, Stuck};
 
 use super::lend::Lending;
+pub use super::lend::{AttributionReport, VmKsm};
 use super::observe::Observation;
 use super::rows::{guest_view, Motion, Row};
 use super::settings::Settings;
-
-/// A VM's own KSM figures (from its QEMU's `/proc/<pid>/ksm_stat`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct VmKsm {
-    /// Its QEMU's pid.
-    pub pid: u32,
-    /// `ksm_merging_pages`: its pages KSM merged.
-    pub merging_pages: u64,
-    /// Its part of the host's savings by the metric in use, KiB.
-    pub attributed_kib: i64,
-}
-
-/// Whose savings: the VMs' part and the rest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct AttributionReport {
-    /// The host's savings by the metric in use, KiB.
-    pub host_kib: i64,
-    /// The VMs' parts together, KiB.
-    pub vms_kib: i64,
-    /// The rest: other processes, and pages no live process accounts for.
-    pub non_vm_kib: i64,
-    /// What the other processes' own figures add up to, KiB.
-    pub others_kib: Option<i64>,
-}
 
 /// One active domain in a report.
 #[derive(Clone, Debug, Serialize)]

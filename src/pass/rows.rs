@@ -16,9 +16,9 @@ use crate::policy::{GuestView, VmStatus, VmView};
 use crate::state::{IoTrack, State, VmRecord};
 use crate::units::Kib;
 
+use super::lend::VmKsm;
 use super::notes::{note, Note};
 use super::observe::Observation;
-use super::report::VmKsm;
 use super::settings::Settings;
 
 /// Guest statistics older than this are stale (`last-update` not moving).
