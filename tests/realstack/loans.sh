@@ -129,7 +129,9 @@ wait_stats_after() {
 }
 
 # prints_more GUEST LINE N: the guest printed N more MEMTOTAL lines after
-# console line LINE (it runs on: one every 2 s).
+# console line LINE (it runs on: one every 2 s when the machine is quiet;
+# a guest left 14 MiB free, software-emulated beside builds, took over 20 s
+# for 5 in one CI run, alive: the waits allow 60 s, and return at once).
 prints_more() {
     [ "$(tail -n +"$(($2 + 1))" "$(rs_console "$RS_PREFIX$1")" | grep -ac '^MEMTOTAL ')" -ge "$3" ]
 }
@@ -257,7 +259,7 @@ PY
         rs_json "$RS_PASS_JSON" "r['calls']['set_memory'] == 0" || ok=1
     # Ten seconds on: the guests run, their data intact.
     line=$(rs_console_lines g1)
-    kb_wait_until 20 "g1 to print 5 more lines" prints_more g1 "$line" 5 || ok=1
+    kb_wait_until 60 "g1 to print 5 more lines" prints_more g1 "$line" 5 || ok=1
     for g in g1 g2 g3; do
         rs_check "$g alive 10 s on: no panic, no OOM kill on its console, it answers" rs_alive "$g" || ok=1
     done
@@ -348,9 +350,10 @@ s2_right_after_another() {
 # and --reserve is set, right before the pass, 8 MiB above the host's
 # MemAvailable plus what the guests can give without harm: a shortfall
 # only their applications' memory can cover. Other work on this machine
-# moves MemAvailable by tens of MiB within a second, so the shortfall the
-# pass sees is that give or take; the pass is tried again (3 times at most)
-# when it found nothing to squeeze. The host wins: whether a squeezed guest
+# moves MemAvailable by tens of MiB within a second (in one CI run, with
+# builds beside it, by 85 MiB between status and the pass, three tries in
+# a row), so the shortfall the pass sees is that give or take; the pass is
+# tried again (6 times at most) when it found nothing to squeeze. The host wins: whether a squeezed guest
 # survives is reported, not checked; no later scenario uses these guests.
 s3_squeezed_under_reserve() {
     local ok=0 g t0 give avail reserve extra=$((8 * RS_MIB)) before=() try f=''
@@ -360,7 +363,7 @@ s3_squeezed_under_reserve() {
     own g2 "$OWN_MIB" || return 1
     wait_stats_after "$t0" g1 g2 || return 1
     unmerge
-    for try in 1 2 3; do
+    for try in 1 2 3 4 5 6; do
         rs_status_json "$RS_RUN/l2-before.json" || return 1
         # what the guests can give without harm, from their own figures (the
         # report's givable is one recall step above the reserve)
@@ -391,7 +394,7 @@ s3_squeezed_under_reserve() {
     # The balloons move as far as the guests let them.
     local line
     line=$(rs_console_lines g3)
-    kb_wait_until 20 "g3 to print 5 more lines" prints_more g3 "$line" 5 || ok=1
+    kb_wait_until 60 "g3 to print 5 more lines" prints_more g3 "$line" 5 || ok=1
     local moved=0 i=0 fate=''
     for g in g1 g2 g3; do
         moved=$((moved + before[i] - $(rs_actual "$g")))
@@ -540,7 +543,7 @@ s6_stats_turned_on() {
     wait_targets g6 || ok=1
     local line
     line=$(rs_console_lines g6)
-    kb_wait_until 20 "g6 to print 3 more lines" prints_more g6 "$line" 3 || ok=1
+    kb_wait_until 60 "g6 to print 3 more lines" prints_more g6 "$line" 3 || ok=1
     rs_pass_show after-withdraw
     rs_check "and then left alone" rs_json "$RS_PASS_JSON" "vm('g6')['action'] == 'hold'" || ok=1
     rs_check "g6 alive" rs_alive g6 || ok=1

@@ -142,7 +142,7 @@ PY
         rs_recall_safe "${reports[@]}" || ok=1
     local line
     line=$(rs_console_lines g1)
-    kb_wait_until 20 "g1 to print 3 more lines" bash -c "[ \$(tail -n +$((line + 1)) '$(rs_console "${RS_PREFIX}g1")' | grep -ac '^MEMTOTAL ') -ge 3 ]" || ok=1
+    kb_wait_until 60 "g1 to print 3 more lines" bash -c "[ \$(tail -n +$((line + 1)) '$(rs_console "${RS_PREFIX}g1")' | grep -ac '^MEMTOTAL ') -ge 3 ]" || ok=1
     local deaths=0
     for g in "${GUESTS[@]}"; do
         rs_check "$g alive: no OOM kill or panic on its console, it answers" rs_alive "$g" || deaths=$((deaths + 1))
