@@ -190,18 +190,15 @@ kb_log "passes with --split equal until the recall is over"
 # The equal split takes from the sharing guests what the contribution split
 # gave them above an equal third: a recall, so it goes in steps, each on
 # the guest's fresh figures (issue 23): the first pass asks for them and
-# takes nothing. Passes until one resizes nothing and leaves no guest
-# awaiting its figures (at most 5); its report is "equal".
-for i in 1 2 3 4 5; do
-    kb_pass "equal-$i" --split equal --hold-window 0 run
-    cp "$WORK/equal-$i.json" "$WORK/equal.json"
-    rs_json "$WORK/equal.json" "r['resized'] == 0 and not any(v['reason'] in ('awaiting', 'in-flight') or v['pending_kib'] for v in r['vms'] if v['managed'])" && break
-    [ "$i" -lt 5 ] || { echo "  FAIL: the equal split's recall did not end within 5 passes"; FAILS=$((FAILS + 1)); }
-    kb_wait_until 10 "the balloons to reach what pass equal-$i set" rs_balloons_settled || true
-    kb_wait_until 30 "the guests to report after pass equal-$i" \
-        rs_figures_after "$(($(rs_json "$WORK/equal.json" "r['at']") + 3))" || kb_die "no fresh figures after pass equal-$i"
-done
-echo "  equal split: $i passes until the recall was over"
+# takes nothing. rs_recall runs passes until one resizes nothing and leaves
+# no guest awaiting (at most 5); its last report is "equal".
+if rs_recall equal 5 --split equal --hold-window 0; then
+    echo "  equal split: ${#RS_RECALL_REPORTS[@]} passes until the recall was over"
+else
+    echo "  FAIL: the equal split's recall did not end within 5 passes"
+    FAILS=$((FAILS + 1))
+fi
+cp "$RS_PASS_JSON" "$WORK/equal.json" || kb_die "no report of the equal split's passes"
 reached equal
 
 kb_log "the merger stopped: waiting for KSM to drop its pages"
