@@ -1136,6 +1136,61 @@ fn a_vm_adopted_while_its_balloon_inflates_to_its_boot_size_is_not_held_by_hand_
     assert!(c1 > 160 * MIB);
 }
 
+/// The fake, with the QEMU of one VM (by UUID) stopping right after the
+/// bulk statistics call: every later call on it times out.
+struct StopsAfterStats(Shared, String);
+impl Hypervisor for StopsAfterStats {
+    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
+        let d = self.0.domains();
+        self.0 .0.borrow_mut().hung.insert(self.1.clone());
+        d
+    }
+    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
+        self.0.inactive_xml(uuid)
+    }
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        self.0.persistent(uuid)
+    }
+    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
+        self.0.set_memory(uuid, kib)
+    }
+    fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
+        self.0.set_stats_period(uuid, seconds)
+    }
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        self.0.metadata(uuid)
+    }
+    fn calls(&self) -> CallCount {
+        self.0.calls()
+    }
+}
+
+/// A statistics period that times out (the QEMU stopped after the bulk
+/// call) is not taken for the guest's refusal: it is not recorded as set,
+/// and the VM does not answer since that pass (in the state and the
+/// report); once it answers the period is asked again.
+#[test]
+fn a_statistics_period_that_times_out_is_asked_again_once_the_qemu_answers() {
+    let d = defined(dom(1, 160, 256), 160);
+    let u = d.live.uuid.clone();
+    let h = Host::new(vec![d]);
+    let hv = h.hv.clone();
+    let stopping = u.clone();
+    let mut open =
+        move || Ok(Box::new(StopsAfterStats(hv.clone(), stopping.clone())) as Box<dyn Hypervisor>);
+    let r = run(&h.paths, &h.settings, Duration::from_secs(5), &mut open, T0).unwrap();
+    assert_eq!(vm(&r, "vm1").unresponsive_since, Some(T0));
+    assert!(h.fake().stats_periods.is_empty(), "timed out, not set");
+    let rec = &h.state().vms[&u];
+    assert_eq!(rec.unresponsive_since, Some(T0));
+    assert!(!rec.stats_period_set);
+    h.fake().hung.clear();
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(vm(&r, "vm1").unresponsive_since, None);
+    assert_eq!(h.fake().stats_periods, [(u.clone(), 5)]);
+    assert!(h.state().vms[&u].stats_period_set);
+}
+
 /// Issue 18: three VMs grown on the savings, then one VM's QEMU stops
 /// answering while the savings vanish. The pass must not wait for it: the
 /// two others come down to their floors in that very pass, the stopped one
@@ -1213,37 +1268,11 @@ fn a_resize_that_times_out_counts_as_asked_and_the_others_go_on() {
     h.run(T0).unwrap();
     // vm1 stops answering after its statistics were read: only its resize
     // (and whatever comes after it for vm1) times out
-    struct StopsOnResize(Shared, String);
-    impl Hypervisor for StopsOnResize {
-        fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
-            let d = self.0.domains();
-            self.0 .0.borrow_mut().hung.insert(self.1.clone());
-            d
-        }
-        fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
-            self.0.inactive_xml(uuid)
-        }
-        fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
-            self.0.persistent(uuid)
-        }
-        fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
-            self.0.set_memory(uuid, kib)
-        }
-        fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
-            self.0.set_stats_period(uuid, seconds)
-        }
-        fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
-            self.0.metadata(uuid)
-        }
-        fn calls(&self) -> CallCount {
-            self.0.calls()
-        }
-    }
     h.ksm(2, 0);
     let hv = h.hv.clone();
     let u = u1.clone();
     let mut open =
-        move || Ok(Box::new(StopsOnResize(hv.clone(), u.clone())) as Box<dyn Hypervisor>);
+        move || Ok(Box::new(StopsAfterStats(hv.clone(), u.clone())) as Box<dyn Hypervisor>);
     let r = run(
         &h.paths,
         &h.settings,
