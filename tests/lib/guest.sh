@@ -333,17 +333,42 @@ kg_create() {
     kg_virsh create "$1" >/dev/null || kb_die "virsh create $1 failed${2:+ $2}"
 }
 
-# kg_boot DIR NAME OPTION...: boots guest NAME from kg_domain_xml NAME
-# OPTION... with its console in DIR/NAME.console (kg_console) and its XML
-# kept as DIR/NAME.xml; an old console and command socket (DIR/NAME.cmd,
-# kg_socket) of that name are removed first. Does not wait for the guest.
+# kg_define_start XML_FILE NAME [WHEN]: defines the domain XML_FILE
+# describes, named NAME, and starts it: a persistent domain, as an
+# operator's `virsh define` or virt-install leaves it, whose definition's
+# <currentMemory> tells ksm-balloon the size it boots with even when no
+# hook recorded its start. kg_destroy undefines it again. Fails the test,
+# saying WHEN, when libvirt refuses (a definition it would not start is
+# removed first).
+kg_define_start() {
+    kg_virsh define "$1" >/dev/null || kb_die "virsh define $1 failed${3:+ $3}"
+    if ! kg_virsh start "$2" >/dev/null; then
+        kg_virsh undefine "$2" >/dev/null 2>&1 || true
+        kb_die "virsh start $2 failed${3:+ $3}"
+    fi
+}
+
+# kg_boot DIR NAME [--persistent] OPTION...: boots guest NAME from
+# kg_domain_xml NAME OPTION... with its console in DIR/NAME.console
+# (kg_console) and its XML kept as DIR/NAME.xml; an old console and command
+# socket (DIR/NAME.cmd, kg_socket) of that name are removed first. A
+# transient domain (virsh create), or with --persistent a defined one
+# (kg_define_start). Does not wait for the guest.
 kg_boot() {
-    local dir=$1 name=$2
+    local dir=$1 name=$2 persistent=0
     shift 2
+    if [ "${1:-}" = --persistent ]; then
+        persistent=1
+        shift
+    fi
     mkdir -p "$dir"
     rm -f "$(kg_console "$dir" "$name")" "$(kg_socket "$dir" "$name")"
     kg_domain_xml "$name" --console "$(kg_console "$dir" "$name")" "$@" >"$dir/$name.xml"
-    kg_create "$dir/$name.xml"
+    if [ $persistent = 1 ]; then
+        kg_define_start "$dir/$name.xml" "$name"
+    else
+        kg_create "$dir/$name.xml"
+    fi
 }
 
 kg_console() { echo "$1/$2.console"; }
@@ -497,19 +522,38 @@ kg_wait_stats_after() {
     done
 }
 
-# kg_destroy NAME: destroys the domain; fails when there is none to destroy.
-kg_destroy() { kg_virsh destroy "$1" >/dev/null 2>&1; }
+# kg_undefine NAME: removes the definition of a persistent domain that is
+# not running (kg_define_start's); nothing for a transient one, which is
+# gone once destroyed, or for one still running.
+kg_undefine() {
+    [ "$(kg_virsh domstate "$1" 2>/dev/null)" = "shut off" ] || return 0
+    kg_virsh undefine "$1" >/dev/null 2>&1 || true
+}
+
+# kg_destroy NAME: destroys the domain, and removes its definition if it
+# was defined (kg_define_start); fails when there was none to destroy.
+kg_destroy() {
+    local rc=0
+    kg_virsh destroy "$1" >/dev/null 2>&1 || rc=$?
+    kg_undefine "$1"
+    return $rc
+}
 
 # kg_domains PREFIX: every running domain whose name starts with PREFIX.
 kg_domains() { kg_virsh list --name 2>/dev/null | grep -- "^$1" || true; }
 
-# kg_destroy_all PREFIX: destroys every running domain named PREFIX*; only
-# a suite's own prefix, so nothing else on the host is touched.
+# kg_destroy_all PREFIX: destroys every running domain named PREFIX*, and
+# removes the definitions of those defined and not running (a run killed
+# before its clean-up leaves them); only a suite's own prefix, so nothing
+# else on the host is touched.
 kg_destroy_all() {
     local d
     [ -n "$1" ] || kb_die "kg_destroy_all: no prefix"
     for d in $(kg_domains "$1"); do
         kg_destroy "$d" || true
+    done
+    for d in $(kg_virsh list --inactive --name 2>/dev/null | grep -- "^$1" || true); do
+        kg_undefine "$d"
     done
 }
 
