@@ -12,7 +12,7 @@ use log::{info, warn};
 
 use crate::hypervisor::Hypervisor;
 use crate::metadata;
-use crate::pass::{fold_spool, Opener, Paths};
+use crate::pass::{fold_spool, Now, Opener, Paths};
 use crate::state::{State, VmRecord};
 use crate::units::Kib;
 
@@ -41,17 +41,33 @@ fn logged(store: &crate::state::Store, loaded: crate::state::Loaded) -> crate::s
     loaded
 }
 
+/// Takes the pass lock and loads the state, with the wall clock's step
+/// since the last pass taken out of it (as a pass does: the times this
+/// command writes are on the same clock as the rest) and the spool folded.
+fn locked(
+    store: &crate::state::Store,
+    lock_timeout: std::time::Duration,
+    clocks: Now,
+) -> anyhow::Result<(crate::state::Locked<'_>, State, u64)> {
+    let now = clocks.wall;
+    let lock = store.lock(lock_timeout)?;
+    let mut state = logged(store, lock.load(now)?).into_state();
+    if let Some(delta) = crate::pass::clock::take_step(&mut state, &clocks) {
+        warn!("{}", crate::pass::clock::step_line(delta));
+    }
+    fold_spool(store, &mut state, Some(&lock), now)?;
+    Ok((lock, state, now))
+}
+
 /// `ksm-balloon release VM...`: what each VM was, one line each.
 pub fn release(
     paths: &Paths,
     lock_timeout: std::time::Duration,
     names: &[String],
-    now: u64,
+    now: impl Into<Now>,
 ) -> anyhow::Result<Vec<String>> {
     let store = paths.store();
-    let lock = store.lock(lock_timeout)?;
-    let mut state = logged(&store, lock.load(now)?).into_state();
-    fold_spool(&store, &mut state, Some(&lock), now)?;
+    let (lock, mut state, now) = locked(&store, lock_timeout, now.into())?;
     let mut out = Vec::new();
     for r in pick(&mut state, names)? {
         let Some(h) = r.manual.as_mut() else {
@@ -88,12 +104,10 @@ pub fn reload(
     lock_timeout: std::time::Duration,
     open: &mut Opener<'_>,
     names: &[String],
-    now: u64,
+    now: impl Into<Now>,
 ) -> anyhow::Result<Vec<String>> {
     let store = paths.store();
-    let lock = store.lock(lock_timeout)?;
-    let mut state = logged(&store, lock.load(now)?).into_state();
-    fold_spool(&store, &mut state, Some(&lock), now)?;
+    let (lock, mut state, now) = locked(&store, lock_timeout, now.into())?;
     let mut hv: Box<dyn Hypervisor> = open()?;
     let live = hv.domains().context("listing the domains")?;
     let mut out = Vec::new();

@@ -4,7 +4,6 @@
 
 use std::io::{self, Write};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{CommandFactory, Parser};
 use ksm_balloon::cli::{Cli, Command, Config};
@@ -32,12 +31,6 @@ fn syslog_level(l: log::Level) -> u8 {
         log::Level::Info => 6,
         log::Level::Debug | log::Level::Trace => 7,
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn open(cfg: &Config) -> impl FnMut() -> anyhow::Result<Box<dyn Hypervisor>> + '_ {
@@ -70,7 +63,7 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
                 &cfg.pass,
                 cfg.settings.lock_timeout,
                 &mut open(cfg),
-                now(),
+                pass::Now::system(),
             )?;
             if j {
                 json(&report)?;
@@ -81,7 +74,7 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
             json: j,
         }
         | Command::Plan { json: j } => {
-            let report = pass::dry_run(&cfg.paths, &cfg.pass, &mut open(cfg), now())?;
+            let report = pass::dry_run(&cfg.paths, &cfg.pass, &mut open(cfg), pass::Now::system())?;
             if j {
                 json(&report)?;
             } else {
@@ -89,7 +82,7 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
             }
         }
         Command::Status { json: j } => {
-            let report = pass::dry_run(&cfg.paths, &cfg.pass, &mut open(cfg), now())?;
+            let report = pass::dry_run(&cfg.paths, &cfg.pass, &mut open(cfg), pass::Now::system())?;
             if j {
                 json(&report)?;
             } else {
@@ -97,8 +90,12 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
             }
         }
         Command::Release { vms } => {
-            let lines =
-                ksm_balloon::admin::release(&cfg.paths, cfg.settings.lock_timeout, &vms, now())?;
+            let lines = ksm_balloon::admin::release(
+                &cfg.paths,
+                cfg.settings.lock_timeout,
+                &vms,
+                pass::Now::system(),
+            )?;
             print(&(lines.join("\n") + "\n"))?;
         }
         Command::Reload { vms } => {
@@ -107,7 +104,7 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
                 cfg.settings.lock_timeout,
                 &mut open(cfg),
                 &vms,
-                now(),
+                pass::Now::system(),
             )?;
             print(&(lines.join("\n") + "\n"))?;
         }

@@ -142,6 +142,27 @@ fn near(a: u64, b: u64) -> bool {
 }
 
 impl History {
+    /// Moves every instant it holds by `delta` seconds (the wall clock
+    /// stepped: `crate::state::State::shift_instants`).
+    pub fn shift_instants(&mut self, delta: i64) {
+        let sh = |t: &mut u64| *t = crate::state::model::shifted(*t, delta);
+        let History {
+            asked_kib: _,
+            asked_at,
+            from_kib: _,
+            reached_at,
+            last_kib: _,
+            away_since,
+            held,
+        } = self;
+        sh(asked_at);
+        reached_at.iter_mut().for_each(sh);
+        away_since.iter_mut().for_each(sh);
+        if let Some(Held { since, size_kib: _ }) = held {
+            sh(since);
+        }
+    }
+
     /// A VM just started (or recorded) at `size_kib`: libvirt asked for its
     /// `<currentMemory>`, and the balloon inflates to it from the maximum.
     pub fn started(at: u64, size_kib: u64, maximum_kib: u64) -> History {

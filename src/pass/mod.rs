@@ -18,6 +18,7 @@
 pub mod adjust;
 pub mod apply;
 pub mod asks;
+pub mod clock;
 pub mod lend;
 pub mod notes;
 pub mod observe;
@@ -27,6 +28,7 @@ pub mod report;
 pub mod rows;
 pub mod settings;
 
+pub use clock::Now;
 pub use report::{AttributionReport, Report, VmKsm, VmReport};
 pub use settings::{
     Paths, Settings, DEFAULT_GUEST_STATS_PERIOD, DEFAULT_HOLD_WINDOW_SECS, HOLD_MAX_ENTRIES,
@@ -174,10 +176,12 @@ pub fn run(
     settings: &Settings,
     lock_timeout: Duration,
     open: &mut Opener<'_>,
-    now: u64,
+    now: impl Into<Now>,
 ) -> anyhow::Result<Report> {
     let started = std::time::Instant::now();
-    let result = run_locked(paths, settings, lock_timeout, open, now);
+    let clocks = now.into();
+    let now = clocks.wall;
+    let result = run_locked(paths, settings, lock_timeout, open, &clocks);
     if let Some(file) = &paths.metrics_file {
         let input = metrics_input(paths, &result, now, started.elapsed().as_secs_f64());
         if let Err(e) = crate::metrics::write(file, &input) {
@@ -246,8 +250,9 @@ fn run_locked(
     settings: &Settings,
     lock_timeout: Duration,
     open: &mut Opener<'_>,
-    now: u64,
+    clocks: &Now,
 ) -> anyhow::Result<Report> {
+    let now = clocks.wall;
     let store = paths.store();
     let lock = store.lock(lock_timeout)?;
     let mut problem = None;
@@ -277,6 +282,11 @@ fn run_locked(
         }
         other => other.into_state(),
     };
+    // Before anything measures an interval from what the state holds.
+    let clock_step = clock::take_step(&mut state, clocks);
+    if let Some(delta) = clock_step {
+        warn!("{}", clock::step_line(delta));
+    }
     spool::remove_stale_temps(store.path(), now);
     // Saved (batch by batch) before anything else can fail, so the records
     // can go: a spool left full would keep the path unit starting passes.
@@ -285,7 +295,7 @@ fn run_locked(
     let mut hv = open()?;
     debug!("connected to libvirt");
     let contribution = settings.split.needs_contribution();
-    let obs = observe::observe(
+    let mut obs = observe::observe(
         ksm,
         mem,
         hv.as_mut(),
@@ -294,6 +304,7 @@ fn run_locked(
         &paths.procs,
         contribution,
     )?;
+    obs.clock_step_secs = clock_step;
     let mut planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     for n in &planned.notes {
         log!(n.level, "{}", n.text);
@@ -336,10 +347,14 @@ pub fn dry_run(
     paths: &Paths,
     settings: &Settings,
     open: &mut Opener<'_>,
-    now: u64,
+    now: impl Into<Now>,
 ) -> anyhow::Result<Report> {
+    let clocks = now.into();
+    let now = clocks.wall;
     let store = paths.store();
     let (mut state, problem) = store.peek()?;
+    // In memory only: the pass that saves shifts the file.
+    let clock_step = clock::take_step(&mut state, &clocks);
     if let Some(p) = &problem {
         warn!(
             "state file {} is unusable ({p}); the next pass moves it aside and rebuilds",
@@ -350,7 +365,7 @@ pub fn dry_run(
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     let contribution = settings.split.needs_contribution();
-    let obs = observe::observe(
+    let mut obs = observe::observe(
         ksm,
         mem,
         hv.as_mut(),
@@ -359,6 +374,7 @@ pub fn dry_run(
         &paths.procs,
         contribution,
     )?;
+    obs.clock_step_secs = clock_step;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     Ok(planned.report.finish(report::Outcome {
         dry_run: true,

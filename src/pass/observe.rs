@@ -39,6 +39,10 @@ pub struct Observation {
     /// How long the QEMU of each running domain no hook recorded has been
     /// running, seconds, where `/proc` tells (by UUID).
     pub qemu_age: BTreeMap<String, u64>,
+    /// How far the wall clock stepped since the last pass, seconds
+    /// (positive: forward), when it did (`super::clock`): the state's
+    /// instants are already moved by it; the guests' figures are not.
+    pub clock_step_secs: Option<i64>,
 }
 
 /// The kernel's per-process KSM figures of one pass.
@@ -137,5 +141,6 @@ pub fn observe(
         procs,
         transient,
         qemu_age,
+        clock_step_secs: None,
     })
 }

@@ -19,6 +19,8 @@
 //! | `unresponsive` | [`super::observe`] (a call on its QEMU timed out) |
 //! | `unresponsive_since` | [`super::reconcile`] (the record), then [`super::apply`] for a resize that timed out |
 //! | `last_change_at`, `error` | [`super::apply`] (what the resize did, through [`Outcome`]) |
+//!
+//! The pass's `clock_step_secs` is [`super::clock`]'s, found as the state is loaded.
 
 use std::collections::BTreeMap;
 
@@ -126,6 +128,13 @@ pub struct VmReport {
 pub struct Report {
     /// When (seconds since the epoch).
     pub at: u64,
+    /// How far the wall clock stepped since the last pass, seconds
+    /// (negative: back), when it stepped by more than
+    /// [`crate::state::CLOCK_STEP_TOLERANCE_SECS`] within this boot (the
+    /// times in the state were moved by it: [`super::clock`]); absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_step_secs: Option<i64>,
     /// Nothing was applied.
     pub dry_run: bool,
     /// The KSM counters.
@@ -219,6 +228,7 @@ pub fn build(i: &Inputs) -> Report {
     }
     Report {
         at: obs.at,
+        clock_step_secs: obs.clock_step_secs,
         dry_run: false,
         ksm: obs.ksm.clone(),
         metric: lending.savings.metric,

@@ -235,14 +235,26 @@ pub fn rows<'a>(
             Motion::InFlight(t) => t,
             Motion::Settled | Motion::Short(_) => actual,
         };
-        let last_update = d.guest.last_update.unwrap_or(0);
-        let guest = guest_view(&d.guest, now).map(|g| {
-            confirm(
+        // When the figures were taken, on this pass's clock: a report
+        // stamped before a step of the wall clock is never fresher than
+        // now, nor taken as answering an ask made after it.
+        let dated = super::clock::dated(d.guest.last_update, now, obs.clock_step_secs);
+        let last_update = dated.map_or(0, |t| t.at);
+        let stats = GuestStats {
+            last_update: dated.map(|t| t.at),
+            ..d.guest
+        };
+        let guest = guest_view(&stats, now).map(|g| {
+            let g = confirm(
                 figures_now(g, r, actual, last_update),
                 r,
                 last_update,
                 settings.guest_stats_period > 0,
-            )
+            );
+            GuestView {
+                confirmed: g.confirmed && dated.is_some_and(|t| t.sure),
+                ..g
+            }
         });
         let (io, demand) = track_io(r.io, d.block_rd_bytes, guest, now);
         r.io = io;

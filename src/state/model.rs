@@ -122,6 +122,59 @@ pub struct IoTrack {
 }
 
 impl VmRecord {
+    /// Moves every instant of the record by `delta` seconds (see
+    /// [`State::shift_instants`]).
+    pub fn shift_instants(&mut self, delta: i64) {
+        let sh = |t: &mut u64| *t = shifted(*t, delta);
+        let VmRecord {
+            name: _,
+            uuid: _,
+            floor_kib: _,
+            ceiling_kib: _,
+            balloon: _,
+            source: _,
+            recorded_at,
+            last_target_kib: _,
+            last_change_at,
+            asked_from_kib: _,
+            stuck,
+            kept_kib: _,
+            stats_period_set: _,
+            recall_stats_at,
+            settings: _,
+            defined: _,
+            autodeflate: _,
+            manual,
+            io,
+            unresponsive_since,
+        } = self;
+        sh(recorded_at);
+        last_change_at.iter_mut().for_each(sh);
+        if let Some(Stuck {
+            since,
+            at_kib: _,
+            retry_at,
+            tries: _,
+        }) = stuck
+        {
+            sh(since);
+            sh(retry_at);
+        }
+        recall_stats_at.iter_mut().for_each(sh);
+        if let Some(h) = manual {
+            h.shift_instants(delta);
+        }
+        if let Some(IoTrack {
+            at,
+            rd_bytes: _,
+            demand: _,
+        }) = io
+        {
+            sh(at);
+        }
+        unresponsive_since.iter_mut().for_each(sh);
+    }
+
     /// A new record with nothing asked yet.
     pub fn new(
         name: String,
@@ -272,6 +325,56 @@ pub struct State {
     /// The last pass, if any.
     #[serde(default)]
     pub last_pass: Option<LastPass>,
+    /// The wall clock and this boot's monotonic clock, read together by
+    /// the pass that saved the state: the next pass tells from them
+    /// whether the wall clock stepped in between ([`ClockMark::step`]).
+    /// Absent from files of older builds (and of tests that inject no
+    /// boot clock): no step is then known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockMark>,
+}
+
+/// The wall clock and `CLOCK_BOOTTIME`, read together by one pass.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockMark {
+    /// The wall clock (seconds since the epoch).
+    pub wall: u64,
+    /// The boot these readings are of (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: String,
+    /// `CLOCK_BOOTTIME`, nanoseconds: only goes forward within a boot,
+    /// suspended time included, whatever the wall clock does.
+    pub boottime_ns: u64,
+}
+
+/// A step of the wall clock smaller than this (seconds) is not one: the
+/// two clocks are read a few microseconds apart, but `wall` is whole
+/// seconds, and NTP slews small offsets anyway.
+pub const CLOCK_STEP_TOLERANCE_SECS: i64 = 2;
+
+impl ClockMark {
+    /// How far the wall clock stepped between `earlier` and `self`, in
+    /// seconds (positive: forward): the wall time elapsed less the boot
+    /// time elapsed. `None` when it did not step (within
+    /// [`CLOCK_STEP_TOLERANCE_SECS`]), or when the two readings are of
+    /// different boots: across a reboot `CLOCK_BOOTTIME` started over and
+    /// says nothing of the time the host was off, so intervals across it
+    /// are the wall clock's, as before.
+    pub fn step(&self, earlier: &ClockMark) -> Option<i64> {
+        if self.boot_id != earlier.boot_id || self.boot_id == crate::state::spool::UNKNOWN_BOOT {
+            return None;
+        }
+        let wall = i128::from(self.wall) - i128::from(earlier.wall);
+        // Rounded to whole seconds, as the wall clock is.
+        let boot_ns = i128::from(self.boottime_ns) - i128::from(earlier.boottime_ns);
+        let boot = (boot_ns + 500_000_000).div_euclid(1_000_000_000);
+        let delta = i64::try_from(wall - boot).ok()?;
+        (delta.abs() > CLOCK_STEP_TOLERANCE_SECS).then_some(delta)
+    }
+}
+
+/// `t` moved by `delta` seconds (never below 0).
+pub fn shifted(t: u64, delta: i64) -> u64 {
+    t.saturating_add_signed(delta)
 }
 
 impl Default for State {
@@ -283,6 +386,7 @@ impl Default for State {
             counters: crate::metrics::Counters::default(),
             savings_seen: Vec::new(),
             last_pass: None,
+            clock: None,
         }
     }
 }
@@ -316,6 +420,62 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 }
 
 impl State {
+    /// Moves every instant the state holds by `delta` seconds: the wall
+    /// clock stepped by `delta` since they were taken, and each is kept
+    /// at the same distance from now on the clock that did not step
+    /// (`CLOCK_BOOTTIME`), so every interval measured from them (the
+    /// back-off, the holding window, the settle and move times, the
+    /// figures' freshness against the last ask, the demand's half-life,
+    /// the starting grace, the adoption rule's wait) runs as if the wall
+    /// clock had not stepped. Every struct is taken apart field by field
+    /// with no `..`, so a field added to any of them does not compile
+    /// until it is sorted here as an instant or not.
+    pub fn shift_instants(&mut self, delta: i64) {
+        let sh = |t: &mut u64| *t = shifted(*t, delta);
+        let State {
+            version: _,
+            vms,
+            candidates,
+            counters,
+            savings_seen,
+            last_pass,
+            clock: _,
+        } = self;
+        for vm in vms.values_mut() {
+            vm.shift_instants(delta);
+        }
+        for c in candidates.values_mut() {
+            let Candidate {
+                name: _,
+                first_seen,
+                last_kib: _,
+            } = c;
+            sh(first_seen);
+        }
+        let crate::metrics::Counters {
+            resizes: _,
+            resize_failures: _,
+            last_success_at,
+        } = counters;
+        last_success_at.iter_mut().for_each(sh);
+        for (at, _kib) in savings_seen.iter_mut() {
+            sh(at);
+        }
+        if let Some(LastPass {
+            at,
+            metric: _,
+            savings_kib: _,
+            pool_kib: _,
+            budget_kib: _,
+            available_kib: _,
+            resized: _,
+            failed: _,
+        }) = last_pass
+        {
+            sh(at);
+        }
+    }
+
     /// Parses a state file's text, dropping the VM records that cannot be
     /// right (see [`State::parse_checked`]).
     pub fn parse(text: &str) -> Result<State, StateParseError> {
@@ -442,6 +602,145 @@ mod tests {
             ..LastPass::default()
         });
         assert_eq!(State::parse(&s.to_json()), Ok(s));
+    }
+
+    /// A state with every field set, instants at `t` and beyond, every
+    /// other number below [`TIME`].
+    fn every_field_set(t: u64) -> State {
+        let mut r = record("u1", 100, 200);
+        r.recorded_at = t;
+        r.last_target_kib = Some(150);
+        r.last_change_at = Some(t + 1);
+        r.asked_from_kib = Some(160);
+        r.stuck = Some(Stuck {
+            since: t + 2,
+            at_kib: 155,
+            retry_at: t + 3,
+            tries: 2,
+        });
+        r.kept_kib = 5;
+        r.stats_period_set = true;
+        r.recall_stats_at = Some(t + 4);
+        r.settings = crate::metadata::VmSettings {
+            manage: true,
+            weight: 3,
+            floor_kib: Some(110),
+            ceiling_kib: Some(190),
+        };
+        r.defined = Some((100, 200));
+        r.autodeflate = true;
+        r.manual = Some(crate::manual::History {
+            asked_kib: 150,
+            asked_at: t + 5,
+            from_kib: 160,
+            reached_at: Some(t + 6),
+            last_kib: Some(151),
+            away_since: Some(t + 7),
+            held: Some(crate::manual::Held {
+                since: t + 8,
+                size_kib: 152,
+            }),
+        });
+        r.io = Some(IoTrack {
+            at: t + 9,
+            rd_bytes: 1 << 20,
+            demand: 7,
+        });
+        r.unresponsive_since = Some(t + 10);
+        let mut s = State::default();
+        s.vms.insert("u1".into(), r);
+        s.candidates.insert(
+            "u2".into(),
+            Candidate {
+                name: "c".into(),
+                first_seen: t + 11,
+                last_kib: Some(170),
+            },
+        );
+        s.counters = crate::metrics::Counters {
+            resizes: 8,
+            resize_failures: 9,
+            last_success_at: Some(t + 12),
+        };
+        s.savings_seen = vec![(t + 13, 300), (t + 14, 310)];
+        s.last_pass = Some(LastPass {
+            at: t + 15,
+            metric: "profit".into(),
+            savings_kib: 1,
+            pool_kib: 2,
+            budget_kib: 3,
+            available_kib: 4,
+            resized: 5,
+            failed: 6,
+        });
+        // The mark is no instant of the state's but the clock it is on
+        // (replaced, not shifted): small numbers, so it must not move.
+        s.clock = Some(ClockMark {
+            wall: 42,
+            boot_id: "b".into(),
+            boottime_ns: 43,
+        });
+        s
+    }
+
+    /// Every number of a JSON document, with its path.
+    fn numbers(v: &serde_json::Value, path: String, out: &mut Vec<(String, u64)>) {
+        match v {
+            serde_json::Value::Number(n) => out.push((path, n.as_u64().unwrap_or(0))),
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    numbers(x, format!("{path}[{i}]"), out);
+                }
+            }
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    numbers(x, format!("{path}.{k}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    const TIME: u64 = 1_000_000_000;
+
+    #[test]
+    fn every_instant_in_the_state_is_shifted_and_nothing_else() {
+        // The fixture sets every field, so a field added to the state
+        // shows up in the file: as an instant (at TIME or after) it must
+        // move with the step, as anything else it must not. A field added
+        // and left at its default here fails the count of fields below.
+        let t = TIME + 1000;
+        let mut s = every_field_set(t);
+        let before: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        s.shift_instants(-3600);
+        let after: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        let (mut b, mut a) = (Vec::new(), Vec::new());
+        numbers(&before, String::new(), &mut b);
+        numbers(&after, String::new(), &mut a);
+        assert_eq!(b.len(), a.len());
+        let mut instants = 0;
+        for ((path, was), (_, is)) in b.iter().zip(&a) {
+            if *was >= TIME {
+                instants += 1;
+                assert_eq!(*is, was - 3600, "{path} is an instant: it must move");
+            } else {
+                assert_eq!(is, was, "{path} is no instant: it must stay");
+            }
+        }
+        // 16 instants (the history's two readings among them), and every
+        // field of every struct of the file present in the fixture
+        assert_eq!(instants, 16, "{b:?}");
+        assert_eq!(
+            b.len(),
+            48,
+            "a field was added: set it in every_field_set, and shift it if it is an instant: {b:?}"
+        );
+        // forward, and never below 0
+        let mut s = every_field_set(t);
+        s.shift_instants(60);
+        assert_eq!(s.vms["u1"].stuck.unwrap().retry_at, t + 63);
+        s.shift_instants(-(t as i64) - 100);
+        assert_eq!(s.vms["u1"].recorded_at, 0);
     }
 
     #[test]
