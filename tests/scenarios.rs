@@ -8,8 +8,11 @@
 //!   - `args`: settings, as on the command line (optional);
 //!   - `vms`: each VM, `name`, `floor` and `max` (MiB): recorded by the
 //!     hook at the start, running at its floor;
-//!   - `passes`: in order, each with `t` (seconds from the start) and what
-//!     changed before it: `savings` (KSM's `general_profit`, MiB),
+//!   - `passes`: in order, each with `t` (seconds from the start, by the
+//!     wall clock), optionally `boot` (seconds from the start by the boot's
+//!     monotonic clock, `CLOCK_BOOTTIME`: given, the pass reads it too,
+//!     and a `t` that moves otherwise than `boot` is a step of the wall
+//!     clock; `t` may then go back), and what changed before it: `savings` (KSM's `general_profit`, MiB),
 //!     `available` (the host's MemAvailable, MiB; MemTotal is 24 GiB),
 //!     `release` (VM names handed back with `ksm-balloon release`), and
 //!     per VM under `vms`: `guest` (its own figures, MiB: `usable`,
@@ -40,11 +43,14 @@ use ksm_balloon::cli::Cli;
 use ksm_balloon::hypervisor::fake::{FakeDomain, FakeHv, Shared};
 use ksm_balloon::hypervisor::{GuestStats, Hypervisor};
 use ksm_balloon::pass::{self, Report};
+use ksm_balloon::state::spool::Stamp;
 use serde_json::Value;
 
 const MIB: u64 = 1024;
 /// The clock at a scenario's start.
 const T0: u64 = 1_800_000_000;
+/// The boot clock at a scenario's start, seconds.
+const BOOT0: u64 = 1000;
 /// The host's MemTotal, KiB.
 const TOTAL_KIB: u64 = 24 << 20;
 
@@ -90,11 +96,19 @@ fn in_mib(kib: u64) -> String {
     }
 }
 
+/// `at` from the start, seconds (before it: negative).
+fn rel(at: u64) -> i64 {
+    at as i64 - T0 as i64
+}
+
 /// One pass of the expected file.
-fn describe(out: &mut String, n: usize, t: u64, r: &Report, writes: &[String]) {
+fn describe(out: &mut String, n: usize, t: i64, r: &Report, writes: &[String]) {
     let _ = writeln!(
         out,
-        "== pass {n} at +{t}s: savings {} lendable {} pool {} budget {} available {}{}",
+        "== pass {n} at {t:+}s{}: savings {} lendable {} pool {} budget {} available {}{}",
+        r.clock_step_secs.map_or(String::new(), |s| format!(
+            " (the wall clock stepped {s:+} s)"
+        )),
         in_mib(r.savings_kib),
         in_mib(r.lendable_kib),
         in_mib(r.pool_kib),
@@ -122,12 +136,12 @@ fn describe(out: &mut String, n: usize, t: u64, r: &Report, writes: &[String]) {
             opt(v.figures_confirmed),
             opt(v.demand),
             opt(v.stuck.map(|s| format!(
-                "since +{} tries {} retry +{}",
-                s.since - T0,
+                "since {:+} tries {} retry {:+}",
+                rel(s.since),
                 s.tries,
-                s.retry_at - T0
+                rel(s.retry_at)
             ))),
-            opt(v.held_by_hand.map(|h| format!("since +{}", h.since - T0))),
+            opt(v.held_by_hand.map(|h| format!("since {:+}", rel(h.since)))),
         );
     }
     for w in writes {
@@ -192,8 +206,15 @@ fn run_scenario(dir: &Path) -> Result<(), String> {
 
     let mut out = String::new();
     for (n, p) in spec["passes"].as_array().unwrap().iter().enumerate() {
-        let t = p["t"].as_u64().unwrap();
-        let now = T0 + t;
+        let t = p["t"].as_i64().unwrap();
+        let now = T0.saturating_add_signed(t);
+        let clocks = pass::Now {
+            wall: now,
+            boot: p.get("boot").and_then(Value::as_u64).map(|b| Stamp {
+                boot_id: "5ce7a210000040008000000000000000".into(),
+                boottime_ns: (BOOT0 + b) * 1_000_000_000,
+            }),
+        };
         if let Some(s) = p.get("savings").and_then(Value::as_u64) {
             write_ksm(&paths.ksm_dir, s);
         }
@@ -202,7 +223,7 @@ fn run_scenario(dir: &Path) -> Result<(), String> {
         }
         if let Some(rel) = p.get("release").and_then(Value::as_array) {
             let rel: Vec<String> = rel.iter().map(|v| v.as_str().unwrap().into()).collect();
-            ksm_balloon::admin::release(paths, cfg.settings.lock_timeout, &rel, now)
+            ksm_balloon::admin::release(paths, cfg.settings.lock_timeout, &rel, clocks.clone())
                 .map_err(|e| format!("{e:#}"))?;
         }
         if let Some(changes) = p.get("vms").and_then(Value::as_object) {
@@ -251,8 +272,14 @@ fn run_scenario(dir: &Path) -> Result<(), String> {
         };
         let conn = hv.clone();
         let mut open = move || Ok(Box::new(conn.clone()) as Box<dyn Hypervisor>);
-        let report = pass::run(paths, &cfg.pass, cfg.settings.lock_timeout, &mut open, now)
-            .map_err(|e| format!("pass {} at +{t}s: {e:#}", n + 1))?;
+        let report = pass::run(
+            paths,
+            &cfg.pass,
+            cfg.settings.lock_timeout,
+            &mut open,
+            clocks,
+        )
+        .map_err(|e| format!("pass {} at +{t}s: {e:#}", n + 1))?;
         let writes: Vec<String> = {
             let f = hv.0.borrow();
             let name = |u: &str| names[(0..names.len()).find(|&i| uuid(i) == u).unwrap()].clone();
@@ -334,4 +361,5 @@ scenarios! {
     loan_recalled_as_the_guest_can_pay => "loan-recalled-as-the-guest-can-pay",
     manual_setmem_held_and_released => "manual-setmem-held-and-released",
     stuck_balloon_backoff => "stuck-balloon-backoff",
+    clock_stepped_back => "clock-stepped-back",
 }

@@ -66,7 +66,7 @@ impl Rig {
         cli.settings.validate().unwrap()
     }
 
-    fn pass(&self, now: u64) -> Report {
+    fn pass(&self, now: impl Into<pass::Now>) -> Report {
         let mut open = || -> anyhow::Result<Box<dyn Hypervisor>> {
             Ok(Box::new(Libvirt::from_connect(
                 &self.uri,
@@ -253,4 +253,53 @@ fn a_transient_domain_is_adopted_with_the_size_it_settles_at() {
     assert_eq!(v.held_by_hand, None);
     // and lent to: 60 MiB of savings, one VM
     assert_eq!(rig.sizes(), [163840 + 60 * 1024]);
+}
+
+/// A pass `boot` seconds after `t0` by the boot's monotonic clock, with the
+/// wall clock stepped by `step` seconds.
+fn clocks(t0: u64, boot: u64, step: i64) -> pass::Now {
+    pass::Now {
+        wall: (t0 + boot).saturating_add_signed(step),
+        boot: Some(ksm_balloon::state::spool::Stamp {
+            boot_id: "0123456789abcdef0123456789abcdef".into(),
+            boottime_ns: (500 + boot) * 1_000_000_000,
+        }),
+    }
+}
+
+/// Issue 18: where /proc does not tell a transient domain's age, the
+/// adoption rule waits ADOPT_BOOT_SECS from when a pass first saw it, on
+/// the wall clock: stepped back an hour, the domain was not adopted (nor
+/// lent to) for an hour more; stepped forward, it was adopted at once,
+/// maybe with a size its balloon driver had not finished reaching. By the
+/// boot clock it waits its time either way.
+#[test]
+fn a_transient_domain_waits_its_time_to_adoption_whichever_way_the_wall_clock_steps() {
+    let wait = ksm_balloon::pass::reconcile::ADOPT_BOOT_SECS;
+    for step in [-3600, 3600] {
+        let rig = Rig::new(0);
+        let xml = "<domain type='test'><name>transient-1</name><memory unit='KiB'>262144</memory><currentMemory unit='KiB'>163840</currentMemory><os><type>hvm</type></os></domain>";
+        rig.conn.create_domain_xml(xml, 0).unwrap();
+        rig.profit_mib(60);
+        let t0 = 1_800_000_000;
+        let mut adopted_at = None;
+        for boot in (0..=wait + 20).step_by(10) {
+            let s = if boot >= 20 { step } else { 0 };
+            let r = rig.pass(clocks(t0, boot, s));
+            assert_eq!(
+                r.clock_step_secs,
+                (boot == 20).then_some(step),
+                "boot +{boot}"
+            );
+            if r.vms[0].adopted {
+                adopted_at.get_or_insert(boot);
+            }
+        }
+        assert_eq!(adopted_at, Some(wait), "stepped by {step}");
+        assert_eq!(rig.sizes(), [163840 + 60 * 1024], "stepped by {step}");
+        // a step within the tolerance is none
+        let r = rig.pass(clocks(t0, wait + 30, step + 2));
+        assert_eq!(r.clock_step_secs, None);
+        assert_eq!(r.calls.set_memory, 0);
+    }
 }

@@ -1781,3 +1781,239 @@ fn the_state_file_stays_the_same_size_over_a_day_of_passes_regression() {
     let most = *sizes.iter().max().unwrap();
     assert!(most <= settled + 512, "from {settled} to {most} bytes");
 }
+
+/// The boot id of the clock-step tests' host.
+const BOOT: &str = "0123456789abcdef0123456789abcdef";
+
+impl Host {
+    /// A pass `boot` seconds after T0 by the boot's monotonic clock, with
+    /// the wall clock `step` seconds off it (stepped back when negative).
+    fn run_at(&self, boot: u64, step: i64) -> anyhow::Result<Report> {
+        let hv = self.hv.clone();
+        let mut open = move || Ok(Box::new(hv.clone()) as Box<dyn Hypervisor>);
+        run(
+            &self.paths,
+            &self.settings,
+            Duration::from_secs(5),
+            &mut open,
+            Now {
+                wall: wall(boot, step),
+                boot: Some(crate::state::spool::Stamp {
+                    boot_id: BOOT.into(),
+                    boottime_ns: (1000 + boot) * 1_000_000_000,
+                }),
+            },
+        )
+    }
+}
+
+/// The wall clock at `boot` seconds after T0, stepped by `step`.
+fn wall(boot: u64, step: i64) -> u64 {
+    (T0 + boot).saturating_add_signed(step)
+}
+
+/// The pass at `boot` seconds (by the boot clock) is the first whose wall
+/// clock is stepped: by `by` seconds from then on.
+fn stepped(boot: u64, from: u64, by: i64) -> i64 {
+    if boot >= from {
+        by
+    } else {
+        0
+    }
+}
+
+#[test]
+fn a_back_off_runs_its_time_whichever_way_the_wall_clock_steps_regression() {
+    // Issue 18: the back-off is `now < retry_at` on the wall clock. Stepped
+    // back an hour, a balloon short of its target was not asked again for
+    // an hour more than its back-off; stepped forward, it was asked again
+    // at once. By the boot clock it is asked again after its 60 s, as if
+    // the wall clock had not stepped.
+    let mut runs = Vec::new();
+    for by in [0, -3600, 3600] {
+        let mut d = defined(dom(1, 160, 320), 160);
+        d.lowest_kib = Some(230 * MIB);
+        let h = Host::new(vec![d]);
+        let uuid = "00000001-0000-4000-8000-000000000000";
+        h.ksm(1, 100);
+        h.run_at(0, 0).unwrap();
+        h.ksm(1, 60);
+        let mut asked = Vec::new();
+        for b in (10..=250).step_by(10) {
+            // the clock steps during the back-off
+            let s = stepped(b, 60, by);
+            // the guest's QEMU stamps its figures with the wall clock
+            h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(200, wall(b, s) - 1);
+            let r = h.run_at(b, s).unwrap();
+            assert_eq!(
+                r.clock_step_secs,
+                (b == 60 && by != 0).then_some(by),
+                "+{b}s"
+            );
+            if r.resized > 0 {
+                asked.push(b);
+            }
+        }
+        let st = h.state().vms[uuid].stuck.unwrap();
+        // the state's times are on the stepped clock
+        runs.push((asked, st.tries, st.retry_at as i64 - T0 as i64 - by));
+    }
+    // asked at 20 (10 asked for fresh figures), found short at 40, asked
+    // again 60 s later, then 120 s after that, the next in 240 s
+    assert_eq!(runs[0], (vec![20, 100, 220], 3, 220 + 240));
+    assert_eq!(runs[1], runs[0], "stepped back");
+    assert_eq!(runs[2], runs[0], "stepped forward");
+}
+
+#[test]
+fn the_holding_window_holds_a_rise_and_a_dip_its_time_whichever_way_the_wall_clock_steps_regression(
+) {
+    // Issue 18: the holding window dropped readings from "the future" after
+    // a step back, and every reading after a step forward: a rise was lent
+    // at once, a dip forgotten at once. By the boot clock each holds the
+    // window (60 s), as if the wall clock had not stepped.
+    let mut runs = Vec::new();
+    for by in [0, -3600, 3600] {
+        let h = Host::new(vec![defined(dom(1, 160, 320), 160)]);
+        let mut lendable = Vec::new();
+        for b in (0..=150).step_by(10) {
+            // 100 MiB, a rise to 150 at 10, a dip to 50 at 80, 150 again
+            // at 90; the clock steps while the rise is held
+            let savings = match b {
+                0 => 100,
+                80 => 50,
+                _ => 150,
+            };
+            h.ksm(1, savings);
+            let r = h.run_at(b, stepped(b, 30, by)).unwrap();
+            lendable.push(r.lendable_kib / MIB);
+        }
+        runs.push(lendable);
+    }
+    assert_eq!(
+        runs[0],
+        [
+            100, 100, 100, 100, 100, 100, // the rise held for the window
+            150, 150, // lent at 60, once the reading of 0 left it
+            50,  // the dip followed at once at 80, and held its 60 s
+            50, 50, 50, 50, 50, //
+            150, 150 // lent again at 140
+        ]
+    );
+    assert_eq!(runs[1], runs[0], "stepped back");
+    assert_eq!(runs[2], runs[0], "stepped forward");
+}
+
+#[test]
+fn a_recall_after_the_wall_clock_steps_is_neither_frozen_nor_larger_than_the_figures_allow_regression(
+) {
+    // Issue 18: after a step back, figures a guest reported after the step
+    // looked older than the asks made before it: they did not answer the
+    // recall's ask for fresh figures, nor came after its last shrink had
+    // landed (the recall froze for an hour), and they looked older than
+    // the last grow, whose size was added to what the guest could give (a
+    // recall step too large). With the asks moved by the step, the recall
+    // goes on as without it; a step back costs it one pass, since the pass
+    // that finds it cannot tell which side of it its figures are from.
+    let baseline = |period: u32| -> [u64; 6] {
+        if period > 0 {
+            // 10 asks for fresh figures; then half of 80 - 16 each pass,
+            // the margin growing with the figures' age
+            [260, 228, 197, 178, 162, 160]
+        } else {
+            [228, 197, 178, 162, 160, 160]
+        }
+    };
+    for (by, period, at) in [
+        (0, 5, 20),
+        (0, 0, 10),
+        (-3600, 5, 20),
+        (-3600, 0, 10),
+        (3600, 5, 20),
+        (3600, 0, 10),
+    ] {
+        let mut h = Host::new(vec![defined(dom(1, 160, 320), 160)]);
+        h.settings.guest_stats_period = period;
+        let uuid = "00000001-0000-4000-8000-000000000000";
+        h.ksm(1, 100);
+        h.run_at(0, 0).unwrap();
+        assert_eq!(h.fake().current(uuid), Some(260 * MIB));
+        // KSM unmerges: the loan is recalled; the guest has 80 MiB
+        // available whatever its balloon does, and reports every second
+        h.ksm(2, 0);
+        let mut sizes = Vec::new();
+        for b in (10..=60).step_by(10) {
+            let s = stepped(b, at, by);
+            h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(80, wall(b, s) - 1);
+            h.run_at(b, s).unwrap();
+            sizes.push(h.fake().current(uuid).unwrap() / MIB);
+        }
+        let mut want = baseline(period).to_vec();
+        if by < 0 {
+            // the pass that finds the step back waits
+            let k = (at / 10 - 1) as usize;
+            want.insert(k, if k == 0 { 260 } else { want[k - 1] });
+            want.truncate(6);
+        }
+        assert_eq!(sizes, want, "stepped by {by} at {at}, period {period}");
+    }
+}
+
+#[test]
+fn the_demand_halves_every_minute_whichever_way_the_wall_clock_steps_regression() {
+    // Issue 18: the demand's rate and decay are taken over the wall time
+    // between passes. Stepped back, the rate was unknown and the decay
+    // stopped; stepped forward, the reads were spread over the hour and
+    // the demand decayed to nothing at once.
+    for by in [-3600, 3600] {
+        let mut h = Host::new(vec![defined(dom(1, 160, 320), 160)]);
+        h.settings.split = Split::Demand;
+        let uuid = "00000001-0000-4000-8000-000000000000";
+        let mut demand = Vec::new();
+        for (b, read_mib) in [(0, 0), (10, 100), (20, 300), (80, 300), (140, 300)] {
+            let s = stepped(b, 20, by);
+            {
+                let mut f = h.fake();
+                let d = f.domains.get_mut(uuid).unwrap();
+                d.live.guest = GuestStats {
+                    unused_kib: Some(4 * MIB),
+                    ..stats(100, wall(b, s))
+                };
+                d.live.block_rd_bytes = Some(read_mib << 20);
+            }
+            let r = h.run_at(b, s).unwrap();
+            demand.push(vm(&r, "vm1").demand);
+            h.settings.split = Split::Demand;
+        }
+        // 10 MiB/s, 20 MiB/s across the step, then halved each minute
+        assert_eq!(
+            demand,
+            [None, Some(10_000), Some(20_000), Some(10_000), Some(5_000)],
+            "stepped by {by}"
+        );
+    }
+}
+
+#[test]
+fn a_report_from_before_a_step_back_is_never_fresher_than_now_regression() {
+    // Issue 18: a guest's figures keep the stamp its QEMU gave them. After
+    // the wall clock stepped back an hour, a report from before the step
+    // was stamped in the future: its age was 0, and it counted as fresh
+    // for an hour, whatever the guest did since.
+    let h = Host::new(vec![defined(dom(1, 160, 320), 160)]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 100);
+    // the guest reports once, at 8, and never again
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(80, T0 + 8);
+    let r = h.run_at(10, 0).unwrap();
+    assert_eq!(vm(&r, "vm1").figures_age_secs, Some(2));
+    // the pass that finds the step knows how old the report is
+    let r = h.run_at(20, -3600).unwrap();
+    assert_eq!(r.clock_step_secs, Some(-3600));
+    let v = vm(&r, "vm1");
+    assert_eq!((v.guest_stats_fresh, v.figures_age_secs), (true, Some(12)));
+    // a later pass cannot tell: stale, never of age 0
+    let r = h.run_at(30, -3600).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.guest_stats_fresh, v.figures_age_secs), (false, None));
+}
