@@ -55,7 +55,7 @@ fn locked(
     if let Some(delta) = crate::pass::clock::take_step(&mut state, &clocks) {
         warn!("{}", crate::pass::clock::step_line(delta));
     }
-    fold_spool(store, &mut state, Some(&lock), now)?;
+    fold_spool(store, &mut state, Some(&lock), &clocks)?;
     Ok((lock, state, now))
 }
 

@@ -99,14 +99,16 @@ fn set_aside(store: &Store, path: &Path, why: &str, now: u64) {
 /// state is saved after every [`spool::FOLD_BATCH`] records and those
 /// records are then removed, and what cannot be folded or removed goes to
 /// the quarantine, logged; without it (`status`, `plan`) nothing on disk
-/// changes and nothing is logged. Returns how many hook records were
-/// folded.
+/// changes and nothing is logged. A record of this boot is dated by its
+/// boot clock against `clocks` (a step of the wall clock since the hook
+/// ran does not move it). Returns how many hook records were folded.
 pub fn fold_spool(
     store: &Store,
     state: &mut State,
     commit: Option<&crate::state::Locked<'_>>,
-    now: u64,
+    clocks: &Now,
 ) -> Result<usize, crate::state::StoreError> {
+    let now = clocks.wall;
     let listing = match spool::list(store.path(), &spool::boot_id()) {
         Ok(l) => l,
         Err(e) => {
@@ -129,7 +131,14 @@ pub fn fold_spool(
         let mut done = Vec::with_capacity(batch.len());
         for path in batch {
             match spool::read_record(path) {
-                Ok(r) => {
+                Ok(mut r) => {
+                    if let Some(at) = clocks
+                        .boot
+                        .as_ref()
+                        .and_then(|b| spool::dated(path, b, now))
+                    {
+                        r.at = at;
+                    }
                     for f in hook::fold(state, std::slice::from_ref(&r)) {
                         if commit.is_some() {
                             log_folded(state, &f);
@@ -290,7 +299,7 @@ fn run_locked(
     spool::remove_stale_temps(store.path(), now);
     // Saved (batch by batch) before anything else can fail, so the records
     // can go: a spool left full would keep the path unit starting passes.
-    let hook_records = fold_spool(&store, &mut state, Some(&lock), now)?;
+    let hook_records = fold_spool(&store, &mut state, Some(&lock), clocks)?;
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     debug!("connected to libvirt");
@@ -361,7 +370,7 @@ pub fn dry_run(
             store.path().display()
         );
     }
-    let hook_records = fold_spool(&store, &mut state, None, now)?;
+    let hook_records = fold_spool(&store, &mut state, None, &clocks)?;
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     let contribution = settings.split.needs_contribution();

@@ -2017,3 +2017,64 @@ fn a_report_from_before_a_step_back_is_never_fresher_than_now_regression() {
     let v = vm(&r, "vm1");
     assert_eq!((v.guest_stats_fresh, v.figures_age_secs), (false, None));
 }
+
+#[test]
+fn a_hook_record_spooled_before_a_step_is_dated_by_the_boot_clock() {
+    // A record keeps the wall clock its hook read; folded after the clock
+    // stepped back an hour, a VM's record was an hour "in the future" (its
+    // 120 s starting grace lasted an hour). Its name carries the boot
+    // clock: it is dated by that.
+    let d = dom(1, 160, 320);
+    let h = Host::new(vec![d.clone()]);
+    let s = d.live.sizes.unwrap();
+    let xml = format!(
+        "<domain><name>{}</name><uuid>{}</uuid><memory>{}</memory><currentMemory>{}</currentMemory></domain>",
+        d.live.name, d.live.uuid, s.maximum_kib, 160 * MIB
+    );
+    h.run_at(0, 0).unwrap();
+    // the hook runs at +5, before the step
+    let stamp = crate::state::spool::Stamp {
+        boot_id: BOOT.into(),
+        boottime_ns: 1005 * 1_000_000_000,
+    };
+    let record = crate::state::spool::HookRecord {
+        v: crate::state::spool::SPOOL_VERSION,
+        domain: d.live.name.clone(),
+        operation: "prepare".into(),
+        sub_op: "begin".into(),
+        at: wall(5, 0),
+        xml: Some(xml),
+        xml_problem: None,
+    };
+    crate::state::spool::drop_record_stamped(&h.paths.state, &record, &stamp).unwrap();
+    let r = h.run_at(10, -3600).unwrap();
+    assert_eq!(r.hook_records, 1);
+    assert_eq!(h.state().vms[&d.live.uuid].recorded_at, wall(5, -3600));
+    // a record of another boot keeps its own time
+    let other = crate::state::spool::Stamp {
+        boot_id: "fedcba9876543210fedcba9876543210".into(),
+        ..stamp
+    };
+    crate::state::spool::drop_record_stamped(
+        &h.paths.state,
+        &crate::state::spool::HookRecord {
+            operation: "stopped".into(),
+            sub_op: "end".into(),
+            xml: None,
+            ..record.clone()
+        },
+        &other,
+    )
+    .unwrap();
+    let path = h.paths.state.parent().unwrap().join("spool");
+    let names: Vec<_> = fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names.len(), 1);
+    let now = crate::state::spool::Stamp {
+        boot_id: BOOT.into(),
+        boottime_ns: 1020 * 1_000_000_000,
+    };
+    assert_eq!(crate::state::spool::dated(&names[0], &now, 7), None);
+}

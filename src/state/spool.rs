@@ -188,6 +188,24 @@ fn key_of(name: &str) -> Option<Key> {
     }
 }
 
+/// When the record at `path` was dropped, on the wall clock a pass read
+/// as `wall` with `now`: a record of this boot is dated by its boot clock
+/// (its name), so a step of the wall clock between the hook and the pass
+/// does not move it. `None` for a record of another boot or of an older
+/// build, or one from after `now`: its own `at` stands.
+pub fn dated(path: &Path, now: &Stamp, wall: u64) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    match key_of(name)? {
+        Key::Boot(boot, ns, _)
+            if boot == now.boot_id && boot != UNKNOWN_BOOT && ns <= now.boottime_ns =>
+        {
+            let ago = (now.boottime_ns - ns + 500_000_000) / 1_000_000_000;
+            Some(wall.saturating_sub(ago))
+        }
+        _ => None,
+    }
+}
+
 /// True for a name the hook gives a record (this build's or an older
 /// one's).
 pub fn is_record_name(name: &str) -> bool {
