@@ -1983,7 +1983,6 @@ fn the_demand_halves_every_minute_whichever_way_the_wall_clock_steps_regression(
             }
             let r = h.run_at(b, s).unwrap();
             demand.push(vm(&r, "vm1").demand);
-            h.settings.split = Split::Demand;
         }
         // 10 MiB/s, 20 MiB/s across the step, then halved each minute
         assert_eq!(
