@@ -51,18 +51,11 @@ impl Host {
 
     /// KSM `run` and savings (general_profit), MiB.
     fn ksm(&self, run: u64, savings_mib: u64) {
-        let k = &self.paths.ksm_dir;
-        for (f, v) in [
-            ("run", run.to_string()),
-            ("pages_shared", "0".into()),
-            ("pages_sharing", "0".into()),
-            ("pages_unshared", "0".into()),
-            ("pages_volatile", "0".into()),
-            ("full_scans", "1".into()),
-            ("general_profit", (savings_mib * MIB * 1024).to_string()),
-        ] {
-            fs::write(k.join(f), format!("{v}\n")).unwrap();
-        }
+        let k = crate::ksm::KsmCounters {
+            run,
+            ..crate::testing::ksm_saving(savings_mib * MIB)
+        };
+        crate::testing::write_ksm(&self.paths.ksm_dir, &k).unwrap();
     }
 
     fn meminfo(&self, total_kib: u64, available_kib: u64) {
@@ -777,18 +770,14 @@ impl Host {
     /// KSM counters as three processes merging 16000, 16000 and 8000 pages
     /// (plus `other` pages of a host process) would leave them.
     fn ksm_counters(&self, shared: u64, sharing: u64, profit: i64) {
-        let k = &self.paths.ksm_dir;
-        for (f, v) in [
-            ("run", "1".to_string()),
-            ("pages_shared", shared.to_string()),
-            ("pages_sharing", sharing.to_string()),
-            ("pages_unshared", "0".into()),
-            ("pages_volatile", "0".into()),
-            ("full_scans", "3".into()),
-            ("general_profit", profit.to_string()),
-        ] {
-            fs::write(k.join(f), format!("{v}\n")).unwrap();
-        }
+        let k = crate::ksm::KsmCounters {
+            pages_shared: shared,
+            pages_sharing: sharing,
+            full_scans: 3,
+            general_profit: Some(profit),
+            ..crate::testing::ksm_saving(0)
+        };
+        crate::testing::write_ksm(&self.paths.ksm_dir, &k).unwrap();
     }
 }
 
