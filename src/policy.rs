@@ -73,15 +73,27 @@ impl Split {
         ("contribution-demand", Split::ContributionDemand),
     ];
 
-    /// The split needs each VM's part of the savings (per-process figures).
-    pub fn needs_contribution(self) -> bool {
-        matches!(self, Split::Contribution | Split::ContributionDemand)
+    /// What the pass must observe and track for this split, beyond what
+    /// every split uses: the one place that says it, so a new split is
+    /// one variant here and the pass reads nothing it does not use.
+    pub fn inputs(self) -> SplitInputs {
+        SplitInputs {
+            contribution: matches!(self, Split::Contribution | Split::ContributionDemand),
+            demand: matches!(self, Split::Demand | Split::ContributionDemand),
+        }
     }
+}
 
-    /// The split needs each VM's I/O demand.
-    pub fn needs_demand(self) -> bool {
-        matches!(self, Split::Demand | Split::ContributionDemand)
-    }
+/// What a split needs the pass to observe ([`Split::inputs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitInputs {
+    /// Each VM's part of the savings, from the kernel's per-process KSM
+    /// figures (`/proc`): read only for a split that weighs by it.
+    pub contribution: bool,
+    /// Each VM's I/O demand, tracked from pass to pass in its record
+    /// ([`VmView::demand`]): tracked, reported and kept only for a split
+    /// that weighs by it.
+    pub demand: bool,
 }
 
 /// An idle VM's demand weight, and the unit of [`VmView::demand`]: one
