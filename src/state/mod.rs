@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use model::{
-    Candidate, IoTrack, LastPass, Source, State, StateParseError, Stuck, VmRecord, MAX_STATE_BYTES,
-    STATE_VERSION,
+    Candidate, IoTrack, LastPass, ShapeError, Source, State, StateParseError, Stuck, VmRecord,
+    MAX_STATE_BYTES, STATE_VERSION,
 };
 pub use store::{Loaded, Locked, Store};
 
