@@ -148,18 +148,26 @@ pub struct Policy {
     pub blind_step_kib: Option<u64>,
 }
 
+impl Policy {
+    /// The defaults, defined once: the command line's defaults are these
+    /// (`cli::Settings`, clap's `default_value_t`), as is
+    /// [`Policy::default`]. The reserve here is 0; the pass resolves
+    /// `--reserve` into it every pass (`pass::Settings::policy`).
+    pub const DEFAULT: Policy = Policy {
+        share: 1.0,
+        split: Split::Equal,
+        reserve_kib: 0,
+        deadband_kib: DEFAULT_DEADBAND_KIB,
+        max_grow_kib: None,
+        max_shrink_kib: None,
+        max_squeeze_kib: None,
+        blind_step_kib: Some(DEFAULT_BLIND_STEP_KIB),
+    };
+}
+
 impl Default for Policy {
     fn default() -> Self {
-        Policy {
-            share: 1.0,
-            split: Split::Equal,
-            reserve_kib: 0,
-            deadband_kib: DEFAULT_DEADBAND_KIB,
-            max_grow_kib: None,
-            max_shrink_kib: None,
-            max_squeeze_kib: None,
-            blind_step_kib: Some(DEFAULT_BLIND_STEP_KIB),
-        }
+        Policy::DEFAULT
     }
 }
 

@@ -284,7 +284,12 @@ fn run_locked(
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     debug!("connected to libvirt");
-    let procs = settings.split.inputs().contribution.then_some(&paths.procs);
+    let procs = settings
+        .policy
+        .split
+        .inputs()
+        .contribution
+        .then_some(&paths.procs);
     let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
     let mut planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     for n in &planned.notes {
@@ -340,7 +345,12 @@ pub fn dry_run(
     let hook_records = fold_spool(&store, &mut state, None, now)?;
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
-    let procs = settings.split.inputs().contribution.then_some(&paths.procs);
+    let procs = settings
+        .policy
+        .split
+        .inputs()
+        .contribution
+        .then_some(&paths.procs);
     let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     Ok(planned.report.finish(report::Outcome {

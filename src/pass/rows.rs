@@ -242,7 +242,7 @@ pub fn rows<'a>(
             )
         });
         // Tracked only for a split that weighs by it.
-        let (io, demand) = if settings.split.inputs().demand {
+        let (io, demand) = if settings.policy.split.inputs().demand {
             track_io(r.io, d.block_rd_bytes, guest, now)
         } else {
             (None, None)

@@ -785,7 +785,7 @@ impl Host {
 fn contribution_lends_each_vm_what_its_pages_saved_and_not_the_hosts() {
     let doms: Vec<_> = (1..=3).map(|n| defined(dom(n, 160, 320), 160)).collect();
     let mut h = Host::new(doms.clone());
-    h.settings.split = Split::Contribution;
+    h.settings.policy.split = Split::Contribution;
     h.settings.hold_window_secs = 0;
     // 40000 merging pages in VMs + 2000 in a host process; each KSM page
     // mapped twice: shared 21000, sharing 21000 (r = 1/2)
@@ -826,7 +826,7 @@ fn contribution_lends_each_vm_what_its_pages_saved_and_not_the_hosts() {
     assert!(r.attribution.is_none());
     // a kernel without per-process figures: equal, with the reason said
     let mut h3 = Host::new(doms);
-    h3.settings.split = Split::Contribution;
+    h3.settings.policy.split = Split::Contribution;
     h3.ksm_counters(21_000, 21_000, 21_000 * page);
     let r = h3.run(T0).unwrap();
     assert!(r.attribution.is_none());
@@ -838,7 +838,7 @@ fn contribution_lends_each_vm_what_its_pages_saved_and_not_the_hosts() {
 fn demand_lends_the_pool_to_the_vm_that_reads_with_its_memory_full() {
     let doms: Vec<_> = (1..=3).map(|n| defined(dom(n, 160, 320), 160)).collect();
     let mut h = Host::new(doms);
-    h.settings.split = Split::Demand;
+    h.settings.policy.split = Split::Demand;
     h.settings.hold_window_secs = 0;
     h.ksm(1, 90);
     let set = |h: &Host, t: u64, busy_read: u64| {
