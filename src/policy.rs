@@ -416,6 +416,8 @@ pub enum Reason {
     Unreadable,
     /// Not recorded by a hook: adopted once its balloon has settled.
     Adopting,
+    /// Its QEMU did not answer libvirt in time: left alone this pass.
+    Unresponsive,
 }
 
 impl fmt::Display for Reason {
@@ -449,6 +451,7 @@ impl fmt::Display for Reason {
             Reason::BadBounds => "floor above ceiling",
             Reason::Unreadable => "its balloon could not be read this pass",
             Reason::Adopting => "no hook recorded it: adopted once its balloon settles",
+            Reason::Unresponsive => "its QEMU does not answer: left alone until it does",
         })
     }
 }

@@ -485,6 +485,60 @@ pub fn read_vm(paths: &ProcPaths, name: &str, uuid: Option<&str>) -> Result<VmPr
     }
 }
 
+/// Parses `/proc/uptime`: seconds since boot (its first field).
+pub fn parse_uptime(text: &str) -> Option<f64> {
+    text.split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .filter(|u: &f64| u.is_finite() && *u >= 0.0)
+}
+
+/// How long domain `name`'s QEMU has been running, whole seconds: its
+/// start time in `/proc/<pid>/stat` (clock ticks after boot) against
+/// `/proc/uptime`. The pid is trusted as by [`read_vm`] (live, QEMU, this
+/// domain); a process started less than a second ago is 0 s old.
+pub fn qemu_age_secs(paths: &ProcPaths, name: &str, uuid: Option<&str>) -> Result<u64, Fallback> {
+    let pid_path = paths.qemu_run_dir.join(format!("{name}.pid"));
+    let text = match read_bytes(&pid_path)? {
+        Some(b) => String::from_utf8_lossy(&b).into_owned(),
+        None => return Err(Fallback::NoPidFile { path: pid_path }),
+    };
+    let pid = parse_pid_file(&text).ok_or_else(|| Fallback::BadPidFile {
+        path: pid_path.clone(),
+        text: text.chars().take(40).collect(),
+    })?;
+    let dir = paths.proc_dir.join(pid.to_string());
+    let gone = || Fallback::PidGone {
+        pid,
+        path: pid_path.clone(),
+    };
+    let stat = read_stat_file(&dir.join("stat"), pid)?.ok_or_else(gone)?;
+    let args = parse_cmdline(&read_bytes(&dir.join("cmdline"))?.ok_or_else(gone)?);
+    check_qemu(&pid_path, pid, &stat, &args, name, uuid)?;
+    let uptime_path = paths.proc_dir.join("uptime");
+    let uptime = read_bytes(&uptime_path)?
+        .and_then(|b| parse_uptime(&String::from_utf8_lossy(&b)))
+        .ok_or_else(|| Fallback::Malformed {
+            path: uptime_path,
+            what: "not seconds since boot".into(),
+        })?;
+    Ok(age_secs(uptime, stat.start_time, clock_ticks()))
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s times (`USER_HZ`).
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+/// A process's age from the uptime and its start time in `ticks`. Pure.
+pub fn age_secs(uptime_secs: f64, start_ticks: u64, ticks: u64) -> u64 {
+    let started = start_ticks as f64 / ticks.max(1) as f64;
+    (uptime_secs - started).max(0.0) as u64
+}
+
 /// Every process's figures, for what processes other than the VMs saved.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AllProcesses {
@@ -549,6 +603,17 @@ pub fn read_all(proc_dir: &Path) -> Result<AllProcesses, Fallback> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_qemus_age_from_its_start_time_and_the_uptime() {
+        assert_eq!(parse_uptime("12345.67 40000.00\n"), Some(12345.67));
+        assert_eq!(parse_uptime("x"), None);
+        assert_eq!(parse_uptime("-1 0"), None);
+        // started 1000.00 s after boot (100 ticks a second), now 1012.5 s
+        assert_eq!(age_secs(1012.5, 100_000, 100), 12);
+        // a clock that reads a start after now: 0, never negative
+        assert_eq!(age_secs(999.0, 100_000, 100), 0);
+    }
 
     // Copied from this machine (Linux 6.18) while a madvise'd process ran.
     const KSM_STAT_6_18: &str = "ksm_rmap_items 4096\nksm_zero_pages 0\nksm_merging_pages 4096\nksm_process_profit 16515072\nksm_merge_any: no\nksm_mergeable: yes\n";

@@ -207,6 +207,12 @@ fn note(r: &Report, v: &VmReport) -> String {
             k.merging_pages
         ));
     }
+    if let Some(why) = &v.unresponsive {
+        parts.push(match v.unresponsive_since {
+            Some(t) => format!("not answering since {}: {why}", utc(t)),
+            None => format!("not answering: {why}"),
+        });
+    }
     if let Some(p) = &v.ksm_problem {
         parts.push(format!("own KSM figures unknown: {p}"));
     }

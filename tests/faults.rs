@@ -56,6 +56,9 @@ impl Hypervisor for DestroyBeforeResize {
     fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
         self.inner.inactive_xml(uuid)
     }
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        self.inner.persistent(uuid)
+    }
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
         if !self.done {
             self.done = true;

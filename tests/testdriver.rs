@@ -170,3 +170,87 @@ fn unmerge_everything_returns_every_vm_to_its_floor() {
     assert_eq!(r.resized, 3);
     assert_eq!(rig.sizes(), [163840; 3]);
 }
+
+impl Rig {
+    fn pass_with(&self, now: u64, bounds: ksm_balloon::hypervisor::deadline::Bounds) -> Report {
+        let mut open = || -> anyhow::Result<Box<dyn Hypervisor>> {
+            Ok(Box::new(
+                Libvirt::from_connect(&self.uri, self.conn.clone()).with_bounds(bounds),
+            ))
+        };
+        let cfg = self.config();
+        pass::run(
+            &cfg.paths,
+            &cfg.pass,
+            cfg.settings.lock_timeout,
+            &mut open,
+            now,
+        )
+        .unwrap()
+    }
+}
+
+/// Issue 18: when no bulk statistics call comes back within the pass's
+/// libvirt budget, the domains are still listed (their states, and their
+/// sizes from virDomainGetInfo, neither of which reaches a monitor), every
+/// running one is left alone that pass as not answering, and no record is
+/// lost; the next pass within its budget manages them as before.
+#[test]
+fn a_pass_whose_budget_is_spent_lists_the_domains_and_leaves_them_alone() {
+    use ksm_balloon::hypervisor::deadline::Bounds;
+    use ksm_balloon::policy::Reason;
+    let rig = Rig::new(3);
+    rig.profit_mib(90);
+    rig.pass(1_800_000_000);
+    assert_eq!(rig.sizes(), [194560; 3]);
+    rig.profit_mib(0);
+    let spent = Bounds {
+        budget: std::time::Duration::ZERO,
+        ..Bounds::default()
+    };
+    let r = rig.pass_with(1_800_000_010, spent);
+    assert_eq!(r.vms.len(), 3);
+    for v in &r.vms {
+        assert!(v.managed, "{v:?}");
+        assert_eq!(v.reason, Reason::Unresponsive, "{v:?}");
+        assert_eq!(v.unresponsive_since, Some(1_800_000_010));
+        assert_eq!(v.current_kib, 194560, "sizes from virDomainGetInfo");
+    }
+    assert_eq!((r.resized, r.calls.set_memory), (0, 0));
+    assert_eq!(rig.sizes(), [194560; 3]);
+    // within its budget again: every VM back to its floor
+    let r = rig.pass(1_800_000_020);
+    assert!(r.vms.iter().all(|v| v.unresponsive.is_none()));
+    assert_eq!(rig.sizes(), [163840; 3]);
+}
+
+/// Issue 18: a transient domain (libvirt's test driver, created with
+/// virDomainCreateXML: no persistent definition) caught while its balloon
+/// is on its way from its maximum to its boot size is not adopted with the
+/// size of the moment: only once it stayed put between two passes and was
+/// seen ADOPT_BOOT_SECS (the test driver has no QEMU in /proc).
+#[test]
+fn a_transient_domain_is_adopted_with_the_size_it_settles_at() {
+    let rig = Rig::new(0);
+    let xml = "<domain type='test'><name>transient-1</name><memory unit='KiB'>262144</memory><currentMemory unit='KiB'>261120</currentMemory><os><type>hvm</type></os></domain>";
+    let dom = rig.conn.create_domain_xml(xml, 0).unwrap();
+    assert!(!dom.is_persistent().unwrap());
+    rig.profit_mib(60);
+    let t0 = 1_800_000_000;
+    let r = rig.pass(t0);
+    assert!(!r.vms[0].managed, "255 MiB of 256: not its floor");
+    // its balloon driver reaches the boot size
+    dom.set_memory_flags(163840, virt::sys::VIR_DOMAIN_AFFECT_LIVE)
+        .unwrap();
+    for t in [10, 20, 50] {
+        let r = rig.pass(t0 + t);
+        assert!(!r.vms[0].managed, "t={t}");
+    }
+    let r = rig.pass(t0 + ksm_balloon::pass::reconcile::ADOPT_BOOT_SECS);
+    let v = &r.vms[0];
+    assert!(v.adopted);
+    assert_eq!((v.floor_kib, v.ceiling_kib), (163840, 262144));
+    assert_eq!(v.held_by_hand, None);
+    // and lent to: 60 MiB of savings, one VM
+    assert_eq!(rig.sizes(), [163840 + 60 * 1024]);
+}

@@ -3,7 +3,8 @@
 //! stop short, as a guest that cannot give memory does), and the faults a
 //! real daemon does not produce on demand: a domain whose figures cannot be
 //! read, a resize refused, a domain gone, the connection lost after a given
-//! number of resizes.
+//! number of resizes, a domain whose QEMU does not answer (what the real
+//! edge reports once its calls' deadlines pass).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,6 +41,7 @@ impl FakeDomain {
                 }),
                 guest: GuestStats::default(),
                 block_rd_bytes: None,
+                unresponsive: None,
             },
             xml: None,
             lowest_kib: None,
@@ -64,6 +66,9 @@ pub struct FakeHv {
     pub domains: BTreeMap<String, FakeDomain>,
     /// Domains whose sizes cannot be read this pass.
     pub unreadable: BTreeSet<String>,
+    /// Domains whose QEMU does not answer: listed as unresponsive, their
+    /// resizes and statistics periods time out (and change nothing).
+    pub hung: BTreeSet<String>,
     /// Per-domain faults on resize.
     pub faults: BTreeMap<String, Fault>,
     /// The connection is lost after this many resizes succeeded.
@@ -101,6 +106,17 @@ impl FakeHv {
             .map(|s| s.current_kib)
     }
 
+    fn timeout(&self, uuid: &str, call: &'static str) -> HvError {
+        HvError::Unresponsive {
+            name: self
+                .domains
+                .get(uuid)
+                .map_or(uuid.to_string(), |d| d.live.name.clone()),
+            call,
+            secs: 5,
+        }
+    }
+
     fn lost(&self) -> HvError {
         HvError::Lost {
             uri: "fake:///".into(),
@@ -121,6 +137,9 @@ impl Hypervisor for Shared {
     }
     fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
         self.0.borrow_mut().inactive_xml(uuid)
+    }
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        self.0.borrow_mut().persistent(uuid)
     }
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
         self.0.borrow_mut().set_memory(uuid, kib)
@@ -147,6 +166,11 @@ impl Hypervisor for FakeHv {
                 if self.unreadable.contains(&l.uuid) {
                     l.sizes = None;
                 }
+                if self.hung.contains(&l.uuid) && l.running {
+                    l.guest = GuestStats::default();
+                    l.block_rd_bytes = None;
+                    l.unresponsive = Some("its QEMU did not answer within 5 s".into());
+                }
                 l
             })
             .collect())
@@ -172,11 +196,22 @@ impl Hypervisor for FakeHv {
         }))
     }
 
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        let d = self.domains.get(uuid).ok_or_else(|| HvError::Gone {
+            name: uuid.to_string(),
+            source: msg("no such domain"),
+        })?;
+        Ok(d.xml.is_some())
+    }
+
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
         if self.lost_after == Some(self.calls.set_memory) {
             return Err(self.lost());
         }
         self.calls.set_memory += 1;
+        if self.hung.contains(uuid) {
+            return Err(self.timeout(uuid, "virDomainSetMemoryFlags"));
+        }
         self.resizes.push((uuid.to_string(), kib));
         let d = self.domains.get_mut(uuid).ok_or_else(|| HvError::Gone {
             name: uuid.to_string(),
@@ -205,6 +240,9 @@ impl Hypervisor for FakeHv {
 
     fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
         self.calls.stats_period += 1;
+        if self.hung.contains(uuid) {
+            return Err(self.timeout(uuid, "virDomainSetMemoryStatsPeriod"));
+        }
         self.stats_periods.push((uuid.to_string(), seconds));
         Ok(())
     }

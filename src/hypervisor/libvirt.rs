@@ -4,6 +4,24 @@
 //! such as one being started); one `virDomainSetMemoryFlags(...,
 //! VIR_DOMAIN_AFFECT_LIVE)` per VM whose target moved.
 //!
+//! Every call that can reach a guest's QEMU monitor is bounded in time
+//! ([`super::deadline`]): `NOWAIT` skips only a domain libvirt already
+//! holds a job on, and a domain with no job still gets its monitor asked
+//! for its balloon and disk figures, which a stopped QEMU never answers.
+//! When the bulk call does not come back within its bound, it is
+//! abandoned with its connection (calls queued behind an abandoned one on
+//! the same connection were seen to hang too), and the pass asks again on
+//! a fresh connection: the abandoned call holds the job of the domain it
+//! waits for, so `NOWAIT` now reports that domain busy and goes past it.
+//! Each try pins one more QEMU that does not answer; when the pass's
+//! budget is spent first, the domains are listed without their monitors
+//! (the state group, and `virDomainGetInfo`, which answers from what
+//! libvirt keeps of QEMU's balloon events) and every running one is left
+//! alone. A running domain a bulk call reports without the figures that
+//! need its job (libvirt is busy with it: an earlier call, maybe an
+//! earlier pass's, still waits for its QEMU) is unresponsive: a resize
+//! would wait for that job as well.
+//!
 //! The bulk call is made through `virt::sys` (the crate's wrapper leaves
 //! the records' typed parameters unread and leaks the records): the list is
 //! held by `StatsList`, whose Drop frees it; each record's domain gets a
@@ -17,6 +35,9 @@ use virt::domain::Domain;
 use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
 
+use std::time::{Duration, Instant};
+
+use super::deadline::{self, Bounds};
 use super::typed;
 use super::{CallCount, GuestStats, HvError, Hypervisor, LibvirtMessage, LiveDomain, Sizes};
 
@@ -104,7 +125,56 @@ pub fn read_record(name: String, uuid: String, f: &HashMap<String, u64>) -> Live
             minor_fault: get("balloon.minor_fault"),
         },
         block_rd_bytes,
+        unresponsive: None,
     }
+}
+
+/// A bulk record of the qemu driver (it has the balloon group) without the
+/// figures libvirt reads only while it holds the domain's job
+/// (`balloon.rss`, which it adds to every active domain's balloon group
+/// once it has the job, balloon device or not): `NOWAIT` found the domain
+/// busy. Pure.
+pub fn busy(f: &HashMap<String, u64>) -> bool {
+    f.contains_key("balloon.maximum") && !f.contains_key("balloon.rss")
+}
+
+/// The monitor-dependent groups: balloon (the guest's figures) and block.
+const MONITOR_GROUPS: u32 = sys::VIR_DOMAIN_STATS_BALLOON | sys::VIR_DOMAIN_STATS_BLOCK;
+
+/// One bulk call on `conn` (any thread). Its records, each with a
+/// reference of its own to its domain.
+fn bulk_call(conn: &Connect, stats: u32, flags: u32) -> Result<Vec<StatsRecord>, VirtError> {
+    let mut ptr: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    // SAFETY: a valid connection; libvirt allocates the record list and
+    // stores it in `ptr`, which StatsList then owns.
+    let n = unsafe { sys::virConnectGetAllDomainStats(conn.as_ptr(), stats, &mut ptr, flags) };
+    if n < 0 {
+        return Err(VirtError::last_error());
+    }
+    take_records(ptr, n)
+}
+
+fn take_records(
+    ptr: *mut sys::virDomainStatsRecordPtr,
+    n: std::os::raw::c_int,
+) -> Result<Vec<StatsRecord>, VirtError> {
+    let list = StatsList {
+        ptr,
+        len: usize::try_from(n).unwrap_or(0),
+    };
+    let mut out = Vec::with_capacity(list.len);
+    for rec in list.records() {
+        // SAFETY: `rec.dom` is a valid domain the list holds a
+        // reference to; taking our own lets the handle outlive the list.
+        if unsafe { sys::virDomainRef(rec.dom) } < 0 {
+            return Err(VirtError::last_error());
+        }
+        // SAFETY: we own the reference just taken; Domain frees it.
+        let dom = unsafe { Domain::from_ptr(rec.dom) };
+        out.push((dom, typed::numbers(params(rec))));
+    }
+    drop(list);
+    Ok(out)
 }
 
 /// One domain's bulk statistics: its handle and its numeric fields.
@@ -113,37 +183,112 @@ type StatsRecord = (Domain, HashMap<String, u64>);
 /// The real thing: a libvirt connection.
 pub struct Libvirt {
     // Declared before `conn`: the domain handles are dropped first.
-    handles: HashMap<String, (String, Domain)>,
+    /// Each listed domain: its name, its handle, and the connection
+    /// generation the handle belongs to.
+    handles: HashMap<String, (String, Domain, u32)>,
     uri: String,
     conn: Connect,
+    /// Which connection `conn` is: 0 the first, one more each time a fresh
+    /// one replaced a connection a call was abandoned on.
+    generation: u32,
+    /// A call on `conn` was abandoned (it did not come back in time): the
+    /// next call opens a fresh connection rather than queue behind it.
+    tainted: bool,
+    /// The connections calls were abandoned on: never used again, never
+    /// closed (a worker may still be blocked in a call on one).
+    abandoned: Vec<Connect>,
     calls: CallCount,
+    bounds: Bounds,
+    /// The end of the pass's libvirt budget: no call runs past it.
+    budget_end: Instant,
 }
 
+/// What a worker thread gives back: the call's result, libvirt's error
+/// read on the thread that made the call (libvirt keeps it per thread).
+type Answer<T> = Result<T, VirtError>;
+
 impl Libvirt {
-    /// Opens a connection to `uri`.
+    /// Opens a connection to `uri`, within the default bounds.
     pub fn open(uri: &str) -> Result<Libvirt, HvError> {
-        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connect {
-            uri: uri.to_string(),
-            source: message(&e),
-        })?;
-        Ok(Libvirt::from_connect(uri, conn))
+        Libvirt::open_bounded(uri, Bounds::default())
+    }
+
+    /// Opens a connection to `uri`; every call made through it is bounded
+    /// by `bounds`, the budget counted from now.
+    pub fn open_bounded(uri: &str, bounds: Bounds) -> Result<Libvirt, HvError> {
+        let started = Instant::now();
+        let target = uri.to_string();
+        let opened = deadline::bounded(started + bounds.connect, "connect", move || {
+            Connect::open(Some(&target))
+        });
+        let conn = match opened {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                return Err(HvError::Connect {
+                    uri: uri.to_string(),
+                    source: message(&e),
+                })
+            }
+            None => {
+                return Err(HvError::Connect {
+                    uri: uri.to_string(),
+                    source: LibvirtMessage {
+                        message: format!(
+                            "libvirtd did not answer within {} s",
+                            bounds.connect.as_secs()
+                        ),
+                    },
+                })
+            }
+        };
+        let mut lv = Libvirt::from_connect(uri, conn);
+        lv.bounds = bounds;
+        lv.budget_end = started + bounds.budget;
+        Ok(lv)
     }
 
     /// Wraps an open connection (tests keep a clone of it to look at the
     /// domains afterwards: the test driver's state lives only as long as
-    /// its connection).
+    /// its connection), with the default bounds from now.
     pub fn from_connect(uri: &str, conn: Connect) -> Libvirt {
+        let bounds = Bounds::default();
         Libvirt {
             handles: HashMap::new(),
             uri: uri.to_string(),
             conn,
+            generation: 0,
+            tainted: false,
+            abandoned: Vec::new(),
             calls: CallCount::default(),
+            bounds,
+            budget_end: Instant::now() + bounds.budget,
         }
+    }
+
+    /// The same, with other bounds (tests).
+    pub fn with_bounds(mut self, bounds: Bounds) -> Libvirt {
+        self.bounds = bounds;
+        self.budget_end = Instant::now() + bounds.budget;
+        self
     }
 
     /// The connection, for tests that look at the domains themselves.
     pub fn connection(&self) -> &Connect {
         &self.conn
+    }
+
+    /// The deadline of a call bounded by `own`, within the budget.
+    fn deadline(&self, own: Duration) -> Instant {
+        (Instant::now() + own).min(self.budget_end)
+    }
+
+    /// How long a call bounded by `own` waits at most now, seconds (for
+    /// messages).
+    fn secs(&self, own: Duration) -> u64 {
+        self.deadline(own)
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64()
+            .round() as u64
     }
 
     fn classify(&self, call: &'static str, name: &str, e: VirtError) -> HvError {
@@ -176,72 +321,262 @@ impl Libvirt {
         }
     }
 
-    fn bulk(&mut self) -> Result<Vec<StatsRecord>, HvError> {
-        let mut ptr: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    /// Replaces a connection a call was abandoned on by a fresh one. (A
+    /// call that never returns holds its connection's place in libvirtd,
+    /// which handles a few calls of one connection at a time: calls queued
+    /// behind it on the same connection would wait with it.)
+    fn fresh(&mut self) -> Result<(), HvError> {
+        if !self.tainted {
+            return Ok(());
+        }
+        let target = self.uri.clone();
+        let deadline = self.deadline(self.bounds.connect);
+        let secs = self.secs(self.bounds.connect);
+        match deadline::bounded(deadline, "reconnect", move || Connect::open(Some(&target))) {
+            Some(Ok(c)) => {
+                let old = std::mem::replace(&mut self.conn, c);
+                self.abandoned.push(old);
+                self.generation += 1;
+                self.tainted = false;
+                log::debug!(
+                    "a call was abandoned on the libvirt connection: a fresh one for the rest of the pass"
+                );
+                Ok(())
+            }
+            Some(Err(e)) => Err(HvError::Connect {
+                uri: self.uri.clone(),
+                source: message(&e),
+            }),
+            None => Err(HvError::Connect {
+                uri: self.uri.clone(),
+                source: LibvirtMessage {
+                    message: format!("libvirtd did not answer within {secs} s"),
+                },
+            }),
+        }
+    }
+
+    /// Runs `f` on a domain's handle on a worker thread, bounded by the
+    /// per-domain bound within the budget; on a fresh connection if a call
+    /// was abandoned on the one the handle came from.
+    fn on_domain<T, F>(&mut self, uuid: &str, call: &'static str, f: F) -> Result<T, HvError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Domain) -> Answer<T> + Send + 'static,
+    {
+        if !self.handles.contains_key(uuid) {
+            return Err(gone(uuid));
+        }
+        self.fresh()?;
+        let secs = self.secs(self.bounds.per_domain);
+        let deadline = self.deadline(self.bounds.per_domain);
+        let (name, dom, generation) = self.handles[uuid].clone();
+        let gen_now = self.generation;
+        let conn = self.conn.clone();
+        let u = uuid.to_string();
+        let r = deadline::bounded(deadline, call, move || {
+            // A handle of a connection given up: the same domain on this one.
+            let dom = if generation == gen_now {
+                dom
+            } else {
+                conn.lookup_domain_by_uuid_string(&u)?
+            };
+            f(&dom).map(|v| (v, dom))
+        });
+        match r {
+            Some(Ok((v, dom))) => {
+                if generation != gen_now {
+                    self.handles.insert(uuid.to_string(), (name, dom, gen_now));
+                }
+                Ok(v)
+            }
+            Some(Err(e)) => Err(self.classify(call, &name, e)),
+            None => {
+                self.tainted = true;
+                Err(HvError::Unresponsive { name, call, secs })
+            }
+        }
+    }
+
+    /// The bulk call, bounded by `own` within the budget; `None` when it
+    /// did not come back in time (the connection is then given up).
+    fn bulk(&mut self, own: Duration) -> Option<Result<Vec<StatsRecord>, HvError>> {
+        if let Err(e) = self.fresh() {
+            return Some(Err(e));
+        }
         self.calls.bulk_stats += 1;
-        // SAFETY: a valid connection; libvirt allocates the record list and
-        // stores it in `ptr`, which StatsList then owns.
-        let n = unsafe {
-            sys::virConnectGetAllDomainStats(
-                self.conn.as_ptr(),
-                sys::VIR_DOMAIN_STATS_STATE
-                    | sys::VIR_DOMAIN_STATS_BALLOON
-                    | sys::VIR_DOMAIN_STATS_BLOCK,
-                &mut ptr,
+        let conn = self.conn.clone();
+        let deadline = self.deadline(own);
+        let r = deadline::bounded(deadline, "bulk-stats", move || {
+            bulk_call(
+                &conn,
+                sys::VIR_DOMAIN_STATS_STATE | MONITOR_GROUPS,
                 sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
                     | sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
             )
+        });
+        let Some(r) = r else {
+            self.tainted = true;
+            return None;
         };
-        if n < 0 {
-            let e = VirtError::last_error();
-            return Err(self.classify("virConnectGetAllDomainStats", "", e));
-        }
-        let list = StatsList {
-            ptr,
-            len: usize::try_from(n).unwrap_or(0),
-        };
-        let mut out = Vec::with_capacity(list.len);
-        for rec in list.records() {
-            // SAFETY: `rec.dom` is a valid domain the list holds a
-            // reference to; taking our own lets the handle outlive the list.
-            if unsafe { sys::virDomainRef(rec.dom) } < 0 {
-                let e = VirtError::last_error();
-                return Err(self.classify("virDomainRef", "", e));
-            }
-            // SAFETY: we own the reference just taken; Domain frees it.
-            let dom = unsafe { Domain::from_ptr(rec.dom) };
-            out.push((dom, typed::numbers(params(rec))));
-        }
-        drop(list);
-        Ok(out)
+        Some(r.map_err(|e| self.classify("virConnectGetAllDomainStats", "", e)))
     }
+
+    /// The last resort when no bulk call came back within the budget:
+    /// every active domain's state and balloon sizes without its monitor
+    /// (the state group alone, and `virDomainGetInfo`, which answers from
+    /// what libvirt holds: QEMU's balloon events), every running one marked
+    /// as not answering.
+    fn listing(&mut self, tries: u32) -> Result<Vec<StatsRecord>, HvError> {
+        self.fresh()?;
+        self.calls.bulk_stats += 1;
+        let conn = self.conn.clone();
+        // The listing gets its own bound even past the budget: without it
+        // the pass knows nothing.
+        let deadline = Instant::now() + self.bounds.listing;
+        let listing =
+            deadline::bounded(deadline, "listing", move || -> Answer<Vec<StatsRecord>> {
+                let mut records = bulk_call(
+                    &conn,
+                    sys::VIR_DOMAIN_STATS_STATE,
+                    sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE,
+                )?;
+                for (dom, f) in records.iter_mut() {
+                    // A domain gone meanwhile is listed without sizes.
+                    if let Ok(i) = dom.info() {
+                        f.insert("balloon.current".into(), i.memory);
+                        f.insert("balloon.maximum".into(), i.max_mem);
+                    }
+                }
+                Ok(records)
+            });
+        let mut records = match listing {
+            Some(r) => r.map_err(|e| self.classify("virConnectGetAllDomainStats", "", e))?,
+            None => {
+                self.tainted = true;
+                return Err(HvError::Call {
+                    call: "virConnectGetAllDomainStats",
+                    source: LibvirtMessage {
+                        message: format!(
+                            "the bulk statistics call did not come back ({tries} tries), nor the list of domains within {} s",
+                            self.bounds.listing.as_secs()
+                        ),
+                    },
+                });
+            }
+        };
+        self.calls.per_domain_info += u32::try_from(records.len()).unwrap_or(u32::MAX);
+        for (_, f) in records.iter_mut() {
+            f.insert(UNRESPONSIVE_UNREAD.into(), u64::from(tries));
+        }
+        Ok(records)
+    }
+}
+
+/// The mark the last-resort listing puts among a record's numbers (never
+/// a libvirt field name: those have no `!`): how many bulk calls did not
+/// come back.
+const UNRESPONSIVE_UNREAD: &str = "!unread-after-tries";
+
+/// Why a running domain is unresponsive, from its record's numbers; `None`
+/// when it answered. `tries`: how many bulk calls of the pass did not come
+/// back before this record's. Pure.
+pub fn unresponsive(f: &HashMap<String, u64>, tries: u32) -> Option<String> {
+    if let Some(n) = f.get(UNRESPONSIVE_UNREAD) {
+        return Some(format!(
+            "no bulk statistics call came back within the pass's libvirt budget ({n} tries): its figures are unknown this pass"
+        ));
+    }
+    if busy(f) {
+        let after = if tries > 0 {
+            format!(" (this pass's bulk statistics call did not come back {tries} time(s))")
+        } else {
+            String::new()
+        };
+        return Some(format!(
+            "libvirt is busy with it: a call on it has not returned, so its QEMU does not seem to answer{after}"
+        ));
+    }
+    None
 }
 
 impl Drop for Libvirt {
     fn drop(&mut self) {
         // Every domain handle goes before the connection it belongs to.
+        // A worker thread still blocked in a call holds its own references
+        // to its domain and the connection: nothing here waits for it. A
+        // connection a call was abandoned on is not closed at all (closing
+        // is a call too); the process exits at the end of the pass.
         self.handles.clear();
+        for c in self.abandoned.drain(..) {
+            std::mem::forget(c);
+        }
+        if self.tainted {
+            // One more reference, never given back: dropping `conn` then
+            // only counts down, it never closes it.
+            std::mem::forget(self.conn.clone());
+        }
     }
 }
 
 impl Hypervisor for Libvirt {
     fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
-        let records = self.bulk()?;
+        // The bulk call blocks on the first domain with no job whose QEMU
+        // does not answer, and its abandoned call then holds that domain's
+        // job in libvirtd: the next bulk call (NOWAIT, on a fresh
+        // connection) reports it busy and goes past it. So each try pins
+        // one more QEMU that does not answer, until one comes back or the
+        // budget is spent.
+        let mut tries = 0u32;
+        let records = loop {
+            let own = if tries == 0 {
+                self.bounds.bulk
+            } else {
+                self.bounds.per_domain
+            };
+            let secs = self.secs(own);
+            if secs == 0 {
+                log::warn!(
+                    "no bulk statistics call came back within the pass's libvirt budget ({tries} tries): listing the domains without their monitors; every running one is left alone this pass"
+                );
+                break self.listing(tries)?;
+            }
+            match self.bulk(own) {
+                Some(r) => break r?,
+                None => {
+                    tries += 1;
+                    log::warn!(
+                        "the bulk statistics call did not come back within {secs} s (a QEMU that does not answer its monitor?): asking again on a fresh connection, past the domain it waits for"
+                    );
+                }
+            }
+        };
         let mut out = Vec::with_capacity(records.len());
         self.handles.clear();
         for (dom, mut f) in records {
             let name = dom.name().unwrap_or_default();
             let uuid = dom.uuid_string().unwrap_or_default().to_ascii_lowercase();
+            let running = f.get("state.state") == Some(&u64::from(sys::VIR_DOMAIN_RUNNING));
+            let why = if running {
+                unresponsive(&f, tries)
+            } else {
+                None
+            };
             if !(f.contains_key("balloon.current") && f.contains_key("balloon.maximum")) {
                 // Drivers whose bulk call has no balloon group (the test
                 // driver): one info call for this domain.
                 self.calls.per_domain_info += 1;
-                match dom.info() {
-                    Ok(i) => {
+                let d = dom.clone();
+                let info =
+                    deadline::bounded(self.deadline(self.bounds.per_domain), "info", move || {
+                        d.info()
+                    });
+                match info {
+                    Some(Ok(i)) => {
                         f.insert("balloon.current".into(), i.memory);
                         f.insert("balloon.maximum".into(), i.max_mem);
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         let err = self.classify("virDomainGetInfo", &name, e);
                         if err.is_fatal() {
                             return Err(err);
@@ -253,68 +588,83 @@ impl Hypervisor for Libvirt {
                             crate::errors::chain(&err)
                         );
                     }
+                    None => log::warn!(
+                        "domain {name:?} did not answer virDomainGetInfo in time; its balloon is left alone this pass"
+                    ),
                 }
             }
-            out.push(read_record(name.clone(), uuid.clone(), &f));
-            self.handles.insert(uuid, (name, dom));
+            let mut d = read_record(name.clone(), uuid.clone(), &f);
+            if let Some(why) = why {
+                // What the call could not read is not the guest's: no
+                // figures at all rather than half of them.
+                d.guest = GuestStats::default();
+                d.block_rd_bytes = None;
+                d.unresponsive = Some(why);
+            }
+            out.push(d);
+            self.handles.insert(uuid, (name, dom, self.generation));
         }
         Ok(out)
     }
 
     fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
-        let Some((name, dom)) = self.handles.get(uuid) else {
-            return Err(gone(uuid));
-        };
         self.calls.xml += 1;
-        let r = dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE);
-        let name = name.clone();
-        r.map_err(|e| self.classify("virDomainGetXMLDesc", &name, e))
+        self.on_domain(uuid, "virDomainGetXMLDesc", |dom| {
+            dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+        })
+    }
+
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        // Part of fetching a definition to adopt a VM: counted with it.
+        self.on_domain(uuid, "virDomainIsPersistent", |dom| dom.is_persistent())
     }
 
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
-        let Some((name, dom)) = self.handles.get(uuid) else {
+        if !self.handles.contains_key(uuid) {
             return Err(gone(uuid));
-        };
+        }
         self.calls.set_memory += 1;
-        let r = dom.set_memory_flags(kib, sys::VIR_DOMAIN_AFFECT_LIVE);
-        let name = name.clone();
-        r.map_err(|e| self.classify("virDomainSetMemoryFlags", &name, e))
+        self.on_domain(uuid, "virDomainSetMemoryFlags", move |dom| {
+            dom.set_memory_flags(kib, sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map(|_| ())
+        })
     }
 
     fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
-        let Some((name, dom)) = self.handles.get(uuid) else {
+        if !self.handles.contains_key(uuid) {
             return Err(gone(uuid));
-        };
+        }
         self.calls.stats_period += 1;
         let period = i32::try_from(seconds).unwrap_or(i32::MAX);
-        let r = dom.set_memory_stats_period(period, sys::VIR_DOMAIN_AFFECT_LIVE);
-        let name = name.clone();
-        r.map_err(|e| self.classify("virDomainSetMemoryStatsPeriod", &name, e))
+        self.on_domain(uuid, "virDomainSetMemoryStatsPeriod", move |dom| {
+            dom.set_memory_stats_period(period, sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map(|_| ())
+        })
     }
 
     fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
-        let Some((name, dom)) = self.handles.get(uuid) else {
+        if !self.handles.contains_key(uuid) {
             return Err(gone(uuid));
-        };
-        self.calls.metadata += 1;
-        let r = dom.metadata(
-            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-            Some(crate::metadata::NAMESPACE),
-            sys::VIR_DOMAIN_AFFECT_LIVE,
-        );
-        let name = name.clone();
-        match r {
-            Ok(text) => Ok(Some(text)),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    virt::enumutil::Enum::Known(ErrorNumber::NoDomainMetadata)
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(self.classify("virDomainGetMetadata", &name, e)),
         }
+        self.calls.metadata += 1;
+        self.on_domain(uuid, "virDomainGetMetadata", |dom| {
+            match dom.metadata(
+                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                Some(crate::metadata::NAMESPACE),
+                sys::VIR_DOMAIN_AFFECT_LIVE,
+            ) {
+                Ok(text) => Ok(Some(text)),
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        virt::enumutil::Enum::Known(ErrorNumber::NoDomainMetadata)
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn calls(&self) -> CallCount {
@@ -393,6 +743,40 @@ mod tests {
         assert_eq!(d.block_rd_bytes, None, "a disk without its figure");
         let d = read_record("g".into(), "u".into(), &numbers(&[("state.state", 1)]));
         assert_eq!(d.sizes, None);
+    }
+
+    #[test]
+    fn a_record_without_the_figures_of_its_job_is_a_busy_domain() {
+        // Measured (libvirt 9.0): with the domain's job held by a call
+        // that waits for a stopped QEMU, NOWAIT gives only the balloon's
+        // sizes and the disks' names; a domain that answered has
+        // balloon.rss, with a balloon device or without one.
+        let busy_rec = numbers(&[
+            ("state.state", 1),
+            ("balloon.current", 163_840),
+            ("balloon.maximum", 262_144),
+            ("block.count", 1),
+        ]);
+        assert!(busy(&busy_rec));
+        let why = unresponsive(&busy_rec, 0).unwrap();
+        assert!(why.contains("busy"), "{why}");
+        let why = unresponsive(&busy_rec, 1).unwrap();
+        assert!(why.contains("did not come back 1 time"), "{why}");
+        let no_balloon = numbers(&[
+            ("state.state", 1),
+            ("balloon.current", 262_144),
+            ("balloon.maximum", 262_144),
+            ("balloon.rss", 218_228),
+        ]);
+        assert!(!busy(&no_balloon));
+        assert_eq!(unresponsive(&no_balloon, 0), None);
+        // the test driver's bulk call has no balloon group: not busy
+        assert!(!busy(&numbers(&[("state.state", 1)])));
+        // the last resort's mark
+        let mut unread = numbers(&[("state.state", 1), ("balloon.rss", 1)]);
+        unread.insert(UNRESPONSIVE_UNREAD.into(), 5);
+        let why = unresponsive(&unread, 5).unwrap();
+        assert!(why.contains("5 tries"), "{why}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! real daemon does not produce on demand (only with the `testing`
 //! feature, which the tests get: never in the shipped binary).
 
+pub mod deadline;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod libvirt;
@@ -67,6 +68,12 @@ pub struct LiveDomain {
     pub guest: GuestStats,
     /// Bytes read from all its disks since it started (`block.<n>.rd.bytes`).
     pub block_rd_bytes: Option<u64>,
+    /// Why its monitor-dependent figures could not be had this pass: its
+    /// QEMU did not answer in time, or libvirt is still busy with it (a call
+    /// on it has not returned). `None`: it answered. Such a VM is left alone
+    /// this pass (a call on it would wait too) and its record kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresponsive: Option<String>,
 }
 
 /// How many libvirt calls of each kind a run made.
@@ -133,6 +140,19 @@ pub enum HvError {
         #[source]
         source: LibvirtMessage,
     },
+    /// The call did not come back within its bound: the domain's QEMU does
+    /// not answer (stopped, stuck in I/O, a long monitor command), or
+    /// libvirt is busy with it. The call is abandoned; only this domain is
+    /// affected.
+    #[error("domain {name:?} did not answer {call} within {secs} s")]
+    Unresponsive {
+        /// The domain.
+        name: String,
+        /// The call.
+        call: &'static str,
+        /// The bound waited, seconds.
+        secs: u64,
+    },
     /// Any other libvirt failure.
     #[error("libvirt call {call} failed")]
     Call {
@@ -157,9 +177,16 @@ pub trait Hypervisor {
     /// Every active domain with its balloon figures, in as few calls as the
     /// driver allows (one for the qemu driver), never waiting for a domain
     /// libvirt is busy with.
+    /// A domain whose QEMU does not answer in time is listed with
+    /// [`LiveDomain::unresponsive`] set, and the others all the same.
     fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError>;
-    /// The persistent (inactive) XML of a domain, for adopting it.
+    /// The persistent (inactive) XML of a domain, for adopting it (for a
+    /// transient domain, libvirt gives its live definition).
     fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError>;
+    /// Whether a domain has a persistent definition (a transient one has
+    /// none: its `<currentMemory>` is the balloon's size of the moment, not
+    /// the size it booted with). Only asked for a domain to adopt.
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError>;
     /// Sets a domain's balloon target (live only), in KiB.
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError>;
     /// Turns on (live only) the guest's balloon statistics every `seconds`.

@@ -25,6 +25,9 @@ pub struct Applied {
     pub stats_periods: Vec<Result<(), String>>,
     /// The error that stopped the writes (the connection is gone).
     pub fatal: Option<HvError>,
+    /// The domains a call timed out on (their QEMU does not answer): no
+    /// further call on them this pass.
+    pub timed_out: std::collections::BTreeSet<String>,
 }
 
 /// Makes the writes `planned` asks for.
@@ -32,6 +35,11 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
     let mut out = Applied::default();
     let r = &planned.report;
     for z in &planned.resizes {
+        if out.timed_out.contains(&z.uuid) {
+            out.resizes
+                .push(Err("an earlier call on it timed out this pass".into()));
+            continue;
+        }
         match hv.set_memory(&z.uuid, z.to_kib) {
             Ok(()) => {
                 info!(
@@ -51,6 +59,16 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
                 out.fatal = Some(e);
                 return out;
             }
+            Err(e @ HvError::Unresponsive { .. }) => {
+                warn!(
+                    "VM {:?}: resize to {} abandoned: {}; the others go on (it may still reach that size once its QEMU answers)",
+                    z.name,
+                    Kib(z.to_kib),
+                    chain(&e)
+                );
+                out.timed_out.insert(z.uuid.clone());
+                out.resizes.push(Err(chain(&e)));
+            }
             Err(e) => {
                 warn!(
                     "VM {:?}: resize to {} skipped: {}",
@@ -63,6 +81,11 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
         }
     }
     for s in &planned.stats_periods {
+        if out.timed_out.contains(&s.uuid) {
+            out.stats_periods
+                .push(Err("an earlier call on it timed out this pass".into()));
+            continue;
+        }
         match hv.set_stats_period(&s.uuid, s.seconds) {
             Ok(()) => {
                 match s.kind {
@@ -85,6 +108,15 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
                 out.fatal = Some(e);
                 return out;
             }
+            Err(e @ HvError::Unresponsive { .. }) => {
+                warn!(
+                    "VM {:?}: setting its guest's statistics period abandoned: {}",
+                    s.name,
+                    chain(&e)
+                );
+                out.timed_out.insert(s.uuid.clone());
+                out.stats_periods.push(Err(chain(&e)));
+            }
             Err(e) => {
                 warn!(
                     "VM {:?}: cannot turn its guest's memory statistics on: {}; it is treated as a guest without statistics",
@@ -99,10 +131,13 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
 }
 
 /// Writes what `applied` did into the plan's state: each resize made is
-/// the VM's last ask (target, time, the size it was asked from); each
-/// statistics period set is not asked again; the pass's figures go into
-/// `last_pass`. Returns the state, the plan's report and each resize's
-/// result by UUID, in the plan's order (for [`Report::finish`]).
+/// the VM's last ask (target, time, the size it was asked from), and so
+/// is one that timed out (libvirt may still make it once the QEMU
+/// answers); each statistics period set is not asked again; a VM a call
+/// timed out on does not answer since now (unless it already did not); the
+/// pass's figures go into `last_pass`. Returns the state, the plan's
+/// report, each resize's result by UUID, in the plan's order, and the VMs
+/// that timed out (for [`Report::finish`]).
 pub fn record(planned: Planned, applied: &Applied, now: u64) -> Recorded {
     let Planned {
         mut state,
@@ -114,8 +149,16 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> Recorded {
     let mut results = Vec::with_capacity(applied.resizes.len());
     let (mut resized, mut failed) = (0u32, 0u32);
     for (z, result) in resizes.iter().zip(&applied.resizes) {
-        if result.is_ok() {
+        if result.is_err() {
+            failed += 1;
+        } else {
             resized += 1;
+        }
+        results.push((z.uuid.clone(), result.clone()));
+        // A resize that timed out was sent, and libvirt may still make it
+        // once the QEMU answers: it counts as asked (a balloon that gets
+        // there later is ours, not an operator's).
+        if result.is_ok() || applied.timed_out.contains(&z.uuid) {
             if let Some(r) = state.vms.get_mut(&z.uuid) {
                 r.last_target_kib = Some(z.to_kib);
                 r.last_change_at = Some(now);
@@ -124,12 +167,14 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> Recorded {
                     h.asked(now, z.to_kib, z.from_kib);
                 }
             }
-        } else {
-            failed += 1;
         }
-        results.push((z.uuid.clone(), result.clone()));
     }
-    for (s, _result) in stats_periods.iter().zip(&applied.stats_periods) {
+    for (s, result) in stats_periods.iter().zip(&applied.stats_periods) {
+        if result.is_err() && applied.timed_out.contains(&s.uuid) {
+            // Not the guest's refusal: its QEMU did not answer; asked
+            // again once it does.
+            continue;
+        }
         // Recorded whether it worked or not, so it is not asked again
         // every pass: a guest whose period cannot be set is treated as one
         // without statistics (turned on), or answers at its own period
@@ -152,6 +197,14 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> Recorded {
             failed + resized
         );
     }
+    // A VM a call timed out on does not answer, since now unless it
+    // already did not (reconcile clears it once its QEMU answers).
+    let mut unresponsive = Vec::with_capacity(applied.timed_out.len());
+    for uuid in &applied.timed_out {
+        if let Some(r) = state.vms.get_mut(uuid) {
+            unresponsive.push((uuid.clone(), *r.unresponsive_since.get_or_insert(now)));
+        }
+    }
     state.counters.resizes += u64::from(resized);
     state.counters.resize_failures += u64::from(failed);
     if applied.fatal.is_none() {
@@ -171,6 +224,7 @@ pub fn record(planned: Planned, applied: &Applied, now: u64) -> Recorded {
         state,
         report,
         resizes: results,
+        unresponsive,
     }
 }
 
@@ -183,6 +237,9 @@ pub struct Recorded {
     pub report: Report,
     /// Each resize tried, by UUID, in the plan's order.
     pub resizes: Vec<(String, Result<(), String>)>,
+    /// The VMs a call timed out on this pass, by UUID, and since when they
+    /// do not answer.
+    pub unresponsive: Vec<(String, u64)>,
 }
 
 // Record before asking (issue 18). Kept apart from `record`: a pass killed
@@ -250,7 +307,9 @@ pub fn withdraw(state: &mut State, priors: Vec<Prior>, applied: &Applied) {
     let uncertain = applied.fatal.is_some().then_some(applied.resizes.len());
     for (i, p) in priors.into_iter().enumerate() {
         let made_or_maybe = match applied.resizes.get(i) {
-            Some(result) => result.is_ok(),
+            // A resize that timed out may still be made once its QEMU
+            // answers: its intent stays.
+            Some(result) => result.is_ok() || applied.timed_out.contains(&p.uuid),
             None => Some(i) == uncertain,
         };
         if made_or_maybe {

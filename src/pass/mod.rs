@@ -284,13 +284,16 @@ fn run_locked(
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     debug!("connected to libvirt");
-    let procs = settings
-        .policy
-        .split
-        .inputs()
-        .contribution
-        .then_some(&paths.procs);
-    let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
+    let contribution = settings.policy.split.inputs().contribution;
+    let obs = observe::observe(
+        ksm,
+        mem,
+        hv.as_mut(),
+        &state,
+        now,
+        &paths.procs,
+        contribution,
+    )?;
     let mut planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     for n in &planned.notes {
         log!(n.level, "{}", n.text);
@@ -310,6 +313,7 @@ fn run_locked(
     let report = recorded.report.finish(report::Outcome {
         dry_run: false,
         resizes: recorded.resizes,
+        unresponsive: recorded.unresponsive,
         at: now,
         calls: hv.calls(),
         hook_records,
@@ -345,17 +349,21 @@ pub fn dry_run(
     let hook_records = fold_spool(&store, &mut state, None, now)?;
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
-    let procs = settings
-        .policy
-        .split
-        .inputs()
-        .contribution
-        .then_some(&paths.procs);
-    let obs = observe::observe(ksm, mem, hv.as_mut(), &state, now, procs)?;
+    let contribution = settings.policy.split.inputs().contribution;
+    let obs = observe::observe(
+        ksm,
+        mem,
+        hv.as_mut(),
+        &state,
+        now,
+        &paths.procs,
+        contribution,
+    )?;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     Ok(planned.report.finish(report::Outcome {
         dry_run: true,
         resizes: Vec::new(),
+        unresponsive: Vec::new(),
         at: now,
         calls: hv.calls(),
         hook_records,

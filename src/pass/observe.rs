@@ -32,6 +32,13 @@ pub struct Observation {
     pub definitions: BTreeMap<String, Result<DomainXml, String>>,
     /// The kernel's per-process KSM figures, when the split needs them.
     pub procs: Option<ProcReading>,
+    /// The running domains no hook recorded that have no persistent
+    /// definition (transient: their definition's `<currentMemory>` is the
+    /// balloon's size of the moment), by UUID.
+    pub transient: std::collections::BTreeSet<String>,
+    /// How long the QEMU of each running domain no hook recorded has been
+    /// running, seconds, where `/proc` tells (by UUID).
+    pub qemu_age: BTreeMap<String, u64>,
 }
 
 /// The kernel's per-process KSM figures of one pass.
@@ -68,22 +75,30 @@ pub fn read_host(paths: &Paths) -> anyhow::Result<(KsmCounters, MemInfo)> {
 }
 
 /// Lists the domains (one bulk call), fetches the definition of each
-/// running one that `state` does not know, and reads the per-process KSM
-/// figures when `procs` says where. A fatal libvirt error (the connection
-/// is gone) ends the pass.
+/// running one that `state` does not know (whether it is persistent, and
+/// how long its QEMU has run: what tells a VM still booting), and reads the
+/// per-process KSM figures when `contribution` asks for them. A fatal
+/// libvirt error (the connection is gone) ends the pass.
 pub fn observe(
     ksm: KsmCounters,
     mem: MemInfo,
     hv: &mut dyn Hypervisor,
     state: &State,
     now: u64,
-    procs: Option<&ProcPaths>,
+    proc_paths: &ProcPaths,
+    contribution: bool,
 ) -> Result<Observation, HvError> {
     let mut domains = hv.domains()?;
     domains.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
     let mut definitions = BTreeMap::new();
+    let mut transient = std::collections::BTreeSet::new();
+    let mut qemu_age = BTreeMap::new();
     for d in &domains {
-        if state.vms.contains_key(&d.uuid) || !d.running || d.sizes.is_none() {
+        if state.vms.contains_key(&d.uuid)
+            || !d.running
+            || d.sizes.is_none()
+            || d.unresponsive.is_some()
+        {
             continue;
         }
         let def = match hv.inactive_xml(&d.uuid) {
@@ -98,9 +113,21 @@ pub fn observe(
                 Err(chain(&e))
             }
         };
+        let def = def.and_then(|x| match hv.persistent(&d.uuid) {
+            Ok(p) => {
+                if !p {
+                    transient.insert(d.uuid.clone());
+                }
+                Ok(x)
+            }
+            Err(e) => Err(chain(&e)),
+        });
         definitions.insert(d.uuid.clone(), def);
+        if let Ok(age) = procksm::qemu_age_secs(proc_paths, &d.name, Some(&d.uuid)) {
+            qemu_age.insert(d.uuid.clone(), age);
+        }
     }
-    let procs = procs.map(|p| read_procs(p, &domains));
+    let procs = contribution.then(|| read_procs(proc_paths, &domains));
     Ok(Observation {
         at: now,
         ksm,
@@ -108,5 +135,7 @@ pub fn observe(
         domains,
         definitions,
         procs,
+        transient,
+        qemu_age,
     })
 }

@@ -16,6 +16,8 @@
 //! | `floor_kib`, `ceiling_kib`, `pending_kib`, `guest_stats_fresh`, `figures_age_secs`, `figures_confirmed`, `demand`, `held_by_hand` | [`super::rows`] |
 //! | `target_kib`, `action`, `reason`, `kept_kib`, `squeezed_kib`, `givable_kib`, `share_of_pool` | [`crate::policy::plan`], then [`super::adjust`] |
 //! | `stuck` | [`super::adjust`] (the back-off) |
+//! | `unresponsive` | [`super::observe`] (a call on its QEMU timed out) |
+//! | `unresponsive_since` | [`super::reconcile`] (the record), then [`super::apply`] for a resize that timed out |
 //! | `last_change_at`, `error` | [`super::apply`] (what the resize did, through [`Outcome`]) |
 
 use std::collections::BTreeMap;
@@ -108,6 +110,15 @@ pub struct VmReport {
     pub last_change_at: Option<u64>,
     /// The error that made the resize fail, if it did.
     pub error: Option<String>,
+    /// Why its QEMU is taken not to answer this pass (a call on it did not
+    /// come back in time): it is left alone, its record kept. Absent from
+    /// the JSON while it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresponsive: Option<String>,
+    /// Since when it does not answer (seconds since the epoch). Absent from
+    /// the JSON while it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresponsive_since: Option<u64>,
 }
 
 /// What a pass saw and did.
@@ -243,7 +254,9 @@ pub fn build(i: &Inputs) -> Report {
 /// The decision shown for a domain the policy did not see: why it is left
 /// alone.
 fn left_alone(d: &LiveDomain, recorded: bool) -> Decision {
-    let reason = if recorded {
+    let reason = if d.unresponsive.is_some() {
+        Reason::Unresponsive
+    } else if recorded {
         Reason::Unreadable
     } else if !d.running {
         Reason::NotRunning
@@ -332,6 +345,8 @@ fn vm_report(i: &Inputs, d: &LiveDomain, managed_row: Option<(&Row, &Decision)>)
         adopted: i.adopted.contains(&d.uuid),
         last_change_at: r.and_then(|r| r.last_change_at),
         error: None,
+        unresponsive: d.unresponsive.clone(),
+        unresponsive_since: r.and_then(|r| r.unresponsive_since),
     }
 }
 
@@ -353,6 +368,9 @@ pub struct Outcome {
     pub counters: crate::metrics::Counters,
     /// A problem with the state file, if there was one.
     pub state_problem: Option<String>,
+    /// The VMs a call timed out on this pass, by UUID, and since when they
+    /// do not answer (a resize that timed out counts as asked at `at`).
+    pub unresponsive: Vec<(String, u64)>,
 }
 
 impl Report {
@@ -371,8 +389,16 @@ impl Report {
                     self.failed += 1;
                     if let Some(v) = vm {
                         v.error = Some(e.clone());
+                        if outcome.unresponsive.iter().any(|(u, _)| u == uuid) {
+                            v.last_change_at = Some(outcome.at);
+                        }
                     }
                 }
+            }
+        }
+        for (uuid, since) in &outcome.unresponsive {
+            if let Some(v) = self.vms.iter_mut().find(|v| &v.uuid == uuid) {
+                v.unresponsive_since = Some(*since);
             }
         }
         self.dry_run = outcome.dry_run;

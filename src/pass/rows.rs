@@ -210,8 +210,8 @@ pub struct Row<'a> {
     pub fresh: bool,
 }
 
-/// The VMs the policy sees: every domain with a record and readable sizes,
-/// in the order of the domains. Moves each record's I/O track and
+/// The VMs the policy sees: every domain with a record and readable sizes
+/// whose QEMU answers, in the order of the domains. Moves each record's I/O track and
 /// manual-change detector on to this pass.
 pub fn rows<'a>(
     settings: &Settings,
@@ -223,7 +223,10 @@ pub fn rows<'a>(
     let now = obs.at;
     let mut rows = Vec::new();
     for d in &obs.domains {
-        let (Some(r), Some(s)) = (state.vms.get_mut(&d.uuid), d.sizes) else {
+        // A VM whose QEMU does not answer is no row: the policy does not
+        // see it, its balloon stays where it is (reconcile keeps since when).
+        let (Some(r), Some(s), None) = (state.vms.get_mut(&d.uuid), d.sizes, &d.unresponsive)
+        else {
             continue;
         };
         let actual = s.current_kib;

@@ -173,7 +173,12 @@ fn a_transient_vm_at_its_maximum_is_not_adopted_with_it_as_floor_regression() {
         .domains
         .values_mut()
         .for_each(|d| d.live.sizes.as_mut().unwrap().current_kib = 160 * MIB);
-    let r = h.run(T0 + 10).unwrap();
+    // (no /proc for its QEMU here: it counts as booting since first seen)
+    for t in (10..reconcile::ADOPT_BOOT_SECS).step_by(10) {
+        let r = h.run(T0 + t).unwrap();
+        assert_eq!(vm(&r, "vm1").reason, Reason::Adopting, "t={t}");
+    }
+    let r = h.run(T0 + reconcile::ADOPT_BOOT_SECS).unwrap();
     let v = vm(&r, "vm1");
     assert!(v.adopted);
     assert_eq!((v.floor_kib, v.target_kib), (160 * MIB, 220 * MIB));
@@ -184,7 +189,9 @@ fn a_transient_vm_at_its_maximum_is_not_adopted_with_it_as_floor_regression() {
 fn a_vm_that_stays_at_its_maximum_is_adopted_without_headroom_after_settling() {
     let h = Host::new(vec![dom(1, 256, 256)]);
     h.run(T0).unwrap();
-    let r = h.run(T0 + reconcile::ADOPT_SETTLE_SECS).unwrap();
+    let r = h.run(T0 + reconcile::ADOPT_BOOT_SECS).unwrap();
+    assert!(!vm(&r, "vm1").managed, "at its maximum it waits longer");
+    let r = h.run(T0 + reconcile::ADOPT_AT_MAXIMUM_SECS).unwrap();
     let v = vm(&r, "vm1");
     assert!(v.adopted);
     assert_eq!((v.action, v.reason), (Action::Skip, Reason::NoHeadroom));
@@ -1118,6 +1125,355 @@ fn a_vm_adopted_while_its_balloon_inflates_to_its_boot_size_is_not_held_by_hand_
     assert!(c1 > 160 * MIB);
 }
 
+/// The fake, with the QEMU of one VM (by UUID) stopping right after the
+/// bulk statistics call: every later call on it times out.
+struct StopsAfterStats(Shared, String);
+impl Hypervisor for StopsAfterStats {
+    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
+        let d = self.0.domains();
+        self.0 .0.borrow_mut().hung.insert(self.1.clone());
+        d
+    }
+    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
+        self.0.inactive_xml(uuid)
+    }
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        self.0.persistent(uuid)
+    }
+    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
+        self.0.set_memory(uuid, kib)
+    }
+    fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
+        self.0.set_stats_period(uuid, seconds)
+    }
+    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
+        self.0.metadata(uuid)
+    }
+    fn calls(&self) -> CallCount {
+        self.0.calls()
+    }
+}
+
+/// A statistics period that times out (the QEMU stopped after the bulk
+/// call) is not taken for the guest's refusal: it is not recorded as set,
+/// and the VM does not answer since that pass (in the state and the
+/// report); once it answers the period is asked again.
+#[test]
+fn a_statistics_period_that_times_out_is_asked_again_once_the_qemu_answers() {
+    let d = defined(dom(1, 160, 256), 160);
+    let u = d.live.uuid.clone();
+    let h = Host::new(vec![d]);
+    let hv = h.hv.clone();
+    let stopping = u.clone();
+    let mut open =
+        move || Ok(Box::new(StopsAfterStats(hv.clone(), stopping.clone())) as Box<dyn Hypervisor>);
+    let r = run(&h.paths, &h.settings, Duration::from_secs(5), &mut open, T0).unwrap();
+    assert_eq!(vm(&r, "vm1").unresponsive_since, Some(T0));
+    assert!(h.fake().stats_periods.is_empty(), "timed out, not set");
+    let rec = &h.state().vms[&u];
+    assert_eq!(rec.unresponsive_since, Some(T0));
+    assert!(!rec.stats_period_set);
+    h.fake().hung.clear();
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(vm(&r, "vm1").unresponsive_since, None);
+    assert_eq!(h.fake().stats_periods, [(u.clone(), 5)]);
+    assert!(h.state().vms[&u].stats_period_set);
+}
+
+/// Issue 18: three VMs grown on the savings, then one VM's QEMU stops
+/// answering while the savings vanish. The pass must not wait for it: the
+/// two others come down to their floors in that very pass, the stopped one
+/// is left alone (its record kept, never forgotten nor re-adopted), named
+/// in the report with since when; once it answers it is managed again at
+/// the next pass, and never taken for a balloon set by hand.
+#[test]
+fn a_vm_whose_qemu_does_not_answer_is_skipped_and_the_others_resized_regression() {
+    let doms: Vec<_> = (1..=3).map(|n| defined(dom(n, 160, 256), 160)).collect();
+    let stuck = doms[1].live.uuid.clone();
+    let mut h = Host::new(doms);
+    h.settings.hold_window_secs = 0;
+    h.settings.blind_step_kib = None;
+    h.ksm(1, 90);
+    let r = h.run(T0).unwrap();
+    assert_eq!(r.resized, 3);
+    assert!(r.vms.iter().all(|v| v.target_kib == 190 * MIB));
+    // vm2's QEMU stops; the savings vanish
+    h.fake().hung.insert(stuck.clone());
+    h.ksm(2, 0);
+    let r = h.run(T0 + 10).unwrap();
+    let v2 = vm(&r, "vm2");
+    assert_eq!((v2.action, v2.reason), (Action::Skip, Reason::Unresponsive));
+    assert!(v2.managed, "its record is kept");
+    assert!(v2.unresponsive.is_some());
+    assert_eq!(v2.unresponsive_since, Some(T0 + 10));
+    assert_eq!(v2.held_by_hand, None);
+    for n in ["vm1", "vm3"] {
+        let v = vm(&r, n);
+        assert_eq!((v.action, v.target_kib), (Action::Shrink, 160 * MIB), "{n}");
+    }
+    assert_eq!(r.resized, 2, "the two others in the same pass");
+    assert_eq!(h.fake().current(&stuck), Some(190 * MIB));
+    let s = h.state();
+    assert_eq!(s.vms[&stuck].unresponsive_since, Some(T0 + 10));
+    assert!(s.vms[&stuck].manual.unwrap().held.is_none());
+    // still stopped: still skipped, since the same time
+    let r = h.run(T0 + 20).unwrap();
+    assert_eq!(vm(&r, "vm2").reason, Reason::Unresponsive);
+    assert_eq!(vm(&r, "vm2").unresponsive_since, Some(T0 + 10));
+    assert_eq!(r.resized, 0);
+    let text = crate::render::status(&r);
+    assert!(text.contains("not answering since"), "{text}");
+    // it answers again: managed at once, back to its floor, not by hand
+    h.fake().hung.clear();
+    let r = h.run(T0 + 30).unwrap();
+    let v2 = vm(&r, "vm2");
+    assert_eq!((v2.action, v2.target_kib), (Action::Shrink, 160 * MIB));
+    assert_eq!(
+        (v2.unresponsive.as_deref(), v2.unresponsive_since),
+        (None, None)
+    );
+    assert_eq!(v2.held_by_hand, None);
+    assert_eq!(h.fake().current(&stuck), Some(160 * MIB));
+    assert_eq!(h.state().vms[&stuck].unresponsive_since, None);
+    let r = h.run(T0 + 40).unwrap();
+    assert!(r
+        .vms
+        .iter()
+        .all(|v| v.held_by_hand.is_none() && v.action == Action::Hold));
+}
+
+/// A QEMU that stops between the statistics and its resize: the resize
+/// times out (the edge abandons it), the others are made, and the resize
+/// counts as asked: libvirt may still make it once the QEMU answers, and
+/// the balloon reaching it then is ksm-balloon's, not an operator's.
+#[test]
+fn a_resize_that_times_out_counts_as_asked_and_the_others_go_on() {
+    let doms: Vec<_> = (1..=3).map(|n| defined(dom(n, 160, 256), 160)).collect();
+    let (u1, u2) = (doms[0].live.uuid.clone(), doms[1].live.uuid.clone());
+    let mut h = Host::new(doms);
+    h.settings.hold_window_secs = 0;
+    h.settings.blind_step_kib = None;
+    h.ksm(1, 90);
+    h.run(T0).unwrap();
+    // vm1 stops answering after its statistics were read: only its resize
+    // (and whatever comes after it for vm1) times out
+    h.ksm(2, 0);
+    let hv = h.hv.clone();
+    let u = u1.clone();
+    let mut open =
+        move || Ok(Box::new(StopsAfterStats(hv.clone(), u.clone())) as Box<dyn Hypervisor>);
+    let r = run(
+        &h.paths,
+        &h.settings,
+        Duration::from_secs(5),
+        &mut open,
+        T0 + 10,
+    )
+    .unwrap();
+    assert_eq!((r.resized, r.failed), (2, 1));
+    let v1 = vm(&r, "vm1");
+    assert!(
+        v1.error.as_deref().unwrap_or("").contains("did not answer"),
+        "{v1:?}"
+    );
+    assert_eq!(v1.unresponsive_since, Some(T0 + 10));
+    let s = h.state();
+    assert_eq!(s.vms[&u1].last_target_kib, Some(160 * MIB), "asked");
+    assert_eq!(s.vms[&u1].unresponsive_since, Some(T0 + 10));
+    assert_eq!(s.vms[&u2].last_target_kib, Some(160 * MIB));
+    // the QEMU answers and libvirt makes the abandoned resize: the balloon
+    // at 160 is what was asked, not someone else's
+    h.fake().hung.clear();
+    d_current(&h, &u1, 160 * MIB);
+    for t in [20, 30] {
+        let r = h.run(T0 + t).unwrap();
+        let v1 = vm(&r, "vm1");
+        assert_eq!(v1.held_by_hand, None, "t={t}");
+        assert_eq!(v1.unresponsive_since, None, "t={t}");
+        assert_eq!(v1.action, Action::Hold, "t={t}");
+    }
+}
+
+/// A VM no hook recorded whose QEMU does not answer is not adopted (its
+/// sizes may be stale): it waits as a candidate until it answers.
+#[test]
+fn an_unrecorded_vm_that_does_not_answer_is_not_adopted() {
+    let d = defined(dom(1, 200, 256), 160);
+    let u = d.live.uuid.clone();
+    let h = Host::new(vec![d]);
+    h.fake().hung.insert(u.clone());
+    let r = h.run(T0).unwrap();
+    let v = vm(&r, "vm1");
+    assert!(!v.managed && !v.adopted);
+    assert_eq!(v.reason, Reason::Unresponsive);
+    assert_eq!(r.calls.xml, 0, "no definition fetched for it");
+    h.fake().hung.clear();
+    let r = h.run(T0 + 10).unwrap();
+    assert!(vm(&r, "vm1").adopted);
+    assert_eq!(vm(&r, "vm1").floor_kib, 160 * MIB);
+}
+
+impl Host {
+    /// A fake QEMU for `d` started `age` seconds before the fake
+    /// `/proc/uptime` says now (`uptime`).
+    fn qemu_aged(&self, d: &FakeDomain, pid: u32, uptime: u64, age: u64) {
+        self.qemu(d, pid, 0, 0);
+        let dir = self.paths.procs.proc_dir.join(pid.to_string());
+        let start_ticks = (uptime - age) * 100;
+        let fields = vec!["0"; 18].join(" ");
+        fs::write(
+            dir.join("stat"),
+            format!("{pid} (qemu-system-x86) S {fields} {start_ticks} 0\n"),
+        )
+        .unwrap();
+        self.uptime(uptime);
+    }
+
+    fn uptime(&self, secs: u64) {
+        fs::write(
+            self.paths.procs.proc_dir.join("uptime"),
+            format!("{secs}.00 0.00\n"),
+        )
+        .unwrap();
+    }
+}
+
+/// Issue 18: a transient guest (no persistent definition: its definition's
+/// <currentMemory> is its balloon's size of the moment) caught by a pass
+/// 1 MiB into its balloon driver's inflation from 256 MiB to its 160 MiB
+/// boot size. It was adopted with floor 255 MiB, then its balloon reaching
+/// 160 by itself was "set by someone else (ksm-balloon asked for 255)" and
+/// the VM left alone for good. Now a transient domain is adopted only once
+/// its QEMU has run ADOPT_BOOT_SECS and its balloon stayed put between two
+/// passes: with its boot size as its floor, never held by hand, and lent
+/// to.
+#[test]
+fn a_transient_vm_caught_while_its_balloon_inflates_is_adopted_at_its_boot_size_regression() {
+    let d = dom(1, 255, 256);
+    let u = d.live.uuid.clone();
+    let h = Host::new(vec![d.clone()]);
+    h.ksm(1, 60);
+    let up = 1000;
+    h.qemu_aged(&d, 4242, up, 3);
+    let r = h.run(T0).unwrap();
+    let v = vm(&r, "vm1");
+    assert!(!v.managed, "not adopted 3 s after its QEMU started: {v:?}");
+    assert_eq!(v.reason, Reason::Adopting);
+    // its driver reaches the boot size; passes every 10 s
+    d_current(&h, &u, 160 * MIB);
+    let mut adopted_at = None;
+    for t in (10..=90).step_by(10) {
+        h.uptime(up + t);
+        let r = h.run(T0 + t).unwrap();
+        let v = vm(&r, "vm1");
+        assert!(v.held_by_hand.is_none(), "t={t}: {v:?}");
+        assert!(
+            !matches!(v.reason, Reason::HeldByHand | Reason::Unsettled),
+            "t={t}: {v:?}"
+        );
+        if v.adopted {
+            assert_eq!(adopted_at, None);
+            adopted_at = Some(t);
+            assert_eq!(
+                (v.floor_kib, v.ceiling_kib),
+                (160 * MIB, 256 * MIB),
+                "t={t}"
+            );
+        }
+    }
+    // adopted once its QEMU had run ADOPT_BOOT_SECS (3 + 60 s: t = 60)
+    assert_eq!(adopted_at, Some(reconcile::ADOPT_BOOT_SECS));
+    let rec = &h.state().vms[&u];
+    assert_eq!(
+        (rec.floor_kib, rec.source),
+        (160 * MIB, crate::state::Source::Adopted)
+    );
+    assert!(rec.manual.unwrap().held.is_none());
+    // and lent to: 60 MiB of savings, one VM
+    assert_eq!(h.fake().current(&u), Some(220 * MIB));
+}
+
+/// A transient domain whose balloon is still moving is not adopted, old
+/// QEMU or not: the size of the moment is no floor.
+#[test]
+fn a_transient_vm_whose_balloon_moves_is_not_adopted_until_it_stays_put() {
+    let d = dom(1, 250, 256);
+    let u = d.live.uuid.clone();
+    let h = Host::new(vec![d.clone()]);
+    h.qemu_aged(&d, 4242, 5000, 600);
+    for (t, size) in [(0, 250), (10, 230), (20, 200), (30, 170)] {
+        d_current(&h, &u, size * MIB);
+        h.uptime(5000 + t);
+        let r = h.run(T0 + t).unwrap();
+        assert!(!vm(&r, "vm1").managed, "t={t}");
+    }
+    h.uptime(5040);
+    let r = h.run(T0 + 40).unwrap();
+    assert!(vm(&r, "vm1").adopted);
+    assert_eq!(vm(&r, "vm1").floor_kib, 170 * MIB);
+}
+
+/// A transient domain found running long after its boot (the state file
+/// was lost, its balloon grown by an earlier pass): its boot size cannot be
+/// known. The safe side for the guest: its size now is its floor, so a
+/// bonus it may hold is never recalled (the host keeps lending it).
+#[test]
+fn a_transient_vm_found_long_after_its_boot_takes_its_size_as_floor() {
+    let d = dom(1, 200, 256);
+    let h = Host::new(vec![d.clone()]);
+    h.qemu_aged(&d, 4242, 90_000, 86_400);
+    let r = h.run(T0).unwrap();
+    assert!(
+        !vm(&r, "vm1").managed,
+        "seen once: not known to stay put yet"
+    );
+    h.uptime(90_010);
+    let r = h.run(T0 + 10).unwrap();
+    let v = vm(&r, "vm1");
+    assert!(v.adopted);
+    assert_eq!(v.floor_kib, 200 * MIB);
+    assert_eq!(v.held_by_hand, None);
+}
+
+#[test]
+fn the_adoption_rule() {
+    use reconcile::{adoption, Adoption::*, ADOPT_AT_MAXIMUM_SECS as M, ADOPT_BOOT_SECS as B};
+    let m = MIB;
+    let x = 256 * m;
+    // persistent: at once, whatever its balloon does
+    assert_eq!(adoption(false, 255 * m, x, None, Some(1), 0), Defined);
+    // transient: seen once, or moving, or young: wait
+    assert_eq!(adoption(true, 160 * m, x, None, Some(B + 5), 0), Wait);
+    assert_eq!(
+        adoption(true, 160 * m, x, Some(255 * m), Some(B + 5), 10),
+        Wait
+    );
+    assert_eq!(
+        adoption(true, 160 * m, x, Some(160 * m), Some(B - 1), 10),
+        Wait
+    );
+    // jitter within STEADY_KIB is staying put
+    assert_eq!(
+        adoption(true, 160 * m, x, Some(160 * m + 512), Some(B), 10),
+        Booted
+    );
+    // still at its maximum: its driver may not be loaded yet; longer
+    assert_eq!(adoption(true, x, x, Some(x), Some(B + 100), 110), Wait);
+    assert_eq!(adoption(true, x - 512, x, Some(x), Some(M - 1), 110), Wait);
+    assert_eq!(adoption(true, x, x, Some(x), Some(M), 110), Booted);
+    // no /proc: the time since the first sighting counts instead
+    assert_eq!(adoption(true, 160 * m, x, Some(160 * m), None, B - 1), Wait);
+    assert_eq!(
+        adoption(true, 160 * m, x, Some(160 * m), None, B),
+        FloorUnknown
+    );
+    // its QEMU was already old at the first sighting: boot size unknown
+    assert_eq!(
+        adoption(true, 200 * m, x, Some(200 * m), Some(B + 100), 10),
+        FloorUnknown
+    );
+}
+
 #[test]
 fn a_recall_asks_for_fresh_figures_once_and_sets_the_period_back_when_it_is_over() {
     // Issue 23: the first pass of a recall sets the short period (and
@@ -1181,6 +1537,9 @@ impl Hypervisor for KilledAfterResize {
     }
     fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
         self.0.inactive_xml(uuid)
+    }
+    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
+        self.0.persistent(uuid)
     }
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
         self.0.set_memory(uuid, kib)?;

@@ -102,6 +102,10 @@ pub struct VmRecord {
     /// Its disk reads at the last pass, for the demand split.
     #[serde(default)]
     pub io: Option<IoTrack>,
+    /// Since when its QEMU does not answer libvirt in time (seconds since
+    /// the epoch); `None` while it answers (and absent from the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresponsive_since: Option<u64>,
 }
 
 /// A VM's disk reads as the last pass saw them, and its smoothed demand.
@@ -148,6 +152,7 @@ impl VmRecord {
             autodeflate: false,
             manual: None,
             io: None,
+            unresponsive_since: None,
         }
     }
 
@@ -212,13 +217,19 @@ impl VmRecord {
 
 /// A running domain no hook recorded, seen by a pass but not adopted yet:
 /// a VM still starting has not inflated its balloon to its configured size,
-/// and adopting it now would take its maximum for its floor.
+/// and adopting it now would take a size its balloon driver has not
+/// finished reaching for its floor (`crate::pass::plan`, the adoption
+/// rule).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
     /// The domain's name.
     pub name: String,
     /// When a pass first saw it.
     pub first_seen: u64,
+    /// Its balloon's size at the last pass that saw it, KiB: a balloon
+    /// that moved since is still on its way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_kib: Option<u64>,
 }
 
 /// What the last pass saw and did.
@@ -437,6 +448,7 @@ mod tests {
             Candidate {
                 name: "starting".into(),
                 first_seen: 4,
+                last_kib: Some(262_144),
             },
         );
         s.last_pass = Some(LastPass {

@@ -3,7 +3,8 @@
 # AddressSanitizer): the state file, the hook's domain XML, the command
 # line, the KSM counter files, /proc/meminfo, the per-process KSM files and
 # the per-VM metadata. Each target runs for
-# KB_FUZZ_SECS seconds (default 30) from the seed corpus in fuzz/corpus/<target>
+# KB_FUZZ_SECS seconds (default 30), KB_FUZZ_JOBS at a time (default: one per
+# core), from the seed corpus in fuzz/corpus/<target>
 # (copied: the committed corpus is never changed). A crash fails the suite
 # and leaves its input in fuzz/artifacts/<target>/. Prints executions per target.
 #
@@ -27,17 +28,33 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # count DIR: the files in DIR.
 count() { find "$1" -mindepth 1 -maxdepth 1 | wc -l; }
+# fuzz TARGET: runs TARGET for $secs seconds into $work/TARGET, its log in
+# $work/TARGET.log and "ok" or "CRASH" in $work/TARGET.status.
+fuzz() {
+    local target=$1 status=ok
+    mkdir -p "$work/$target"
+    cargo fuzz run "$target" "$work/$target" "corpus/$target" -- \
+        -max_total_time="$secs" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
+        >"$work/$target.log" 2>&1 || status=CRASH
+    echo "$status" >"$work/$target.status"
+}
+# libFuzzer runs one target on one core: the targets run $jobs at a time
+# (default: one per core), each still for $secs seconds, so a 2-core
+# machine fuzzes as much in half the time.
+jobs=${KB_FUZZ_JOBS:-$(nproc)}
+mapfile -t targets < <(cargo fuzz list)
+for target in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+    fuzz "$target" &
+done
+wait
 total=0
 failed=0
 summary=()
-for target in $(cargo fuzz list); do
-    mkdir -p "$work/$target"
+for target in "${targets[@]}"; do
     log="$work/$target.log"
-    if cargo fuzz run "$target" "$work/$target" "corpus/$target" -- \
-        -max_total_time="$secs" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 >"$log" 2>&1; then
-        status=ok
-    else
-        status=CRASH
+    status=$(cat "$work/$target.status" 2>/dev/null || echo CRASH)
+    if [ "$status" != ok ]; then
         failed=1
         grep -E 'panicked|ERROR: AddressSanitizer|SUMMARY|artifact|Test unit written' "$log" | head -20
     fi
