@@ -174,6 +174,7 @@ fn run(policy: &Policy, host: &HostView, vms: &[Vm]) -> Outcome {
             }),
             guest: GuestStats::default(),
             block_rd_bytes: None,
+            unresponsive: None,
         })
         .collect();
     let mut state = State::default();

@@ -1192,7 +1192,7 @@ fn a_vm_whose_qemu_does_not_answer_is_skipped_and_the_others_resized_regression(
     let stuck = doms[1].live.uuid.clone();
     let mut h = Host::new(doms);
     h.settings.hold_window_secs = 0;
-    h.settings.blind_step_kib = None;
+    h.settings.policy.blind_step_kib = None;
     h.ksm(1, 90);
     let r = h.run(T0).unwrap();
     assert_eq!(r.resized, 3);
@@ -1252,7 +1252,7 @@ fn a_resize_that_times_out_counts_as_asked_and_the_others_go_on() {
     let (u1, u2) = (doms[0].live.uuid.clone(), doms[1].live.uuid.clone());
     let mut h = Host::new(doms);
     h.settings.hold_window_secs = 0;
-    h.settings.blind_step_kib = None;
+    h.settings.policy.blind_step_kib = None;
     h.ksm(1, 90);
     h.run(T0).unwrap();
     // vm1 stops answering after its statistics were read: only its resize
