@@ -47,6 +47,7 @@ Usage: io_report.py OUT [--plots DIR] [--markdown FILE] [--check]
 import argparse
 import collections
 import glob
+import gzip
 import json
 import os
 import re
@@ -77,11 +78,22 @@ MIB = 1024
 OOM_RE = re.compile(r"Out of memory|Kernel panic")
 
 
+def raw(path):
+    """The raw file at path, or its gzip'd copy (path + ".gz"): the committed
+    results keep their raw samples, logs and consoles compressed (issue 19),
+    a fresh run writes them plain. None when neither exists."""
+    if os.path.exists(path):
+        return open(path, errors="replace")
+    if os.path.exists(path + ".gz"):
+        return gzip.open(path + ".gz", "rt", errors="replace")
+    return None
+
+
 def load_run(path):
     with open(os.path.join(path, "arm.json")) as f:
         arm = json.load(f)
     tput, host = [], []
-    with open(os.path.join(path, "samples.jsonl")) as f:
+    with raw(os.path.join(path, "samples.jsonl")) as f:
         for line in f:
             r = json.loads(line)
             # seconds since every guest was reading (or idling) with its
@@ -90,9 +102,9 @@ def load_run(path):
             r["t"] -= arm["t_ready"]
             (tput if r["kind"] == "tput" else host).append(r)
     log = ""
-    lp = os.path.join(path, "ksm-balloon.log")
-    if os.path.exists(lp):
-        with open(lp, errors="replace") as f:
+    f = raw(os.path.join(path, "ksm-balloon.log"))
+    if f:
+        with f:
             log = f.read()
     status = {}
     sp = os.path.join(path, "status.json")
@@ -100,18 +112,18 @@ def load_run(path):
         with open(sp) as f:
             status = json.load(f)
     passes = []
-    pp = os.path.join(path, "passes.jsonl")
-    if os.path.exists(pp):
-        with open(pp) as f:
+    f = raw(os.path.join(path, "passes.jsonl"))
+    if f:
+        with f:
             for line in f:
                 r = json.loads(line)
                 r["t"] = r["at"] - arm["t0_epoch"] - arm["t_ready"]
                 passes.append(r)
     oom = {}
     for g in arm["guests"]:
-        cp = os.path.join(path, f"{g}.console")
-        if os.path.exists(cp):
-            with open(cp, errors="replace") as f:
+        f = raw(os.path.join(path, f"{g}.console"))
+        if f:
+            with f:
                 oom[g] = [line.strip() for line in f if OOM_RE.search(line)]
     arm.update(tput=tput, host=host, log=log, path=path, status=status, passes=passes, oom=oom)
     return arm

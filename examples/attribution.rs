@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use ksm_balloon::attribution::{attribute, contribution_weights, HostFigures, ProcessFigures};
+use ksm_balloon::attribution::{attribute, HostFigures, ProcessFigures};
 use ksm_balloon::cli::under_root;
 use ksm_balloon::ksm::{self, Metric};
 use ksm_balloon::procksm::{read_all, read_vm, ProcPaths};
@@ -62,7 +62,14 @@ fn main() {
         .filter_map(ProcessFigures::from_stat)
         .collect();
     let a = attribute(&host, metric, &figures, Some(&others)).unwrap();
-    let weights = contribution_weights(&a.vm_kib);
+    // The weight a contribution split gives each VM (pass::rows): its
+    // part, a negative one (rmap items costing more than its merges save)
+    // counting as none.
+    let weights: Vec<u64> = a
+        .vm_kib
+        .iter()
+        .map(|&k| u64::try_from(k).unwrap_or(0))
+        .collect();
     let mut k = 0;
     for vm in vms.iter_mut() {
         if vm.get("pid").is_some() {

@@ -220,16 +220,6 @@ pub fn attribute(
     })
 }
 
-/// Weights for a split of the pool by contribution: each VM's attributed
-/// savings in KiB, a negative part (rmap items costing more than its merges
-/// save) counting as none.
-pub fn contribution_weights(vm_kib: &[i64]) -> Vec<u64> {
-    vm_kib
-        .iter()
-        .map(|&k| u64::try_from(k).unwrap_or(0))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,11 +406,6 @@ mod tests {
                 process_profit: Some(-1)
             })
         );
-    }
-
-    #[test]
-    fn weights_drop_negative_parts() {
-        assert_eq!(contribution_weights(&[5, 0, -3]), vec![5, 0, 0]);
     }
 
     fn nodes_strategy() -> impl Strategy<Value = (Vec<Vec<usize>>, Vec<u64>, Vec<u64>)> {

@@ -6,6 +6,7 @@
 //! the flag and value at fault, exit 2), then [`Settings::validate`] resolves
 //! paths under `--root` and checks what one flag alone cannot.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::ksm::Metric;
 use crate::pass;
-use crate::policy::Split;
+use crate::policy::{Policy, Split};
 use crate::units::{parse_size_kib, SizeOrPercent};
 
 /// Hands the memory Linux KSM saves back to libvirt guests through the virtio balloon.
@@ -97,7 +98,18 @@ pub enum Command {
     },
 }
 
-fn parse_share(s: &str) -> Result<f64, String> {
+/// The fraction of the savings handed out, printed as the settings file
+/// writes it (`1.0`, not `1`): clap shows a default by its `Display`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Share(pub f64);
+
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+fn parse_share(s: &str) -> Result<Share, String> {
     let v: f64 = s
         .trim()
         .parse()
@@ -105,7 +117,30 @@ fn parse_share(s: &str) -> Result<f64, String> {
     if !(0.0..=1.0).contains(&v) {
         return Err(format!("{v} is not between 0 and 1"));
     }
-    Ok(v)
+    Ok(Share(v))
+}
+
+/// A size in KiB, printed as the command line takes it: the largest
+/// binary suffix that divides it (`4M`, `16M`; a bare number is KiB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = self.0;
+        match ["T", "G", "M"]
+            .iter()
+            .zip([1u64 << 30, 1 << 20, 1 << 10])
+            .find(|(_, unit)| k > 0 && k % unit == 0)
+        {
+            Some((suffix, unit)) => write!(f, "{}{suffix}", k / unit),
+            None => write!(f, "{k}"),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<Size, String> {
+    parse_size_kib(s).map(Size)
 }
 
 /// A value parser for one of `all`'s names: clap lists them in the help
@@ -147,6 +182,15 @@ fn parse_period(s: &str) -> Result<u32, String> {
 /// A per-pass step limit in KiB; `None` is unlimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit(pub Option<u64>);
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("unlimited"),
+            Some(k) => write!(f, "{}", Size(k)),
+        }
+    }
+}
 
 fn parse_limit(s: &str) -> Result<Limit, String> {
     match s.trim() {
@@ -198,56 +242,56 @@ pub struct Settings {
     /// Which KSM counter is the savings: profit (general_profit), sharing
     /// (pages_sharing + ksm_zero_pages), shared (pages_shared, the paper's), or
     /// auto (profit where the kernel has it, else sharing).
-    #[arg(long, global = true, env = "KSM_BALLOON_METRIC", default_value = "auto", value_parser = one_of(&Metric::ALL))]
+    #[arg(long, global = true, env = "KSM_BALLOON_METRIC", default_value_t = pass::Settings::DEFAULT.metric, value_parser = one_of(&Metric::ALL))]
     pub metric: Metric,
 
     /// Fraction of the savings handed out to the VMs, 0 to 1.
-    #[arg(long, global = true, env = "KSM_BALLOON_SHARE", default_value = "1.0", value_parser = parse_share)]
-    pub share: f64,
+    #[arg(long, global = true, env = "KSM_BALLOON_SHARE", default_value_t = Share(Policy::DEFAULT.share), value_parser = parse_share)]
+    pub share: Share,
 
     /// How the pool is divided: equal (the paper), proportional (to each
     /// VM's floor), demand (to its disk reads while its memory is full),
     /// contribution (to what its own pages saved), or contribution-demand.
-    #[arg(long, global = true, env = "KSM_BALLOON_SPLIT", default_value = "equal", value_parser = one_of(&Split::ALL))]
+    #[arg(long, global = true, env = "KSM_BALLOON_SPLIT", default_value_t = Policy::DEFAULT.split, value_parser = one_of(&Split::ALL))]
     pub split: Split,
 
     /// Host MemAvailable to keep free: below it nothing grows and bonuses
     /// shrink. A size (512M, 2G) or a percentage of MemTotal (5%).
-    #[arg(long, global = true, env = "KSM_BALLOON_RESERVE", default_value = "5%", value_parser = SizeOrPercent::parse)]
+    #[arg(long, global = true, env = "KSM_BALLOON_RESERVE", default_value_t = pass::Settings::DEFAULT.reserve, value_parser = SizeOrPercent::parse)]
     pub reserve: SizeOrPercent,
 
     /// Leave a VM alone when its target is this close to its size (a size; bare numbers are KiB).
-    #[arg(long, global = true, env = "KSM_BALLOON_DEADBAND", default_value = "4M", value_parser = parse_size_kib)]
-    pub deadband: u64,
+    #[arg(long, global = true, env = "KSM_BALLOON_DEADBAND", default_value_t = Size(Policy::DEFAULT.deadband_kib), value_parser = parse_size)]
+    pub deadband: Size,
 
     /// Most a VM grows in one pass: a size, or "unlimited" (the paper).
-    #[arg(long, global = true, env = "KSM_BALLOON_MAX_GROW", default_value = "unlimited", value_parser = parse_limit)]
+    #[arg(long, global = true, env = "KSM_BALLOON_MAX_GROW", default_value_t = Limit(Policy::DEFAULT.max_grow_kib), value_parser = parse_limit)]
     pub max_grow: Limit,
 
     /// Most a VM shrinks in one pass while the host is above its reserve:
     /// a size, or "unlimited" (the paper).
-    #[arg(long, global = true, env = "KSM_BALLOON_MAX_SHRINK", default_value = "unlimited", value_parser = parse_limit)]
+    #[arg(long, global = true, env = "KSM_BALLOON_MAX_SHRINK", default_value_t = Limit(Policy::DEFAULT.max_shrink_kib), value_parser = parse_limit)]
     pub max_shrink: Limit,
 
     /// Under the reserve, most of a VM's applications' memory taken in one
     /// pass: a size, or "unlimited" (the host's whole shortfall at once).
-    #[arg(long, global = true, env = "KSM_BALLOON_MAX_SQUEEZE", default_value = "unlimited", value_parser = parse_limit)]
+    #[arg(long, global = true, env = "KSM_BALLOON_MAX_SQUEEZE", default_value_t = Limit(Policy::DEFAULT.max_squeeze_kib), value_parser = parse_limit)]
     pub max_squeeze: Limit,
 
     /// Most a VM without fresh guest statistics gives back in one pass: a
     /// size, or "unlimited" (all of it at once, as the paper would).
-    #[arg(long, global = true, env = "KSM_BALLOON_BLIND_STEP", default_value = "16M", value_parser = parse_limit)]
+    #[arg(long, global = true, env = "KSM_BALLOON_BLIND_STEP", default_value_t = Limit(Policy::DEFAULT.blind_step_kib), value_parser = parse_limit)]
     pub blind_step: Limit,
 
     /// Seconds between a guest's memory statistics, turned on (live only)
     /// for a managed VM that reports none; 0 leaves guests alone.
-    #[arg(long, global = true, env = "KSM_BALLOON_GUEST_STATS_PERIOD", default_value = "5", value_parser = parse_period)]
+    #[arg(long, global = true, env = "KSM_BALLOON_GUEST_STATS_PERIOD", default_value_t = pass::Settings::DEFAULT.guest_stats_period, value_parser = parse_period)]
     pub guest_stats_period: u32,
 
     /// Lend only the savings that held this long: the smallest the passes
     /// of that window saw (seconds; 0 lends the savings of the moment, as
     /// the paper). A fall is followed at once.
-    #[arg(long, global = true, env = "KSM_BALLOON_HOLD_WINDOW", default_value = "60", value_parser = parse_window)]
+    #[arg(long, global = true, env = "KSM_BALLOON_HOLD_WINDOW", default_value_t = pass::Settings::DEFAULT.hold_window_secs, value_parser = parse_window)]
     pub hold_window: u64,
 
     /// A Prometheus text file every pass writes (atomically), e.g. in
@@ -335,14 +379,18 @@ impl Settings {
             },
             pass: pass::Settings {
                 metric: self.metric,
-                share: self.share,
-                split: self.split,
                 reserve: self.reserve,
-                deadband_kib: self.deadband,
-                max_grow_kib: self.max_grow.0,
-                max_shrink_kib: self.max_shrink.0,
-                max_squeeze_kib: self.max_squeeze.0,
-                blind_step_kib: self.blind_step.0,
+                policy: Policy {
+                    share: self.share.0,
+                    split: self.split,
+                    deadband_kib: self.deadband.0,
+                    max_grow_kib: self.max_grow.0,
+                    max_shrink_kib: self.max_shrink.0,
+                    max_squeeze_kib: self.max_squeeze.0,
+                    blind_step_kib: self.blind_step.0,
+                    // resolved against MemTotal every pass (`reserve`)
+                    reserve_kib: 0,
+                },
                 guest_stats_period: self.guest_stats_period,
                 hold_window_secs: self.hold_window,
             },
@@ -530,10 +578,10 @@ mod tests {
         let s = cli.settings;
         assert_eq!(s.connect, "qemu:///system");
         assert_eq!(s.metric, Metric::Auto);
-        assert_eq!(s.share, 1.0);
+        assert_eq!(s.share, Share(1.0));
         assert_eq!(s.split, Split::Equal);
         assert_eq!(s.reserve, SizeOrPercent::Percent(5.0));
-        assert_eq!(s.deadband, 4096);
+        assert_eq!(s.deadband, Size(4096));
         assert_eq!(s.max_grow, Limit(None));
         assert_eq!(s.max_shrink, Limit(None));
         assert_eq!(s.lock_timeout, Duration::from_secs(20));
@@ -559,12 +607,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.settings.max_grow, Limit(Some(65536)));
-        assert_eq!(cli.settings.share, 0.5);
+        assert_eq!(cli.settings.share, Share(0.5));
     }
 
     #[test]
     fn value_parsers() {
-        assert_eq!(parse_share("0.5"), Ok(0.5));
+        assert_eq!(parse_share("0.5"), Ok(Share(0.5)));
         assert!(parse_share("1.5").is_err());
         assert!(parse_share("-0.1").is_err());
         assert!(parse_share("NaN").is_err());
@@ -574,5 +622,17 @@ mod tests {
         assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
         assert_eq!(parse_seconds("20s"), Ok(Duration::from_secs(20)));
         assert!(parse_seconds("-1").is_err());
+        // a default is shown as its Display, which must parse back
+        for (k, text) in [
+            (4096, "4M"),
+            (16384, "16M"),
+            (1536, "1536"),
+            (1 << 20, "1G"),
+        ] {
+            assert_eq!(Size(k).to_string(), text);
+            assert_eq!(parse_size(text), Ok(Size(k)));
+        }
+        assert_eq!(Limit(None).to_string(), "unlimited");
+        assert_eq!(Share(1.0).to_string(), "1.0");
     }
 }

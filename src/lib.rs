@@ -25,4 +25,6 @@ pub mod procksm;
 pub mod render;
 pub mod state;
 pub mod sysconfig;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod units;

@@ -361,7 +361,7 @@ pub enum MetricsError {
     #[error("metrics file {} has no file name", .0.display())]
     NoFileName(PathBuf),
     /// Writing, syncing or renaming failed.
-    #[error("cannot write the metrics file {}: {source}", .path.display())]
+    #[error("cannot write the metrics file {}", .path.display())]
     Write {
         /// The file (or its temporary) at fault.
         path: PathBuf,
@@ -645,6 +645,27 @@ ksm_balloon_vm_held{domain="web\"1\"\\a\nb",uuid="6695eb01-f6a4-8304-79aa-97f250
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
         assert_eq!(fs::read_to_string(&path).unwrap(), "a 1\n");
         assert!(fs::symlink_metadata(&tmp).is_err());
+    }
+
+    /// The pass logs a metrics failure with its causes
+    /// ([`crate::errors::chain`]); the message also held its source, so
+    /// the log said "No such file or directory (os error 2)" twice.
+    #[test]
+    fn a_metrics_write_failure_prints_its_cause_once_regression() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("m.prom");
+        let e = write_atomically(&path, "a 1\n").unwrap_err();
+        let tmp = dir
+            .path()
+            .join("missing-dir")
+            .join(format!(".m.prom.{}.tmp", std::process::id()));
+        assert_eq!(
+            crate::errors::chain(&e),
+            format!(
+                "cannot write the metrics file {}: No such file or directory (os error 2)",
+                tmp.display()
+            )
+        );
     }
 
     #[test]

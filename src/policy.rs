@@ -73,15 +73,27 @@ impl Split {
         ("contribution-demand", Split::ContributionDemand),
     ];
 
-    /// The split needs each VM's part of the savings (per-process figures).
-    pub fn needs_contribution(self) -> bool {
-        matches!(self, Split::Contribution | Split::ContributionDemand)
+    /// What the pass must observe and track for this split, beyond what
+    /// every split uses: the one place that says it, so a new split is
+    /// one variant here and the pass reads nothing it does not use.
+    pub fn inputs(self) -> SplitInputs {
+        SplitInputs {
+            contribution: matches!(self, Split::Contribution | Split::ContributionDemand),
+            demand: matches!(self, Split::Demand | Split::ContributionDemand),
+        }
     }
+}
 
-    /// The split needs each VM's I/O demand.
-    pub fn needs_demand(self) -> bool {
-        matches!(self, Split::Demand | Split::ContributionDemand)
-    }
+/// What a split needs the pass to observe ([`Split::inputs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitInputs {
+    /// Each VM's part of the savings, from the kernel's per-process KSM
+    /// figures (`/proc`): read only for a split that weighs by it.
+    pub contribution: bool,
+    /// Each VM's I/O demand, tracked from pass to pass in its record
+    /// ([`VmView::demand`]): tracked, reported and kept only for a split
+    /// that weighs by it.
+    pub demand: bool,
 }
 
 /// An idle VM's demand weight, and the unit of [`VmView::demand`]: one
@@ -136,18 +148,26 @@ pub struct Policy {
     pub blind_step_kib: Option<u64>,
 }
 
+impl Policy {
+    /// The defaults, defined once: the command line's defaults are these
+    /// (`cli::Settings`, clap's `default_value_t`), as is
+    /// [`Policy::default`]. The reserve here is 0; the pass resolves
+    /// `--reserve` into it every pass (`pass::Settings::policy`).
+    pub const DEFAULT: Policy = Policy {
+        share: 1.0,
+        split: Split::Equal,
+        reserve_kib: 0,
+        deadband_kib: DEFAULT_DEADBAND_KIB,
+        max_grow_kib: None,
+        max_shrink_kib: None,
+        max_squeeze_kib: None,
+        blind_step_kib: Some(DEFAULT_BLIND_STEP_KIB),
+    };
+}
+
 impl Default for Policy {
     fn default() -> Self {
-        Policy {
-            share: 1.0,
-            split: Split::Equal,
-            reserve_kib: 0,
-            deadband_kib: DEFAULT_DEADBAND_KIB,
-            max_grow_kib: None,
-            max_shrink_kib: None,
-            max_squeeze_kib: None,
-            blind_step_kib: Some(DEFAULT_BLIND_STEP_KIB),
-        }
+        Policy::DEFAULT
     }
 }
 

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use ksm_balloon::attribution::{attribute, contribution_weights, HostFigures, ProcessFigures};
+use ksm_balloon::attribution::{attribute, HostFigures, ProcessFigures};
 use ksm_balloon::cli::under_root;
 use ksm_balloon::ksm::{self, Metric};
 use ksm_balloon::procksm::{read_all, read_vm, ProcPaths};
@@ -101,7 +101,7 @@ fn report(case: &str) -> String {
                     a.non_vm_kib,
                     a.others_kib,
                     parts.join(", "),
-                    contribution_weights(&a.vm_kib)
+                    weights(&a.vm_kib)
                 )
                 .unwrap();
             }
@@ -109,6 +109,16 @@ fn report(case: &str) -> String {
         }
     }
     out
+}
+
+/// The weight a contribution split gives each VM (`pass::rows`): its
+/// part, a negative one (rmap items costing more than its merges save)
+/// counting as none.
+fn weights(vm_kib: &[i64]) -> Vec<u64> {
+    vm_kib
+        .iter()
+        .map(|&k| u64::try_from(k).unwrap_or(0))
+        .collect()
 }
 
 fn golden(case: &str) {

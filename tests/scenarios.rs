@@ -44,6 +44,7 @@ use ksm_balloon::hypervisor::fake::{FakeDomain, FakeHv, Shared};
 use ksm_balloon::hypervisor::{GuestStats, Hypervisor};
 use ksm_balloon::pass::{self, Report};
 use ksm_balloon::state::spool::Stamp;
+use ksm_balloon::testing;
 use serde_json::Value;
 
 const MIB: u64 = 1024;
@@ -63,17 +64,7 @@ fn mib(v: &Value, key: &str) -> Option<u64> {
 }
 
 fn write_ksm(dir: &Path, savings_mib: u64) {
-    for (f, v) in [
-        ("run", "1".to_string()),
-        ("pages_shared", "0".into()),
-        ("pages_sharing", "0".into()),
-        ("pages_unshared", "0".into()),
-        ("pages_volatile", "0".into()),
-        ("full_scans", "1".into()),
-        ("general_profit", (savings_mib * MIB * 1024).to_string()),
-    ] {
-        fs::write(dir.join(f), format!("{v}\n")).unwrap();
-    }
+    testing::write_ksm(dir, &testing::ksm_saving(savings_mib * MIB)).unwrap();
 }
 
 fn write_meminfo(path: &Path, available_kib: u64) {

@@ -2,11 +2,13 @@
 //! call per pass for every domain's balloon, its guest's own memory figures
 //! and its disk reads; one resize per VM whose target moved; the few other
 //! calls a pass may need (a definition to adopt a VM, turning a guest's
-//! statistics on). [`Libvirt`] is the real thing ([`libvirt`]); [`fake`] is
+//! statistics on). [`Libvirt`] is the real thing ([`libvirt`]); `fake` is
 //! an in-memory hypervisor for the pass's unit tests, with the faults a
-//! real daemon does not produce on demand.
+//! real daemon does not produce on demand (only with the `testing`
+//! feature, which the tests get: never in the shipped binary).
 
 pub mod deadline;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod libvirt;
 pub mod typed;

@@ -66,7 +66,7 @@ pub fn lending(
 ) -> Lending {
     let now = obs.at;
     // Whose savings: the VMs' parts, for the contribution splits.
-    let (attribution, parts) = if settings.split.needs_contribution() {
+    let (attribution, parts) = if settings.policy.split.inputs().contribution {
         match attribute_vms(obs, savings.metric) {
             Ok((a, parts)) => (
                 Ok(AttributionReport {

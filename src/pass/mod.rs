@@ -303,7 +303,7 @@ fn run_locked(
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
     debug!("connected to libvirt");
-    let contribution = settings.split.needs_contribution();
+    let contribution = settings.policy.split.inputs().contribution;
     let mut obs = observe::observe(
         ksm,
         mem,
@@ -373,7 +373,7 @@ pub fn dry_run(
     let hook_records = fold_spool(&store, &mut state, None, &clocks)?;
     let (ksm, mem) = observe::read_host(paths)?;
     let mut hv = open()?;
-    let contribution = settings.split.needs_contribution();
+    let contribution = settings.policy.split.inputs().contribution;
     let mut obs = observe::observe(
         ksm,
         mem,

@@ -67,22 +67,12 @@ pub fn plan(
     let policy = settings.policy(obs.mem.total_kib);
     let lending = lend::lending(settings, obs, savings, &mut state, &mut notes);
     let rows = rows::rows(settings, obs, &mut state, &lending.parts, &mut notes);
-    let views: Vec<VmView> = rows.iter().map(|r| r.view).collect();
     let host = HostView {
         savings_kib: lending.lendable_kib,
         ksm_counters_live: obs.ksm.counters_live(),
         available_kib: obs.mem.available_kib,
     };
-    let p = policy::plan(&policy, &host, &views);
-    let decided = adjust::adjust(
-        &policy,
-        p.under_reserve,
-        &rows,
-        &p.decisions,
-        &mut state,
-        now,
-        &mut notes,
-    );
+    let (p, decided) = decide(&policy, &host, &rows, &mut state, now, &mut notes);
     let resizes = asks::resizes(&rows, &decided);
     let stats_periods = asks::stats_periods(settings, &rows, &decided, &state);
     guard_note(obs, &policy, &p, &rows, &decided, &mut notes);
@@ -104,6 +94,34 @@ pub fn plan(
         stats_periods,
         notes,
     })
+}
+
+/// Stages 4 and 5: the policy over the rows, then the rules that change
+/// its decisions from what earlier passes asked ([`adjust::adjust`]).
+/// Returns the policy's plan and every row's decision as the pass acts on
+/// it. The property tests of the whole pipeline (`tests/pipeline_props.rs`)
+/// run this, so a rule in either stage is checked against the same
+/// invariants.
+pub fn decide(
+    policy: &policy::Policy,
+    host: &HostView,
+    rows: &[rows::Row],
+    state: &mut State,
+    now: u64,
+    notes: &mut Vec<Note>,
+) -> (policy::Plan, Vec<policy::Decision>) {
+    let views: Vec<VmView> = rows.iter().map(|r| r.view).collect();
+    let p = policy::plan(policy, host, &views);
+    let decided = adjust::adjust(
+        policy,
+        p.under_reserve,
+        rows,
+        &p.decisions,
+        state,
+        now,
+        notes,
+    );
+    (p, decided)
 }
 
 /// What KSM's `run` means for the savings, when it is not merging.

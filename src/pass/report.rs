@@ -236,7 +236,7 @@ pub fn build(i: &Inputs) -> Report {
         lendable_kib: lending.lendable_kib,
         policy_window_secs: i.settings.hold_window_secs,
         attribution: lending.attribution.as_ref().ok().copied(),
-        attribution_problem: if i.settings.split.needs_contribution() {
+        attribution_problem: if i.settings.policy.split.inputs().contribution {
             lending.attribution.as_ref().err().cloned()
         } else {
             None

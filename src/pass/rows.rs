@@ -3,7 +3,7 @@
 //! ([`Motion`]: a target still on its way is planned from, not the
 //! balloon's old size), its guest's own figures (fresh or not, moved by
 //! what the balloon moved since they were taken, confirmed or not as
-//! answering every ask), its I/O demand (tracked in the state), whether
+//! answering every ask), its I/O demand (tracked in the state, for a split that uses it), whether
 //! someone else set its balloon (the manual-change detector, in the state),
 //! and from those its status for the policy.
 
@@ -256,7 +256,12 @@ pub fn rows<'a>(
                 ..g
             }
         });
-        let (io, demand) = track_io(r.io, d.block_rd_bytes, guest, now);
+        // Tracked only for a split that weighs by it.
+        let (io, demand) = if settings.policy.split.inputs().demand {
+            track_io(r.io, d.block_rd_bytes, guest, now)
+        } else {
+            (None, None)
+        };
         r.io = io;
         let hand = hand_set(r, d, s.maximum_kib, now, notes);
         rows.push(Row {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::ksm::Metric;
-use crate::policy::{Policy, Split};
+use crate::policy::Policy;
 use crate::state::Store;
 use crate::units::SizeOrPercent;
 
@@ -46,28 +46,19 @@ impl Paths {
     }
 }
 
-/// What a pass needs to know from the settings (not the command line).
+/// What a pass needs to know from the settings (not the command line):
+/// the policy's own settings, held whole, and the few the pass resolves or
+/// acts on itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// Which KSM counter is the savings.
     pub metric: Metric,
-    /// Fraction of the savings handed out.
-    pub share: f64,
-    /// How the pool is divided.
-    pub split: Split,
-    /// Host MemAvailable to keep free.
+    /// Host MemAvailable to keep free, as given: resolved against MemTotal
+    /// into the policy's `reserve_kib` every pass ([`Settings::policy`]).
     pub reserve: SizeOrPercent,
-    /// Targets this close to the current size are left alone, KiB.
-    pub deadband_kib: u64,
-    /// Most growth per VM per pass, KiB.
-    pub max_grow_kib: Option<u64>,
-    /// Most shrink per VM per pass above the reserve, KiB.
-    pub max_shrink_kib: Option<u64>,
-    /// Most taken from a VM's applications per pass under the reserve, KiB.
-    pub max_squeeze_kib: Option<u64>,
-    /// Most a VM without fresh statistics gives back per pass, KiB (None:
-    /// all of it).
-    pub blind_step_kib: Option<u64>,
+    /// The policy's settings (share, split, deadband, step limits, blind
+    /// step); its `reserve_kib` is not used, `reserve` is.
+    pub policy: Policy,
     /// The statistics period the pass turns on for a guest that reports
     /// none (seconds; 0: never touch it).
     pub guest_stats_period: u32,
@@ -76,22 +67,22 @@ pub struct Settings {
     pub hold_window_secs: u64,
 }
 
+impl Settings {
+    /// The defaults, defined once: the command line's defaults are these
+    /// and [`Policy::DEFAULT`] (`cli::Settings`, clap's `default_value_t`),
+    /// as is [`Settings::default`].
+    pub const DEFAULT: Settings = Settings {
+        metric: Metric::Auto,
+        reserve: SizeOrPercent::Percent(5.0),
+        policy: Policy::DEFAULT,
+        guest_stats_period: DEFAULT_GUEST_STATS_PERIOD,
+        hold_window_secs: DEFAULT_HOLD_WINDOW_SECS,
+    };
+}
+
 impl Default for Settings {
     fn default() -> Self {
-        let p = Policy::default();
-        Settings {
-            metric: Metric::Auto,
-            share: p.share,
-            split: p.split,
-            reserve: SizeOrPercent::Percent(5.0),
-            deadband_kib: p.deadband_kib,
-            max_grow_kib: None,
-            max_shrink_kib: None,
-            max_squeeze_kib: None,
-            blind_step_kib: p.blind_step_kib,
-            guest_stats_period: DEFAULT_GUEST_STATS_PERIOD,
-            hold_window_secs: DEFAULT_HOLD_WINDOW_SECS,
-        }
+        Settings::DEFAULT
     }
 }
 
@@ -111,14 +102,8 @@ impl Settings {
     /// The policy's settings, the reserve resolved against `mem_total_kib`.
     pub fn policy(&self, mem_total_kib: u64) -> Policy {
         Policy {
-            share: self.share,
-            split: self.split,
             reserve_kib: self.reserve.resolve(mem_total_kib),
-            deadband_kib: self.deadband_kib,
-            max_grow_kib: self.max_grow_kib,
-            max_shrink_kib: self.max_shrink_kib,
-            max_squeeze_kib: self.max_squeeze_kib,
-            blind_step_kib: self.blind_step_kib,
+            ..self.policy.clone()
         }
     }
 }

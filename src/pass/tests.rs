@@ -51,18 +51,11 @@ impl Host {
 
     /// KSM `run` and savings (general_profit), MiB.
     fn ksm(&self, run: u64, savings_mib: u64) {
-        let k = &self.paths.ksm_dir;
-        for (f, v) in [
-            ("run", run.to_string()),
-            ("pages_shared", "0".into()),
-            ("pages_sharing", "0".into()),
-            ("pages_unshared", "0".into()),
-            ("pages_volatile", "0".into()),
-            ("full_scans", "1".into()),
-            ("general_profit", (savings_mib * MIB * 1024).to_string()),
-        ] {
-            fs::write(k.join(f), format!("{v}\n")).unwrap();
-        }
+        let k = crate::ksm::KsmCounters {
+            run,
+            ..crate::testing::ksm_saving(savings_mib * MIB)
+        };
+        crate::testing::write_ksm(&self.paths.ksm_dir, &k).unwrap();
     }
 
     fn meminfo(&self, total_kib: u64, available_kib: u64) {
@@ -784,18 +777,14 @@ impl Host {
     /// KSM counters as three processes merging 16000, 16000 and 8000 pages
     /// (plus `other` pages of a host process) would leave them.
     fn ksm_counters(&self, shared: u64, sharing: u64, profit: i64) {
-        let k = &self.paths.ksm_dir;
-        for (f, v) in [
-            ("run", "1".to_string()),
-            ("pages_shared", shared.to_string()),
-            ("pages_sharing", sharing.to_string()),
-            ("pages_unshared", "0".into()),
-            ("pages_volatile", "0".into()),
-            ("full_scans", "3".into()),
-            ("general_profit", profit.to_string()),
-        ] {
-            fs::write(k.join(f), format!("{v}\n")).unwrap();
-        }
+        let k = crate::ksm::KsmCounters {
+            pages_shared: shared,
+            pages_sharing: sharing,
+            full_scans: 3,
+            general_profit: Some(profit),
+            ..crate::testing::ksm_saving(0)
+        };
+        crate::testing::write_ksm(&self.paths.ksm_dir, &k).unwrap();
     }
 }
 
@@ -803,7 +792,7 @@ impl Host {
 fn contribution_lends_each_vm_what_its_pages_saved_and_not_the_hosts() {
     let doms: Vec<_> = (1..=3).map(|n| defined(dom(n, 160, 320), 160)).collect();
     let mut h = Host::new(doms.clone());
-    h.settings.split = Split::Contribution;
+    h.settings.policy.split = Split::Contribution;
     h.settings.hold_window_secs = 0;
     // 40000 merging pages in VMs + 2000 in a host process; each KSM page
     // mapped twice: shared 21000, sharing 21000 (r = 1/2)
@@ -844,7 +833,7 @@ fn contribution_lends_each_vm_what_its_pages_saved_and_not_the_hosts() {
     assert!(r.attribution.is_none());
     // a kernel without per-process figures: equal, with the reason said
     let mut h3 = Host::new(doms);
-    h3.settings.split = Split::Contribution;
+    h3.settings.policy.split = Split::Contribution;
     h3.ksm_counters(21_000, 21_000, 21_000 * page);
     let r = h3.run(T0).unwrap();
     assert!(r.attribution.is_none());
@@ -856,7 +845,7 @@ fn contribution_lends_each_vm_what_its_pages_saved_and_not_the_hosts() {
 fn demand_lends_the_pool_to_the_vm_that_reads_with_its_memory_full() {
     let doms: Vec<_> = (1..=3).map(|n| defined(dom(n, 160, 320), 160)).collect();
     let mut h = Host::new(doms);
-    h.settings.split = Split::Demand;
+    h.settings.policy.split = Split::Demand;
     h.settings.hold_window_secs = 0;
     h.ksm(1, 90);
     let set = |h: &Host, t: u64, busy_read: u64| {
@@ -1203,7 +1192,7 @@ fn a_vm_whose_qemu_does_not_answer_is_skipped_and_the_others_resized_regression(
     let stuck = doms[1].live.uuid.clone();
     let mut h = Host::new(doms);
     h.settings.hold_window_secs = 0;
-    h.settings.blind_step_kib = None;
+    h.settings.policy.blind_step_kib = None;
     h.ksm(1, 90);
     let r = h.run(T0).unwrap();
     assert_eq!(r.resized, 3);
@@ -1263,7 +1252,7 @@ fn a_resize_that_times_out_counts_as_asked_and_the_others_go_on() {
     let (u1, u2) = (doms[0].live.uuid.clone(), doms[1].live.uuid.clone());
     let mut h = Host::new(doms);
     h.settings.hold_window_secs = 0;
-    h.settings.blind_step_kib = None;
+    h.settings.policy.blind_step_kib = None;
     h.ksm(1, 90);
     h.run(T0).unwrap();
     // vm1 stops answering after its statistics were read: only its resize
@@ -1967,7 +1956,7 @@ fn the_demand_halves_every_minute_whichever_way_the_wall_clock_steps_regression(
     // the demand decayed to nothing at once.
     for by in [-3600, 3600] {
         let mut h = Host::new(vec![defined(dom(1, 160, 320), 160)]);
-        h.settings.split = Split::Demand;
+        h.settings.policy.split = Split::Demand;
         let uuid = "00000001-0000-4000-8000-000000000000";
         let mut demand = Vec::new();
         for (b, read_mib) in [(0, 0), (10, 100), (20, 300), (80, 300), (140, 300)] {

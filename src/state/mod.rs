@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use model::{
-    Candidate, ClockMark, IoTrack, LastPass, Source, State, StateParseError, Stuck, VmRecord,
-    CLOCK_STEP_TOLERANCE_SECS, MAX_STATE_BYTES, STATE_VERSION,
+    Candidate, ClockMark, IoTrack, LastPass, ShapeError, Source, State, StateParseError, Stuck,
+    VmRecord, CLOCK_STEP_TOLERANCE_SECS, MAX_STATE_BYTES, STATE_VERSION,
 };
 pub use store::{Loaded, Locked, Store};
 

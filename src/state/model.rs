@@ -391,21 +391,37 @@ impl Default for State {
     }
 }
 
-/// Why a state file's text was rejected.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a state file's text was rejected. Printed with its cause
+/// ([`crate::errors::chain`]): "not a valid state document: EOF while
+/// parsing ...".
+#[derive(Debug, thiserror::Error)]
 pub enum StateParseError {
     /// Empty file.
     #[error("the file is empty")]
     Empty,
-    /// Not JSON of the right shape.
-    #[error("not a valid state document: {0}")]
-    Syntax(String),
+    /// Not JSON, or JSON that is not a state document.
+    #[error("not a valid state document")]
+    Syntax(#[source] serde_json::Error),
+    /// JSON whose `vms` is missing or not a map of records.
+    #[error("not a valid state document")]
+    Shape(#[source] ShapeError),
     /// Written by a newer ksm-balloon.
     #[error("format version {found} is not supported (this build reads version {STATE_VERSION})")]
     Version {
         /// The version in the file.
         found: u32,
     },
+}
+
+/// What is wrong with the `vms` of a state document.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ShapeError {
+    /// No `vms` at all.
+    #[error("missing field `vms`")]
+    NoVms,
+    /// `vms` is not an object.
+    #[error("\"vms\" is {0}, not an object")]
+    VmsNotAMap(&'static str),
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -496,7 +512,7 @@ impl State {
         struct Probe {
             version: u32,
         }
-        let syntax = |e: serde_json::Error| StateParseError::Syntax(e.to_string());
+        let syntax = StateParseError::Syntax;
         let probe: Probe = serde_json::from_str(text).map_err(syntax)?;
         if probe.version != STATE_VERSION {
             return Err(StateParseError::Version {
@@ -508,12 +524,11 @@ impl State {
         let vms = match doc.insert("vms".into(), serde_json::Value::Object(Default::default())) {
             Some(serde_json::Value::Object(vms)) => vms,
             Some(other) => {
-                return Err(StateParseError::Syntax(format!(
-                    "\"vms\" is {}, not an object",
-                    json_kind(&other)
-                )))
+                return Err(StateParseError::Shape(ShapeError::VmsNotAMap(json_kind(
+                    &other,
+                ))))
             }
-            None => return Err(StateParseError::Syntax("missing field `vms`".into())),
+            None => return Err(StateParseError::Shape(ShapeError::NoVms)),
         };
         let mut state: State =
             serde_json::from_value(serde_json::Value::Object(doc)).map_err(syntax)?;
@@ -601,7 +616,7 @@ mod tests {
             metric: "profit".into(),
             ..LastPass::default()
         });
-        assert_eq!(State::parse(&s.to_json()), Ok(s));
+        assert_eq!(State::parse(&s.to_json()).unwrap(), s);
     }
 
     /// A state with every field set, instants at `t` and beyond, every
@@ -759,16 +774,26 @@ mod tests {
 
     #[test]
     fn rejects() {
-        assert_eq!(State::parse(""), Err(StateParseError::Empty));
-        assert_eq!(State::parse("  \n"), Err(StateParseError::Empty));
+        assert!(matches!(State::parse(""), Err(StateParseError::Empty)));
+        assert!(matches!(State::parse("  \n"), Err(StateParseError::Empty)));
         assert!(matches!(State::parse("{"), Err(StateParseError::Syntax(_))));
         assert!(matches!(
             State::parse("[]"),
             Err(StateParseError::Syntax(_))
         ));
-        assert_eq!(
+        assert!(matches!(
             State::parse(r#"{"version": 2, "vms": {}}"#),
             Err(StateParseError::Version { found: 2 })
+        ));
+        assert!(matches!(
+            State::parse(r#"{"version": 1}"#),
+            Err(StateParseError::Shape(ShapeError::NoVms))
+        ));
+        // printed with its cause, once
+        let e = State::parse("{\"version\": 1, \"vms\": {\"tru").unwrap_err();
+        assert_eq!(
+            crate::errors::chain(&e),
+            "not a valid state document: EOF while parsing a string at line 1 column 27"
         );
     }
 
@@ -816,9 +841,14 @@ mod tests {
             "{dropped:?}"
         );
         // a "vms" that is not a map is a file that cannot be read
+        let e = State::parse(r#"{"version":1,"vms":[]}"#).unwrap_err();
         assert!(matches!(
-            State::parse(r#"{"version":1,"vms":[]}"#),
-            Err(StateParseError::Syntax(_))
+            e,
+            StateParseError::Shape(ShapeError::VmsNotAMap("an array"))
         ));
+        assert_eq!(
+            crate::errors::chain(&e),
+            "not a valid state document: \"vms\" is an array, not an object"
+        );
     }
 }

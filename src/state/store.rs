@@ -237,7 +237,7 @@ impl Store {
             Ok(None) => Ok((State::default(), None)),
             Ok(Some(text)) => match State::parse(&text) {
                 Ok(s) => Ok((s, None)),
-                Err(e) => Ok((State::default(), Some(e.to_string()))),
+                Err(e) => Ok((State::default(), Some(crate::errors::chain(&e)))),
             },
             Err(ReadProblem::Bad(why)) => Ok((State::default(), Some(why))),
             Err(ReadProblem::Io(e)) => Err(io_err("cannot read the state file", &self.path)(e)),
@@ -312,7 +312,7 @@ impl Locked<'_> {
             Ok(Some(text)) => match State::parse_checked(&text) {
                 Ok((s, dropped)) if dropped.is_empty() => return Ok(Loaded::Read(s)),
                 Ok((state, dropped)) => return Ok(Loaded::Repaired { state, dropped }),
-                Err(e) => e.to_string(),
+                Err(e) => crate::errors::chain(&e),
             },
             Err(ReadProblem::Bad(why)) => why,
             Err(ReadProblem::Io(e)) => {

@@ -317,7 +317,12 @@ pub fn check(state_path: &Path, expect: &Expect, reports: &[String]) -> Result<S
             bad.extend(dropped.into_iter().map(|d| format!("state file: {d}")));
             s
         }
-        Err(e) => return Err(format!("state does not parse: {e}\n{text}")),
+        Err(e) => {
+            return Err(format!(
+                "state does not parse: {}\n{text}",
+                ksm_balloon::errors::chain(&e)
+            ))
+        }
     };
     // Hook records not folded yet are part of the state the next pass works
     // from: read them as it will.
