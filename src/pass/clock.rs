@@ -101,25 +101,32 @@ pub struct Dated {
 }
 
 /// Dates figures stamped `last_update` (libvirt's `last-update`, the wall
-/// clock of the QEMU when the guest reported) at a pass at `now`, that
-/// found the wall clock stepped by `step`:
+/// clock of the QEMU when the guest reported) at a pass at `now` that read
+/// them up to `read_after` seconds later (its `now` is read before it
+/// waits for its lock and for libvirt) and found the wall clock stepped by
+/// `step`:
 ///
-/// - a stamp ahead of `now` (by more than the tolerance) was taken before
-///   the clock stepped back. The pass that finds the step knows by how
-///   much and dates it exactly; a later pass cannot, and the figures count
-///   as stale (`None`: the VM is treated as one without fresh statistics,
-///   and they are asked for): they are never fresher than now, nor taken
-///   as answering an ask made after them;
-/// - any other stamp is at most `now`. On the pass that finds a step back,
-///   figures stamped at or before `now` may be from before the step (older
-///   than they look by the step) or after it: they are not `sure`, and
-///   answer no ask this pass, so the recall waits a pass rather than
-///   trusting them. A step forward makes figures from before it look older
-///   than they are: on the safe side (a larger margin, a wait), with no
-///   change.
-pub fn dated(last_update: Option<u64>, now: u64, step: Option<i64>) -> Option<Dated> {
+/// - a stamp ahead of when the figures were read (`now` + `read_after`,
+///   by more than the tolerance) was taken before the clock stepped back.
+///   The pass that finds the step knows by how much, and dates it
+///   exactly; a later pass cannot, and the figures count as stale (`None`:
+///   the VM is treated as one without fresh statistics): they are never
+///   fresher than now, nor taken as answering an ask made after them;
+/// - any other stamp is clamped to `now`. On the pass that finds a step
+///   back, such figures may be from before the step (older than they
+///   look, by the step) or after it: they are not `sure`, and answer no
+///   ask this pass, so the recall waits a pass rather than trust them. A
+///   step forward makes figures from before it look older than they are:
+///   on the safe side (a larger margin, a wait), with no change.
+pub fn dated(
+    last_update: Option<u64>,
+    now: u64,
+    read_after: u64,
+    step: Option<i64>,
+) -> Option<Dated> {
     let t = last_update.filter(|&t| t > 0)?;
-    let ahead = |t: u64| t > now.saturating_add_signed(CLOCK_STEP_TOLERANCE_SECS);
+    let read_at = now.saturating_add(read_after);
+    let ahead = |t: u64| t > read_at.saturating_add_signed(CLOCK_STEP_TOLERANCE_SECS);
     match step {
         Some(d) if d < 0 && ahead(t) => {
             let t = shifted(t, d);
@@ -186,12 +193,12 @@ mod tests {
     fn figures_are_never_fresher_than_now() {
         let now = 10_000;
         // within the tolerance: clamped to now
-        assert_eq!(dated(Some(now + 2), now, None).unwrap().at, now);
+        assert_eq!(dated(Some(now + 2), now, 0, None).unwrap().at, now);
         // ahead of now, no step known: stale
-        assert_eq!(dated(Some(now + 600), now, None), None);
+        assert_eq!(dated(Some(now + 600), now, 0, None), None);
         // ahead of now on the pass that found the step back: dated exactly
         assert_eq!(
-            dated(Some(now + 600), now, Some(-3600)),
+            dated(Some(now + 600), now, 0, Some(-3600)),
             Some(Dated {
                 at: now - 3000,
                 sure: true
@@ -199,7 +206,7 @@ mod tests {
         );
         // at or before now on that pass: maybe from before the step
         assert_eq!(
-            dated(Some(now - 1), now, Some(-3600)),
+            dated(Some(now - 1), now, 0, Some(-3600)),
             Some(Dated {
                 at: now - 1,
                 sure: false
@@ -207,13 +214,23 @@ mod tests {
         );
         // a step forward: as stamped
         assert_eq!(
-            dated(Some(now - 1), now, Some(3600)),
+            dated(Some(now - 1), now, 0, Some(3600)),
             Some(Dated {
                 at: now - 1,
                 sure: true
             })
         );
-        assert_eq!(dated(Some(0), now, None), None);
-        assert_eq!(dated(None, now, None), None);
+        assert_eq!(dated(Some(0), now, 0, None), None);
+        assert_eq!(dated(None, now, 0, None), None);
+        // a report made while the pass waited for its lock is of this
+        // pass: clamped to now, not stale
+        assert_eq!(
+            dated(Some(now + 25), now, 24, None),
+            Some(Dated {
+                at: now,
+                sure: true
+            })
+        );
+        assert_eq!(dated(Some(now + 27), now, 24, None), None);
     }
 }

@@ -261,6 +261,7 @@ fn run_locked(
     open: &mut Opener<'_>,
     clocks: &Now,
 ) -> anyhow::Result<Report> {
+    let started = std::time::Instant::now();
     let now = clocks.wall;
     let store = paths.store();
     let lock = store.lock(lock_timeout)?;
@@ -314,6 +315,7 @@ fn run_locked(
         contribution,
     )?;
     obs.clock_step_secs = clock_step;
+    obs.read_after_secs = started.elapsed().as_secs() + 1;
     let mut planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     for n in &planned.notes {
         log!(n.level, "{}", n.text);
@@ -358,6 +360,7 @@ pub fn dry_run(
     open: &mut Opener<'_>,
     now: impl Into<Now>,
 ) -> anyhow::Result<Report> {
+    let started = std::time::Instant::now();
     let clocks = now.into();
     let now = clocks.wall;
     let store = paths.store();
@@ -384,6 +387,7 @@ pub fn dry_run(
         contribution,
     )?;
     obs.clock_step_secs = clock_step;
+    obs.read_after_secs = started.elapsed().as_secs() + 1;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
     Ok(planned.report.finish(report::Outcome {
         dry_run: true,

@@ -43,6 +43,10 @@ pub struct Observation {
     /// (positive: forward), when it did (`super::clock`): the state's
     /// instants are already moved by it; the guests' figures are not.
     pub clock_step_secs: Option<i64>,
+    /// How long after `at` the domains were read, seconds, rounded up: the
+    /// pass's wait for its lock and libvirt's time (by the monotonic
+    /// clock). A guest's report may be stamped that much after `at`.
+    pub read_after_secs: u64,
 }
 
 /// The kernel's per-process KSM figures of one pass.
@@ -142,5 +146,6 @@ pub fn observe(
         transient,
         qemu_age,
         clock_step_secs: None,
+        read_after_secs: 0,
     })
 }

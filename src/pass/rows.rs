@@ -238,7 +238,12 @@ pub fn rows<'a>(
         // When the figures were taken, on this pass's clock: a report
         // stamped before a step of the wall clock is never fresher than
         // now, nor taken as answering an ask made after it.
-        let dated = super::clock::dated(d.guest.last_update, now, obs.clock_step_secs);
+        let dated = super::clock::dated(
+            d.guest.last_update,
+            now,
+            obs.read_after_secs,
+            obs.clock_step_secs,
+        );
         let last_update = dated.map_or(0, |t| t.at);
         let stats = GuestStats {
             last_update: dated.map(|t| t.at),
