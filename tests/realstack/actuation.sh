@@ -21,6 +21,13 @@
 #     names g2 with the same "since". `status` names it too. Then `kill
 #     -CONT`: within two passes g2 is managed again and back at its floor.
 #     No report of the whole run shows a VM held by hand.
+#  3. A pass killed right after its resizes: KSM merges again, and the pass
+#     that lends it is SIGKILLed (strace injects the signal into its second
+#     rename, the save after the resizes; the first is the save that
+#     records what it will ask) once libvirt has sent the balloon commands.
+#     The balloons go where that pass asked; the passes after it find them
+#     there: no VM held by hand or unsettled, the state loads, every guest
+#     managed.
 #
 # Every check reads the passes' JSON reports and what libvirt says
 # (dommemstat), never log text.
@@ -297,6 +304,44 @@ s2_stopped_qemu() {
     return $ok
 }
 
+# --- 3. a pass killed right after its resizes -------------------------------------
+
+s3_killed_after_resizes() {
+    local ok=0 mark calls rc g i
+    kb_ksm_set 1 1000 20
+    rs_wait_savings_settle 180 $((60 * RS_MIB)) || return 1
+    mark=$(kb_monitor_log_mark)
+    (
+        set -a
+        # shellcheck disable=SC1090
+        . "$RS_CONFIG"
+        set +a
+        exec strace -qq -f -o /dev/null -e trace=rename,renameat,renameat2 \
+            -e inject=rename,renameat,renameat2:signal=KILL:when=2 \
+            timeout 150 "$RS_BIN" --hold-window 0 run --json
+    ) >"$RS_RUN/pass-killed.json.partial" 2>"$RS_RUN/pass-killed.out"
+    rc=$?
+    calls=$(kb_monitor_balloon_calls "$mark")
+    echo "  the lending pass: exit $rc, $calls balloon command(s) sent before it died; its log:"
+    sed 's/^/    | /' "$RS_RUN/pass-killed.out"
+    rs_check "it was killed (exit $rc: 137 is SIGKILL) after libvirt sent its resizes ($calls balloon commands)" \
+        test "$rc" -eq 137 -a "$calls" -ge 1 || return 1
+    for i in 1 2 3; do
+        sleep 3
+        pass "afterkill$i"
+        rs_check "pass afterkill$i exits 0" test "$RS_PASS_RC" -eq 0 || { ok=1; continue; }
+        rs_check "pass afterkill$i: every guest managed, none held by hand or left alone as moved by someone else" \
+            rs_json "$RS_PASS_JSON" "all(vm(g)['managed'] and not vm(g).get('held_by_hand') and vm(g)['reason'] not in ('held-by-hand', 'unsettled') for g in ('g1', 'g2', 'g3'))" || ok=1
+    done
+    for g in "${GUESTS[@]}"; do
+        rs_check "$g was lent to (above its floor)" eval "[ \"\$(rs_actual $g)\" -gt $((FLOOR + 16 * RS_MIB)) ]" || ok=1
+    done
+    rs_figure "s3 killed after $calls balloon command(s); the next passes: g1 $(rs_mib "$(rs_actual g1)"), g2 $(rs_mib "$(rs_actual g2)"), g3 $(rs_mib "$(rs_actual g3)") MiB, none held by hand"
+    rs_check "no report of the whole run shows a VM held by hand" none_held_by_hand || ok=1
+    return $ok
+}
+
 rs_scenario "1 adoption from the first second, no hook" s1_adopt_from_the_first_second
 rs_scenario "2 a stopped QEMU while the savings fall" s2_stopped_qemu
+rs_scenario "3 a pass killed right after its resizes" s3_killed_after_resizes
 rs_summary "actuation (issue 18)" "$started"

@@ -5,7 +5,8 @@
 # then one guest's QEMU stopped (SIGSTOP) while the savings fall: the pass
 # ends within its bound, the others reach their new targets in that pass,
 # the stopped one is named, and after SIGCONT it is managed again within two
-# passes. A real libvirtd, QEMU guests and the host's KSM, on the binary
+# passes; then a pass SIGKILLed right after its resizes leaves no VM held
+# by hand. A real libvirtd, QEMU guests and the host's KSM, on the binary
 # run-all.sh just built.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
