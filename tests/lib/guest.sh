@@ -26,8 +26,8 @@ KG_CMDLINE="console=ttyS0 quiet no_timer_check"
 # 1: boot the kernel as its ELF (kg_kernel_elf), 0: the bzImage. The ELF
 # boots in a fifth of the time but is 65 MB that QEMU loads inside
 # `virsh create`: 45-systemd's median create was 1219 ms on the ELF (CI of
-# ed1c5f5), 810 ms on the bzImage in the next run (467 ms in an earlier
-# CI run: the machine varies too); a suite that times `virsh create`
+# ed1c5f5), 810 and 465.5 ms on the bzImage in the two runs after it
+# (467.5 ms in an earlier CI run); a suite that times `virsh create`
 # itself sets 0.
 KG_KERNEL_ELF=${KG_KERNEL_ELF:-1}
 # A console line that means the guest will never get ready: a panic, or a
