@@ -455,23 +455,7 @@ pub fn read_ksm_stat(proc_dir: &Path, pid: u32) -> Result<Option<KsmStat>, Fallb
 /// given); `/proc/<pid>/stat` is read before and after, and a changed start
 /// time (the process exited, its pid reused) discards the figures.
 pub fn read_vm(paths: &ProcPaths, name: &str, uuid: Option<&str>) -> Result<VmProcess, Fallback> {
-    let pid_path = paths.qemu_run_dir.join(format!("{name}.pid"));
-    let text = match read_bytes(&pid_path)? {
-        Some(b) => String::from_utf8_lossy(&b).into_owned(),
-        None => return Err(Fallback::NoPidFile { path: pid_path }),
-    };
-    let pid = parse_pid_file(&text).ok_or_else(|| Fallback::BadPidFile {
-        path: pid_path.clone(),
-        text: text.chars().take(40).collect(),
-    })?;
-    let dir = paths.proc_dir.join(pid.to_string());
-    let gone = || Fallback::PidGone {
-        pid,
-        path: pid_path.clone(),
-    };
-    let before = read_stat_file(&dir.join("stat"), pid)?.ok_or_else(gone)?;
-    let args = parse_cmdline(&read_bytes(&dir.join("cmdline"))?.ok_or_else(gone)?);
-    check_qemu(&pid_path, pid, &before, &args, name, uuid)?;
+    let (pid, dir, before) = live_qemu(paths, name, uuid)?;
     let stat = read_ksm_stat(&paths.proc_dir, pid)?;
     let after = read_stat_file(&dir.join("stat"), pid)?;
     if after.map(|a| a.start_time) != Some(before.start_time) {
@@ -485,20 +469,14 @@ pub fn read_vm(paths: &ProcPaths, name: &str, uuid: Option<&str>) -> Result<VmPr
     }
 }
 
-/// Parses `/proc/uptime`: seconds since boot (its first field).
-pub fn parse_uptime(text: &str) -> Option<f64> {
-    text.split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-        .filter(|u: &f64| u.is_finite() && *u >= 0.0)
-}
-
-/// How long domain `name`'s QEMU has been running, whole seconds: its
-/// start time in `/proc/<pid>/stat` (clock ticks after boot) against
-/// `/proc/uptime`. The pid is trusted as by [`read_vm`] (live, QEMU, this
-/// domain); a process started less than a second ago is 0 s old.
-pub fn qemu_age_secs(paths: &ProcPaths, name: &str, uuid: Option<&str>) -> Result<u64, Fallback> {
+/// The pid in domain `name`'s pid file, trusted only once
+/// [`check_qemu`] says it is this domain's live QEMU; with its
+/// `/proc/<pid>` directory and its stat as read for that check.
+fn live_qemu(
+    paths: &ProcPaths,
+    name: &str,
+    uuid: Option<&str>,
+) -> Result<(u32, PathBuf, ProcStat), Fallback> {
     let pid_path = paths.qemu_run_dir.join(format!("{name}.pid"));
     let text = match read_bytes(&pid_path)? {
         Some(b) => String::from_utf8_lossy(&b).into_owned(),
@@ -516,6 +494,24 @@ pub fn qemu_age_secs(paths: &ProcPaths, name: &str, uuid: Option<&str>) -> Resul
     let stat = read_stat_file(&dir.join("stat"), pid)?.ok_or_else(gone)?;
     let args = parse_cmdline(&read_bytes(&dir.join("cmdline"))?.ok_or_else(gone)?);
     check_qemu(&pid_path, pid, &stat, &args, name, uuid)?;
+    Ok((pid, dir, stat))
+}
+
+/// Parses `/proc/uptime`: seconds since boot (its first field).
+pub fn parse_uptime(text: &str) -> Option<f64> {
+    text.split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .filter(|u: &f64| u.is_finite() && *u >= 0.0)
+}
+
+/// How long domain `name`'s QEMU has been running, whole seconds: its
+/// start time in `/proc/<pid>/stat` (clock ticks after boot) against
+/// `/proc/uptime`. The pid is trusted as by [`read_vm`] (live, QEMU, this
+/// domain); a process started less than a second ago is 0 s old.
+pub fn qemu_age_secs(paths: &ProcPaths, name: &str, uuid: Option<&str>) -> Result<u64, Fallback> {
+    let (_, _, stat) = live_qemu(paths, name, uuid)?;
     let uptime_path = paths.proc_dir.join("uptime");
     let uptime = read_bytes(&uptime_path)?
         .and_then(|b| parse_uptime(&String::from_utf8_lossy(&b)))
