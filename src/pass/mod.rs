@@ -301,22 +301,8 @@ fn run_locked(
     // Saved (batch by batch) before anything else can fail, so the records
     // can go: a spool left full would keep the path unit starting passes.
     let hook_records = fold_spool(&store, &mut state, Some(&lock), clocks)?;
-    let (ksm, mem) = observe::read_host(paths)?;
-    let mut hv = open()?;
-    debug!("connected to libvirt");
-    let contribution = settings.policy.split.inputs().contribution;
-    let mut obs = observe::observe(
-        ksm,
-        mem,
-        hv.as_mut(),
-        &state,
-        now,
-        &paths.procs,
-        contribution,
-    )?;
-    obs.clock_step_secs = clock_step;
-    obs.read_after_secs = started.elapsed().as_secs() + 1;
-    let mut planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
+    let (mut hv, mut planned) =
+        observe_and_plan(paths, settings, open, state, now, clock_step, started)?;
     for n in &planned.notes {
         log!(n.level, "{}", n.text);
     }
@@ -352,6 +338,32 @@ fn run_locked(
     Ok(report)
 }
 
+/// Observe and plan, for a pass and a dry run alike: the host's counters,
+/// then libvirt (connected through `open`) and its domains, then the plan
+/// over `state`; the connection is returned for the resizes. `started` is
+/// when the pass began (its lock wait counts), for how late the figures
+/// were read.
+fn observe_and_plan(
+    paths: &Paths,
+    settings: &Settings,
+    open: &mut Opener<'_>,
+    state: State,
+    now: u64,
+    clock_step: Option<i64>,
+    started: std::time::Instant,
+) -> anyhow::Result<(Box<dyn Hypervisor>, plan::Planned)> {
+    let (ksm, mem) = observe::read_host(paths)?;
+    let mut hv = open()?;
+    debug!("connected to libvirt");
+    let hv_ref = hv.as_mut();
+    let contribution = settings.policy.split.inputs().contribution;
+    let mut obs = observe::observe(ksm, mem, hv_ref, &state, now, &paths.procs, contribution)?;
+    obs.clock_step_secs = clock_step;
+    obs.read_after_secs = started.elapsed().as_secs() + 1;
+    let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
+    Ok((hv, planned))
+}
+
 /// `plan`, `run --dry-run` and `status`: observe and plan, with the hook
 /// records still in the spool folded in; nothing changed, no lock taken.
 pub fn dry_run(
@@ -374,21 +386,7 @@ pub fn dry_run(
         );
     }
     let hook_records = fold_spool(&store, &mut state, None, &clocks)?;
-    let (ksm, mem) = observe::read_host(paths)?;
-    let mut hv = open()?;
-    let contribution = settings.policy.split.inputs().contribution;
-    let mut obs = observe::observe(
-        ksm,
-        mem,
-        hv.as_mut(),
-        &state,
-        now,
-        &paths.procs,
-        contribution,
-    )?;
-    obs.clock_step_secs = clock_step;
-    obs.read_after_secs = started.elapsed().as_secs() + 1;
-    let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;
+    let (hv, planned) = observe_and_plan(paths, settings, open, state, now, clock_step, started)?;
     Ok(planned.report.finish(report::Outcome {
         dry_run: true,
         resizes: Vec::new(),
