@@ -47,9 +47,30 @@ pub enum Motion {
     Short(u64),
 }
 
+/// A VM nothing was asked of yet whose balloon is above the size it
+/// started with is booting for at most this long after it was recorded:
+/// its guest's driver inflates the balloon from the maximum down to the
+/// boot size (QEMU holds that target from the start). The same bound as a
+/// slow boot's at adoption ([`super::reconcile::ADOPT_AT_MAXIMUM_SECS`]).
+pub const BOOT_INFLATE_SECS: u64 = super::reconcile::ADOPT_AT_MAXIMUM_SECS;
+
 /// Where `rec`'s balloon is, at `actual_kib`, relative to what was asked.
+///
+/// Nothing asked yet and the balloon above the VM's boot size, within
+/// [`BOOT_INFLATE_SECS`] of its record: on its way to the boot size (the
+/// guest still booting), so the plan starts from there. Without this, the
+/// chaos soak's first pass after a VM start took the balloon's maximum as
+/// lent memory and "recalled" it in a blind step to 16 MiB below the
+/// maximum: an ask that raised the boot target, lending the booting guest
+/// 96 MiB the savings did not cover.
 pub fn motion(rec: &VmRecord, actual_kib: u64, now: u64) -> Motion {
     let (Some(target), Some(at)) = (rec.last_target_kib, rec.last_change_at) else {
+        let boot = rec.defined.map_or(rec.floor_kib, |(floor, _)| floor);
+        if actual_kib > boot + REACHED_KIB
+            && now.saturating_sub(rec.recorded_at) < BOOT_INFLATE_SECS
+        {
+            return Motion::InFlight(boot);
+        }
         return Motion::Settled;
     };
     if actual_kib.abs_diff(target) <= REACHED_KIB {

@@ -198,6 +198,44 @@ fn a_vm_that_stays_at_its_maximum_is_adopted_without_headroom_after_settling() {
 }
 
 #[test]
+fn a_booting_vm_at_its_maximum_is_not_recalled_from_it_regression() {
+    // Issue 18, found by the chaos soak: the first pass after a VM start
+    // saw its balloon still at the maximum (its driver had not inflated it
+    // to the boot size yet), took the 96 MiB above its floor for a loan
+    // and "recalled" it in a blind step, asking 240 MiB: a target above
+    // the one QEMU held (the boot size), lending the booting guest memory
+    // that no savings covered. Now, nothing asked yet, the balloon is on
+    // its way to the boot size and the plan starts from there.
+    let d = dom(1, 256, 256);
+    let uuid = d.live.uuid.clone();
+    let mut h = Host::new(vec![d.clone()]);
+    h.settings.hold_window_secs = 0;
+    h.hook_prepare(&d, 160, T0);
+    h.ksm(1, 0);
+    let r = h.run(T0 + 5).unwrap();
+    let v = vm(&r, "vm1");
+    assert!(v.managed);
+    assert_eq!((v.action, v.target_kib), (Action::Hold, 160 * MIB), "{v:?}");
+    assert_eq!(r.resized, 0);
+    assert_eq!(h.fake().current(&uuid), Some(256 * MIB), "no ask");
+    // with savings, it is lent to from its boot size: a grow above it
+    h.ksm(1, 60);
+    let r = h.run(T0 + 10).unwrap();
+    let v = vm(&r, "vm1");
+    assert_eq!((v.action, v.target_kib), (Action::Grow, 220 * MIB), "{v:?}");
+    assert_eq!(h.fake().current(&uuid), Some(220 * MIB));
+    // and a VM whose balloon has not moved from the maximum long after its
+    // start is no longer taken for a booting one: its balloon is where it is
+    let d2 = dom(2, 256, 256);
+    h.fake().domains.insert(d2.live.uuid.clone(), d2.clone());
+    h.hook_prepare(&d2, 160, T0 + 10);
+    h.ksm(1, 0);
+    let r = h.run(T0 + 10 + rows::BOOT_INFLATE_SECS).unwrap();
+    let v = vm(&r, "vm2");
+    assert_eq!(v.action, Action::Shrink, "{v:?}");
+}
+
+#[test]
 fn a_vm_that_vanished_is_forgotten_after_the_starting_grace() {
     let h = Host::new(vec![]);
     let d = dom(1, 160, 256);
