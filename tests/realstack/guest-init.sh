@@ -22,6 +22,9 @@
 #      own <MiB> <token>   <MiB> MiB of the guest's own random bytes in a
 #                          second file, beside the shared data (an
 #                          application's memory); own 0 deletes it
+#      read <MiB> <token>  reads the first <MiB> MiB of /dev/vda through
+#                          the page cache (a guest reading its disk: its
+#                          cache grows; nothing is kept)
 #      ping <token>        answers "pong" (the guest still runs commands)
 #    The tmpfs (so every fill) is capped at 48 MiB, or at <MiB> given as
 #    kb_fill=<MiB> on the kernel command line: a guest whose tmpfs outgrows
@@ -98,6 +101,14 @@ commands() {
                 drop)
                     rm -f /fill/data /fill/own
                     echo "KB-DONE $arg dropped"
+                    ;;
+                read)
+                    if [ -b /dev/vda ] && [ "$arg" -ge 0 ] 2>/dev/null &&
+                        dd if=/dev/vda of=/dev/null bs=1M count="$arg" 2>/dev/null; then
+                        echo "KB-DONE $token read $arg"
+                    else
+                        echo "KB-DONE $token failed: read $arg"
+                    fi
                     ;;
                 ping) echo "KB-DONE $arg pong" ;;
                 '') ;;
