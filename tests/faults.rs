@@ -446,9 +446,19 @@ fn holding_bonuses(doms: &[Dom]) -> Fixture {
     for d in doms {
         assert_eq!(fx.hook(d, "prepare").code, Some(0));
     }
+    // a pass lends the savings (what a pass asked is in the state), and
+    // the balloons get there. (Bonuses nothing asked for, set straight
+    // into the driver's node, are what a VM still booting looks like: the
+    // pass leaves those alone, issue 18.)
+    let out = fx.run(&["run", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lent = resizes(&report(&out.stdout));
+    assert_eq!(lent.len(), doms.len(), "{}", out.stdout);
     let mut held = doms.to_vec();
     for d in &mut held {
-        d.current_kib += 32 * 1024;
+        let r = lent.iter().find(|r| r.name == d.name).unwrap();
+        assert!(r.to_kib > d.current_kib, "{r:?}");
+        d.current_kib = r.to_kib;
     }
     fs::write(&fx.node, common::node_xml(&held)).unwrap();
     fx

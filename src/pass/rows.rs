@@ -56,20 +56,26 @@ pub const BOOT_INFLATE_SECS: u64 = super::reconcile::ADOPT_AT_MAXIMUM_SECS;
 
 /// Where `rec`'s balloon is, at `actual_kib`, relative to what was asked.
 ///
-/// Nothing asked yet and the balloon above the VM's boot size, within
-/// [`BOOT_INFLATE_SECS`] of its record: on its way to the boot size (the
-/// guest still booting), so the plan starts from there. Without this, the
-/// chaos soak's first pass after a VM start took the balloon's maximum as
-/// lent memory and "recalled" it in a blind step to 16 MiB below the
-/// maximum: an ask that raised the boot target, lending the booting guest
-/// 96 MiB the savings did not cover.
+/// Nothing asked since the VM started, and its balloon above the size it
+/// started with, which it has not reached yet (the manual-change
+/// detector's [`crate::manual::History::started`]), within
+/// [`BOOT_INFLATE_SECS`] of the start: on its way to that size (the guest
+/// still booting), so the plan starts from there. Without this, the chaos
+/// soak's first pass after a VM start took the balloon's maximum for a
+/// loan and "recalled" it in a blind step to 16 MiB below the maximum: an
+/// ask that raised the target QEMU held (the boot size), lending the
+/// booting guest 96 MiB the savings did not cover. A VM handed back by
+/// its operator starts from its size then (`History::adopted`): settled.
 pub fn motion(rec: &VmRecord, actual_kib: u64, now: u64) -> Motion {
     let (Some(target), Some(at)) = (rec.last_target_kib, rec.last_change_at) else {
-        let boot = rec.defined.map_or(rec.floor_kib, |(floor, _)| floor);
-        if actual_kib > boot + REACHED_KIB
-            && now.saturating_sub(rec.recorded_at) < BOOT_INFLATE_SECS
-        {
-            return Motion::InFlight(boot);
+        if let Some(m) = rec.manual {
+            if m.reached_at.is_none()
+                && m.held.is_none()
+                && actual_kib > m.asked_kib + REACHED_KIB
+                && now.saturating_sub(m.asked_at) < BOOT_INFLATE_SECS
+            {
+                return Motion::InFlight(m.asked_kib);
+            }
         }
         return Motion::Settled;
     };
