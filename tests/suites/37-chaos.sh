@@ -10,5 +10,7 @@
 # guests) and its figures: docs/RELIABILITY.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# the checker first: each invariant broken on purpose must be reported
+python3 tests/realstack/chaos_check_test.py
 bash tests/realstack/chaos.sh --seconds "${KB_CHAOS_SECONDS:-150}" --guests "${KB_CHAOS_GUESTS:-4}" \
     ${KB_CHAOS_SEED:+--seed "$KB_CHAOS_SEED"} target/debug/ksm-balloon
