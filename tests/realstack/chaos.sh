@@ -36,6 +36,8 @@
 #     (the hook's record, or the pass's adoption when the hook's record was
 #     refused), within 90 s of its start;
 #   - no VM held by hand (no operator touched any);
+#   - no shrink asks a guest down to more than it was ever given (its
+#     floor, or the most any pass asked for it, a killed pass's included);
 #   - the state file loads (no state_problem, no `.bad-*` file moved aside);
 #   - the spool drained: no record older than the pass left in it, nothing
 #     in the quarantine;
@@ -231,7 +233,7 @@ check_pass() {
     out=$(python3 "$here/chaos_check.py" --report "$PASS_JSON" --rc "$PASS_RC" --secs "$PASS_SECS" \
         --bound "$PASS_BOUND" --guests "$RS_RUN/chaos-guests.json" --stopped "${STOPPED:+$RS_PREFIX$STOPPED}" \
         --state "$RS_STATE" --pass-boottime "$PASS_BT0" --ceiling $((CEIL_MIB * RS_MIB)) \
-        --now "$(date +%s)" --prefix "$RS_PREFIX") || rc=1
+        --now "$(date +%s)" --prefix "$RS_PREFIX" --lent "$RS_RUN/chaos-lent.json") || rc=1
     while read -r kind rest; do
         case $kind in
             VIOLATION)
@@ -331,6 +333,10 @@ fault_kill() {
         run_pass "$after"
         if [ "$PASS_RC" -eq 137 ]; then
             KILLED=$((KILLED + 1))
+            # what it asked before it died is in the state (recorded first)
+            python3 "$here/chaos_check.py" --update-only --report - --rc 0 --secs 0 --bound 0 \
+                --guests - --state "$RS_STATE" --pass-boottime 0 --ceiling 0 --now 0 \
+                --prefix "$RS_PREFIX" --lent "$RS_RUN/chaos-lent.json"
             echo "    pass $(basename "$PASS_JSON" .json) SIGKILLed after ${after}s"
             return
         fi

@@ -12,6 +12,15 @@ and prints one line per finding:
     LENT <kib>                    the most lent to one guest
     SUMMARY <text>                one line for the log
 
+With --lent FILE, what the soak's passes have asked of each guest so far
+(the most, by name, from every report and every state file, a killed
+pass's included: the state records an ask before it is made) is kept in
+FILE: a shrink that asks for more than the guest was ever given (its
+floor, or the most a pass asked for it) is a violation, "unlent". (The
+chaos soak's first run found that: a booting guest "recalled" to 240 MiB,
+above the 144 MiB it booted at, lent nothing.) --update-only reads only
+the state into FILE (after a killed pass).
+
 Exits 1 when there is a violation. The checks read what the pass said and
 left on disk, never its log.
 """
@@ -29,6 +38,33 @@ MANAGED_WITHIN_SECS = 90
 TOL_KIB = 1024
 
 
+def load_lent(path):
+    try:
+        return json.load(open(path)) if path else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_lent(path, lent, state_path, report, prefix):
+    """The most asked of each guest so far, from the report's asks and the
+    state's last targets (a killed pass's included)."""
+    if not path:
+        return
+    lent = dict(lent)
+    try:
+        for v in json.load(open(state_path))["vms"].values():
+            if v.get("last_target_kib") is not None and v["name"].startswith(prefix):
+                lent[v["name"]] = max(lent.get(v["name"], 0), v["last_target_kib"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    for v in (report or {}).get("vms", []):
+        if v["action"] == "grow":
+            lent[v["name"]] = max(lent.get(v["name"], 0), v["target_kib"])
+    with open(path + ".tmp", "w") as f:
+        json.dump(lent, f)
+    os.replace(path + ".tmp", path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--report", required=True)
@@ -42,8 +78,14 @@ def main():
     ap.add_argument("--ceiling", type=int, required=True)
     ap.add_argument("--now", type=int, required=True)
     ap.add_argument("--prefix", required=True)
+    ap.add_argument("--lent", default="")
+    ap.add_argument("--update-only", action="store_true")
     a = ap.parse_args()
     bad = []
+    lent_before = load_lent(a.lent)
+    if a.update_only:
+        save_lent(a.lent, lent_before, a.state, None, a.prefix)
+        return 0
 
     def violation(kind, what):
         bad.append(f"VIOLATION {kind}: {what}")
@@ -120,6 +162,9 @@ def main():
         if g and floor != g["boot_kib"]:
             violation("floor", f"{name}: floor {floor} KiB, it booted at {g['boot_kib']} KiB (source {v.get('source')})")
         lent = max(lent, cur - floor)
+        given = max(floor, lent_before.get(name, 0))
+        if a.lent and v["action"] == "shrink" and v["target_kib"] > given + TOL_KIB:
+            violation("unlent", f"{name}: asked down to {v['target_kib']} KiB, above all it was ever given ({given} KiB)")
     for name, g in guests.items():
         v = vms.get(name)
         if name == a.stopped or a.now - g["started_at"] < MANAGED_WITHIN_SECS:
@@ -133,6 +178,7 @@ def main():
         if v["reason"] != "unresponsive" and v["action"] in ("grow", "shrink"):
             violation("stopped", f"{a.stopped}: its QEMU is stopped, yet the pass resized it")
 
+    save_lent(a.lent, lent_before, a.state, r, a.prefix)
     for b in bad:
         print(b)
     print(f"MISJUDGED {misjudged}")

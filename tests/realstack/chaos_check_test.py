@@ -37,6 +37,7 @@ GOOD = {
                PREFIX + "c02": {"boot_kib": 144 * MIB, "started_at": NOW - 300}},
     "rc": 0, "secs": 0.2, "stopped": "", "spool": [], "quarantine": [], "bad_state": False,
     "state": {"version": 1, "vms": {}},
+    "lent": {PREFIX + "c01": 200 * MIB},
 }
 
 
@@ -56,6 +57,8 @@ def run(case):
             open(state + ".bad-123", "w").close()
         report = os.path.join(d, "pass.json")
         json.dump(case["report"], open(report, "w"))
+        lent = os.path.join(d, "lent.json")
+        json.dump(case["lent"], open(lent, "w"))
         guests = os.path.join(d, "guests.json")
         json.dump(case["guests"], open(guests, "w"))
         p = subprocess.run(
@@ -63,7 +66,7 @@ def run(case):
              "--rc", str(case["rc"]), "--secs", str(case["secs"]), "--bound", "35",
              "--guests", guests, "--stopped", case["stopped"], "--state", state,
              "--pass-boottime", str(BT), "--ceiling", str(256 * MIB), "--now", str(NOW),
-             "--prefix", PREFIX],
+             "--prefix", PREFIX, "--lent", lent],
             capture_output=True, text=True)
         return p.returncode, [line for line in p.stdout.splitlines() if line.startswith("VIOLATION")]
 
@@ -96,6 +99,9 @@ CASES = [
     ("spool", broken(lambda c: c.update(spool=[f"abc-{BT - 1:020d}-42.json"]))),
     ("spool", broken(lambda c: c.update(spool=["junk"]))),
     ("spool", broken(lambda c: c.update(quarantine=["x.json"]))),
+    # the chaos soak's first find: a booting guest "recalled" above its boot size
+    ("unlent", broken(set_vm(1, current_kib=256 * MIB, action="shrink", target_kib=240 * MIB, reason="blind-step"))),
+    ("unlent", broken(set_vm(0, current_kib=230 * MIB, action="shrink", target_kib=220 * MIB))),
     ("stopped", broken(lambda c: (c.update(stopped=PREFIX + "c01"),
                                   c["report"]["vms"][0].update(action="shrink", target_kib=180 * MIB)))),
 ]
