@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The demo: ksm-balloon running for real, with one command on a fresh
-# Debian 12 machine (the README's "run it"):
+# Debian 12 machine (the README's quick start), as root, from the top of a
+# clone:
 #
-#     sudo bash tests/realstack/demo.sh
+#     bash tests/realstack/demo.sh
+#
+# (a fresh Debian root has no sudo; where there is sudo, `sudo -i` first: a
+# plain `sudo bash` resets PATH and finds no cargo installed by rustup)
 #
 # It installs the packages (tests/deps.sh), builds ksm-balloon
 # (cargo build --release), starts libvirtd with ksm-balloon's hook, boots
@@ -31,9 +35,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: run it as root (sudo bash tests/realstack/demo.sh): it starts libvirtd and QEMU guests and turns KSM on" >&2
+    echo "demo.sh: run it as root (a root shell, or sudo -i first): it starts libvirtd and QEMU guests and turns KSM on" >&2
     exit 1
 fi
+# Before the packages: a missing toolchain is said at once, not after minutes of apt.
+command -v cargo >/dev/null ||
+    { echo "demo.sh: cargo is not on root's PATH: install a Rust toolchain, 1.75 or newer (rustup), as root, or 'sudo -i' to get root's own PATH" >&2; exit 1; }
 
 say() { printf '\n\033[1m>>> %s\033[0m\n' "$*"; }
 
@@ -41,8 +48,6 @@ say "Installing what the demo needs (Debian packages: QEMU, libvirt, a kernel an
 bash tests/deps.sh
 
 say "Building ksm-balloon (cargo build --release)"
-command -v cargo >/dev/null ||
-    { echo "demo.sh: cargo is missing: install a Rust toolchain (rustup) first" >&2; exit 1; }
 cargo build --release --locked --quiet
 
 # shellcheck source=tests/lib/libvirtd.sh
