@@ -68,9 +68,15 @@ rs_setup target/release/ksm-balloon
 say "Booting three guests: ceiling 256 MiB, started at 160 MiB, their floor (software-emulated, ~10 s)"
 # kb_fill=96: room in the guests' tmpfs for the shared data and g1's own.
 for g in g1 g2 g3; do rs_boot "$g" 256 160 virtio --cmdline kb_fill=96; done
-# (rs_wait_ready returns once each balloon is at its boot size, the floor)
+# rs_wait_ready returns once each balloon is at its boot size (libvirt's
+# bulk stats, as a pass reads them). Then what status says: each guest
+# managed, recorded by the hook, its balloon at the floor of that record.
+# There is no state file before the first pass: status folds the hook's
+# spooled records in memory, as the first pass will (issue 22: the check
+# read the state file, and this printed a timeout on every run).
 rs_wait_ready 120 g1 g2 g3 || { rs_diagnostics; exit 1; }
-kb_wait_until 10 "libvirt to report the balloons at their floors" rs_balloons_settled
+kb_wait_until 10 "libvirt to report the balloons at their floors, each guest recorded by the hook" \
+    rs_balloons_settled g1 g2 g3
 echo "libvirt ran the hook; the state records each guest's floor and ceiling:"
 status
 
