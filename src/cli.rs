@@ -251,7 +251,8 @@ pub struct Settings {
 
     /// How the pool is divided: equal (the paper), proportional (to each
     /// VM's floor), demand (to its disk reads while its memory is full),
-    /// contribution (to what its own pages saved), or contribution-demand.
+    /// contribution (to what its own pages saved), or contribution-demand
+    /// (what its pages saved, scaled by its demand).
     #[arg(long, global = true, env = "KSM_BALLOON_SPLIT", default_value_t = Policy::DEFAULT.split, value_parser = one_of(&Split::ALL))]
     pub split: Split,
 
@@ -564,6 +565,26 @@ mod tests {
             vec!["hook", "--state", "s.json", "vm", "prepare"],
         ] {
             assert!(matches!(hook_line(&line), Some(Err(_))), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_split_help_names_every_split_regression() {
+        // Issue 22: --help said "equal (the paper) or proportional to each
+        // VM's floor" while five splits existed. The sentence itself (not
+        // clap's list of possible values) must name each, as a word.
+        let cmd = Cli::command();
+        let help = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "split")
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string())
+            .unwrap();
+        let words: Vec<&str> = help
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .collect();
+        for (name, _) in Split::ALL {
+            assert!(words.contains(&name), "--split's help lacks {name}: {help}");
         }
     }
 

@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 started=$(date +%s)
+# Before the packages: a missing toolchain is said at once, not after minutes of apt.
+command -v cargo >/dev/null ||
+    { echo "run-all.sh: cargo is not on PATH: install a Rust toolchain, 1.75 or newer (rustup), as root, or 'sudo -i' to get root's own PATH" >&2; exit 1; }
 bash tests/deps.sh
 cargo build --locked --quiet
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The demo: ksm-balloon running for real, with one command on a fresh
-# Debian 12 machine (the README's "run it"):
+# Debian 12 machine (the README's quick start), as root, from the top of a
+# clone:
 #
-#     sudo bash tests/realstack/demo.sh
+#     bash tests/realstack/demo.sh
+#
+# (a fresh Debian root has no sudo; where there is sudo, `sudo -i` first: a
+# plain `sudo bash` resets PATH and finds no cargo installed by rustup)
 #
 # It installs the packages (tests/deps.sh), builds ksm-balloon
 # (cargo build --release), starts libvirtd with ksm-balloon's hook, boots
@@ -31,9 +35,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: run it as root (sudo bash tests/realstack/demo.sh): it starts libvirtd and QEMU guests and turns KSM on" >&2
+    echo "demo.sh: run it as root (a root shell, or sudo -i first): it starts libvirtd and QEMU guests and turns KSM on" >&2
     exit 1
 fi
+# Before the packages: a missing toolchain is said at once, not after minutes of apt.
+command -v cargo >/dev/null ||
+    { echo "demo.sh: cargo is not on root's PATH: install a Rust toolchain, 1.75 or newer (rustup), as root, or 'sudo -i' to get root's own PATH" >&2; exit 1; }
 
 say() { printf '\n\033[1m>>> %s\033[0m\n' "$*"; }
 
@@ -41,8 +48,6 @@ say "Installing what the demo needs (Debian packages: QEMU, libvirt, a kernel an
 bash tests/deps.sh
 
 say "Building ksm-balloon (cargo build --release)"
-command -v cargo >/dev/null ||
-    { echo "demo.sh: cargo is missing: install a Rust toolchain (rustup) first" >&2; exit 1; }
 cargo build --release --locked --quiet
 
 # shellcheck source=tests/lib/libvirtd.sh
@@ -63,9 +68,15 @@ rs_setup target/release/ksm-balloon
 say "Booting three guests: ceiling 256 MiB, started at 160 MiB, their floor (software-emulated, ~10 s)"
 # kb_fill=96: room in the guests' tmpfs for the shared data and g1's own.
 for g in g1 g2 g3; do rs_boot "$g" 256 160 virtio --cmdline kb_fill=96; done
-# (rs_wait_ready returns once each balloon is at its boot size, the floor)
+# rs_wait_ready returns once each balloon is at its boot size (libvirt's
+# bulk stats, as a pass reads them). Then what status says: each guest
+# managed, recorded by the hook, its balloon at the floor of that record.
+# There is no state file before the first pass: status folds the hook's
+# spooled records in memory, as the first pass will (issue 22: the check
+# read the state file, and this printed a timeout on every run).
 rs_wait_ready 120 g1 g2 g3 || { rs_diagnostics; exit 1; }
-kb_wait_until 10 "libvirt to report the balloons at their floors" rs_balloons_settled
+kb_wait_until 10 "libvirt to report the balloons at their floors, each guest recorded by the hook" \
+    rs_balloons_settled g1 g2 g3
 echo "libvirt ran the hook; the state records each guest's floor and ceiling:"
 status
 

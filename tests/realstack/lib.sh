@@ -406,19 +406,31 @@ rs_state_names() {
     python3 -c 'import json,sys; print("\n".join(sorted(v["name"] for v in json.load(open(sys.argv[1]))["vms"].values())))' "$RS_STATE"
 }
 
-# rs_balloons_settled: every managed guest's balloon, as the pass reads it
-# (libvirt's bulk stats, which follow QEMU's balloon events, throttled to
-# one a second), is within 1 MiB of what the last pass set (or of its floor
-# before any pass: then there is no state file yet, and the floor is the one
-# status read from the hook's records).
+# rs_balloons_settled [GUEST...]: every managed guest's balloon, as the
+# pass reads it (libvirt's bulk stats, which follow QEMU's balloon events,
+# throttled to one a second), is within 1 MiB of what the last pass set (or
+# of its floor before any pass: then there is no state file yet, and the
+# floor is the one status read from the hook's records). A VM the pass
+# would skip is not waited for, unless it is a GUEST named: each of those
+# must be managed and there, whatever the pass would do (so the wait is not
+# met by a hook that recorded nothing, nor by a balloon status calls
+# "unsettled", which is on its way somewhere else). Before the first pass
+# this is the state to wait for after rs_wait_ready (issue 22: the check
+# used to open the state file the first pass writes, and timed out on
+# every demo run).
 rs_balloons_settled() {
     local report
     report=$(KSM_BALLOON_LOG=error rs_kb status --json 2>/dev/null) || return 1
-    python3 - "$RS_STATE" "$report" <<'PY'
+    python3 - "$RS_STATE" "$report" "$RS_PREFIX" "$@" <<'PY'
 import json, os, sys
-state = json.load(open(sys.argv[1]))["vms"] if os.path.exists(sys.argv[1]) else {}
-for vm in json.loads(sys.argv[2])["vms"]:
-    if vm["action"] == "skip" or not vm["managed"]:
+path, report, prefix, *guests = sys.argv[1:]
+state = json.load(open(path))["vms"] if os.path.exists(path) else {}
+vms = json.loads(report)["vms"]
+named = {prefix + g for g in guests}
+if not named <= {vm["name"] for vm in vms if vm["managed"]}:
+    sys.exit(1)
+for vm in vms:
+    if vm["name"] not in named and (vm["action"] == "skip" or not vm["managed"]):
         continue
     rec = state.get(vm["uuid"]) or {}
     want = rec.get("last_target_kib") or vm["floor_kib"]
