@@ -10,12 +10,12 @@
 #     in the pass's targets and in the balloons the guests end up with.
 #  2. A balloon set by hand: `virsh setmem kbrs-wb 224M --live` between
 #     passes; the next pass leaves it (unsettled), the one after holds it
-#     (held by hand, at that size), later passes leave it there, and the
+#     (held by hand, at that size), the next one finds it held still, and the
 #     others share the pool 2:1 as before.
 #  3. `ksm-balloon release kbrs-wb`: the next pass manages it again (2:1:1).
 #  4. `virsh metadata kbrs-wa --live ... manage="no"` and `ksm-balloon
-#     reload kbrs-wa`: passes leave it where it is; the metadata removed and
-#     reloaded, it is managed again.
+#     reload kbrs-wa`: the next pass leaves it where it is; the metadata
+#     removed and reloaded, it is managed again.
 #  5. `weight="0"` on kbrs-wb, reloaded: it takes no part of the pool (back
 #     to its floor), the others share it 2:1.
 #
@@ -257,8 +257,9 @@ if kb_wait_until 20 "w2 to print a MemTotal matching its balloon" memtotal_grew;
 else
     bad "w2's own MemTotal $(rs_memtotal w2) kB, $W2_MEMTOTAL at its floor, balloon $(rs_actual w2) KiB"
 fi
+# One steady pass: every pass after it holds o1 and checks it (above), so
+# a second one here proved nothing more (10 s of CI time).
 op_pass steady-1
-op_pass steady-2
 reached w2 wa wb
 
 phase "2. a balloon set by hand: virsh setmem kbrs-wb 224M --live"
@@ -283,12 +284,12 @@ wb_held() {
 check "the second pass holds wb by hand, at the size it was set to" wb_held
 split w2=2 wa=1
 reached w2 wa wb
-for i in 3 4; do
-    op_pass "hand-$i"
-    check "pass hand-$i: wb still held by hand, left at $SET_BY_HAND KiB" wb_held
-    split w2=2 wa=1
-    reached w2 wa
-done
+# The third pass finds wb held in the state the second one saved: the
+# hold carries over (a fourth pass went the same way: 10 s of CI time).
+op_pass hand-3
+check "pass hand-3: wb still held by hand, left at $SET_BY_HAND KiB" wb_held
+split w2=2 wa=1
+reached w2 wa
 
 phase "3. ksm-balloon release kbrs-wb"
 out=$(rs_kb release "${RS_PREFIX}wb" 2>&1)
@@ -309,12 +310,13 @@ echo "  reload: $out"
 check "reload reads manage no" grep -q 'manage no' <<<"$out"
 WA_AT=$(rs_actual wa)
 wa_opted_out() { is wa action skip && is wa reason opted-out && is wa manage false && at_within wa "$WA_AT" 0; }
-for i in 1 2; do
-    op_pass "opted-out-$i"
-    check "pass opted-out-$i: wa is left alone (opted out) at $WA_AT KiB" wa_opted_out
-    split w2=2 wb=1
-    reached w2 wb
-done
+# One pass: that an opted-out VM stays left alone pass after pass is what
+# o1 (manage="no" from its start) shows at every pass (a second pass here
+# went the same way: 10 s of CI time).
+op_pass opted-out-1
+check "pass opted-out-1: wa is left alone (opted out) at $WA_AT KiB" wa_opted_out
+split w2=2 wb=1
+reached w2 wb
 rs_virsh metadata "${RS_PREFIX}wa" --live --uri "$NS" --remove || bad "virsh metadata --remove failed"
 out=$(rs_kb reload "${RS_PREFIX}wa" 2>&1)
 echo "  reload: $out"

@@ -17,16 +17,16 @@
 #   2. a pass in flight never delays a VM start: a pass started, then
 #      `virsh create` at once, 6 times: every create within 3 s, no lock
 #      timeout logged, every VM recorded with its configured floor;
-#   3. the timer: 12 intervals between passes once the 6 guests booted,
+#   3. the timer: 6 intervals between passes once the 6 guests booted,
 #      median 10 s (9.7-10.3), every pass succeeded; then every VM gets its
 #      share (floor + equal split of the savings);
 #   4. libvirtd restarted with the VMs running and a pass in flight: no
 #      timeout, every VM keeps its floor;
 #   5. the hook's cost: median `virsh create` time with the hook minus
-#      without it (libvirtd restarted between), 20 starts each in alternating
-#      blocks of 5 (KB_SD_COST_CONTROL=1: also with the hook but the path
-#      unit stopped, a control); the hook program alone (300 runs); printed,
-#      not asserted (goal: 5 ms or less);
+#      without it (libvirtd restarted between), 10 starts each in alternating
+#      blocks of 5 (KB_SD_COST_BLOCKS=4 for 20; KB_SD_COST_CONTROL=1: also
+#      with the hook but the path unit stopped, a control); the hook
+#      program alone (300 runs); printed, not asserted (goal: 5 ms or less);
 #   6. a host boot storm: 8 guests started at once, first without the hook,
 #      then with it while a pass runs: every create within 3 s of its time
 #      without the hook, every guest recorded with its floor, no timeout;
@@ -341,12 +341,16 @@ timer_and_share() {
     kb_wait_until 60 "the timer's first pass after boot (OnBootSec=30s)" past_boot_pass
     wait_pass_idle
     mark=$(now_us)
-    kb_wait_until 200 "13 passes started by the timer" passes_at_least 13 "$mark"
+    # 6 intervals (60 s): the intervals of every run so far were 10.0-10.1 s
+    # with AccuracySec=1ms, 10.98-11.01 s with the old AccuracySec=1s, so
+    # the median of 6 tells the two apart as surely as the median of 12 did
+    # (12 watched the timer for about 150 s of CI time).
+    kb_wait_until 110 "7 passes started by the timer" passes_at_least 7 "$mark"
     journal_json
     judge runs "$mark" <"$WORK/journal.json"
     check "every pass succeeded" judge runs "$mark" <"$WORK/journal.json" >/dev/null
-    check "median interval between passes within 9.7-10.3 s" judge intervals "$mark" 12 9.7 10.3 <"$WORK/journal.json"
-    figure "timer intervals: $(judge intervals "$mark" 12 9.7 10.3 <"$WORK/journal.json" | tail -n 1 | sed 's/^ *//')"
+    check "median interval between passes within 9.7-10.3 s" judge intervals "$mark" 6 9.7 10.3 <"$WORK/journal.json"
+    figure "timer intervals: $(judge intervals "$mark" 6 9.7 10.3 <"$WORK/journal.json" | tail -n 1 | sed 's/^ *//')"
     # The balloons follow the savings: every VM at floor + its equal share.
     kb_wait_until 120 "every VM to hold its share" share_ok
     cat "$WORK/share.out"
@@ -386,7 +390,11 @@ restart_libvirtd() {
 # starts): a control that shows how far the medians move for reasons other
 # than the hook (about 3 more minutes). Then the hook program alone, as
 # libvirtd runs it, next to /bin/true (what any fork and exec costs).
-COST_BLOCKS=4
+# 2 blocks in CI (10 starts each; about 30 s less than 4): a figure, not a
+# check, and on a shared 2-core machine the load moves it more than the
+# hook does (CI B, 20 starts each: -114 ms). KB_SD_COST_BLOCKS=4 or more
+# for a figure to quote.
+COST_BLOCKS=${KB_SD_COST_BLOCKS:-2}
 COST_PER_BLOCK=5
 COST_WITHOUT=()
 COST_WITH=()
