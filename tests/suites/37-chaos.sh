@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 18's chaos soak, its short form for CI (tests/realstack/chaos.sh):
-# 150 s of faults (about 4.5 min with the guests' boot and the end), up
+# 120 s of faults (about 3 min with the guests' boot and the end), up
 # to 4 guests, every kind of fault injected at least once
 # (guests' memory and disk reads, KSM merging and unmerging, VMs started
 # and stopped, passes SIGKILLed at random points, libvirtd restarted, a
@@ -12,5 +12,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # the checker first: each invariant broken on purpose must be reported
 python3 tests/realstack/chaos_check_test.py
-bash tests/realstack/chaos.sh --seconds "${KB_CHAOS_SECONDS:-150}" --guests "${KB_CHAOS_GUESTS:-4}" \
+bash tests/realstack/chaos.sh --seconds "${KB_CHAOS_SECONDS:-120}" --guests "${KB_CHAOS_GUESTS:-4}" \
     ${KB_CHAOS_SEED:+--seed "$KB_CHAOS_SEED"} target/debug/ksm-balloon
