@@ -72,14 +72,16 @@ on_failure() {
     tail -5 "/var/log/libvirt/qemu/$name.log" 2>/dev/null >&2
 }
 
-# KSM and meminfo from the fixture's fake root, with no savings: the guest
-# (no balloon driver: it stays at its 256 MiB maximum) is then above its
-# target, its 192 MiB floor, so the first pass makes a resize call on the
-# real daemon whatever the host's KSM is doing (the host's KSM is never
-# touched); later passes wait for that resize to land.
-# The state lives under the fake root too.
+# KSM and meminfo from the fixture's fake root, with 64 MiB of savings: the
+# guest (no balloon driver: it stays at its 256 MiB maximum, on its way to
+# its 192 MiB boot size as far as the pass can tell) is lent them, so the
+# first pass makes a resize call on the real daemon (a grow from its boot
+# size to its 256 MiB ceiling) whatever the host's KSM is doing (the host's
+# KSM is never touched). (With no savings the pass now asks nothing: QEMU
+# already holds the boot size as the balloon's target, issue 18's chaos
+# soak.) The state lives under the fake root too.
 cp -r "$KB_REPO/tests/fixtures/root" "$work/root"
-echo 0 >"$work/root/sys/kernel/mm/ksm/general_profit"
+echo $((64 * 1024 * 1024)) >"$work/root/sys/kernel/mm/ksm/general_profit"
 export KSM_BALLOON_ROOT=$work/root
 export KSM_BALLOON_CONNECT=$KB_URI
 export KSM_BALLOON_LOG=debug
@@ -100,8 +102,8 @@ present="$name=$uuid=196608=262144"
 
 # recovered PASS: the pass's report shows it read the guest from libvirtd
 # (a bulk statistics call) and gave it a target within its bounds, with no
-# failed call. (The first pass also resized it; later ones wait for that
-# resize, which the driverless balloon never reaches.)
+# failed call. (The first pass also resized it, to where the driverless
+# balloon already is; later ones have nothing to do.)
 recovered() {
     kb_rel_report "$work/$1.json" "$1: $name read from libvirtd, target within [192, 256] MiB" \
         "calls['bulk_stats'] >= 1 and vm('$name')['managed'] and vm('$name')['error'] is None and r['failed'] == 0 and 196608 <= vm('$name')['target_kib'] <= 262144"
@@ -111,8 +113,8 @@ kb_rel_pass 0 '' "$work/pass-0"
 kb_rel_report "$work/pass-0.json" "pass-0: the hook's record folded, $name managed" \
     "r['hook_records'] == 1 and vm('$name')['managed'] and not vm('$name')['adopted']"
 recovered pass-0
-kb_rel_report "$work/pass-0.json" "pass-0: $name shrunk toward its 192 MiB floor by a resize call" \
-    "vm('$name')['action'] == 'shrink' and vm('$name')['target_kib'] < vm('$name')['current_kib'] and r['resized'] >= 1 and calls['set_memory'] >= 1"
+kb_rel_report "$work/pass-0.json" "pass-0: $name lent the savings above its 192 MiB boot size by a resize call" \
+    "vm('$name')['action'] == 'grow' and vm('$name')['target_kib'] > 196608 and r['resized'] >= 1 and calls['set_memory'] >= 1"
 kb_rel_check "$state" "$KB_URI" "$present" "" "$work/pass-0.json"
 injected=0
 
