@@ -47,10 +47,10 @@ pub enum Motion {
     Short(u64),
 }
 
-/// A VM nothing was asked of yet whose balloon is above the size it
-/// started with is booting for at most this long after it was recorded:
-/// its guest's driver inflates the balloon from the maximum down to the
-/// boot size (QEMU holds that target from the start). The same bound as a
+/// A balloon still on its way from the maximum to the size its VM started
+/// with, nothing asked of it since, counts as booting for at most this long
+/// after the start (the detector's `asked_at`): its guest's driver inflates
+/// it down to the boot size (QEMU holds that target from the start). The same bound as a
 /// slow boot's at adoption ([`super::reconcile::ADOPT_AT_MAXIMUM_SECS`]).
 pub const BOOT_INFLATE_SECS: u64 = super::reconcile::ADOPT_AT_MAXIMUM_SECS;
 
