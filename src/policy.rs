@@ -315,8 +315,10 @@ pub struct VmView {
     /// part of the pool).
     pub weight: u32,
     /// Its I/O demand: disk reads while its memory is full, in thousandths
-    /// of a MiB/s (smoothed); `None` when unknown (no fresh statistics):
-    /// it then counts as an average VM, never as none nor as infinite.
+    /// of a MiB/s (smoothed); 0 when its memory is not full; `None` when
+    /// unknown (no fresh statistics, or full memory without a disk rate
+    /// yet): it then weighs as an idle VM ([`DEMAND_BASE`]), its floor and
+    /// its base part, never as a measured reader.
     pub demand: Option<u64>,
     /// Its part of the host's savings (from the kernel's per-process
     /// figures), KiB; `None` when unknown: counted as an average VM.
@@ -654,8 +656,16 @@ fn slot(i: usize, vm: &VmView, policy: &Policy) -> Slot {
 }
 
 /// Each eligible VM's weight in the split: by the split, times its
-/// metadata weight. A VM whose demand or contribution is unknown counts as
-/// the average of those known (an equal split when none is known).
+/// metadata weight. A VM whose contribution is unknown counts as the
+/// average of those known (an equal split when none is known).
+///
+/// A VM whose demand is unknown weighs as an idle one, [`DEMAND_BASE`]
+/// (issue 20): an unknown is a VM that gives no evidence it would use more
+/// memory (no fresh figures, or full memory and no disk rate yet); counted
+/// as the average, as it once was, two such VMs beside one measured reader
+/// weighed as much as it: the split was equal. It keeps its floor and its
+/// base part, and its demand counts from the pass its figures show a rate.
+/// When every demand is unknown the split is equal.
 fn split_weights(split: Split, vms: &[&VmView]) -> Vec<u64> {
     let mean = |xs: Vec<u64>, default: u64| -> u64 {
         if xs.is_empty() {
@@ -664,13 +674,10 @@ fn split_weights(split: Split, vms: &[&VmView]) -> Vec<u64> {
             (xs.iter().map(|&x| u128::from(x)).sum::<u128>() / xs.len() as u128) as u64
         }
     };
-    let demand: Vec<u64> = {
-        let known: Vec<u64> = vms.iter().filter_map(|v| v.demand).collect();
-        let avg = mean(known, 0);
-        vms.iter()
-            .map(|v| DEMAND_BASE + v.demand.unwrap_or(avg))
-            .collect()
-    };
+    let demand: Vec<u64> = vms
+        .iter()
+        .map(|v| DEMAND_BASE.saturating_add(v.demand.unwrap_or(0)))
+        .collect();
     let contribution: Vec<u64> = {
         let known: Vec<u64> = vms.iter().filter_map(|v| v.contribution_kib).collect();
         let any = !known.is_empty();
@@ -1655,8 +1662,12 @@ mod tests {
             (&[Some(0), Some(0), Some(0)], &[130, 130, 130]),
             // one reads 28 MiB/s with its memory full: 29 : 1 : 1
             (&[Some(28_000), Some(0), Some(0)], &[184, 102, 102]),
-            // unknown counts as the average of the known (14): 29 : 15 : 1
-            (&[Some(28_000), None, Some(0)], &[158, 130, 102]),
+            // unknown weighs as idle (issue 20), never as the average of
+            // the known (14, which gave 29 : 15 : 1)
+            (&[Some(28_000), None, Some(0)], &[184, 102, 102]),
+            // two unknowns beside one measured reader do not dilute it
+            // (the average made this an equal split)
+            (&[Some(28_000), None, None], &[184, 102, 102]),
             // nothing known: equal, never zero nor everything
             (&[None, None, None], &[130, 130, 130]),
         ];

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::pass::rows::DemandBasis;
 use crate::pass::{Report, VmReport};
 use crate::policy::{Action, Reason};
 use crate::units::Kib;
@@ -222,6 +223,17 @@ fn note(r: &Report, v: &VmReport) -> String {
                 "reads {:.1} MiB/s with its memory full",
                 d as f64 / 1000.0
             ));
+        }
+    }
+    if let (None, Some(b)) = (v.demand, v.demand_basis) {
+        let why = match b {
+            DemandBasis::NoStatistics => "no fresh statistics",
+            DemandBasis::NoDiskFigures => "memory full, no disk figures",
+            DemandBasis::FirstReading => "memory full, first disk reading",
+            DemandBasis::Reads | DemandBasis::FreeMemory => "",
+        };
+        if !why.is_empty() {
+            parts.push(format!("demand unknown ({why}): weighs as an idle VM"));
         }
     }
     if v.managed && v.action != Action::Skip && !v.guest_stats_fresh {

@@ -204,6 +204,7 @@ fn run(policy: &Policy, host: &HostView, vms: &[Vm]) -> Outcome {
                 view: v,
                 motion: vm.motion,
                 fresh: v.guest.is_some(),
+                demand_basis: None,
             }
         })
         .collect();

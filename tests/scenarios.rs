@@ -114,7 +114,7 @@ fn describe(out: &mut String, n: usize, t: i64, r: &Report, writes: &[String]) {
     for v in &r.vms {
         let _ = writeln!(
             out,
-            "{}: {} -> {} {:?}/{:?} pending {} kept {} givable {} figures age {} confirmed {} demand {} stuck {} held {}",
+            "{}: {} -> {} {:?}/{:?} pending {} kept {} givable {} figures age {} confirmed {} demand {}{} stuck {} held {}",
             v.name,
             in_mib(v.current_kib),
             in_mib(v.target_kib),
@@ -126,6 +126,7 @@ fn describe(out: &mut String, n: usize, t: i64, r: &Report, writes: &[String]) {
             opt(v.figures_age_secs),
             opt(v.figures_confirmed),
             opt(v.demand),
+            v.demand_basis.map_or(String::new(), |b| format!(" ({b:?})")),
             opt(v.stuck.map(|s| format!(
                 "since {:+} tries {} retry {:+}",
                 rel(s.since),
@@ -348,6 +349,7 @@ macro_rules! scenarios {
 
 scenarios! {
     demand_split_follows_a_busy_vm => "demand-split-follows-a-busy-vm",
+    demand_split_unknowns_do_not_dilute_a_reader => "demand-split-unknowns-do-not-dilute-a-reader",
     hold_window => "hold-window",
     loan_recalled_as_the_guest_can_pay => "loan-recalled-as-the-guest-can-pay",
     manual_setmem_held_and_released => "manual-setmem-held-and-released",

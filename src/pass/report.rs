@@ -13,7 +13,7 @@
 //! | `name`, `uuid`, `current_kib`, `guest` | [`super::observe`] |
 //! | `managed`, `adopted`, `source`, `manage`, `weight`, `autodeflate`, and `floor_kib` of a VM not managed | [`super::reconcile`] (the record) |
 //! | `ksm`, `contribution_share`, `ksm_problem` | [`super::lend`] |
-//! | `floor_kib`, `ceiling_kib`, `pending_kib`, `guest_stats_fresh`, `figures_age_secs`, `figures_confirmed`, `demand`, `held_by_hand` | [`super::rows`] |
+//! | `floor_kib`, `ceiling_kib`, `pending_kib`, `guest_stats_fresh`, `figures_age_secs`, `figures_confirmed`, `demand`, `demand_basis`, `held_by_hand` | [`super::rows`] |
 //! | `target_kib`, `action`, `reason`, `kept_kib`, `squeezed_kib`, `givable_kib`, `share_of_pool` | [`crate::policy::plan`], then [`super::adjust`] |
 //! | `stuck` | [`super::adjust`] (the back-off) |
 //! | `unresponsive` | [`super::observe`] (a call on its QEMU timed out) |
@@ -35,7 +35,7 @@ use crate::state::{Source, State, Stuck};
 use super::lend::Lending;
 pub use super::lend::{AttributionReport, VmKsm};
 use super::observe::Observation;
-use super::rows::{guest_view, Motion, Row};
+use super::rows::{guest_view, DemandBasis, Motion, Row};
 use super::settings::Settings;
 
 /// One active domain in a report.
@@ -96,8 +96,14 @@ pub struct VmReport {
     /// Its weight in the split (its metadata's).
     pub weight: u32,
     /// Its I/O demand (demand splits): thousandths of a MiB/s of disk
-    /// reads while its memory was full, smoothed; `None` when unknown.
+    /// reads while its memory was full, smoothed; `None` when unknown
+    /// (it then weighs as an idle VM).
     pub demand: Option<u64>,
+    /// What its demand rests on (demand splits; absent otherwise):
+    /// `reads`, `free-memory`, or why it is unknown: `no-statistics`,
+    /// `no-disk-figures`, `first-reading`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demand_basis: Option<DemandBasis>,
     /// Its own KSM figures (contribution splits).
     pub ksm: Option<VmKsm>,
     /// Its part of the VMs' savings, 0 to 1 (contribution splits).
@@ -290,7 +296,7 @@ fn vm_report(i: &Inputs, d: &LiveDomain, managed_row: Option<(&Row, &Decision)>)
     let parts: &BTreeMap<String, VmKsm> = &i.lending.parts;
     let sizes = d.sizes;
     let current = sizes.map_or(0, |s| s.current_kib);
-    let (view, dec, fresh, pending) = match managed_row {
+    let (view, dec, fresh, pending, demand_basis) = match managed_row {
         Some((row, dec)) => (
             Some(row.view),
             *dec,
@@ -299,11 +305,13 @@ fn vm_report(i: &Inputs, d: &LiveDomain, managed_row: Option<(&Row, &Decision)>)
                 Motion::InFlight(t) => Some(t),
                 _ => None,
             },
+            row.demand_basis,
         ),
         None => (
             None,
             left_alone(d, r.is_some()),
             guest_view(&d.guest, i.obs.at).is_some(),
+            None,
             None,
         ),
     };
@@ -334,6 +342,7 @@ fn vm_report(i: &Inputs, d: &LiveDomain, managed_row: Option<(&Row, &Decision)>)
         figures_confirmed: view.and_then(|v| v.guest).map(|g| g.confirmed),
         autodeflate: r.map(|r| r.autodeflate),
         demand: view.and_then(|v| v.demand),
+        demand_basis,
         ksm: parts.get(&d.uuid).copied(),
         contribution_share: match (&i.lending.attribution, parts.get(&d.uuid)) {
             (Ok(a), Some(p)) if a.vms_kib > 0 => {

@@ -184,34 +184,82 @@ pub const DEMAND_HALF_LIFE_SECS: u64 = 60;
 /// 190, idle ones about 90.
 pub const FULL_PERCENT: u64 = 10;
 
+/// What a VM's demand rests on this pass (reported per VM under a demand
+/// split, so `status` can say why a VM weighs what it weighs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DemandBasis {
+    /// Its disk reads while its memory was full, as a rate over the time
+    /// since the last pass (0 when its memory was not full), smoothed.
+    Reads,
+    /// Its fresh figures show its memory is not full: it has no demand for
+    /// more, whatever its disks do (or whether it has any); what it had
+    /// decays.
+    FreeMemory,
+    /// Unknown: no fresh guest statistics.
+    NoStatistics,
+    /// Unknown: its memory is full but libvirt gives no disk figures (no
+    /// disks, or a disk without them): it may read from network storage.
+    NoDiskFigures,
+    /// Unknown: its memory is full and its disks were read for the first
+    /// time (or their counters went back, a restart): a rate takes two.
+    FirstReading,
+}
+
+impl DemandBasis {
+    /// The demand is measured (or known to be none), not unknown.
+    pub fn known(self) -> bool {
+        matches!(self, DemandBasis::Reads | DemandBasis::FreeMemory)
+    }
+}
+
+/// Whether a guest's memory is full: its free memory under its margin or
+/// [`FULL_PERCENT`] of its memory, whichever is more.
+fn memory_full(g: &GuestView) -> bool {
+    g.unused_kib <= g.margin_kib().max(g.total_kib / 100 * FULL_PERCENT)
+}
+
 /// Takes a pass's reading of a VM's disk reads into its track, and says its
 /// demand (thousandths of a MiB/s of reads while its memory was full,
-/// smoothed), or `None` when it cannot be known this pass (no fresh guest
-/// statistics, no disk figures, or no earlier reading to take a rate from).
+/// smoothed), or `None` when it cannot be known this pass, with what the
+/// answer rests on ([`DemandBasis`]).
+///
+/// What the guest says about its memory comes first (issue 20): a guest
+/// whose fresh figures show free memory has no demand for more, with or
+/// without disk figures (an idle appliance booted from its initramfs is
+/// not an unknown). Only a guest with no fresh figures, or with full
+/// memory and no disk rate yet, is unknown.
 pub fn track_io(
     prev: Option<IoTrack>,
     rd_bytes: Option<u64>,
     guest: Option<GuestView>,
     now: u64,
-) -> (Option<IoTrack>, Option<u64>) {
-    let Some(rd) = rd_bytes else {
-        return (prev, None);
-    };
+) -> (Option<IoTrack>, Option<u64>, DemandBasis) {
     let decayed = prev.map_or(0, |p| {
         let dt = now.saturating_sub(p.at) as f64;
         (p.demand as f64 * 0.5f64.powf(dt / DEMAND_HALF_LIFE_SECS as f64)) as u64
     });
-    let reading = match (prev, guest) {
-        (Some(p), Some(g)) if now > p.at && rd >= p.rd_bytes => {
-            let full = g.unused_kib <= g.margin_kib().max(g.total_kib / 100 * FULL_PERCENT);
-            let rate = u128::from(rd - p.rd_bytes) * 1000 / (1 << 20) / u128::from(now - p.at);
-            Some(if full {
-                u64::try_from(rate).unwrap_or(u64::MAX)
-            } else {
-                0
-            })
-        }
+    let full = guest.as_ref().map(memory_full);
+    let Some(rd) = rd_bytes else {
+        // No disk figures: nothing to track; the memory says what it can.
+        return match full {
+            Some(false) => (prev, Some(decayed), DemandBasis::FreeMemory),
+            Some(true) => (prev, None, DemandBasis::NoDiskFigures),
+            None => (prev, None, DemandBasis::NoStatistics),
+        };
+    };
+    let rate = match prev {
+        Some(p) if now > p.at && rd >= p.rd_bytes => Some(
+            u64::try_from(u128::from(rd - p.rd_bytes) * 1000 / (1 << 20) / u128::from(now - p.at))
+                .unwrap_or(u64::MAX),
+        ),
         _ => None,
+    };
+    let (reading, basis) = match (full, rate) {
+        (None, _) => (None, DemandBasis::NoStatistics),
+        (Some(false), _) => (Some(0), DemandBasis::FreeMemory),
+        (Some(true), Some(r)) => (Some(r), DemandBasis::Reads),
+        (Some(true), None) => (None, DemandBasis::FirstReading),
     };
     let demand = reading.map_or(decayed, |r| r.max(decayed));
     (
@@ -221,6 +269,7 @@ pub fn track_io(
             demand,
         }),
         reading.map(|_| demand),
+        basis,
     )
 }
 
@@ -235,6 +284,8 @@ pub struct Row<'a> {
     pub motion: Motion,
     /// Its guest's figures are fresh enough to go by.
     pub fresh: bool,
+    /// What its demand rests on (`None` unless the split weighs by it).
+    pub demand_basis: Option<DemandBasis>,
 }
 
 /// The VMs the policy sees: every domain with a record and readable sizes
@@ -289,10 +340,11 @@ pub fn rows<'a>(
             }
         });
         // Tracked only for a split that weighs by it.
-        let (io, demand) = if settings.policy.split.inputs().demand {
-            track_io(r.io, d.block_rd_bytes, guest, now)
+        let (io, demand, demand_basis) = if settings.policy.split.inputs().demand {
+            let (io, demand, basis) = track_io(r.io, d.block_rd_bytes, guest, now);
+            (io, demand, Some(basis))
         } else {
-            (None, None)
+            (None, None, None)
         };
         r.io = io;
         let hand = hand_set(r, d, s.maximum_kib, now, notes);
@@ -313,6 +365,7 @@ pub fn rows<'a>(
             },
             motion,
             fresh: guest.is_some(),
+            demand_basis,
         });
     }
     rows
@@ -425,24 +478,56 @@ mod tests {
 
     #[test]
     fn demand_is_reads_while_memory_is_full() {
-        // the first reading gives no rate: unknown
-        let (t, d) = track_io(None, Some(0), guest(4), 0);
-        assert_eq!(d, None);
+        use DemandBasis::*;
+        // the first reading with its memory full gives no rate: unknown
+        let (t, d, b) = track_io(None, Some(0), guest(4), 0);
+        assert_eq!((d, b), (None, FirstReading));
         // 100 MiB read in 10 s with 4 MiB free: 10 MiB/s
-        let (t, d) = track_io(t, Some(100 << 20), guest(4), 10);
-        assert_eq!(d, Some(10_000));
+        let (t, d, b) = track_io(t, Some(100 << 20), guest(4), 10);
+        assert_eq!((d, b), (Some(10_000), Reads));
         // the same reads with 90 MiB free: cold reads, more memory would
         // not cut them; the demand only decays (60 s half-life)
-        let (t2, d2) = track_io(t, Some(200 << 20), guest(90), 70);
-        assert_eq!(d2, Some(5_000));
+        let (t2, d2, b2) = track_io(t, Some(200 << 20), guest(90), 70);
+        assert_eq!((d2, b2), (Some(5_000), FreeMemory));
         // no fresh guest statistics: unknown, the track still moves on
-        let (t3, d3) = track_io(t2, Some(300 << 20), None, 80);
-        assert_eq!(d3, None);
+        let (t3, d3, b3) = track_io(t2, Some(300 << 20), None, 80);
+        assert_eq!((d3, b3), (None, NoStatistics));
         assert_eq!(t3.unwrap().rd_bytes, 300 << 20);
         // a VM restarted (counters went back): no rate this pass
-        let (_, d4) = track_io(t3, Some(5), guest(4), 90);
-        assert_eq!(d4, None);
-        // no disk figures at all: unknown, the track kept
-        assert_eq!(track_io(t, None, guest(4), 20), (t, None));
+        let (_, d4, b4) = track_io(t3, Some(5), guest(4), 90);
+        assert_eq!((d4, b4), (None, FirstReading));
+        // full memory and no disk figures at all: unknown (it may read
+        // from network storage), the track kept
+        assert_eq!(track_io(t, None, guest(4), 20), (t, None, NoDiskFigures));
+    }
+
+    #[test]
+    fn a_guest_with_free_memory_has_no_demand_with_or_without_disks_regression() {
+        // Issue 20: two idle guests without any disk, each with 89 MiB of
+        // 197 free, had a `null` demand (no disk figures), counted as the
+        // average, as hungry as the reader beside them.
+        use DemandBasis::*;
+        assert_eq!(
+            track_io(None, None, guest(89), 0),
+            (None, Some(0), FreeMemory)
+        );
+        // with disks, known from its first pass (no rate needed for none)
+        let (t, d, b) = track_io(None, Some(7 << 20), guest(89), 0);
+        assert_eq!((d, b), (Some(0), FreeMemory));
+        assert_eq!(t.unwrap().rd_bytes, 7 << 20);
+        // a former reader without disk figures now: what it had decays
+        let was = Some(IoTrack {
+            at: 0,
+            rd_bytes: 0,
+            demand: 8_000,
+        });
+        assert_eq!(
+            track_io(was, None, guest(89), 60),
+            (was, Some(4_000), FreeMemory)
+        );
+        // no fresh statistics and no disks: unknown
+        assert_eq!(track_io(None, None, None, 0), (None, None, NoStatistics));
+        assert!(FreeMemory.known() && Reads.known());
+        assert!(!NoStatistics.known() && !NoDiskFigures.known() && !FirstReading.known());
     }
 }
