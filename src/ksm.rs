@@ -78,6 +78,10 @@ pub struct KsmCounters {
     pub general_profit: Option<i64>,
     /// `ksm_zero_pages`, where the kernel has it (with `use_zero_pages`).
     pub ksm_zero_pages: Option<u64>,
+    /// `pages_scanned`: pages ksmd has scanned since boot, where the kernel
+    /// has it (6.7+): what its CPU time bought.
+    #[serde(default)]
+    pub pages_scanned: Option<u64>,
     /// The host's page size in bytes, to turn page counts into KiB.
     pub page_size: u64,
 }
@@ -167,6 +171,10 @@ pub fn read(dir: &Path, page_size: u64) -> Result<KsmCounters, KsmError> {
         Some(v) => Some(unsigned(dir, "ksm_zero_pages", v)?),
         None => None,
     };
+    let pages_scanned = match read_one(dir, "pages_scanned", true)? {
+        Some(v) => Some(unsigned(dir, "pages_scanned", v)?),
+        None => None,
+    };
     Ok(KsmCounters {
         run: req("run")?,
         pages_shared: req("pages_shared")?,
@@ -176,6 +184,7 @@ pub fn read(dir: &Path, page_size: u64) -> Result<KsmCounters, KsmError> {
         full_scans: req("full_scans")?,
         general_profit: read_one(dir, "general_profit", true)?,
         ksm_zero_pages,
+        pages_scanned,
         page_size,
     })
 }
@@ -269,6 +278,7 @@ mod tests {
             full_scans: 3,
             general_profit: Some(3_000_000),
             ksm_zero_pages: Some(24),
+            pages_scanned: Some(5_000_000),
             page_size: 4096,
         }
     }

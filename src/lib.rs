@@ -14,6 +14,7 @@ pub mod errors;
 pub mod hook;
 pub mod hypervisor;
 pub mod ksm;
+pub mod ksmcost;
 pub mod manual;
 pub mod meminfo;
 pub mod metadata;

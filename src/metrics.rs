@@ -32,7 +32,7 @@ pub struct SavingsFigure {
 }
 
 /// The host's figures of one pass. Sizes in KiB.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostFigures {
     /// The savings by every metric the kernel provides ([`savings_by_metric`]).
     pub savings: Vec<SavingsFigure>,
@@ -46,6 +46,22 @@ pub struct HostFigures {
     pub reserve_kib: u64,
     /// The host's MemAvailable.
     pub available_kib: u64,
+    /// What the VMs hold above their floors after the pass: the savings
+    /// lent.
+    #[serde(default)]
+    pub lent_kib: u64,
+    /// ksmd's CPU time since boot, seconds (`None`: ksmd not found).
+    #[serde(default)]
+    pub ksmd_cpu_seconds: Option<f64>,
+    /// ksmd's CPU since the last pass, a fraction of one core.
+    #[serde(default)]
+    pub ksmd_cpu_ratio: Option<f64>,
+    /// `pages_scanned`, where the kernel has it.
+    #[serde(default)]
+    pub ksm_pages_scanned: Option<u64>,
+    /// `full_scans`.
+    #[serde(default)]
+    pub ksm_full_scans: u64,
 }
 
 /// One VM's figures of one pass. Sizes in KiB.
@@ -349,8 +365,73 @@ fn host_families(out: &mut String, h: &HostFigures) {
             "Host MemAvailable as the pass read it.",
             h.available_kib,
         ),
+        (
+            "ksm_balloon_lent_bytes",
+            "What the VMs hold above their floors after the pass: the savings lent.",
+            h.lent_kib,
+        ),
     ] {
         Family::new(out, name, Kind::Gauge, help).sample(name, &[], &bytes(kib));
+    }
+    ksm_cost_families(out, h);
+}
+
+/// What KSM's scanning costs: ksmd's CPU time and the kernel's scan
+/// counters (totals since boot: `rate()` them), ksmd's CPU over the last
+/// interval, and the savings per ksmd CPU-second.
+fn ksm_cost_families(out: &mut String, h: &HostFigures) {
+    if let Some(s) = h.ksmd_cpu_seconds {
+        let name = "ksm_balloon_ksmd_cpu_seconds_total";
+        Family::new(
+            out,
+            name,
+            Kind::Counter,
+            "CPU time ksmd has used since boot.",
+        )
+        .sample(name, &[], &float(s));
+    }
+    if let Some(n) = h.ksm_pages_scanned {
+        let name = "ksm_balloon_ksm_pages_scanned_total";
+        Family::new(
+            out,
+            name,
+            Kind::Counter,
+            "Pages ksmd has scanned since boot (pages_scanned).",
+        )
+        .sample(name, &[], &n.to_string());
+    }
+    let name = "ksm_balloon_ksm_full_scans_total";
+    Family::new(
+        out,
+        name,
+        Kind::Counter,
+        "Full scans ksmd has completed since boot (full_scans).",
+    )
+    .sample(name, &[], &h.ksm_full_scans.to_string());
+    if let Some(r) = h.ksmd_cpu_ratio {
+        let name = "ksm_balloon_ksmd_cpu_ratio";
+        Family::new(
+            out,
+            name,
+            Kind::Gauge,
+            "ksmd's CPU since the last pass, a fraction of one core.",
+        )
+        .sample(name, &[], &float(r));
+        if r > 0.0 {
+            let name = "ksm_balloon_savings_per_ksmd_cpu_bytes";
+            let profit = h
+                .savings
+                .iter()
+                .find(|s| s.metric == h.metric_in_use)
+                .map_or(0, |s| s.kib);
+            Family::new(
+                out,
+                name,
+                Kind::Gauge,
+                "The savings (the metric in use) per ksmd CPU-second spent each second: bytes kept merged per core ksmd keeps busy.",
+            )
+            .sample(name, &[], &float(profit as f64 * 1024.0 / r));
+        }
     }
 }
 
@@ -452,6 +533,11 @@ mod tests {
                 budget_kib: 60_000,
                 reserve_kib: 100_000,
                 available_kib: 2_000_000,
+                lent_kib: 60_000,
+                ksmd_cpu_seconds: Some(1117.66),
+                ksmd_cpu_ratio: Some(0.25),
+                ksm_pages_scanned: Some(745_532_482),
+                ksm_full_scans: 39,
             }),
             vms: vec![VmFigures {
                 name: "web\"1\"\\a\nb".into(),
@@ -527,6 +613,24 @@ ksm_balloon_reserve_bytes 102400000
 # HELP ksm_balloon_host_memory_available_bytes Host MemAvailable as the pass read it.
 # TYPE ksm_balloon_host_memory_available_bytes gauge
 ksm_balloon_host_memory_available_bytes 2048000000
+# HELP ksm_balloon_lent_bytes What the VMs hold above their floors after the pass: the savings lent.
+# TYPE ksm_balloon_lent_bytes gauge
+ksm_balloon_lent_bytes 61440000
+# HELP ksm_balloon_ksmd_cpu_seconds_total CPU time ksmd has used since boot.
+# TYPE ksm_balloon_ksmd_cpu_seconds_total counter
+ksm_balloon_ksmd_cpu_seconds_total 1117.66
+# HELP ksm_balloon_ksm_pages_scanned_total Pages ksmd has scanned since boot (pages_scanned).
+# TYPE ksm_balloon_ksm_pages_scanned_total counter
+ksm_balloon_ksm_pages_scanned_total 745532482
+# HELP ksm_balloon_ksm_full_scans_total Full scans ksmd has completed since boot (full_scans).
+# TYPE ksm_balloon_ksm_full_scans_total counter
+ksm_balloon_ksm_full_scans_total 39
+# HELP ksm_balloon_ksmd_cpu_ratio ksmd's CPU since the last pass, a fraction of one core.
+# TYPE ksm_balloon_ksmd_cpu_ratio gauge
+ksm_balloon_ksmd_cpu_ratio 0.25
+# HELP ksm_balloon_savings_per_ksmd_cpu_bytes The savings (the metric in use) per ksmd CPU-second spent each second: bytes kept merged per core ksmd keeps busy.
+# TYPE ksm_balloon_savings_per_ksmd_cpu_bytes gauge
+ksm_balloon_savings_per_ksmd_cpu_bytes 266240000
 # HELP ksm_balloon_vm_floor_bytes Size the VM is never shrunk below.
 # TYPE ksm_balloon_vm_floor_bytes gauge
 ksm_balloon_vm_floor_bytes{domain="web\"1\"\\a\nb",uuid="6695eb01-f6a4-8304-79aa-97f2502e193f"} 167772160

@@ -121,6 +121,23 @@ pub struct ProcStat {
     /// When it started, in clock ticks after boot (field 22): with the pid,
     /// it names one process instance, so a pid reused meanwhile shows.
     pub start_time: u64,
+    /// Its parent's pid (field 4): 2, `kthreadd`, for a kernel thread.
+    pub ppid: u32,
+    /// The CPU time it has used, user and system (fields 14 and 15), in
+    /// clock ticks (`USER_HZ`, [`clock_ticks_per_sec`]).
+    pub cpu_ticks: u64,
+}
+
+/// The unit of `/proc/<pid>/stat`'s times: `USER_HZ` (100 on x86 and
+/// arm64), as `sysconf(_SC_CLK_TCK)` says.
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if v > 0 {
+        v as u64
+    } else {
+        100
+    }
 }
 
 /// Parses `/proc/<pid>/stat`. The command name may hold spaces and
@@ -133,13 +150,15 @@ pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
     }
     let comm = text[open + 1..close].to_string();
     let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    // rest[0] is field 3 (state), so field 22 is rest[19].
+    // rest[0] is field 3 (state), so field N is rest[N - 3].
+    let field = |n: usize| -> Option<u64> { rest.get(n - 3)?.parse().ok() };
     let state = rest.first()?.chars().next()?;
-    let start_time = rest.get(19)?.parse().ok()?;
     Some(ProcStat {
         comm,
         state,
-        start_time,
+        start_time: field(22)?,
+        ppid: u32::try_from(field(4)?).ok()?,
+        cpu_ticks: field(14)?.checked_add(field(15)?)?,
     })
 }
 
@@ -689,6 +708,15 @@ mod tests {
         assert_eq!(s.comm, "qemu-system-x86");
         assert_eq!(s.state, 'S');
         assert_eq!(s.start_time, 987654);
+        assert_eq!((s.ppid, s.cpu_ticks), (1, 15));
+        // ksmd on this machine's 6.18 kernel: a kernel thread (parent
+        // kthreadd), all of its time system time
+        let text = "39 (ksmd) S 2 0 0 0 -1 2097216 36 0 0 0 0 111766 0 0 25 5 1 0 28 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 1 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
+        let s = parse_proc_stat(text).unwrap();
+        assert_eq!(
+            (s.comm.as_str(), s.ppid, s.cpu_ticks, s.start_time),
+            ("ksmd", 2, 111766, 28)
+        );
         let text = "77 (a) b (c)) Z 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0";
         let s = parse_proc_stat(text).unwrap();
         assert_eq!(s.comm, "a) b (c)");
@@ -737,6 +765,8 @@ mod tests {
             comm: comm.into(),
             state,
             start_time: 1,
+            ppid: 1,
+            cpu_ticks: 0,
         }
     }
 

@@ -72,6 +72,41 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The status line of what KSM's scanning costs and what it buys.
+fn ksm_cost_line(c: &crate::ksmcost::KsmCost) -> String {
+    let lent = format!(
+        "lent {} of the savings {}",
+        Kib(c.lent_kib),
+        Kib(c.savings_kib)
+    );
+    let (Some(total), None) = (c.ksmd_cpu_secs, &c.problem) else {
+        return format!(
+            "KSM cost: unknown ({}); {lent}",
+            c.problem.as_deref().unwrap_or("ksmd not read")
+        );
+    };
+    let Some((pct, dt)) = c.ksmd_cpu_percent.zip(c.interval_secs) else {
+        return format!(
+            "KSM cost: ksmd {total:.1} s of CPU since boot (a rate from the next pass on); {lent}"
+        );
+    };
+    let mut line = format!("KSM cost: ksmd {pct:.1}% of a core over the last {dt} s");
+    if let Some(p) = c.pages_scanned_per_sec {
+        let _ = write!(line, ", {p:.0} pages/s scanned");
+    }
+    if let Some(n) = c.full_scans {
+        let _ = write!(line, ", {n} full scan{}", if n == 1 { "" } else { "s" });
+    }
+    let _ = write!(line, "; {lent}");
+    if let (Some(s), Some(l)) = (c.savings_mib_per_cpu_sec, c.lent_mib_per_cpu_sec) {
+        let _ = write!(
+            line,
+            "; per ksmd CPU-second each second: {s:.0} MiB saved, {l:.0} MiB lent"
+        );
+    }
+    line
+}
+
 fn header(r: &Report) -> String {
     let mut out = String::new();
     let k = &r.ksm;
@@ -106,6 +141,7 @@ fn header(r: &Report) -> String {
         Kib(r.reserve_kib),
         if r.under_reserve { " -- UNDER RESERVE" } else { "" }
     );
+    let _ = writeln!(out, "{}", ksm_cost_line(&r.ksm_cost));
     if r.lendable_kib != r.savings_kib {
         let _ = writeln!(
             out,

@@ -22,8 +22,8 @@ pub fn ksm_saving(saved_kib: u64) -> KsmCounters {
 }
 
 /// Writes `k` into `dir` as the kernel's `/sys/kernel/mm/ksm/` shows it:
-/// one file per counter, a number and a newline; `general_profit` and
-/// `ksm_zero_pages` only where set, as on a kernel that has them
+/// one file per counter, a number and a newline; `general_profit`,
+/// `ksm_zero_pages` and `pages_scanned` only where set, as on a kernel that has them
 /// (`page_size` is not a file).
 pub fn write_ksm(dir: &Path, k: &KsmCounters) -> io::Result<()> {
     let mut files = vec![
@@ -39,6 +39,9 @@ pub fn write_ksm(dir: &Path, k: &KsmCounters) -> io::Result<()> {
     }
     if let Some(z) = k.ksm_zero_pages {
         files.push(("ksm_zero_pages", z.to_string()));
+    }
+    if let Some(n) = k.pages_scanned {
+        files.push(("pages_scanned", n.to_string()));
     }
     for (f, v) in files {
         fs::write(dir.join(f), format!("{v}\n"))?;

@@ -222,6 +222,11 @@ pub fn metrics_input(
                 budget_kib: r.budget_kib,
                 reserve_kib: r.reserve_kib,
                 available_kib: r.host.available_kib,
+                lent_kib: r.ksm_cost.lent_kib,
+                ksmd_cpu_seconds: r.ksm_cost.ksmd_cpu_secs,
+                ksmd_cpu_ratio: r.ksm_cost.ksmd_cpu_percent.map(|p| p / 100.0),
+                ksm_pages_scanned: r.ksm.pages_scanned,
+                ksm_full_scans: r.ksm.full_scans,
             }),
             vms: r
                 .vms

@@ -43,6 +43,9 @@ pub struct Observation {
     /// (positive: forward), when it did (`super::clock`): the state's
     /// instants are already moved by it; the guests' figures are not.
     pub clock_step_secs: Option<i64>,
+    /// ksmd (its pid and CPU time), or why it was not found: what KSM's
+    /// scanning costs ([`crate::ksmcost`]).
+    pub ksmd: Result<crate::ksmcost::Ksmd, String>,
     /// How long after `at` the domains were read, seconds, rounded up: the
     /// pass's wait for its lock and libvirt's time (by the monotonic
     /// clock). A guest's report may be stamped that much after `at`.
@@ -136,6 +139,10 @@ pub fn observe(
         }
     }
     let procs = contribution.then(|| read_procs(proc_paths, &domains));
+    let ksmd = crate::ksmcost::read_ksmd(
+        &proc_paths.proc_dir,
+        state.ksm_cost.map(|m| (m.pid, m.start_time)),
+    );
     Ok(Observation {
         at: now,
         ksm,
@@ -145,6 +152,7 @@ pub fn observe(
         procs,
         transient,
         qemu_age,
+        ksmd,
         clock_step_secs: None,
         read_after_secs: 0,
     })

@@ -76,6 +76,22 @@ pub fn plan(
     let resizes = asks::resizes(&rows, &decided);
     let stats_periods = asks::stats_periods(settings, &rows, &decided, &state);
     guard_note(obs, &policy, &p, &rows, &decided, &mut notes);
+    // What KSM cost since the last pass, against what it saved and what
+    // of that the VMs hold above their floors after this plan.
+    let lent_kib = rows
+        .iter()
+        .zip(&decided)
+        .map(|(r, d)| d.target_kib.saturating_sub(r.view.floor_kib))
+        .sum();
+    let (ksm_cost, mark) = crate::ksmcost::cost(
+        state.ksm_cost,
+        &obs.ksmd,
+        &obs.ksm,
+        savings.kib,
+        lent_kib,
+        now,
+    );
+    state.ksm_cost = mark;
     let report = report::build(&report::Inputs {
         settings,
         obs,
@@ -86,6 +102,7 @@ pub fn plan(
         rows: &rows,
         decided: &decided,
         adopted: &adopted,
+        ksm_cost: &ksm_cost,
     });
     Ok(Planned {
         state,

@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use crate::hypervisor::{CallCount, GuestStats, LiveDomain};
 use crate::ksm::{KsmCounters, Metric};
+use crate::ksmcost::KsmCost;
 use crate::meminfo::MemInfo;
 use crate::policy::{self, Action, Decision, Policy, Reason};
 use crate::state::{Source, State, Stuck};
@@ -145,6 +146,9 @@ pub struct Report {
     pub dry_run: bool,
     /// The KSM counters.
     pub ksm: KsmCounters,
+    /// What KSM's scanning cost since the last pass (ksmd's CPU), and what
+    /// it bought: the savings and what of them is lent.
+    pub ksm_cost: KsmCost,
     /// The metric used.
     pub metric: Metric,
     /// The savings, KiB.
@@ -215,6 +219,9 @@ pub struct Inputs<'a> {
     pub decided: &'a [Decision],
     /// The UUIDs adopted by this pass.
     pub adopted: &'a [String],
+    /// What KSM cost ([`super::plan`] works it out once the bonuses are
+    /// decided).
+    pub ksm_cost: &'a KsmCost,
 }
 
 /// The report of the plan: every active domain, managed or not (yet). What
@@ -237,6 +244,7 @@ pub fn build(i: &Inputs) -> Report {
         clock_step_secs: obs.clock_step_secs,
         dry_run: false,
         ksm: obs.ksm.clone(),
+        ksm_cost: i.ksm_cost.clone(),
         metric: lending.savings.metric,
         savings_kib: lending.savings.kib,
         lendable_kib: lending.lendable_kib,

@@ -2108,3 +2108,63 @@ fn a_hook_record_spooled_before_a_step_is_dated_by_the_boot_clock() {
     };
     assert_eq!(crate::state::spool::dated(&names[0], &now, 7), None);
 }
+
+#[test]
+fn each_pass_measures_ksmd_s_cpu_against_the_last_and_status_says_it() {
+    // Issue 21: ksmd's CPU since the last pass (its /proc/<pid>/stat,
+    // kept in the state), the pages it scanned, the full scans, and the
+    // savings and loans per ksmd CPU-second.
+    let doms: Vec<_> = (1..=2).map(|n| defined(dom(n, 160, 320), 160)).collect();
+    let mut h = Host::new(doms);
+    h.settings.hold_window_secs = 0;
+    let ksmd = |h: &Host, ticks: u64, scanned: u64, full: u64| {
+        let dir = h.paths.procs.proc_dir.join("39");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("stat"),
+            format!("39 (ksmd) S 2 0 0 0 -1 2097216 36 0 0 0 0 {ticks} 0 0 25 5 1 0 28 0 0"),
+        )
+        .unwrap();
+        let k = crate::ksm::KsmCounters {
+            pages_scanned: Some(scanned),
+            full_scans: full,
+            ..crate::testing::ksm_saving(100 * MIB)
+        };
+        crate::testing::write_ksm(&h.paths.ksm_dir, &k).unwrap();
+    };
+    ksmd(&h, 10_000, 1_000_000, 7);
+    let r = h.run(T0).unwrap();
+    let c = &r.ksm_cost;
+    assert_eq!((c.ksmd_cpu_secs, c.interval_secs), (Some(100.0), None));
+    assert_eq!(c.savings_kib, 100 * MIB);
+    assert_eq!(c.lent_kib, 100 * MIB, "the first pass lends it all");
+    assert_eq!(h.state().ksm_cost.map(|m| m.cpu_ticks), Some(10_000));
+    // 10 s later: 100 ticks (1 s of CPU: 10 %), 300 000 pages, 2 full scans
+    ksmd(&h, 10_100, 1_300_000, 9);
+    let r = h.run(T0 + 10).unwrap();
+    let c = &r.ksm_cost;
+    assert_eq!(c.interval_secs, Some(10));
+    assert_eq!(c.ksmd_cpu_percent, Some(10.0));
+    assert_eq!(c.pages_scanned_per_sec, Some(30_000.0));
+    assert_eq!(c.full_scans, Some(2));
+    assert_eq!(c.savings_mib_per_cpu_sec, Some(1000.0));
+    let line = crate::render::status(&r);
+    assert!(
+        line.contains("KSM cost: ksmd 10.0% of a core over the last 10 s, 30000 pages/s scanned, 2 full scans; lent 100.0 MiB of the savings 100.0 MiB; per ksmd CPU-second each second: 1000 MiB saved, 1000 MiB lent"),
+        "{line}"
+    );
+    // ksmd gone (a kernel without KSM): the report says why, the mark goes
+    fs::remove_dir_all(h.paths.procs.proc_dir.join("39")).unwrap();
+    let r = h.run(T0 + 20).unwrap();
+    assert!(
+        r.ksm_cost
+            .problem
+            .as_deref()
+            .unwrap_or("")
+            .contains("no ksmd"),
+        "{:?}",
+        r.ksm_cost
+    );
+    assert!(crate::render::status(&r).contains("KSM cost: unknown (no ksmd"));
+    assert_eq!(h.state().ksm_cost, None);
+}

@@ -332,6 +332,11 @@ pub struct State {
     /// boot clock): no step is then known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockMark>,
+    /// ksmd's CPU time and KSM's scan counters as the last pass read them,
+    /// for the next pass's cost rates ([`crate::ksmcost`]); absent before
+    /// the first pass that found ksmd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ksm_cost: Option<crate::ksmcost::Mark>,
 }
 
 /// The wall clock and `CLOCK_BOOTTIME`, read together by one pass.
@@ -387,6 +392,7 @@ impl Default for State {
             savings_seen: Vec::new(),
             last_pass: None,
             clock: None,
+            ksm_cost: None,
         }
     }
 }
@@ -456,6 +462,7 @@ impl State {
             savings_seen,
             last_pass,
             clock: _,
+            ksm_cost,
         } = self;
         for vm in vms.values_mut() {
             vm.shift_instants(delta);
@@ -487,6 +494,17 @@ impl State {
             resized: _,
             failed: _,
         }) = last_pass
+        {
+            sh(at);
+        }
+        if let Some(crate::ksmcost::Mark {
+            at,
+            pid: _,
+            start_time: _,
+            cpu_ticks: _,
+            pages_scanned: _,
+            full_scans: _,
+        }) = ksm_cost
         {
             sh(at);
         }

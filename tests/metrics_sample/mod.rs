@@ -57,6 +57,11 @@ pub fn sample(n: u64) -> MetricsInput {
             budget_kib: 50_000 + n,
             reserve_kib: 100_000,
             available_kib: 2_000_000 - n,
+            lent_kib: 40_000 + n,
+            ksmd_cpu_seconds: Some(1117.66 + n as f64),
+            ksmd_cpu_ratio: Some(0.25),
+            ksm_pages_scanned: Some(745_532_482 + n),
+            ksm_full_scans: n,
         }),
         vms,
         counters: Counters {
