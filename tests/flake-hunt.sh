@@ -27,7 +27,9 @@
 # first failing lines (CHECK FAILED, FAIL, timed out), and per suite:
 #   flake-hunt: 60-bench-short at 1a2b3c4: 5/5 passed (100 %), no load, 598-640 s
 # plus a row for the table of docs/TESTING.md (cause and fix to fill in).
-# Exits 1 when any run failed.
+# Exits 1 when any run failed. Stopped (INT, TERM), it stops the suite it
+# is running too (TERM to the run's process group: the suite's own traps
+# destroy its guests and free the real-stack lock) before it exits.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -68,12 +70,18 @@ mkdir -p "$logs"
 
 log() { printf '[%s] flake-hunt: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
-loader='' work='' finished=0
+loader='' work='' run_pid='' finished=0
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [ "$finished" = 1 ] || log "stopped early (exit $rc)${work:+ with $work in use}"
+    if [ -n "$run_pid" ] && kill -0 "$run_pid" 2>/dev/null; then
+        # the run is a process group of its own (setsid): stop all of it
+        log "stopping the running suite (process group $run_pid)"
+        kill -TERM -- "-$run_pid" 2>/dev/null || true
+        wait "$run_pid" 2>/dev/null || true
+    fi
     if [ -n "$loader" ]; then
         kill "$loader" 2>/dev/null || true
         wait "$loader" 2>/dev/null || true
@@ -110,7 +118,11 @@ for s in "${suites[@]}"; do
         log "$name run $i/$runs at $short in $work/ksm-balloon, $loadnote"
         t0=$(date +%s)
         rc=0
-        (cd "$work/ksm-balloon" && KBB_OUT=$work/bench-out bash tests/run-all.sh "$s") >"$out" 2>&1 || rc=$?
+        # in a session of its own, so a stopped hunt can stop all of it
+        (cd "$work/ksm-balloon" && KBB_OUT=$work/bench-out exec setsid bash tests/run-all.sh "$s") >"$out" 2>&1 &
+        run_pid=$!
+        wait "$run_pid" || rc=$?
+        run_pid=''
         dt=$(( $(date +%s) - t0 ))
         times+=("$dt")
         if [ "$rc" = 0 ]; then
