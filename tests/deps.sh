@@ -34,22 +34,39 @@ PACKAGES=(
     # lint of every shell script (tests/shellcheck.sh, run by .ci/run)
     shellcheck
 )
+# Installed without their Recommends (setools' would bring graphviz and GDAL):
+# the SELinux policy module (packaging/selinux, tests/packaging/selinux.sh):
+# the reference policy's devel Makefile and headers, checkmodule,
+# semodule_package/semodule_unpackage, and policycoreutils' pp (a compiled
+# module back to CIL). Installing policycoreutils writes /etc/selinux/config
+# (SELINUX=permissive); without SELinux in the kernel nothing reads it.
+NO_RECOMMENDS=(selinux-policy-dev checkpolicy semodule-utils policycoreutils)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "tests/deps.sh: must run as root (it installs packages)" >&2
     exit 1
 fi
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$p")
-    fi
-done
-if [ ${#missing[@]} -eq 0 ]; then
+# missing NAME...: the packages among NAME that are not installed.
+missing() {
+    local p
+    for p in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+            echo "$p"
+        fi
+    done
+}
+mapfile -t missing < <(missing "${PACKAGES[@]}")
+mapfile -t missing_nr < <(missing "${NO_RECOMMENDS[@]}")
+if [ ${#missing[@]} -eq 0 ] && [ ${#missing_nr[@]} -eq 0 ]; then
     exit 0
 fi
-echo "tests/deps.sh: installing ${missing[*]}" >&2
+echo "tests/deps.sh: installing ${missing[*]} ${missing_nr[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ ${#missing_nr[@]} -gt 0 ]; then
+    apt-get install -y -qq --no-install-recommends "${missing_nr[@]}" >/dev/null
+fi

@@ -6,8 +6,10 @@
 # loopback), which proves rpmbuild needs none.
 #
 # Usage: tests/packaging/build-rpm.sh REPO WORKDIR
-# Leaves the clone in WORKDIR/clone, the RPM path in WORKDIR/rpm-path and the
-# build log in WORKDIR/rpmbuild.log; prints the timings.
+# Leaves the clone in WORKDIR/clone, the path of the ksm-balloon RPM in
+# WORKDIR/rpm-path, that of the ksm-balloon-selinux RPM (the SELinux policy
+# module, noarch) in WORKDIR/rpm-selinux-path, and the build log in
+# WORKDIR/rpmbuild.log; prints the timings.
 set -euo pipefail
 repo=$(realpath "$1")
 work=$2
@@ -38,10 +40,21 @@ fi
 t2=$(date +%s)
 echo "make rpm (rpmbuild -bb, offline, %check included): $((t2 - t1)) s"
 
-mapfile -t rpms < <(find "$clone/dist/rpmbuild/RPMS" -name '*.rpm')
-if [ "${#rpms[@]}" -ne 1 ]; then
-    echo "expected exactly one binary RPM, found: ${rpms[*]:-none}" >&2
+mapfile -t rpms < <(find "$clone/dist/rpmbuild/RPMS" -name '*.rpm' | sort)
+main=() selinux=()
+for r in "${rpms[@]}"; do
+    case $(basename "$r") in
+        ksm-balloon-selinux-[0-9]*.noarch.rpm) selinux+=("$r") ;;
+        ksm-balloon-[0-9]*.rpm) main+=("$r") ;;
+        *) echo "unexpected binary RPM: $r" >&2; exit 1 ;;
+    esac
+done
+if [ "${#main[@]}" -ne 1 ] || [ "${#selinux[@]}" -ne 1 ]; then
+    echo "expected one ksm-balloon and one ksm-balloon-selinux RPM, found: ${rpms[*]:-none}" >&2
     exit 1
 fi
-printf '%s\n' "${rpms[0]}" >"$work/rpm-path"
-echo "built ${rpms[0]#"$clone"/} ($(du -h "${rpms[0]}" | cut -f1))"
+printf '%s\n' "${main[0]}" >"$work/rpm-path"
+printf '%s\n' "${selinux[0]}" >"$work/rpm-selinux-path"
+for r in "${main[0]}" "${selinux[0]}"; do
+    echo "built ${r#"$clone"/} ($(du -h "$r" | cut -f1))"
+done

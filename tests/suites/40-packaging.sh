@@ -299,6 +299,7 @@ if step "build the RPM from a clean clone, offline" build; then
     step "rpm -qlp lists exactly the expected files" check_file_list
     step "RPM metadata" check_metadata
     step "rpmlint" check_rpmlint
+    step "SELinux policy module and the ksm-balloon-selinux RPM" bash "$here/selinux.sh" "$repo" "$work"
     if step "install into a scratch root and run the binary" install_scratch; then
         step "installed files" check_installed_files
         step "installed man page renders without warnings" man_clean "$root/usr/share/man/man8/ksm-balloon.8"
