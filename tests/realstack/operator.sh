@@ -267,6 +267,14 @@ WB_TARGET=$(field wb target_kib)
 rs_virsh setmem "${RS_PREFIX}wb" "$SET_BY_HAND" --live || bad "virsh setmem failed"
 kb_wait_until 30 "wb's balloon to reach $SET_BY_HAND KiB" at_within wb "$SET_BY_HAND" "$TOL" ||
     bad "wb's balloon did not follow virsh setmem: $(rs_actual wb) KiB"
+# ... and libvirt's bulk statistics to say so, which is what the pass reads:
+# libvirt takes balloon.current from QEMU's balloon events, and under load
+# it trailed dommemstat's actual (asked of QEMU) when the pass ran (the
+# flake hunt of 2026-12-04: the pass read 189.2 MiB, 1 MiB off its target,
+# and held it by the deadband instead of finding it unsettled).
+kb_wait_until 30 "libvirt's bulk statistics to report wb at $SET_BY_HAND KiB" \
+    kg_balloon_near "${RS_PREFIX}wb" "$SET_BY_HAND" "$TOL" ||
+    bad "libvirt's balloon.current for wb did not follow virsh setmem: $(kg_balloon "${RS_PREFIX}wb") KiB"
 echo "  wb set to $(rs_actual wb) KiB by hand (ksm-balloon's target was $WB_TARGET KiB)"
 op_pass hand-1
 wb_unsettled() { is wb action skip && is wb reason unsettled; }
