@@ -13,9 +13,6 @@
 # tests in dh_auto_test are skipped with DEB_BUILD_OPTIONS=nocheck when
 # KB_DEB_NOCHECK=1: 40-packaging sets it because the RPM's %check ran the
 # same `cargo test` and tests/exit-codes.sh on the same tarball just before.
-# KB_DEB_TARGET_DIR, when set, is the cargo target directory to build in
-# (40-packaging passes the RPM build's, so cargo compiles again only what
-# differs); by default debian/rules builds in the tree's own target/.
 # Leaves the .deb's path in WORKDIR/deb-path, the .changes' in
 # WORKDIR/changes-path, the log in WORKDIR/debbuild.log; prints the timings.
 set -euo pipefail
@@ -44,10 +41,6 @@ fi
 opts=
 [ "${KB_DEB_NOCHECK:-0}" = 1 ] && opts=nocheck
 t1=$(date +%s)
-if [ -n "${KB_DEB_TARGET_DIR:-}" ]; then
-    export CARGO_TARGET_DIR=$KB_DEB_TARGET_DIR
-    echo "cargo target directory: $CARGO_TARGET_DIR ($(du -sh "$CARGO_TARGET_DIR" 2>/dev/null | cut -f1) already built there)"
-fi
 if ! DEB_BUILD_OPTIONS="$opts" unshare -n make -C "$clone" --no-print-directory deb \
     DEB_BUILD_FLAGS="-Ppkg.ksm-balloon.rustup${opts:+,nocheck}" >"$work/debbuild.log" 2>&1; then
     tail -n 60 "$work/debbuild.log"

@@ -118,15 +118,12 @@ build() {
 
 # The .deb, from the clone and tarball build() made. Its tests are not run
 # again (DEB_BUILD_OPTIONS=nocheck): the RPM's %check just ran the same
-# `cargo test` and tests/exit-codes.sh on the same tarball. Cargo is handed
-# the RPM build's target directory: it compiles again what differs (the
-# ksm-balloon crate, built here with /etc/default/ksm-balloon as the hook's
-# settings file) and reuses the vendored crates the same cargo compiled
-# from the same tarball minutes before, as its fingerprints allow.
+# `cargo test` and tests/exit-codes.sh on the same tarball. Its release
+# build is a build of its own: rpmbuild removes its build tree (and target/)
+# when it succeeds, and cargo would not reuse it anyway from another
+# directory (the vendored crates' paths are in its fingerprints).
 build_deb() {
-    local target
-    target=$(find "$work/clone/dist/rpmbuild/BUILD" -mindepth 2 -maxdepth 2 -name target -type d 2>/dev/null | head -n 1)
-    KB_DEB_NOCHECK=1 KB_DEB_TARGET_DIR=$target bash "$here/build-deb.sh" "$repo" "$work" || return 1
+    KB_DEB_NOCHECK=1 bash "$here/build-deb.sh" "$repo" "$work" || return 1
     # shellcheck disable=SC1091 # sourced by the child shell
     bash -c '. "$1/tests/lib/libvirtd.sh" && . "$1/tests/systemd/lib.sh" && sd_deb_store "$2" "$3"' \
         store "$repo" "$(cat "$work/deb-path")" "$(git -C "$work/clone" rev-parse HEAD)"
