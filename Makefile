@@ -15,10 +15,13 @@
 #                              with Version taken from Cargo.toml
 #   make rpm                   `make dist`, then rpmbuild -bb; the RPM lands in
 #                              dist/rpmbuild/RPMS/<arch>/
+#   make deb                   `make dist`, then dpkg-buildpackage -b on the
+#                              tarball's tree (debian/rules, debhelper); the
+#                              .deb and its .changes land in dist/deb/
 #
 # `make dist` needs the crates (from cargo's cache or the registry); `make rpm`
-# after it needs no network at all (tests/suites/40-packaging.sh runs it in a
-# network namespace with no network to prove that).
+# and `make deb` after it need no network at all (tests/suites/40-packaging.sh
+# runs them in a network namespace with no network to prove that).
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 NAME := ksm-balloon
@@ -39,10 +42,18 @@ ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
 FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
 SYSCONFDIR ?= /etc
 HOOKDIR ?= $(SYSCONFDIR)/libvirt/hooks/qemu.d
-# The hook binary reads /etc/sysconfig/ksm-balloon (its built-in default;
-# libvirtd passes hooks no environment): moving CONFIGFILE moves only the
-# service's EnvironmentFile=, and the two would read different settings.
+# The settings file: the service's EnvironmentFile=, and the hook binary's
+# built-in default (libvirtd passes hooks no environment), which is
+# /etc/sysconfig/ksm-balloon unless the binary was built with another
+# CONFIGFILE (`make build CONFIGFILE=/etc/default/ksm-balloon`, as
+# debian/rules does: src/sysconfig.rs reads KSM_BALLOON_DEFAULT_CONFIG at
+# compile time). `make install` refuses a hook built for another file, so
+# the pass and the hook never read different settings.
 CONFIGFILE ?= $(SYSCONFDIR)/sysconfig/$(NAME)
+ifneq ($(CONFIGFILE),/etc/sysconfig/$(NAME))
+BUILD_ENV := KSM_BALLOON_DEFAULT_CONFIG=$(CONFIGFILE)
+endif
+CARGO_BUILD_FLAGS ?=
 # The binary's built-in default (--state); the unit's StateDirectory= names it
 # too. The hook drops its records into spool/ beside the state, where
 # ksm-balloon.path watches for them.
@@ -78,16 +89,25 @@ RPMTOP := $(CURDIR)/dist/rpmbuild
 # The tarball is remade when a committed file changes (empty outside git).
 GITFILES := $(wildcard $(shell git ls-files 2>/dev/null))
 
-.PHONY: all build install uninstall dist rpm clean-dist
+# The .deb: built by dpkg-buildpackage in dist/deb/<name>-<version>/, the
+# tarball's tree (the committed HEAD, vendor/ and debian/). DEB_BUILD_FLAGS
+# adds options (tests/packaging/build-deb.sh: -Ppkg.ksm-balloon.rustup for a
+# rustup toolchain instead of Debian's cargo-web).
+DEBDIR := dist/deb
+DEB_BUILD_FLAGS ?=
+
+.PHONY: all build install uninstall dist rpm deb clean-dist
 
 all: build
 
 build:
-	$(CARGO) build --release --locked
+	$(BUILD_ENV) $(CARGO) build --release --locked $(CARGO_BUILD_FLAGS)
 
 install:
 	@test -x $(BIN) || { echo "$(BIN) is missing: run 'make' first" >&2; exit 1; }
 	@test -x $(HOOKBIN) || { echo "$(HOOKBIN) is missing: run 'make' first" >&2; exit 1; }
+	@grep -qaF -- '$(CONFIGFILE)' $(HOOKBIN) || { echo "$(HOOKBIN) was built to read another settings \
+		file than CONFIGFILE=$(CONFIGFILE): rebuild it with 'make build CONFIGFILE=$(CONFIGFILE)'" >&2; exit 1; }
 	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(HOOKBINDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(PRESETDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(HOOKDIR) \
 		$(DESTDIR)$(dir $(CONFIGFILE)) \
@@ -99,6 +119,7 @@ install:
 	ln -sfr $(DESTDIR)$(HOOKBINDIR)/$(NAME)-hook $(DESTDIR)$(HOOKDIR)/$(NAME)
 	sed -e 's|^ExecStart=/usr/bin/$(NAME) |ExecStart=$(BINDIR)/$(NAME) |' \
 		-e 's|^EnvironmentFile=-/etc/sysconfig/$(NAME)$$|EnvironmentFile=-$(CONFIGFILE)|' \
+		-e 's|^# Settings: /etc/sysconfig/$(NAME) |# Settings: $(CONFIGFILE) |' \
 		systemd-timers/$(NAME).service >$(DESTDIR)$(UNITDIR)/$(NAME).service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/$(NAME).service
 	$(INSTALL) -m 0644 systemd-timers/$(NAME).timer $(DESTDIR)$(UNITDIR)/$(NAME).timer
@@ -108,7 +129,8 @@ install:
 	if [ -e $(DESTDIR)$(CONFIGFILE) ]; then \
 		echo "keeping the existing $(DESTDIR)$(CONFIGFILE)"; \
 	else \
-		$(INSTALL) -m 0644 packaging/sysconfig $(DESTDIR)$(CONFIGFILE); \
+		sed 's|/etc/sysconfig/$(NAME)|$(CONFIGFILE)|g' packaging/sysconfig >$(DESTDIR)$(CONFIGFILE) && \
+		chmod 0644 $(DESTDIR)$(CONFIGFILE); \
 	fi
 	$(INSTALL) -m 0644 man/$(NAME).8 $(DESTDIR)$(MANDIR)/man8/$(NAME).8
 	$(BIN) completions bash >$(DESTDIR)$(BASHCOMPDIR)/$(NAME)
@@ -155,6 +177,16 @@ $(SPEC): packaging/$(NAME).spec Cargo.toml
 rpm: $(TARBALL) $(SPEC)
 	$(RPMBUILD) -bb $(RPMBUILD_NODEPS) $(RPMBUILD_FLAGS) \
 		--define "_topdir $(RPMTOP)" --define "_sourcedir $(CURDIR)/dist" $(SPEC)
+
+# debian/changelog's upstream version must be Cargo.toml's (the package is
+# built from this tarball; tests/suites/40-packaging.sh checks it too).
+deb: $(TARBALL)
+	@v=$$(dpkg-parsechangelog -l debian/changelog -S Version) && [ "$${v%-*}" = "$(VERSION)" ] || \
+		{ echo "debian/changelog's version $$v is not Cargo.toml's $(VERSION)-<revision>" >&2; exit 1; }
+	rm -rf $(DEBDIR)
+	mkdir -p $(DEBDIR)
+	tar -xzf $(TARBALL) -C $(DEBDIR)
+	cd $(DEBDIR)/$(DISTNAME) && dpkg-buildpackage -b -us -uc $(DEB_BUILD_FLAGS)
 
 clean-dist:
 	rm -rf dist

@@ -1,4 +1,5 @@
-//! The settings file, `/etc/sysconfig/ksm-balloon`, read exactly as
+//! The settings file, `/etc/sysconfig/ksm-balloon` (`/etc/default/ksm-balloon`
+//! in the Debian package; see [`DEFAULT_PATH`]), read exactly as
 //! systemd's `EnvironmentFile=` reads it. The pass gets its settings from
 //! systemd as environment variables; the hook, which libvirtd starts with
 //! a bare environment, reads the file itself with [`parse_bytes`]. Both
@@ -36,8 +37,17 @@
 //!   other than tab and newline is dropped, and the last assignment of a
 //!   key wins.
 
-/// Where the settings file is, unless `KSM_BALLOON_CONFIG` names another.
-pub const DEFAULT_PATH: &str = "/etc/sysconfig/ksm-balloon";
+/// Where the settings file is, unless `KSM_BALLOON_CONFIG` names another:
+/// `/etc/sysconfig/ksm-balloon` (the RPM's), or the path in
+/// `KSM_BALLOON_DEFAULT_CONFIG` when the program was built with that
+/// variable set. The Debian package builds with
+/// `/etc/default/ksm-balloon` there (`make build CONFIGFILE=...` sets it,
+/// and `make install` refuses a hook built for another file than the
+/// unit's `EnvironmentFile=`), so the hook and the pass read one file.
+pub const DEFAULT_PATH: &str = match option_env!("KSM_BALLOON_DEFAULT_CONFIG") {
+    Some(path) => path,
+    None => "/etc/sysconfig/ksm-balloon",
+};
 
 /// The state file's default path (`--state`, `KSM_BALLOON_STATE`).
 pub const DEFAULT_STATE: &str = "/var/lib/ksm-balloon/state.json";

@@ -17,6 +17,8 @@ PACKAGES=(
     rpm systemd man-db groff-base make rpm2cpio binutils strace git python3-seccomp
     # rpmlint as a Fedora packager runs it on the RPM (Debian's package)
     rpmlint
+    # the .deb: dpkg-buildpackage and debhelper (debian/rules), lintian
+    dpkg-dev debhelper lintian
     # the real systemd (tests/systemd/): a Debian root built by mmdebstrap
     # (with the archive's keyring), booted by systemd-nspawn
     mmdebstrap debian-archive-keyring systemd-container

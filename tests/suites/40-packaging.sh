@@ -25,14 +25,22 @@
 #   8. the installed hook run by a real libvirtd on a real QEMU VM's start and
 #      stop, and a real pass under the service's restrictions rebuilt without
 #      systemd (tests/packaging/hook-realstack.sh, sandbox-pass.sh,
-#      unit_sandbox.py).
+#      unit_sandbox.py);
+#   9. the .deb builds by `make deb` (dpkg-buildpackage, debian/rules) from
+#      the same clean clone and tarball, with no network
+#      (tests/packaging/build-deb.sh); `dpkg-deb -c` lists exactly
+#      tests/packaging/expected-files-deb.txt; its metadata and maintainer
+#      scripts; lintian finds nothing beyond debian/'s commented overrides;
+#      unpacked, its hook reads /etc/default/ksm-balloon
+#      (tests/packaging/deb.sh).
 # Not shown here: the units running under systemd (not PID 1 on CI:
 # tests/systemd/suite.sh boots one in a container and installs this RPM
 # there), and an RPM built and installed on an RPM-based host (Fedora's
 # macros differ).
 #
-# The RPM it built is kept in /var/cache/ksm-balloon-tests/rpm/<commit>/ for
-# tests/systemd/suite.sh (the same commit gives the same package).
+# The RPM and the .deb it built are kept in /var/cache/ksm-balloon-tests/rpm/
+# and deb/<commit>/ for tests/systemd/suite.sh (the same commit gives the
+# same package).
 #
 # KB_KEEP=1 keeps the work directory (printed) for a look afterwards.
 # The check functions below run through step(), which shellcheck cannot see:
@@ -88,6 +96,11 @@ check_static() {
     [ "$spec_version" = "$version" ] ||
         { echo "packaging/ksm-balloon.spec Version $spec_version, Cargo.toml $version"; return 1; }
     echo "spec Version $spec_version = Cargo.toml"
+    local deb_version
+    deb_version=$(dpkg-parsechangelog -l debian/changelog -S Version)
+    [ "${deb_version%-*}" = "$version" ] ||
+        { echo "debian/changelog version $deb_version, Cargo.toml $version"; return 1; }
+    echo "debian/changelog $deb_version = Cargo.toml"
 }
 
 build() {
@@ -101,6 +114,19 @@ build() {
     # shellcheck disable=SC1091 # sourced by the child shell
     bash -c '. "$1/tests/lib/libvirtd.sh" && . "$1/tests/systemd/lib.sh" && sd_rpm_store "$2" "$3"' \
         store "$repo" "$(cat "$work/rpm-path")" "$(git -C "$work/clone" rev-parse HEAD)"
+}
+
+# The .deb, from the clone and tarball build() made. Its tests are not run
+# again (DEB_BUILD_OPTIONS=nocheck): the RPM's %check just ran the same
+# `cargo test` and tests/exit-codes.sh on the same tarball. Its release
+# build is a build of its own: rpmbuild removes its build tree (and target/)
+# when it succeeds, and cargo would not reuse it anyway from another
+# directory (the vendored crates' paths are in its fingerprints).
+build_deb() {
+    KB_DEB_NOCHECK=1 bash "$here/build-deb.sh" "$repo" "$work" || return 1
+    # shellcheck disable=SC1091 # sourced by the child shell
+    bash -c '. "$1/tests/lib/libvirtd.sh" && . "$1/tests/systemd/lib.sh" && sd_deb_store "$2" "$3"' \
+        store "$repo" "$(cat "$work/deb-path")" "$(git -C "$work/clone" rev-parse HEAD)"
 }
 
 # build_id FILE: the ELF build-id of FILE.
@@ -309,6 +335,12 @@ if step "build the RPM from a clean clone, offline" build; then
         step "installed hook, called directly" bash "$here/hook-direct.sh" "$root" "$work"
         step "installed hook on a real libvirtd; sandboxed pass" bash "$here/hook-realstack.sh" "$root" "$work"
     fi
+fi
+if [ -z "${KB_PKG_RPM:-}" ] && step "build the .deb from the same clean clone, offline" build_deb; then
+    step "dpkg-deb -c lists exactly the expected files" bash "$here/deb.sh" files "$work"
+    step ".deb metadata and maintainer scripts" bash "$here/deb.sh" metadata "$work"
+    step "lintian" bash "$here/deb.sh" lintian "$work"
+    step "unpacked .deb: settings, units, hook" bash "$here/deb.sh" installed "$repo" "$work"
 fi
 
 if [ -n "${KB_PKG_RPM:-}" ]; then

@@ -182,6 +182,44 @@ sd_rpm() {
     SD_RPM=$(ls -1 "$(sd_rpm_cache_dir "$commit")"/*.rpm)
 }
 
+# --- the .deb -------------------------------------------------------------------
+
+# The same for the .deb (tests/packaging/build-deb.sh; 40-packaging stores
+# the one it built).
+sd_deb_cache_dir() { echo "$SD_CACHE/deb/$1"; }
+
+# sd_deb_store DEB COMMIT: keeps a copy of DEB for COMMIT; the 10 newest
+# commits' .debs are kept.
+sd_deb_store() {
+    local dir old
+    dir=$(sd_deb_cache_dir "$2")
+    mkdir -p "$dir"
+    cp "$1" "$dir/.tmp.$$" && mv "$dir/.tmp.$$" "$dir/$(basename "$1")"
+    touch "$dir"
+    find "$SD_CACHE/deb" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' | sort -rn |
+        tail -n +11 | cut -d' ' -f2- | while read -r old; do rm -rf "$old"; done
+}
+
+# sd_deb REPO WORKDIR: sets SD_DEB to the .deb of REPO's HEAD: the cached
+# one, or one built now by tests/packaging/build-deb.sh (a clean clone, `make
+# dist`, `make deb` offline, its tests skipped: 10-cargo and the RPM's
+# %check run them), then cached.
+sd_deb() {
+    local repo=$1 work=$2 commit found
+    commit=$(git -C "$repo" rev-parse HEAD) || kb_die "$repo is not a git checkout"
+    found=$(ls -1 "$(sd_deb_cache_dir "$commit")"/*.deb 2>/dev/null)
+    if [ "$(printf '%s' "$found" | grep -c .)" = 1 ]; then
+        SD_DEB=$found
+        kb_log "using the .deb built earlier from commit ${commit:0:12}: $SD_DEB"
+        return 0
+    fi
+    kb_log "no .deb of commit ${commit:0:12} cached: building one (make dist, make deb)"
+    mkdir -p "$work"
+    KB_DEB_NOCHECK=1 bash "$repo/tests/packaging/build-deb.sh" "$repo" "$work" || kb_die "building the .deb failed"
+    sd_deb_store "$(cat "$work/deb-path")" "$commit"
+    SD_DEB=$(ls -1 "$(sd_deb_cache_dir "$commit")"/*.deb)
+}
+
 # --- the container ------------------------------------------------------------
 
 SD_MACHINE=${SD_MACHINE:-kb-systemd}

@@ -6,9 +6,10 @@
 # and start the timer and the path unit), software-emulated QEMU guests with
 # headroom (floor 160 MiB, ceiling 256 MiB), the host's KSM on.
 #
-# Usage (as root): tests/systemd/suite.sh [RPM]
+# Usage (as root): tests/systemd/suite.sh [RPM [DEB]]
 #   Without RPM: the RPM of the repo's HEAD, cached by commit (40-packaging
-#   stores the one it builds), else built now (tests/packaging/build-rpm.sh).
+#   stores the one it builds), else built now (tests/packaging/build-rpm.sh);
+#   the same for DEB (tests/packaging/build-deb.sh).
 #
 # The scenarios (issue 10's, judged on what systemd's journal and
 # `ksm-balloon status --json` say, never on ksm-balloon's log text):
@@ -38,6 +39,19 @@
 #      both back and a pass folds in what was recorded meanwhile;
 #   9. every pass the suite saw succeeded (but those of 7 made to fail);
 #      `rpm -e` stops and removes it all.
+# Then, in the same container, the .deb as a Debian operator installs it
+# (`apt install ./ksm-balloon_*.deb`, its dependencies already there):
+#  10. a previous build (this .deb repacked by dpkg-deb as version
+#      <version>~prev: the same files, a lower version) installed: the timer
+#      and the path unit enabled and active, the hook in place, the service
+#      reading /etc/default/ksm-balloon; that file edited;
+#  11. upgraded to this build with a pass in flight: the edited settings
+#      kept as they were (no .dpkg-dist), the pass not killed, every unit
+#      back; a VM started with a pass in flight is recorded with its floor;
+#      the timer's median interval over 3 passes within 9.7-10.3 s;
+#  12. `apt remove`: every unit stopped and gone, the programs and the hook
+#      gone; the state and the edited settings kept;
+#  13. `apt purge`: the settings and the state gone, no unit left enabled.
 #
 # Everything it saw goes to stdout: the journal's ksm-balloon lines, the
 # intervals, the timings. Holds the real-stack lock (the host's KSM is
@@ -259,6 +273,11 @@ setup() {
         SD_RPM=$(realpath "$1")
     else
         sd_rpm "$repo" "$WORK/rpmbuild"
+    fi
+    if [ -n "${2:-}" ]; then
+        SD_DEB=$(realpath "$2")
+    else
+        sd_deb "$repo" "$WORK/debbuild"
     fi
     # The bzImage, not the ELF: this suite times `virsh create` (the hook's
     # cost, starts with a pass in flight), and QEMU loads the 65 MB ELF
@@ -611,7 +630,140 @@ print_journal() {
         SYSLOG_IDENTIFIER=ksm-balloon-hook
 }
 
-setup "${1:-}"
+# --- the .deb ------------------------------------------------------------------------
+
+DEFAULTS=/etc/default/ksm-balloon
+DEB_VERSION=
+# shellcheck disable=SC2016 # dpkg-query's format, not the shell's
+deb_version() { sd_run dpkg-query -W -f '${Version}' ksm-balloon 2>/dev/null; }
+# shellcheck disable=SC2016 # dpkg-query's format, not the shell's
+deb_status() { sd_run dpkg-query -W -f '${db:Status-Abbrev}' ksm-balloon 2>/dev/null | tr -d ' '; }
+# apt_do ARGS...: apt as an operator types it, inside the container (no
+# network: the dependencies are installed already, apt reads only the .deb).
+apt_do() {
+    sd_run env DEBIAN_FRONTEND=noninteractive apt "$@" 2>&1 |
+        grep -v -e '^WARNING: apt does not have a stable CLI' -e '^$' | sed 's/^/    | /'
+    return "${PIPESTATUS[0]}"
+}
+units_up() {
+    local u
+    for u in ksm-balloon.timer ksm-balloon.path; do
+        check "$u enabled" sd_run systemctl -q is-enabled "$u"
+        check "$u active" sd_run systemctl -q is-active "$u"
+    done
+}
+
+# Scenario 10: a previous build installed by apt; its settings edited.
+deb_install_previous() {
+    local dir
+    DEB_VERSION=$(dpkg-deb -f "$SD_DEB" Version)
+    # The RPM's leftovers (rpm -e keeps the state): the .deb starts clean.
+    sd_run rm -rf /var/lib/ksm-balloon /etc/sysconfig/ksm-balloon /etc/sysconfig/ksm-balloon.rpmsave
+    dir=$WORK/deb-prev
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    dpkg-deb -R "$SD_DEB" "$dir/tree"
+    sed -i "s/^Version: .*/Version: $DEB_VERSION~prev/" "$dir/tree/DEBIAN/control"
+    dpkg-deb -b "$dir/tree" "$SD_MERGED/var/tmp/ksm-balloon_${DEB_VERSION}~prev_amd64.deb" >/dev/null ||
+        { check "the previous build repacked" false; return; }
+    cp "$SD_DEB" "$SD_MERGED/var/tmp/"
+    echo "  apt install ./ksm-balloon_${DEB_VERSION}~prev_amd64.deb (this build repacked, version $DEB_VERSION~prev)"
+    apt_do install -y "/var/tmp/ksm-balloon_${DEB_VERSION}~prev_amd64.deb"
+    check "apt installed ksm-balloon $DEB_VERSION~prev" [ "$(deb_version)" = "$DEB_VERSION~prev" ]
+    units_up
+    check "the hook in libvirt's directory is a link to the hook program" \
+        [ "$(sd_run readlink -f "$HOOK")" = /usr/libexec/ksm-balloon/ksm-balloon-hook ]
+    sd_run systemctl show -P EnvironmentFiles ksm-balloon.service | sed 's/^/    EnvironmentFiles: /'
+    check "the service reads $DEFAULTS" \
+        sd_run sh -c "systemctl show -P EnvironmentFiles ksm-balloon.service | grep -q '^$DEFAULTS '"
+    check "the state directory is 0700" [ "$(sd_run stat -c %a /var/lib/ksm-balloon)" = 700 ]
+    # The operator's edit, the kind that must survive every upgrade.
+    sd_run sh -c "echo KSM_BALLOON_DEADBAND=8M >>$DEFAULTS"
+    sd_run cp "$DEFAULTS" /root/defaults.edited
+    libvirtd_restart
+    check "libvirtd restarted so it runs the hook" libvirtd_alive
+}
+
+# Scenario 11: the upgrade with a pass in flight; then a VM start with a
+# pass in flight and the timer.
+DEB_GUEST=kbsd-deb
+deb_upgrade_and_run() {
+    local mark out t0 t1 ms left
+    wait_pass_idle
+    mark=$(now_us)
+    # A pass held in flight for the whole upgrade: the state lock taken for
+    # 12 s (a pass waits up to 20 s for it), the pass started, then apt. Had
+    # the package stopped or restarted the service, that pass would end
+    # "canceled" or killed, not "done".
+    sd_run sh -c 'flock /var/lib/ksm-balloon/state.json.lock sleep 12 >/dev/null 2>&1 &'
+    sd_run systemctl start --no-block ksm-balloon.service
+    kb_wait_until 5 "the pass to be waiting for the lock" active_is ksm-balloon.service activating ||
+        { check "a pass in flight before the upgrade" false; return; }
+    echo "  a pass in flight (waiting for the state lock); apt install ./$(basename "$SD_DEB")"
+    apt_do install -y "/var/tmp/$(basename "$SD_DEB")"
+    check "upgraded to $DEB_VERSION" [ "$(deb_version)" = "$DEB_VERSION" ]
+    check "the pass still in flight after the upgrade" active_is ksm-balloon.service activating
+    check "the edited $DEFAULTS kept as it was" sd_run cmp "$DEFAULTS" /root/defaults.edited
+    left=$(sd_run sh -c "ls -d $DEFAULTS.* 2>/dev/null")
+    check "no .dpkg-dist or .dpkg-old beside it" [ -z "$left" ]
+    units_up
+    wait_pass_idle
+    journal_json
+    judge runs "$mark" <"$WORK/journal.json" | tail -n 1
+    check "the pass in flight during the upgrade, and every pass since, succeeded" \
+        judge runs "$mark" <"$WORK/journal.json" >/dev/null
+    check "a pass ran during the upgrade" passes_at_least 1 "$mark"
+    guest_xml "$DEB_GUEST"
+    wait_pass_idle
+    mark=$(now_us)
+    out=$(create_timed "$DEB_GUEST" pass) || { check "virsh create $DEB_GUEST" false; return; }
+    read -r t0 t1 ms <<<"$out"
+    journal_json
+    echo "  $DEB_GUEST: virsh create took $ms ms; $(judge overlap "$mark" "$t0" "$t1" <"$WORK/journal.json")"
+    figure ".deb: VM start with a pass in flight: $ms ms"
+    check "a pass was in flight during the VM's start" judge overlap "$mark" "$t0" "$t1" <"$WORK/journal.json" >/dev/null
+    check "the start returned within 3 s" [ "$ms" -le 3000 ]
+    kb_wait_until 60 "the hook's record folded in" floors_ok "$DEB_GUEST"
+    show_floors
+    check "the VM recorded with floor 160 MiB and ceiling 256 MiB" floors_ok "$DEB_GUEST"
+    wait_pass_idle
+    mark=$(now_us)
+    kb_wait_until 50 "4 passes started by the timer" passes_at_least 4 "$mark"
+    journal_json
+    check "median interval between passes within 9.7-10.3 s" judge intervals "$mark" 3 9.7 10.3 <"$WORK/journal.json"
+    figure ".deb timer intervals: $(judge intervals "$mark" 3 9.7 10.3 <"$WORK/journal.json" | tail -n 1 | sed 's/^ *//')"
+    destroy_all
+}
+
+# Scenario 12: apt remove keeps the state and the settings.
+deb_remove() {
+    local u
+    wait_pass_idle
+    apt_do remove -y ksm-balloon
+    check "dpkg: removed, its configuration files kept (rc)" [ "$(deb_status)" = rc ]
+    for u in ksm-balloon.timer ksm-balloon.path ksm-balloon.service; do
+        check "$u not active" not active_is "$u" active
+        check "$u's unit file gone" not sd_run test -e "/lib/systemd/system/$u"
+    done
+    check "systemd knows no ksm-balloon.timer any more" \
+        [ -z "$(sd_run systemctl list-unit-files --no-legend ksm-balloon.timer)" ]
+    check "the hook is gone" not sd_run test -e "$HOOK"
+    check "the program is gone" not sd_run test -e /usr/bin/ksm-balloon
+    check "the edited settings kept" sd_run cmp "$DEFAULTS" /root/defaults.edited
+    check "the state kept" sd_run test -s /var/lib/ksm-balloon/state.json
+}
+
+# Scenario 13: apt purge removes the settings and the state.
+deb_purge() {
+    apt_do purge -y ksm-balloon
+    check "dpkg: ksm-balloon purged" [ -z "$(deb_status)" ]
+    check "$DEFAULTS gone" not sd_run test -e "$DEFAULTS"
+    check "/var/lib/ksm-balloon gone" not sd_run test -e /var/lib/ksm-balloon
+    check "no unit left enabled (no wants link)" \
+        [ -z "$(sd_run find /etc/systemd/system -name 'ksm-balloon.*')" ]
+}
+
+setup "${1:-}" "${2:-}"
 scenario "1. the package installed on a real systemd" install_package
 scenario "2. a pass in flight never delays a VM start (6 starts)" in_flight
 scenario "3. the timer every 10 s; every VM gets its share" timer_and_share
@@ -622,6 +774,10 @@ scenario "7. junk in the spool; passes that fail" spool_junk
 scenario "8. disable --now turns every pass off; enable --now brings them back" disable_enable
 print_journal
 scenario "9. every pass succeeded; rpm -e removes it all" all_passes_and_erase
+scenario "10. the .deb: a previous build installed by apt" deb_install_previous
+scenario "11. the .deb: upgraded with a pass in flight, settings kept; a VM start; the timer" deb_upgrade_and_run
+scenario "12. the .deb: apt remove keeps the state and the settings" deb_remove
+scenario "13. the .deb: apt purge removes them" deb_purge
 
 printf '\n=== figures\n'
 printf '%s\n' "${FIGURES[@]}"
