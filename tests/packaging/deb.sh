@@ -79,8 +79,29 @@ lint() {
     out=$(lintian --display-info --pedantic --display-experimental --fail-on error,warning,info,pedantic,experimental \
         "$changes" 2>&1) || rc=$?
     out=$(grep -v 'running with root privileges is not recommended' <<<"$out" || true)
+    # A spelling hit in a binary is ours only when the word is in our
+    # sources; otherwise it is machine data inside the linked code that
+    # reads as a misspelling, and it changes with every build (c85ba0e's
+    # binary held "thIk", 54cf695's none, so an override naming it went
+    # stale and failed as unused). Those are shown and not counted.
+    local line word kept='' machine=0
+    while IFS= read -r line; do
+        [ -n "$line" ] || continue
+        if [[ $line == *" spelling-error-in-binary "* ]]; then
+            word=$(awk '{ print $4 }' <<<"$line")
+            if ! grep -rqwF -- "$word" "$here/../../src"; then
+                echo "    (machine data, not our text: $line)"
+                machine=$((machine + 1))
+                continue
+            fi
+        fi
+        kept+=$line$'\n'
+    done <<<"$out"
+    out=${kept%$'\n'}
     [ -z "$out" ] || sed 's/^/    /' <<<"$out"
-    if [ "$rc" -ne 0 ] || [ -n "$out" ]; then
+    # lintian's exit is 2 for the hits set aside above; any other finding
+    # or a failure with nothing said fails
+    if [ -n "$out" ] || { [ "$rc" -ne 0 ] && [ "$machine" -eq 0 ]; }; then
         echo "lintian reported the findings above (exit $rc; overrides: debian/ksm-balloon.lintian-overrides)"
         return 1
     fi
