@@ -3,7 +3,6 @@
 
 use std::fmt::Write;
 
-use crate::pass::rows::DemandBasis;
 use crate::pass::{Report, VmReport};
 use crate::policy::{Action, Reason};
 use crate::units::Kib;
@@ -261,16 +260,11 @@ fn note(r: &Report, v: &VmReport) -> String {
             ));
         }
     }
-    if let (None, Some(b)) = (v.demand, v.demand_basis) {
-        let why = match b {
-            DemandBasis::NoStatistics => "no fresh statistics",
-            DemandBasis::NoDiskFigures => "memory full, no disk figures",
-            DemandBasis::FirstReading => "memory full, first disk reading",
-            DemandBasis::Reads | DemandBasis::FreeMemory => "",
-        };
-        if !why.is_empty() {
-            parts.push(format!("demand unknown ({why}): weighs as an idle VM"));
-        }
+    if let Some(b) = v.demand_basis.filter(|b| !b.known()) {
+        parts.push(format!(
+            "demand unknown ({}): weighs as an idle VM",
+            b.why()
+        ));
     }
     if v.managed && v.action != Action::Skip && !v.guest_stats_fresh {
         parts.push("no fresh guest statistics".into());

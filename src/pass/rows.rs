@@ -211,6 +211,17 @@ impl DemandBasis {
     pub fn known(self) -> bool {
         matches!(self, DemandBasis::Reads | DemandBasis::FreeMemory)
     }
+
+    /// What it rests on, in `status`'s words.
+    pub fn why(self) -> &'static str {
+        match self {
+            DemandBasis::Reads => "disk reads with its memory full",
+            DemandBasis::FreeMemory => "free memory",
+            DemandBasis::NoStatistics => "no fresh statistics",
+            DemandBasis::NoDiskFigures => "memory full, no disk figures",
+            DemandBasis::FirstReading => "memory full, first disk reading",
+        }
+    }
 }
 
 /// Whether a guest's memory is full: its free memory under its margin or

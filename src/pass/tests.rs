@@ -903,6 +903,12 @@ fn demand_lends_the_pool_to_the_vm_that_reads_with_its_memory_full() {
     let r = h.run(T0).unwrap();
     // no rate yet: unknown demand, an equal split
     assert_eq!(vm(&r, "vm1").target_kib, vm(&r, "vm2").target_kib);
+    // status says why vm1's demand is unknown and what it weighs
+    let line = crate::render::status(&r);
+    assert!(
+        line.contains("demand unknown (memory full, first disk reading): weighs as an idle VM"),
+        "{line}"
+    );
     // vm1 read 280 MiB in 10 s with 4 MiB free: 28 MiB/s
     set(&h, T0 + 10, 280 << 20);
     let r = h.run(T0 + 10).unwrap();
