@@ -66,6 +66,10 @@ fn log_folded(state: &State, f: &hook::Folded) {
             }
         ),
         (hook::Outcome::Forgotten, _) => info!("{}: forgot VM {:?}", f.call, f.name),
+        (hook::Outcome::LeftToAdoption, _) => info!(
+            "{}: VM {:?} was not recorded at its start; its size now may be a booting balloon's or hold a bonus, so it is adopted by the adoption rule instead",
+            f.call, f.name
+        ),
         (o, _) => debug!("{}: VM {:?}: {o:?}", f.call, f.name),
     }
 }

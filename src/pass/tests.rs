@@ -88,15 +88,21 @@ impl Host {
 
     /// Records `d` as the hook does at `prepare`, with `floor` MiB.
     fn hook_prepare(&self, d: &FakeDomain, floor_mib: u64, at: u64) {
+        self.hook_call(d, "prepare", floor_mib, at);
+    }
+
+    /// Calls the hook for `d` at `operation`, its XML's `<currentMemory>`
+    /// `current_mib`.
+    fn hook_call(&self, d: &FakeDomain, operation: &str, current_mib: u64, at: u64) {
         let s = d.live.sizes.unwrap();
         let xml = format!(
             "<domain><name>{}</name><uuid>{}</uuid><memory>{}</memory><currentMemory>{}</currentMemory></domain>",
-            d.live.name, d.live.uuid, s.maximum_kib, floor_mib * MIB
+            d.live.name, d.live.uuid, s.maximum_kib, current_mib * MIB
         );
         let r = crate::hook::run(
             &self.paths.state,
             &d.live.name,
-            "prepare",
+            operation,
             "begin",
             xml.as_bytes(),
             at,
@@ -1439,6 +1445,37 @@ fn a_transient_vm_caught_while_its_balloon_inflates_is_adopted_at_its_boot_size_
     assert!(rec.manual.unwrap().held.is_none());
     // and lent to: 60 MiB of savings, one VM
     assert_eq!(h.fake().current(&u), Some(220 * MIB));
+}
+
+/// CI of bbdec68 (37-chaos): a VM started on a full spool, met by the
+/// hook only at libvirtd's restart (`reconnect`) while it booted, its
+/// balloon still at its maximum, was recorded with that as its floor. Now
+/// the reconnect leaves it to the adoption rule: adopted at the size its
+/// driver settles at.
+#[test]
+fn a_booting_vm_first_met_at_a_reconnect_is_adopted_at_its_boot_size_regression() {
+    let d = dom(1, 256, 256);
+    let u = d.live.uuid.clone();
+    let h = Host::new(vec![d.clone()]);
+    h.ksm(1, 60);
+    let up = 1000;
+    h.qemu_aged(&d, 4242, up, 5);
+    h.hook_call(&d, "reconnect", 256, T0);
+    let r = h.run(T0).unwrap();
+    let v = vm(&r, "vm1");
+    assert!(!v.managed, "recorded at its maximum: {v:?}");
+    assert_eq!(v.reason, Reason::Adopting);
+    assert!(h.state().vms.is_empty());
+    d_current(&h, &u, 144 * MIB);
+    for t in (10..=90).step_by(10) {
+        h.uptime(up + t);
+        h.run(T0 + t).unwrap();
+    }
+    let rec = &h.state().vms[&u];
+    assert_eq!(
+        (rec.floor_kib, rec.ceiling_kib, rec.source),
+        (144 * MIB, 256 * MIB, crate::state::Source::Adopted)
+    );
 }
 
 /// A transient domain whose balloon is still moving is not adopted, old

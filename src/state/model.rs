@@ -22,7 +22,9 @@ pub enum Source {
     /// By the hook, from the XML libvirt gave at `prepare` or `start`.
     Hook,
     /// By the hook at `reconnect`, `attach`, `restore` or `migrate`, with no
-    /// floor known before: the XML's current size was taken.
+    /// floor known before: the XML's current size was taken. Written by
+    /// older builds only (still read): such a VM is now left to the
+    /// adoption rule, since that size may be a booting balloon's.
     HookLive,
     /// By a pass that found it running but unrecorded.
     Adopted,

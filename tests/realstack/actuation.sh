@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Issue 18's real-stack scenarios: a pass has a deadline that no VM can
 # hold, and a VM no hook recorded is adopted only with what is known. A real
-# libvirtd with NO hook installed, three real QEMU guests (software-emulated,
-# virtio balloons, 256 MiB maximum, booting at 160 MiB: transient domains,
-# so no persistent definition tells their boot size) and the host's KSM.
+# libvirtd with no hook installed (but for one restart in 1), three real
+# QEMU guests (software-emulated, virtio balloons, 256 MiB maximum, booting
+# at 160 MiB: transient domains, so no persistent definition tells their
+# boot size) and the host's KSM.
 #
 #  1. Adoption from the first second: passes every 2 s from the moment the
 #     guests are created, while their balloon drivers inflate from 256 MiB
-#     to 160 MiB. Every guest is adopted exactly once, with 160 MiB as its
+#     to 160 MiB. Right after the guests are created, libvirtd is restarted
+#     with the hook in place (then it is removed): its `reconnect` records
+#     give each balloon's size of the moment, which must not become a
+#     floor. Every guest is adopted exactly once, with 160 MiB as its
 #     floor (never a size its driver had not finished reaching), no pass
 #     ever shows one held by hand or away from what was asked, and once KSM
 #     merges a pass lends to each (its target above its floor, its balloon
@@ -140,6 +144,28 @@ s1_adopt_from_the_first_second() {
     local g i ok=0 t0
     t0=$(date +%s)
     for g in "${GUESTS[@]}"; do rs_boot "$g" 256 160 || return 1; done
+    # libvirtd restarted with the hook in place while the guests boot: it
+    # runs the hook's `reconnect` for each, whose XML gives the balloon's
+    # size of the moment (the maximum, for a guest whose driver has not
+    # inflated yet). Such a record must not make that size the floor: the
+    # VMs are still adopted by the adoption rule (the chaos soak's CI of
+    # bbdec68 found a VM recorded at `reconnect` with its maximum as floor).
+    kb_install_hook "$RS_BIN" "$RS_CONFIG"
+    kb_remove_hook
+    rs_figure "s1 libvirtd restarted $(($(date +%s) - t0)) s after the guests were created; the hook's reconnect records: $(python3 - "$(dirname "$RS_STATE")/spool" <<'PY'
+import json, os, re, sys
+d = sys.argv[1]
+out = []
+for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+    try:
+        rec = json.load(open(os.path.join(d, f)))
+    except (OSError, ValueError):
+        continue
+    m = re.search(r"<currentMemory unit='KiB'>(\d+)<", rec.get("xml") or "")
+    out.append(f"{rec['domain']} {rec['operation']} at currentMemory {int(m.group(1)) // 1024 if m else '?'} MiB")
+print("; ".join(out) or "none")
+PY
+)"
     # Passes every 2 s from the first second, until every guest is
     # adopted and two more passes saw them (at most 150 s).
     local adopted_all_at=''
@@ -157,7 +183,7 @@ s1_adopt_from_the_first_second() {
     rs_show_report "$RS_PASS_JSON"
     rs_check "every guest was adopted within 150 s" test -n "$adopted_all_at" || return 1
     reports >"$RS_RUN/adoption-reports.json"
-    rs_check "each guest adopted exactly once, floor $FLOOR KiB (its boot size), ceiling $CEIL KiB, by a pass (no hook record)" \
+    rs_check "each guest adopted exactly once, floor $FLOOR KiB (its boot size), ceiling $CEIL KiB, by a pass (no record of the hook's reconnects)" \
         python3 - "$RS_RUN/adoption-reports.json" "$RS_PREFIX" "$FLOOR" "$CEIL" <<'PY' || ok=1
 import json, sys
 reports, prefix, floor, ceil = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -171,8 +197,8 @@ for g in ("g1", "g2", "g3"):
         print(f"    {g}: adopted {len(adoptions)} times"); ok = False; continue
     f, v = adoptions[0]
     ok &= v["floor_kib"] == floor and v["ceiling_kib"] == ceil and v["source"] == "adopted"
-    if sum(r["hook_records"] for _, r in reports):
-        print("    a pass folded hook records: the hook ran"); ok = False
+    if sum(r["hook_records"] for _, r in reports) > 3:
+        print("    passes folded more hook records than the 3 reconnects"); ok = False
 sys.exit(0 if ok else 1)
 PY
     rs_check "no pass left a guest alone as moved by someone else (unsettled) or held by hand" \
@@ -341,7 +367,7 @@ s3_killed_after_resizes() {
     return $ok
 }
 
-rs_scenario "1 adoption from the first second, no hook" s1_adopt_from_the_first_second
+rs_scenario "1 adoption from the first second, the hook only at a reconnect" s1_adopt_from_the_first_second
 rs_scenario "2 a stopped QEMU while the savings fall" s2_stopped_qemu
 rs_scenario "3 a pass killed right after its resizes" s3_killed_after_resizes
 rs_summary "actuation (issue 18)" "$started"
