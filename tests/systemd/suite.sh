@@ -16,8 +16,10 @@
 #   1. the package installed: timer and path unit enabled and active, the
 #      hook in place; libvirtd restarted so it runs the hook;
 #   2. a pass in flight never delays a VM start: a pass started, then
-#      `virsh create` at once, 6 times: every create within 3 s, no lock
-#      timeout logged, every VM recorded with its configured floor;
+#      `virsh create` at once, 6 times: every create within 3 s (or 1.5 s
+#      more than the slowest of 2 starts with no pass in flight just
+#      before, on a loaded machine), no lock timeout logged, every VM
+#      recorded with its configured floor;
 #   3. the timer: 6 intervals between passes once the 6 guests booted,
 #      median 10 s (9.7-10.3), every pass succeeded; then every VM gets its
 #      share (floor + equal split of the savings);
@@ -319,10 +321,29 @@ install_package() {
     check "libvirtd restarted so it runs the hook" libvirtd_alive
 }
 
-# Scenario 2: a pass in flight, then a VM start, 6 times.
+# Scenario 2: a pass in flight, then a VM start, 6 times. The limit is
+# 3 s, or, on a machine so loaded that starts with no pass in flight take
+# longer, 1.5 s more than the slowest of 2 such starts made just before (a
+# start that waited for a pass, as a hook taking the pass's lock did, waits
+# out a 5 s lock timeout or a 30 s libvirt deadline). CI under one busy
+# core once saw 3467 ms with a pass that ran 486 ms.
 INFLIGHT=(kbsd-f1 kbsd-f2 kbsd-f3 kbsd-f4 kbsd-f5 kbsd-f6)
+START_LIMIT=3000 # scenario 11 uses scenario 2's limit
 in_flight() {
-    local g mark out t0 t1 ms times=() rc=0
+    local g mark out t0 t1 ms times=() rc=0 base=() limit=3000
+    for g in "${INFLIGHT[@]:0:2}"; do
+        guest_xml "$g"
+        wait_pass_idle
+        out=$(create_timed "$g") || { echo "  FAIL: virsh create $g failed"; return 1; }
+        read -r t0 t1 ms <<<"$out"
+        base+=("$ms")
+        destroy "$g"
+    done
+    kb_wait_until 30 "the baseline guests to be gone" no_guests
+    local slow=$((base[0] > base[1] ? base[0] : base[1]))
+    [ $((slow + 1500)) -le 3000 ] || limit=$((slow + 1500))
+    figure "starts with no pass in flight (ms): ${base[*]}; the limit with one: $limit ms"
+    START_LIMIT=$limit
     mark=$(now_us)
     for g in "${INFLIGHT[@]}"; do
         guest_xml "$g"
@@ -334,10 +355,10 @@ in_flight() {
         echo "  $g: virsh create took $ms ms; $(judge overlap "$mark" "$t0" "$t1" <"$WORK/journal.json")"
         judge overlap "$mark" "$t0" "$t1" <"$WORK/journal.json" >/dev/null ||
             { echo "  FAIL: no pass was in flight during $g's start: the scenario did not happen"; rc=1; }
-        [ "$ms" -le 3000 ] || { echo "  FAIL: $g's start took $ms ms (limit 3000)"; rc=1; }
+        [ "$ms" -le "$limit" ] || { echo "  FAIL: $g's start took $ms ms (limit $limit)"; rc=1; }
     done
     figure "in-flight starts (ms): ${times[*]}"
-    check "every start returned within 3 s with a pass in flight" [ "$rc" = 0 ]
+    check "every start returned within $limit ms with a pass in flight" [ "$rc" = 0 ]
     check "no timeout logged" no_timeouts_since "$mark"
     kb_wait_until 60 "every VM recorded with its floor" floors_ok "${INFLIGHT[@]}"
     show_floors
@@ -722,7 +743,7 @@ deb_upgrade_and_run() {
     echo "  $DEB_GUEST: virsh create took $ms ms; $(judge overlap "$mark" "$t0" "$t1" <"$WORK/journal.json")"
     figure ".deb: VM start with a pass in flight: $ms ms"
     check "a pass was in flight during the VM's start" judge overlap "$mark" "$t0" "$t1" <"$WORK/journal.json" >/dev/null
-    check "the start returned within 3 s" [ "$ms" -le 3000 ]
+    check "the start returned within $START_LIMIT ms (scenario 2's limit)" [ "$ms" -le "$START_LIMIT" ]
     kb_wait_until 60 "the hook's record folded in" floors_ok "$DEB_GUEST"
     show_floors
     check "the VM recorded with floor 160 MiB and ceiling 256 MiB" floors_ok "$DEB_GUEST"
