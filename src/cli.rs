@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
+use crate::governor::Mode as GovernorMode;
 use crate::ksm::Metric;
 use crate::pass;
 use crate::policy::{Policy, Split};
@@ -155,6 +156,20 @@ fn one_of<T: Copy + Send + Sync + 'static>(
     })
 }
 
+fn parse_max_cpu(s: &str) -> Result<Share, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        return Err(format!(
+            "{v} is not a percent of one core above 0, up to 100"
+        ));
+    }
+    Ok(Share(v))
+}
+
 fn parse_window(s: &str) -> Result<u64, String> {
     let v: u64 = s
         .trim()
@@ -295,6 +310,19 @@ pub struct Settings {
     #[arg(long, global = true, env = "KSM_BALLOON_HOLD_WINDOW", default_value_t = pass::Settings::DEFAULT.hold_window_secs, value_parser = parse_window)]
     pub hold_window: u64,
 
+    /// What ksm-balloon does with KSM's knobs: observe (reads KSM, writes
+    /// nothing) or manage (turns KSM on while managed VMs have headroom and
+    /// off when none has, and scans only as hard as the savings grow,
+    /// within --ksm-max-cpu; steps back if another writer changes a knob;
+    /// back to observe restores the knobs it found).
+    #[arg(long, global = true, env = "KSM_BALLOON_KSM", default_value_t = pass::Settings::DEFAULT.governor.mode, value_parser = one_of(&GovernorMode::ALL))]
+    pub ksm: GovernorMode,
+
+    /// Under --ksm manage, ksmd's CPU budget: percent of one core; over
+    /// it, the scan rate is halved, and it is never raised past it.
+    #[arg(long, global = true, env = "KSM_BALLOON_KSM_MAX_CPU", default_value_t = Share(pass::Settings::DEFAULT.governor.max_cpu_percent), value_parser = parse_max_cpu)]
+    pub ksm_max_cpu: Share,
+
     /// A Prometheus text file every pass writes (atomically), e.g. in
     /// node_exporter's textfile-collector directory; none by default.
     #[arg(long, global = true, env = "KSM_BALLOON_METRICS_FILE")]
@@ -394,6 +422,10 @@ impl Settings {
                 },
                 guest_stats_period: self.guest_stats_period,
                 hold_window_secs: self.hold_window,
+                governor: crate::governor::Settings {
+                    mode: self.ksm,
+                    max_cpu_percent: self.ksm_max_cpu.0,
+                },
             },
             settings: self,
         })
