@@ -99,8 +99,9 @@ pub enum Command {
     },
 }
 
-/// The fraction of the savings handed out, printed as the settings file
-/// writes it (`1.0`, not `1`): clap shows a default by its `Display`.
+/// A fraction or a percent (the share of the savings handed out, ksmd's
+/// CPU budget), printed as the settings file writes it (`1.0`, not `1`):
+/// clap shows a default by its `Display`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Share(pub f64);
 
@@ -641,6 +642,8 @@ mod tests {
         assert_eq!(s.max_squeeze, Limit(None));
         assert_eq!(s.blind_step, Limit(Some(16384)));
         assert_eq!(s.guest_stats_period, 5);
+        assert_eq!(s.ksm, GovernorMode::Observe);
+        assert_eq!(s.ksm_max_cpu, Share(10.0));
         // the pass gets the same defaults the library has
         let cfg = s.validate().unwrap();
         assert_eq!(cfg.pass, pass::Settings::default());
@@ -661,6 +664,22 @@ mod tests {
         .unwrap();
         assert_eq!(cli.settings.max_grow, Limit(Some(65536)));
         assert_eq!(cli.settings.share, Share(0.5));
+    }
+
+    #[test]
+    fn the_ksm_governors_settings_reach_the_pass() {
+        let cli = Cli::try_parse_from([
+            "ksm-balloon",
+            "run",
+            "--ksm",
+            "manage",
+            "--ksm-max-cpu",
+            "25",
+        ])
+        .unwrap();
+        let g = cli.settings.validate().unwrap().pass.governor;
+        assert_eq!((g.mode, g.max_cpu_percent), (GovernorMode::Manage, 25.0));
+        assert!(Cli::try_parse_from(["ksm-balloon", "run", "--ksm", "tune"]).is_err());
     }
 
     #[test]
@@ -686,6 +705,12 @@ mod tests {
             assert_eq!(parse_size(text), Ok(Size(k)));
         }
         assert_eq!(Limit(None).to_string(), "unlimited");
+        assert_eq!(parse_max_cpu("25"), Ok(Share(25.0)));
+        assert_eq!(parse_max_cpu("2.5%"), Ok(Share(2.5)));
+        for bad in ["0", "-1", "101", "NaN", "x"] {
+            assert!(parse_max_cpu(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_max_cpu(&Share(10.0).to_string()), Ok(Share(10.0)));
         assert_eq!(Share(1.0).to_string(), "1.0");
     }
 }

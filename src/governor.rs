@@ -286,6 +286,25 @@ pub struct Decision {
     pub operator: Option<Knobs>,
 }
 
+impl Decision {
+    /// `manage` has KSM's knobs: not observing, not stepped back.
+    pub fn managing(&self) -> bool {
+        self.mode == Mode::Manage && self.stepped_back.is_none() && self.found.is_some()
+    }
+
+    /// `pages_to_scan` as the pass leaves it: written (when the write
+    /// succeeded), else as found.
+    pub fn pages_to_scan_left(&self) -> Option<u64> {
+        let found = self.found.as_ref()?.knobs.pages_to_scan;
+        Some(
+            self.writes
+                .iter()
+                .find(|w| w.knob == "pages_to_scan" && w.error.is_none())
+                .map_or(found, |w| w.to),
+        )
+    }
+}
+
 /// [`govern`]'s answer: the decision and what the state keeps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {

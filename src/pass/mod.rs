@@ -231,6 +231,9 @@ pub fn metrics_input(
                 ksmd_cpu_ratio: r.ksm_cost.ksmd_cpu_percent.map(|p| p / 100.0),
                 ksm_pages_scanned: r.ksm.pages_scanned,
                 ksm_full_scans: r.ksm.full_scans,
+                ksm_managed: r.ksm_governor.managing(),
+                ksm_stepped_back: r.ksm_governor.stepped_back.is_some(),
+                ksm_pages_to_scan: r.ksm_governor.pages_to_scan_left(),
             }),
             vms: r
                 .vms
