@@ -6,7 +6,7 @@
 //! [`govern`] is pure: plain figures in, a [`Decision`] (the writes, a
 //! one-line reason) and the governor's next [`Memory`] out. The pass reads
 //! the knobs ([`Knobs::read`]), calls it in its plan, writes what it says
-//! after the balloons ([`write`]), and keeps the memory in the state. The
+//! after the balloons ([`write()`]), and keeps the memory in the state. The
 //! rule, on one screen, is in docs/DESIGN.md ("The KSM governor").
 
 use std::fmt;

@@ -65,7 +65,15 @@ pub fn plan(
     let now = obs.at;
     let mut notes = Vec::new();
     let savings = obs.ksm.savings(settings.metric, ksm_dir)?;
-    ksm_notes(obs, ksm_dir, &mut notes);
+    // ksm-balloon's own `run` 0 (manage, no VM with headroom) is no news
+    let governed = settings.governor.mode == crate::governor::Mode::Manage
+        && state
+            .ksm_governor
+            .as_ref()
+            .is_some_and(|g| g.stepped_back.is_none() && g.left.run == obs.ksm.run);
+    if !governed {
+        ksm_notes(obs, ksm_dir, &mut notes);
+    }
     let adopted = reconcile::reconcile(&mut state, obs, &mut notes);
     let policy = settings.policy(obs.mem.total_kib);
     let lending = lend::lending(settings, obs, savings, &mut state, &mut notes);
