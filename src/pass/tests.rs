@@ -1179,32 +1179,52 @@ fn a_vm_adopted_while_its_balloon_inflates_to_its_boot_size_is_not_held_by_hand_
     assert!(c1 > 160 * MIB);
 }
 
-/// The fake, with the QEMU of one VM (by UUID) stopping right after the
-/// bulk statistics call: every later call on it times out.
-struct StopsAfterStats(Shared, String);
-impl Hypervisor for StopsAfterStats {
+/// The fake, with something happening to the host right after the bulk
+/// statistics call and right before each resize.
+struct Tapped {
+    hv: Shared,
+    after_stats: Box<dyn FnMut(&Shared)>,
+    before_resize: Box<dyn FnMut()>,
+}
+
+impl Tapped {
+    /// The QEMU of one VM (by UUID) stops right after the bulk statistics
+    /// call: every later call on it times out.
+    fn stops_after_stats(hv: Shared, uuid: String) -> Tapped {
+        Tapped {
+            hv,
+            after_stats: Box::new(move |hv: &Shared| {
+                hv.0.borrow_mut().hung.insert(uuid.clone());
+            }),
+            before_resize: Box::new(|| {}),
+        }
+    }
+}
+
+impl Hypervisor for Tapped {
     fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
-        let d = self.0.domains();
-        self.0 .0.borrow_mut().hung.insert(self.1.clone());
+        let d = self.hv.domains();
+        (self.after_stats)(&self.hv);
         d
     }
     fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
-        self.0.inactive_xml(uuid)
+        self.hv.inactive_xml(uuid)
     }
     fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
-        self.0.persistent(uuid)
+        self.hv.persistent(uuid)
     }
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
-        self.0.set_memory(uuid, kib)
+        (self.before_resize)();
+        self.hv.set_memory(uuid, kib)
     }
     fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
-        self.0.set_stats_period(uuid, seconds)
+        self.hv.set_stats_period(uuid, seconds)
     }
     fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
-        self.0.metadata(uuid)
+        self.hv.metadata(uuid)
     }
     fn calls(&self) -> CallCount {
-        self.0.calls()
+        self.hv.calls()
     }
 }
 
@@ -1219,8 +1239,12 @@ fn a_statistics_period_that_times_out_is_asked_again_once_the_qemu_answers() {
     let h = Host::new(vec![d]);
     let hv = h.hv.clone();
     let stopping = u.clone();
-    let mut open =
-        move || Ok(Box::new(StopsAfterStats(hv.clone(), stopping.clone())) as Box<dyn Hypervisor>);
+    let mut open = move || {
+        Ok(
+            Box::new(Tapped::stops_after_stats(hv.clone(), stopping.clone()))
+                as Box<dyn Hypervisor>,
+        )
+    };
     let r = run(&h.paths, &h.settings, Duration::from_secs(5), &mut open, T0).unwrap();
     assert_eq!(vm(&r, "vm1").unresponsive_since, Some(T0));
     assert!(h.fake().stats_periods.is_empty(), "timed out, not set");
@@ -1314,8 +1338,9 @@ fn a_resize_that_times_out_counts_as_asked_and_the_others_go_on() {
     h.ksm(2, 0);
     let hv = h.hv.clone();
     let u = u1.clone();
-    let mut open =
-        move || Ok(Box::new(StopsAfterStats(hv.clone(), u.clone())) as Box<dyn Hypervisor>);
+    let mut open = move || {
+        Ok(Box::new(Tapped::stops_after_stats(hv.clone(), u.clone())) as Box<dyn Hypervisor>)
+    };
     let r = run(
         &h.paths,
         &h.settings,
@@ -2362,35 +2387,6 @@ fn back_to_observe_restores_what_the_operator_had() {
     assert_eq!(ksm_files(&h), before);
 }
 
-/// The fake, whose resizes put a directory where a KSM knob was: the
-/// knob was read by the pass, and its write after the balloons fails.
-struct BreaksKnob(Shared, std::path::PathBuf);
-impl Hypervisor for BreaksKnob {
-    fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
-        self.0.domains()
-    }
-    fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
-        self.0.inactive_xml(uuid)
-    }
-    fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
-        self.0.persistent(uuid)
-    }
-    fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
-        let _ = fs::remove_file(&self.1);
-        fs::create_dir_all(&self.1).unwrap();
-        self.0.set_memory(uuid, kib)
-    }
-    fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
-        self.0.set_stats_period(uuid, seconds)
-    }
-    fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
-        self.0.metadata(uuid)
-    }
-    fn calls(&self) -> CallCount {
-        self.0.calls()
-    }
-}
-
 #[test]
 fn a_knob_that_cannot_be_written_is_reported_and_never_stops_the_balloons() {
     let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
@@ -2399,10 +2395,22 @@ fn a_knob_that_cannot_be_written_is_reported_and_never_stops_the_balloons() {
     h.ksm(1, 60);
     // an operator's rate above the range: the governor brings it to 1250
     knobs(&h, 1, 5000, 20);
+    // the resize puts a directory where pages_to_scan was: the pass read
+    // it, and its write after the balloons fails
     let hv = h.hv.clone();
     let knob_path = h.paths.ksm_dir.join("pages_to_scan");
-    let mut open =
-        move || Ok(Box::new(BreaksKnob(hv.clone(), knob_path.clone())) as Box<dyn Hypervisor>);
+    let mut open = move || {
+        let knob_path = knob_path.clone();
+        let breaks = Tapped {
+            hv: hv.clone(),
+            after_stats: Box::new(|_: &Shared| {}),
+            before_resize: Box::new(move || {
+                let _ = fs::remove_file(&knob_path);
+                fs::create_dir_all(&knob_path).unwrap();
+            }),
+        };
+        Ok(Box::new(breaks) as Box<dyn Hypervisor>)
+    };
     let r = run(&h.paths, &h.settings, Duration::from_secs(5), &mut open, T0).unwrap();
     assert_eq!(r.resized, 1, "the balloon first");
     assert_eq!(vm(&r, "vm1").target_kib, 220 * MIB);
