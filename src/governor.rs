@@ -174,6 +174,11 @@ pub struct Memory {
     /// Where the yield is measured from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mark: Option<WindowMark>,
+    /// The boot the knobs were left in (`/proc/sys/kernel/random/boot_id`):
+    /// after a reboot they are the kernel's and the boot's, not another
+    /// writer's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 impl Memory {
@@ -187,6 +192,7 @@ impl Memory {
             advisor: _,
             stepped_back,
             mark,
+            boot_id: _,
         } = self;
         sh(since);
         if let Some(SteppedBack {
@@ -231,6 +237,8 @@ pub struct Input {
     /// ksmd's CPU since the last pass, percent of one core (`None`: not
     /// measured).
     pub cpu_percent: Option<f64>,
+    /// This boot's id, where known.
+    pub boot_id: Option<String>,
 }
 
 /// What the governor did, in one word.
@@ -507,8 +515,12 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
         );
         return logged(d, None);
     }
-    // manage
-    let (mut m, took_over) = match prev {
+    // manage; after a reboot the knobs are the boot's (the kernel's
+    // defaults, what the boot set): taken over anew, not another writer's
+    let rebooted = prev.is_some_and(|m| {
+        m.stepped_back.is_none() && matches!((&m.boot_id, &i.boot_id), (Some(a), Some(b)) if a != b)
+    });
+    let (mut m, took_over) = match prev.filter(|_| !rebooted) {
         Some(m) => (m.clone(), false),
         None => (
             Memory {
@@ -518,6 +530,7 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
                 advisor: f.advisor,
                 stepped_back: None,
                 mark: Some(mark_now),
+                boot_id: None,
             },
             true,
         ),
@@ -600,10 +613,12 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
         ..to
     };
     m.advisor = f.advisor;
+    m.boot_id.clone_from(&i.boot_id);
     d.operator = Some(m.operator);
     let log = took_over.then(|| {
         format!(
-            "manage: ksm-balloon takes KSM's knobs over (found run {}, pages_to_scan {}, sleep_millisecs {}; restored by --ksm observe)",
+            "manage: ksm-balloon takes KSM's knobs over{} (found run {}, pages_to_scan {}, sleep_millisecs {}; restored by --ksm observe)",
+            if rebooted { " anew after a reboot" } else { "" },
             k.run, k.pages_to_scan, k.sleep_millisecs
         )
     });

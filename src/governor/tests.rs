@@ -37,6 +37,7 @@ fn input(now: u64, pages: u64) -> Input {
         pages_scanned: Some(0),
         full_scans: 0,
         cpu_percent: Some(5.0),
+        boot_id: Some("boot-1".into()),
     }
 }
 
@@ -378,6 +379,34 @@ fn a_failed_write_leaves_the_knob_as_found() {
 }
 
 #[test]
+fn after_a_reboot_the_knobs_are_the_boots_not_another_writers() {
+    let m = taken_over(700);
+    // the kernel's defaults after the reboot
+    let i = Input {
+        boot_id: Some("boot-2".into()),
+        cpu_percent: None,
+        found: Ok(found(0, 100)),
+        ..input(10, 100)
+    };
+    let o = govern(&MANAGE, &i, Some(&m));
+    assert_ne!(o.decision.action, Action::StepBack);
+    assert!(o.log.unwrap().contains("anew after a reboot"));
+    let m = o.memory.unwrap();
+    assert_eq!((m.operator.pages_to_scan, m.left.run), (100, 1));
+    assert_eq!(m.boot_id.as_deref(), Some("boot-2"));
+    // the same boot: a changed knob is another writer's
+    let i = Input {
+        boot_id: Some("boot-2".into()),
+        found: Ok(found(1, 300)),
+        ..input(20, 300)
+    };
+    assert_eq!(
+        govern(&MANAGE, &i, Some(&m)).decision.action,
+        Action::StepBack
+    );
+}
+
+#[test]
 fn knobs_unreadable_write_nothing() {
     let o = govern(
         &MANAGE,
@@ -425,6 +454,7 @@ fn a_synthesized_trace_fast_while_it_pays_slow_when_quiet() {
             pages_scanned: Some(scanned),
             full_scans: full,
             cpu_percent: (pass > 0).then_some(cpu),
+            boot_id: None,
         };
         let o = govern(&MANAGE, &i, memory.as_ref());
         assert_ne!(o.decision.action, Action::StepBack);
@@ -482,6 +512,7 @@ fn arb_input() -> impl Strategy<Value = Input> {
                 pages_scanned,
                 full_scans,
                 cpu_percent: cpu,
+                boot_id: Some("boot-1".into()),
             },
         )
 }

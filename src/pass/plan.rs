@@ -184,6 +184,7 @@ fn govern(
         pages_scanned: obs.ksm.pages_scanned,
         full_scans: obs.ksm.full_scans,
         cpu_percent: cost.ksmd_cpu_percent,
+        boot_id: state.clock.as_ref().map(|c| c.boot_id.clone()),
     };
     let out = crate::governor::govern(&settings.governor, &input, state.ksm_governor.as_ref());
     state.ksm_governor = out.memory;
