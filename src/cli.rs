@@ -320,7 +320,8 @@ pub struct Settings {
     pub ksm: GovernorMode,
 
     /// Under --ksm manage, ksmd's CPU budget: percent of one core; over
-    /// it, the scan rate is halved, and it is never raised past it.
+    /// it, the scan rate is halved, and it is never raised past it (under
+    /// the kernel's advisor, it is the advisor's advisor_max_cpu).
     #[arg(long, global = true, env = "KSM_BALLOON_KSM_MAX_CPU", default_value_t = Share(pass::Settings::DEFAULT.governor.max_cpu_percent), value_parser = parse_max_cpu)]
     pub ksm_max_cpu: Share,
 

@@ -76,6 +76,10 @@ pub struct Knobs {
     pub pages_to_scan: u64,
     /// `sleep_millisecs`: between wake-ups.
     pub sleep_millisecs: u64,
+    /// `advisor_max_cpu` (6.8+): the advisor's CPU budget, percent of one
+    /// core; `None` on a kernel without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advisor_max_cpu: Option<u64>,
 }
 
 /// What the pass read of the knobs.
@@ -108,6 +112,7 @@ impl Knobs {
             run: num("run")?,
             pages_to_scan: num("pages_to_scan")?,
             sleep_millisecs: num("sleep_millisecs")?,
+            advisor_max_cpu: num("advisor_max_cpu").ok(),
         };
         // "[none] scan-time": the bracketed one is in use
         let advisor = one("advisor_mode").is_ok_and(|t| t.contains("[scan-time]"));
@@ -324,40 +329,39 @@ pub struct Outcome {
     pub log: Option<String>,
 }
 
-/// The first knob of `found` that differs from what we `left`, if any.
-fn other_writer(left: &Knobs, advisor: bool, found: &Knobs) -> Option<(&'static str, u64, u64)> {
-    [
-        ("run", left.run, found.run),
-        ("pages_to_scan", left.pages_to_scan, found.pages_to_scan),
-        (
-            "sleep_millisecs",
-            left.sleep_millisecs,
-            found.sleep_millisecs,
-        ),
-    ]
-    .into_iter()
-    .filter(|(k, _, _)| !(advisor && *k == "pages_to_scan"))
-    .find(|(_, l, f)| l != f)
+/// Each knob of `a` and `b` by name, where both have it and differ;
+/// never `pages_to_scan` under the advisor (the kernel's, not ours).
+fn differ(a: &Knobs, b: &Knobs, advisor: bool) -> impl Iterator<Item = (&'static str, u64, u64)> {
+    let named = |k: &Knobs| {
+        [
+            ("run", Some(k.run)),
+            ("pages_to_scan", Some(k.pages_to_scan)),
+            ("sleep_millisecs", Some(k.sleep_millisecs)),
+            ("advisor_max_cpu", k.advisor_max_cpu),
+        ]
+    };
+    named(a)
+        .into_iter()
+        .zip(named(b))
+        .filter_map(|((name, x), (_, y))| Some((name, x?, y?)))
+        .filter(move |(name, x, y)| x != y && !(advisor && *name == "pages_to_scan"))
 }
 
-/// The writes that take `found` to `to` (none where they agree; never
-/// `pages_to_scan` under the advisor).
+/// The first knob of `found` that differs from what we `left`, if any.
+fn other_writer(left: &Knobs, advisor: bool, found: &Knobs) -> Option<(&'static str, u64, u64)> {
+    differ(left, found, advisor).next()
+}
+
+/// The writes that take `found` to `to` (none where they agree).
 fn writes(found: &Found, to: &Knobs) -> Vec<KnobWrite> {
-    let f = found.knobs;
-    [
-        ("run", f.run, to.run),
-        ("pages_to_scan", f.pages_to_scan, to.pages_to_scan),
-        ("sleep_millisecs", f.sleep_millisecs, to.sleep_millisecs),
-    ]
-    .into_iter()
-    .filter(|(k, from, to)| from != to && !(found.advisor && *k == "pages_to_scan"))
-    .map(|(knob, from, to)| KnobWrite {
-        knob,
-        from,
-        to,
-        error: None,
-    })
-    .collect()
+    differ(&found.knobs, to, found.advisor)
+        .map(|(knob, from, to)| KnobWrite {
+            knob,
+            from,
+            to,
+            error: None,
+        })
+        .collect()
 }
 
 /// The scan rate's rule while KSM merges: the new `pages_to_scan`, why,
@@ -582,7 +586,14 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
     let mut judged = false;
     if to.run == 1 && k.run == 1 {
         if f.advisor {
-            reasons.push("the kernel's advisor (advisor_mode scan-time) sets the scan rate".into());
+            // the advisor's budget is ours
+            to.advisor_max_cpu = k
+                .advisor_max_cpu
+                .map(|_| (budget.round() as u64).clamp(1, 100));
+            reasons.push(format!(
+                "the kernel's advisor (advisor_mode scan-time) sets the scan rate, within advisor_max_cpu {}%",
+                to.advisor_max_cpu.map_or("unknown".into(), |c| c.to_string())
+            ));
         } else {
             let (p, why, j) = scan_rate(i, budget, k.pages_to_scan, k.sleep_millisecs, &mark);
             to.pages_to_scan = p;
@@ -633,6 +644,7 @@ pub fn after_writes(mut memory: Option<Memory>, writes: &[KnobWrite]) -> Option<
             match w.knob {
                 "run" => m.left.run = w.from,
                 "pages_to_scan" => m.left.pages_to_scan = w.from,
+                "advisor_max_cpu" => m.left.advisor_max_cpu = Some(w.from),
                 _ => m.left.sleep_millisecs = w.from,
             }
         }

@@ -20,6 +20,7 @@ fn found(run: u64, pages: u64) -> Found {
             run,
             pages_to_scan: pages,
             sleep_millisecs: 20,
+            advisor_max_cpu: Some(70),
         },
         advisor: false,
         smart_scan: Some(1),
@@ -231,35 +232,56 @@ fn without_pages_scanned_the_knobs_give_what_was_scanned() {
 }
 
 #[test]
-fn under_the_advisor_only_run_is_written_and_pages_to_scan_is_not_compared() {
-    let adv = |run, pages| Found {
+fn under_the_advisor_run_and_its_budget_are_written_and_pages_to_scan_is_not_compared() {
+    let adv = |run, pages, cpu| Found {
         advisor: true,
+        knobs: Knobs {
+            advisor_max_cpu: Some(cpu),
+            ..found(run, pages).knobs
+        },
         ..found(run, pages)
     };
     let o = govern(
         &MANAGE,
         &Input {
-            found: Ok(adv(1, 500)),
+            found: Ok(adv(1, 500, 70)),
             cpu_percent: Some(90.0),
             ..input(0, 500)
         },
         None,
     );
-    assert!(o.decision.writes.is_empty(), "{:?}", o.decision);
+    let w: Vec<_> = o
+        .decision
+        .writes
+        .iter()
+        .map(|w| (w.knob, w.from, w.to))
+        .collect();
+    assert_eq!(w, [("advisor_max_cpu", 70, 10)], "{}", o.decision.reason);
     assert!(o.decision.reason.contains("advisor"));
     // the kernel moves pages_to_scan itself: not another writer
     let o = govern(
         &MANAGE,
         &Input {
-            found: Ok(adv(1, 3000)),
+            found: Ok(adv(1, 3000, 10)),
             headroom_vms: 0,
             ..input(10, 3000)
         },
         o.memory.as_ref(),
     );
     assert_eq!(o.decision.action, Action::Write);
-    assert_eq!(o.decision.writes.len(), 1);
-    assert_eq!(o.decision.writes[0].knob, "run");
+    let w: Vec<_> = o.decision.writes.iter().map(|w| (w.knob, w.to)).collect();
+    assert_eq!(w, [("run", 0)]);
+    // observe gives the advisor its budget back
+    let o = govern(
+        &OBSERVE,
+        &Input {
+            found: Ok(adv(0, 2000, 10)),
+            ..input(20, 2000)
+        },
+        o.memory.as_ref(),
+    );
+    let w: Vec<_> = o.decision.writes.iter().map(|w| (w.knob, w.to)).collect();
+    assert_eq!(w, [("run", 1), ("advisor_max_cpu", 70)]);
 }
 
 #[test]
@@ -320,6 +342,7 @@ fn observe_restores_the_operators_knobs_but_never_unmerges() {
                 run: 2,
                 pages_to_scan: 100,
                 sleep_millisecs: 20,
+                advisor_max_cpu: Some(70),
             },
             ..found(2, 100)
         }),
@@ -482,15 +505,23 @@ fn a_synthesized_trace_fast_while_it_pays_slow_when_quiet() {
 }
 
 fn arb_found() -> impl Strategy<Value = Found> {
-    (0u64..3, 0u64..3000, 1u64..200, any::<bool>()).prop_map(|(run, p, s, advisor)| Found {
-        knobs: Knobs {
-            run,
-            pages_to_scan: p,
-            sleep_millisecs: s,
-        },
-        advisor,
-        smart_scan: None,
-    })
+    (
+        0u64..3,
+        0u64..3000,
+        1u64..200,
+        any::<bool>(),
+        proptest::option::of(1u64..101),
+    )
+        .prop_map(|(run, p, s, advisor, adv_cpu)| Found {
+            knobs: Knobs {
+                run,
+                pages_to_scan: p,
+                sleep_millisecs: s,
+                advisor_max_cpu: adv_cpu,
+            },
+            advisor,
+            smart_scan: None,
+        })
 }
 
 fn arb_input() -> impl Strategy<Value = Input> {
@@ -551,6 +582,9 @@ proptest! {
                 }
             }
             prop_assert!(w.knob != "sleep_millisecs" || o.decision.action == Action::Restore);
+            if w.knob == "advisor_max_cpu" && mode == Mode::Manage {
+                prop_assert!(f.advisor && w.to == 10, "the budget, only for the advisor");
+            }
         }
         if mode == Mode::Observe {
             prop_assert!(o.memory.is_none());
