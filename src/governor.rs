@@ -399,7 +399,8 @@ fn scan_rate(
     };
     let gained = i.savings_kib.saturating_sub(mark.savings_kib);
     let scanned_kib = scanned.saturating_mul(i.page_kib);
-    let grew = scanned > 0 && gained.saturating_mul(1000) >= scanned_kib * MIN_YIELD_PER_MILLE;
+    let grew = scanned > 0
+        && gained.saturating_mul(1000) >= scanned_kib.saturating_mul(MIN_YIELD_PER_MILLE);
     let full = i.full_scans.saturating_sub(mark.full_scans);
     match i.cpu_percent {
         Some(cpu) if grew => {
@@ -412,7 +413,7 @@ fn scan_rate(
             };
             let to = (p + PAGES_BOOST).min(PAGES_MAX).min(cap).max(p);
             let why = format!(
-                "savings grew {gained} KiB over {scanned} pages scanned in {secs} s; ksmd {cpu:.1}% of the budget {budget}%"
+                "savings grew {gained} KiB over {scanned} pages scanned in {secs} s; ksmd at {cpu:.1}% of a core, budget {budget}%"
             );
             if to > p {
                 (to, format!("{why}: scan faster"), true)
@@ -467,8 +468,10 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
         let line = d.reason.clone();
         out(d, memory, Some(line))
     };
-    let f = match (&i.found, prev) {
-        (Err(why), _) => {
+    // Unreadable knobs: nothing written, the memory kept for a pass that
+    // can read them (a restore of observe waits for it too).
+    let f = match &i.found {
+        Err(why) => {
             d.action = if settings.mode == Mode::Manage {
                 Action::Hold
             } else {
@@ -477,7 +480,7 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
             d.reason = format!("KSM's knobs cannot be read ({why}): nothing written");
             return out(d, prev.cloned(), None);
         }
-        (Ok(f), _) => f.clone(),
+        Ok(f) => f.clone(),
     };
     let mark_now = WindowMark {
         at: i.now,
