@@ -545,8 +545,8 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
     if let Some(s) = &m.stepped_back {
         d.action = Action::SteppedBack;
         d.reason = format!(
-            "manage, stepped back since {}: {} is {}, we wrote {}",
-            s.since, s.knob, s.found, s.wrote
+            "manage, stepped back for another writer: {} is {}, we wrote {}; nothing written until --ksm observe and manage again",
+            s.knob, s.found, s.wrote
         );
         return out(d, Some(m), None);
     }

@@ -319,7 +319,7 @@ fn another_writer_makes_it_step_back_once_and_write_nothing_after() {
         assert!(o
             .decision
             .reason
-            .contains("stepped back since 10: pages_to_scan is 300, we wrote 400"));
+            .contains("pages_to_scan is 300, we wrote 400"));
     }
     // observe then: touches nothing, forgets; manage again takes over anew
     let o = govern(&OBSERVE, &input(40, 1250), Some(&m));
