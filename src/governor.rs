@@ -1,5 +1,6 @@
 //! The KSM governor (`--ksm manage`, issue 21): which of KSM's knobs
-//! (`run`, `pages_to_scan`) a pass writes, and why, from what the pass
+//! (`run`, `pages_to_scan`; `advisor_max_cpu` under the kernel's advisor)
+//! a pass writes, and why, from what the pass
 //! measured; when it steps back for another writer; what it restores when
 //! the operator goes back to `--ksm observe`.
 //!
