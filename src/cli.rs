@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
+use crate::governor::Mode as GovernorMode;
 use crate::ksm::Metric;
 use crate::pass;
 use crate::policy::{Policy, Split};
@@ -98,8 +99,9 @@ pub enum Command {
     },
 }
 
-/// The fraction of the savings handed out, printed as the settings file
-/// writes it (`1.0`, not `1`): clap shows a default by its `Display`.
+/// A fraction or a percent (the share of the savings handed out, ksmd's
+/// CPU budget), printed as the settings file writes it (`1.0`, not `1`):
+/// clap shows a default by its `Display`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Share(pub f64);
 
@@ -153,6 +155,20 @@ fn one_of<T: Copy + Send + Sync + 'static>(
             .find(|(n, _)| *n == s)
             .map_or(all[0].1, |(_, v)| *v)
     })
+}
+
+fn parse_max_cpu(s: &str) -> Result<Share, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        return Err(format!(
+            "{v} is not a percent of one core above 0, up to 100"
+        ));
+    }
+    Ok(Share(v))
 }
 
 fn parse_window(s: &str) -> Result<u64, String> {
@@ -295,6 +311,20 @@ pub struct Settings {
     #[arg(long, global = true, env = "KSM_BALLOON_HOLD_WINDOW", default_value_t = pass::Settings::DEFAULT.hold_window_secs, value_parser = parse_window)]
     pub hold_window: u64,
 
+    /// What ksm-balloon does with KSM's knobs: observe (reads KSM, writes
+    /// nothing) or manage (turns KSM on while managed VMs have headroom and
+    /// off when none has, and scans only as hard as the savings grow,
+    /// within --ksm-max-cpu; steps back if another writer changes a knob;
+    /// back to observe restores the knobs it found).
+    #[arg(long, global = true, env = "KSM_BALLOON_KSM", default_value_t = pass::Settings::DEFAULT.governor.mode, value_parser = one_of(&GovernorMode::ALL))]
+    pub ksm: GovernorMode,
+
+    /// Under --ksm manage, ksmd's CPU budget: percent of one core; over
+    /// it, the scan rate is halved, and it is never raised past it (under
+    /// the kernel's advisor, it is the advisor's advisor_max_cpu).
+    #[arg(long, global = true, env = "KSM_BALLOON_KSM_MAX_CPU", default_value_t = Share(pass::Settings::DEFAULT.governor.max_cpu_percent), value_parser = parse_max_cpu)]
+    pub ksm_max_cpu: Share,
+
     /// A Prometheus text file every pass writes (atomically), e.g. in
     /// node_exporter's textfile-collector directory; none by default.
     #[arg(long, global = true, env = "KSM_BALLOON_METRICS_FILE")]
@@ -394,6 +424,10 @@ impl Settings {
                 },
                 guest_stats_period: self.guest_stats_period,
                 hold_window_secs: self.hold_window,
+                governor: crate::governor::Settings {
+                    mode: self.ksm,
+                    max_cpu_percent: self.ksm_max_cpu.0,
+                },
             },
             settings: self,
         })
@@ -609,6 +643,8 @@ mod tests {
         assert_eq!(s.max_squeeze, Limit(None));
         assert_eq!(s.blind_step, Limit(Some(16384)));
         assert_eq!(s.guest_stats_period, 5);
+        assert_eq!(s.ksm, GovernorMode::Observe);
+        assert_eq!(s.ksm_max_cpu, Share(10.0));
         // the pass gets the same defaults the library has
         let cfg = s.validate().unwrap();
         assert_eq!(cfg.pass, pass::Settings::default());
@@ -629,6 +665,22 @@ mod tests {
         .unwrap();
         assert_eq!(cli.settings.max_grow, Limit(Some(65536)));
         assert_eq!(cli.settings.share, Share(0.5));
+    }
+
+    #[test]
+    fn the_ksm_governors_settings_reach_the_pass() {
+        let cli = Cli::try_parse_from([
+            "ksm-balloon",
+            "run",
+            "--ksm",
+            "manage",
+            "--ksm-max-cpu",
+            "25",
+        ])
+        .unwrap();
+        let g = cli.settings.validate().unwrap().pass.governor;
+        assert_eq!((g.mode, g.max_cpu_percent), (GovernorMode::Manage, 25.0));
+        assert!(Cli::try_parse_from(["ksm-balloon", "run", "--ksm", "tune"]).is_err());
     }
 
     #[test]
@@ -654,6 +706,12 @@ mod tests {
             assert_eq!(parse_size(text), Ok(Size(k)));
         }
         assert_eq!(Limit(None).to_string(), "unlimited");
+        assert_eq!(parse_max_cpu("25"), Ok(Share(25.0)));
+        assert_eq!(parse_max_cpu("2.5%"), Ok(Share(2.5)));
+        for bad in ["0", "-1", "101", "NaN", "x"] {
+            assert!(parse_max_cpu(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_max_cpu(&Share(10.0).to_string()), Ok(Share(10.0)));
         assert_eq!(Share(1.0).to_string(), "1.0");
     }
 }

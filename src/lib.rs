@@ -11,6 +11,7 @@ pub mod attribution;
 pub mod cli;
 pub mod domxml;
 pub mod errors;
+pub mod governor;
 pub mod hook;
 pub mod hypervisor;
 pub mod ksm;

@@ -62,6 +62,15 @@ pub struct HostFigures {
     /// `full_scans`.
     #[serde(default)]
     pub ksm_full_scans: u64,
+    /// The KSM governor has KSM's knobs (`--ksm manage`, not stepped back).
+    #[serde(default)]
+    pub ksm_managed: bool,
+    /// `--ksm manage` stepped back for another writer.
+    #[serde(default)]
+    pub ksm_stepped_back: bool,
+    /// `pages_to_scan` as the pass left it, where it could be read.
+    #[serde(default)]
+    pub ksm_pages_to_scan: Option<u64>,
 }
 
 /// One VM's figures of one pass. Sizes in KiB.
@@ -374,6 +383,36 @@ fn host_families(out: &mut String, h: &HostFigures) {
         Family::new(out, name, Kind::Gauge, help).sample(name, &[], &bytes(kib));
     }
     ksm_cost_families(out, h);
+    ksm_governor_families(out, h);
+}
+
+/// The KSM governor (`--ksm`): whether it has KSM's knobs, whether it
+/// stepped back for another writer, and the scan rate.
+fn ksm_governor_families(out: &mut String, h: &HostFigures) {
+    for (name, help, on) in [
+        (
+            "ksm_balloon_ksm_managed",
+            "1 while ksm-balloon has KSM's knobs (--ksm manage, not stepped back), else 0.",
+            h.ksm_managed,
+        ),
+        (
+            "ksm_balloon_ksm_stepped_back",
+            "1 when --ksm manage stepped back for another writer of KSM's knobs, else 0.",
+            h.ksm_stepped_back,
+        ),
+    ] {
+        Family::new(out, name, Kind::Gauge, help).sample(name, &[], if on { "1" } else { "0" });
+    }
+    if let Some(p) = h.ksm_pages_to_scan {
+        let name = "ksm_balloon_ksm_pages_to_scan";
+        Family::new(
+            out,
+            name,
+            Kind::Gauge,
+            "KSM's pages_to_scan as the pass left it: pages ksmd scans per wake-up.",
+        )
+        .sample(name, &[], &p.to_string());
+    }
 }
 
 /// What KSM's scanning costs: ksmd's CPU time and the kernel's scan
@@ -538,6 +577,9 @@ mod tests {
                 ksmd_cpu_ratio: Some(0.25),
                 ksm_pages_scanned: Some(745_532_482),
                 ksm_full_scans: 39,
+                ksm_managed: true,
+                ksm_stepped_back: false,
+                ksm_pages_to_scan: Some(400),
             }),
             vms: vec![VmFigures {
                 name: "web\"1\"\\a\nb".into(),
@@ -631,6 +673,15 @@ ksm_balloon_ksmd_cpu_ratio 0.25
 # HELP ksm_balloon_savings_per_ksmd_cpu_bytes The savings (the metric in use) per ksmd CPU-second spent each second: bytes kept merged per core ksmd keeps busy.
 # TYPE ksm_balloon_savings_per_ksmd_cpu_bytes gauge
 ksm_balloon_savings_per_ksmd_cpu_bytes 266240000
+# HELP ksm_balloon_ksm_managed 1 while ksm-balloon has KSM's knobs (--ksm manage, not stepped back), else 0.
+# TYPE ksm_balloon_ksm_managed gauge
+ksm_balloon_ksm_managed 1
+# HELP ksm_balloon_ksm_stepped_back 1 when --ksm manage stepped back for another writer of KSM's knobs, else 0.
+# TYPE ksm_balloon_ksm_stepped_back gauge
+ksm_balloon_ksm_stepped_back 0
+# HELP ksm_balloon_ksm_pages_to_scan KSM's pages_to_scan as the pass left it: pages ksmd scans per wake-up.
+# TYPE ksm_balloon_ksm_pages_to_scan gauge
+ksm_balloon_ksm_pages_to_scan 400
 # HELP ksm_balloon_vm_floor_bytes Size the VM is never shrunk below.
 # TYPE ksm_balloon_vm_floor_bytes gauge
 ksm_balloon_vm_floor_bytes{domain="web\"1\"\\a\nb",uuid="6695eb01-f6a4-8304-79aa-97f2502e193f"} 167772160

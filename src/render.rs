@@ -106,6 +106,50 @@ fn ksm_cost_line(c: &crate::ksmcost::KsmCost) -> String {
     line
 }
 
+/// The status line of the KSM governor (`--ksm`): what it did with KSM's
+/// knobs this pass, and why.
+fn ksm_governor_line(g: &crate::governor::Decision) -> String {
+    use crate::governor::{Action, Mode};
+    let knobs = g.found.as_ref().map_or(String::new(), |f| {
+        format!(
+            " (run {}, pages_to_scan {}, sleep_millisecs {}{})",
+            f.knobs.run,
+            f.knobs.pages_to_scan,
+            f.knobs.sleep_millisecs,
+            if f.advisor { ", advisor scan-time" } else { "" }
+        )
+    });
+    match (g.mode, g.action, &g.stepped_back) {
+        (Mode::Observe, Action::Observe, _) => format!("ksm: observe{knobs}"),
+        (Mode::Manage, Action::StepBack | Action::SteppedBack, Some(s)) => format!(
+            "ksm: manage, stepped back since {}: {} is {}, we wrote {}; nothing written until --ksm observe (one pass) and manage again",
+            utc(s.since),
+            s.knob,
+            s.found,
+            s.wrote
+        ),
+        _ => {
+            let writes: Vec<String> = g
+                .writes
+                .iter()
+                .map(|w| match &w.error {
+                    None => format!("{} {} -> {}", w.knob, w.from, w.to),
+                    Some(e) => format!("{} {} -> {} FAILED: {e}", w.knob, w.from, w.to),
+                })
+                .collect();
+            let writes = if writes.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", writes.join(", "))
+            };
+            format!(
+                "ksm: {}{knobs}, budget {}% of a core: {}{writes}",
+                g.mode, g.max_cpu_percent, g.reason
+            )
+        }
+    }
+}
+
 fn header(r: &Report) -> String {
     let mut out = String::new();
     let k = &r.ksm;
@@ -141,6 +185,7 @@ fn header(r: &Report) -> String {
         if r.under_reserve { " -- UNDER RESERVE" } else { "" }
     );
     let _ = writeln!(out, "{}", ksm_cost_line(&r.ksm_cost));
+    let _ = writeln!(out, "{}", ksm_governor_line(&r.ksm_governor));
     if r.lendable_kib != r.savings_kib {
         let _ = writeln!(
             out,

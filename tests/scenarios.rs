@@ -14,7 +14,10 @@
 //!     and a `t` that moves otherwise than `boot` is a step of the wall
 //!     clock; `t` may then go back), and what changed before it: `savings` (KSM's `general_profit`, MiB),
 //!     `available` (the host's MemAvailable, MiB; MemTotal is 24 GiB),
-//!     `release` (VM names handed back with `ksm-balloon release`), and
+//!     `release` (VM names handed back with `ksm-balloon release`), `ksm`
+//!     (`scanned`: `pages_scanned`, `full_scans`, `ksmd_ticks`: ksmd's CPU
+//!     time in the fake `/proc`, all totals since boot), `knobs` (KSM
+//!     knobs an operator writes before the pass, e.g. `{"run": 0}`), and
 //!     per VM under `vms`: `guest` (its own figures, MiB: `usable`,
 //!     `unused`, `total`, and either `age` (seconds before each pass) or
 //!     `at` (seconds from the start); `null`: none), `read` (its disk's
@@ -63,8 +66,31 @@ fn mib(v: &Value, key: &str) -> Option<u64> {
     v.get(key).and_then(Value::as_u64).map(|m| m * MIB)
 }
 
-fn write_ksm(dir: &Path, savings_mib: u64) {
-    testing::write_ksm(dir, &testing::ksm_saving(savings_mib * MIB)).unwrap();
+/// KSM's counters as a scan left them: the savings (MiB), and where
+/// given, `pages_scanned` and `full_scans`. `run` stays as it is once
+/// written (the governor's, or an operator's), 1 at the start.
+fn write_ksm(dir: &Path, savings_mib: u64, scanned: Option<u64>, full_scans: u64) {
+    let run = fs::read_to_string(dir.join("run")).ok();
+    let k = ksm_balloon::ksm::KsmCounters {
+        pages_scanned: scanned,
+        full_scans,
+        ..testing::ksm_saving(savings_mib * MIB)
+    };
+    testing::write_ksm(dir, &k).unwrap();
+    if let Some(run) = run {
+        fs::write(dir.join("run"), run).unwrap();
+    }
+}
+
+/// ksmd in the fake `/proc`, with `ticks` of CPU time.
+fn write_ksmd(proc_dir: &Path, ticks: u64) {
+    let dir = proc_dir.join("39");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("stat"),
+        format!("39 (ksmd) S 2 0 0 0 -1 2097216 36 0 0 0 0 {ticks} 0 0 25 5 1 0 28 0 0"),
+    )
+    .unwrap();
 }
 
 fn write_meminfo(path: &Path, available_kib: u64) {
@@ -139,6 +165,19 @@ fn describe(out: &mut String, n: usize, t: i64, r: &Report, writes: &[String]) {
     for w in writes {
         let _ = writeln!(out, "  {w}");
     }
+    let g = &r.ksm_governor;
+    if g.mode == ksm_balloon::governor::Mode::Manage {
+        let _ = writeln!(
+            out,
+            "ksm {:?}: {}{}",
+            g.action,
+            g.reason,
+            g.writes
+                .iter()
+                .map(|w| format!("; {} {} -> {}", w.knob, w.from, w.to))
+                .collect::<String>()
+        );
+    }
 }
 
 fn run_scenario(dir: &Path) -> Result<(), String> {
@@ -163,8 +202,13 @@ fn run_scenario(dir: &Path) -> Result<(), String> {
     let paths = &cfg.paths;
     fs::create_dir_all(&paths.ksm_dir).unwrap();
     fs::create_dir_all(paths.meminfo.parent().unwrap()).unwrap();
-    write_ksm(&paths.ksm_dir, 0);
+    write_ksm(&paths.ksm_dir, 0, None, 1);
+    for (knob, v) in [("pages_to_scan", 100), ("sleep_millisecs", 20)] {
+        fs::write(paths.ksm_dir.join(knob), format!("{v}\n")).unwrap();
+    }
     write_meminfo(&paths.meminfo, TOTAL_KIB);
+    // KSM's figures as last given
+    let (mut savings, mut scanned, mut full_scans) = (0, None, 1);
 
     let vms = spec["vms"].as_array().unwrap();
     let names: Vec<String> = vms
@@ -208,7 +252,23 @@ fn run_scenario(dir: &Path) -> Result<(), String> {
             }),
         };
         if let Some(s) = p.get("savings").and_then(Value::as_u64) {
-            write_ksm(&paths.ksm_dir, s);
+            savings = s;
+        }
+        if let Some(k) = p.get("ksm") {
+            scanned = k.get("scanned").and_then(Value::as_u64).or(scanned);
+            full_scans = k
+                .get("full_scans")
+                .and_then(Value::as_u64)
+                .unwrap_or(full_scans);
+            if let Some(t) = k.get("ksmd_ticks").and_then(Value::as_u64) {
+                write_ksmd(&paths.procs.proc_dir, t);
+            }
+        }
+        write_ksm(&paths.ksm_dir, savings, scanned, full_scans);
+        if let Some(knobs) = p.get("knobs").and_then(Value::as_object) {
+            for (knob, v) in knobs {
+                fs::write(paths.ksm_dir.join(knob), format!("{v}\n")).unwrap();
+            }
         }
         if let Some(a) = mib(p, "available") {
             write_meminfo(&paths.meminfo, a);
@@ -351,6 +411,7 @@ scenarios! {
     demand_split_follows_a_busy_vm => "demand-split-follows-a-busy-vm",
     demand_split_unknowns_do_not_dilute_a_reader => "demand-split-unknowns-do-not-dilute-a-reader",
     hold_window => "hold-window",
+    ksm_governor_manage => "ksm-governor-manage",
     loan_recalled_as_the_guest_can_pay => "loan-recalled-as-the-guest-can-pay",
     manual_setmem_held_and_released => "manual-setmem-held-and-released",
     stuck_balloon_backoff => "stuck-balloon-backoff",

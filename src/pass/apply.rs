@@ -130,6 +130,25 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
     out
 }
 
+/// Writes the KSM knobs the governor decided (`--ksm manage`, or the
+/// restore of `observe`), after the balloons; each write's error is kept
+/// in the report and logged, never fatal to the pass, and the governor's
+/// memory records the knob as it was left.
+pub fn write_knobs(ksm_dir: &std::path::Path, planned: &mut Planned) {
+    let g = &mut planned.report.ksm_governor;
+    for w in &mut g.writes {
+        match crate::governor::write(ksm_dir, w.knob, w.to) {
+            Ok(()) => info!("KSM {}: {} -> {} ({})", w.knob, w.from, w.to, g.reason),
+            Err(e) => {
+                warn!("KSM {}: {e}; the pass goes on", w.knob);
+                w.error = Some(e);
+            }
+        }
+    }
+    planned.state.ksm_governor =
+        crate::governor::after_writes(planned.state.ksm_governor.take(), &g.writes);
+}
+
 /// Writes what `applied` did into the plan's state: each resize made is
 /// the VM's last ask (target, time, the size it was asked from), and so
 /// is one that timed out (libvirt may still make it once the QEMU

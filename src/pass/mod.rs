@@ -231,6 +231,9 @@ pub fn metrics_input(
                 ksmd_cpu_ratio: r.ksm_cost.ksmd_cpu_percent.map(|p| p / 100.0),
                 ksm_pages_scanned: r.ksm.pages_scanned,
                 ksm_full_scans: r.ksm.full_scans,
+                ksm_managed: r.ksm_governor.managing(),
+                ksm_stepped_back: r.ksm_governor.stepped_back.is_some(),
+                ksm_pages_to_scan: r.ksm_governor.pages_to_scan_left(),
             }),
             vms: r
                 .vms
@@ -324,6 +327,8 @@ fn run_locked(
             .context("cannot record the resizes this pass is about to make; none was made")?;
     }
     let applied = apply::apply(hv.as_mut(), &planned);
+    // After the balloons: a knob that cannot be written never stops them.
+    apply::write_knobs(&paths.ksm_dir, &mut planned);
     apply::withdraw(&mut planned.state, priors, &applied);
     let recorded = apply::record(planned, &applied, now);
     let state = recorded.state;
@@ -367,6 +372,7 @@ fn observe_and_plan(
     let hv_ref = hv.as_mut();
     let contribution = settings.policy.split.inputs().contribution;
     let mut obs = observe::observe(ksm, mem, hv_ref, &state, now, &paths.procs, contribution)?;
+    obs.knobs = crate::governor::Knobs::read(&paths.ksm_dir);
     obs.clock_step_secs = clock_step;
     obs.read_after_secs = started.elapsed().as_secs() + 1;
     let planned = plan::plan(settings, &obs, state, &paths.ksm_dir)?;

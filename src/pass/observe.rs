@@ -46,6 +46,10 @@ pub struct Observation {
     /// ksmd (its pid and CPU time), or why it was not found: what KSM's
     /// scanning costs ([`crate::ksmcost`]).
     pub ksmd: Result<crate::ksmcost::Ksmd, String>,
+    /// KSM's knobs (`run`, `pages_to_scan`, `sleep_millisecs`, the
+    /// advisor), or why they could not be read: the governor's input
+    /// ([`crate::governor`]).
+    pub knobs: Result<crate::governor::Found, String>,
     /// How long after `at` the domains were read, seconds, rounded up: the
     /// pass's wait for its lock and libvirt's time (by the monotonic
     /// clock). A guest's report may be stamped that much after `at`.
@@ -153,6 +157,7 @@ pub fn observe(
         transient,
         qemu_age,
         ksmd,
+        knobs: Err("not read".into()),
         clock_step_secs: None,
         read_after_secs: 0,
     })

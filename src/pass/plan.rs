@@ -17,7 +17,10 @@
 //! 5. [`super::adjust`]: the rules that change a decision from what
 //!    earlier passes asked (back-off, withdraw a shrink);
 //! 6. [`super::asks`]: the resizes and statistics periods to ask for;
-//! 7. [`super::report::build`]: the report.
+//! 7. [`crate::ksmcost`]: what KSM cost since the last pass;
+//! 8. the KSM governor ([`crate::governor`], `--ksm manage`): KSM's knobs
+//!    to write after the balloons, or none;
+//! 9. [`super::report::build`]: the report.
 
 use std::path::Path;
 
@@ -62,7 +65,15 @@ pub fn plan(
     let now = obs.at;
     let mut notes = Vec::new();
     let savings = obs.ksm.savings(settings.metric, ksm_dir)?;
-    ksm_notes(obs, ksm_dir, &mut notes);
+    // ksm-balloon's own `run` 0 (manage, no VM with headroom) is no news
+    let governed = settings.governor.mode == crate::governor::Mode::Manage
+        && state
+            .ksm_governor
+            .as_ref()
+            .is_some_and(|g| g.stepped_back.is_none() && g.left.run == obs.ksm.run);
+    if !governed {
+        ksm_notes(obs, ksm_dir, &mut notes);
+    }
     let adopted = reconcile::reconcile(&mut state, obs, &mut notes);
     let policy = settings.policy(obs.mem.total_kib);
     let lending = lend::lending(settings, obs, savings, &mut state, &mut notes);
@@ -92,6 +103,7 @@ pub fn plan(
         now,
     );
     state.ksm_cost = mark;
+    let governor = govern(settings, obs, &rows, &ksm_cost, &mut state, &mut notes);
     let report = report::build(&report::Inputs {
         settings,
         obs,
@@ -103,6 +115,7 @@ pub fn plan(
         decided: &decided,
         adopted: &adopted,
         ksm_cost: &ksm_cost,
+        ksm_governor: &governor,
     });
     Ok(Planned {
         state,
@@ -139,6 +152,51 @@ pub fn decide(
         notes,
     );
     (p, decided)
+}
+
+/// Stage 8: the KSM governor ([`crate::governor::govern`]) over what
+/// this pass measured; its memory goes into the state as if its writes
+/// succeed ([`super::apply::write_knobs`] corrects a failed one).
+fn govern(
+    settings: &Settings,
+    obs: &Observation,
+    rows: &[rows::Row],
+    cost: &crate::ksmcost::KsmCost,
+    state: &mut State,
+    notes: &mut Vec<Note>,
+) -> crate::governor::Decision {
+    use crate::governor::{Action, Input};
+    use policy::VmStatus;
+    let headroom_vms = rows
+        .iter()
+        .filter(|r| {
+            matches!(r.view.status, VmStatus::Managed | VmStatus::Unsettled)
+                && r.view.ceiling_kib > r.view.floor_kib
+                && r.view.weight > 0
+        })
+        .count();
+    let input = Input {
+        now: obs.at,
+        found: obs.knobs.clone(),
+        headroom_vms,
+        savings_kib: cost.savings_kib,
+        page_kib: (obs.ksm.page_size / 1024).max(1),
+        pages_scanned: obs.ksm.pages_scanned,
+        full_scans: obs.ksm.full_scans,
+        cpu_percent: cost.ksmd_cpu_percent,
+        boot_id: state.clock.as_ref().map(|c| c.boot_id.clone()),
+    };
+    let out = crate::governor::govern(&settings.governor, &input, state.ksm_governor.as_ref());
+    state.ksm_governor = out.memory;
+    if let Some(line) = out.log {
+        let level = if out.decision.action == Action::StepBack {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        note(notes, level, line);
+    }
+    out.decision
 }
 
 /// What KSM's `run` means for the savings, when it is not merging.

@@ -149,6 +149,9 @@ pub struct Report {
     /// What KSM's scanning cost since the last pass (ksmd's CPU), and what
     /// it bought: the savings and what of them is lent.
     pub ksm_cost: KsmCost,
+    /// The KSM governor (`--ksm`): what it did with KSM's knobs this pass,
+    /// and why.
+    pub ksm_governor: crate::governor::Decision,
     /// The metric used.
     pub metric: Metric,
     /// The savings, KiB.
@@ -222,6 +225,8 @@ pub struct Inputs<'a> {
     /// What KSM cost ([`super::plan`] works it out once the bonuses are
     /// decided).
     pub ksm_cost: &'a KsmCost,
+    /// The KSM governor's decision.
+    pub ksm_governor: &'a crate::governor::Decision,
 }
 
 /// The report of the plan: every active domain, managed or not (yet). What
@@ -245,6 +250,7 @@ pub fn build(i: &Inputs) -> Report {
         dry_run: false,
         ksm: obs.ksm.clone(),
         ksm_cost: i.ksm_cost.clone(),
+        ksm_governor: i.ksm_governor.clone(),
         metric: lending.savings.metric,
         savings_kib: lending.savings.kib,
         lendable_kib: lending.lendable_kib,

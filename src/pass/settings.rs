@@ -65,6 +65,8 @@ pub struct Settings {
     /// Lend only the savings that held this long (the smallest the passes
     /// of that window saw); 0 lends the savings of the moment (the paper).
     pub hold_window_secs: u64,
+    /// The KSM governor: `--ksm` and `--ksm-max-cpu`.
+    pub governor: crate::governor::Settings,
 }
 
 impl Settings {
@@ -77,6 +79,7 @@ impl Settings {
         policy: Policy::DEFAULT,
         guest_stats_period: DEFAULT_GUEST_STATS_PERIOD,
         hold_window_secs: DEFAULT_HOLD_WINDOW_SECS,
+        governor: crate::governor::Settings::DEFAULT,
     };
 }
 

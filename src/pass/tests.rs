@@ -1179,32 +1179,52 @@ fn a_vm_adopted_while_its_balloon_inflates_to_its_boot_size_is_not_held_by_hand_
     assert!(c1 > 160 * MIB);
 }
 
-/// The fake, with the QEMU of one VM (by UUID) stopping right after the
-/// bulk statistics call: every later call on it times out.
-struct StopsAfterStats(Shared, String);
-impl Hypervisor for StopsAfterStats {
+/// The fake, with something happening to the host right after the bulk
+/// statistics call and right before each resize.
+struct Tapped {
+    hv: Shared,
+    after_stats: Box<dyn FnMut(&Shared)>,
+    before_resize: Box<dyn FnMut()>,
+}
+
+impl Tapped {
+    /// The QEMU of one VM (by UUID) stops right after the bulk statistics
+    /// call: every later call on it times out.
+    fn stops_after_stats(hv: Shared, uuid: String) -> Tapped {
+        Tapped {
+            hv,
+            after_stats: Box::new(move |hv: &Shared| {
+                hv.0.borrow_mut().hung.insert(uuid.clone());
+            }),
+            before_resize: Box::new(|| {}),
+        }
+    }
+}
+
+impl Hypervisor for Tapped {
     fn domains(&mut self) -> Result<Vec<LiveDomain>, HvError> {
-        let d = self.0.domains();
-        self.0 .0.borrow_mut().hung.insert(self.1.clone());
+        let d = self.hv.domains();
+        (self.after_stats)(&self.hv);
         d
     }
     fn inactive_xml(&mut self, uuid: &str) -> Result<String, HvError> {
-        self.0.inactive_xml(uuid)
+        self.hv.inactive_xml(uuid)
     }
     fn persistent(&mut self, uuid: &str) -> Result<bool, HvError> {
-        self.0.persistent(uuid)
+        self.hv.persistent(uuid)
     }
     fn set_memory(&mut self, uuid: &str, kib: u64) -> Result<(), HvError> {
-        self.0.set_memory(uuid, kib)
+        (self.before_resize)();
+        self.hv.set_memory(uuid, kib)
     }
     fn set_stats_period(&mut self, uuid: &str, seconds: u32) -> Result<(), HvError> {
-        self.0.set_stats_period(uuid, seconds)
+        self.hv.set_stats_period(uuid, seconds)
     }
     fn metadata(&mut self, uuid: &str) -> Result<Option<String>, HvError> {
-        self.0.metadata(uuid)
+        self.hv.metadata(uuid)
     }
     fn calls(&self) -> CallCount {
-        self.0.calls()
+        self.hv.calls()
     }
 }
 
@@ -1219,8 +1239,12 @@ fn a_statistics_period_that_times_out_is_asked_again_once_the_qemu_answers() {
     let h = Host::new(vec![d]);
     let hv = h.hv.clone();
     let stopping = u.clone();
-    let mut open =
-        move || Ok(Box::new(StopsAfterStats(hv.clone(), stopping.clone())) as Box<dyn Hypervisor>);
+    let mut open = move || {
+        Ok(
+            Box::new(Tapped::stops_after_stats(hv.clone(), stopping.clone()))
+                as Box<dyn Hypervisor>,
+        )
+    };
     let r = run(&h.paths, &h.settings, Duration::from_secs(5), &mut open, T0).unwrap();
     assert_eq!(vm(&r, "vm1").unresponsive_since, Some(T0));
     assert!(h.fake().stats_periods.is_empty(), "timed out, not set");
@@ -1314,8 +1338,9 @@ fn a_resize_that_times_out_counts_as_asked_and_the_others_go_on() {
     h.ksm(2, 0);
     let hv = h.hv.clone();
     let u = u1.clone();
-    let mut open =
-        move || Ok(Box::new(StopsAfterStats(hv.clone(), u.clone())) as Box<dyn Hypervisor>);
+    let mut open = move || {
+        Ok(Box::new(Tapped::stops_after_stats(hv.clone(), u.clone())) as Box<dyn Hypervisor>)
+    };
     let r = run(
         &h.paths,
         &h.settings,
@@ -2210,4 +2235,193 @@ fn each_pass_measures_ksmd_s_cpu_against_the_last_and_status_says_it() {
     );
     assert!(crate::render::status(&r).contains("KSM cost: unknown (no ksmd"));
     assert_eq!(h.state().ksm_cost, None);
+}
+
+/// KSM's knobs in the fake sysfs, as the kernel shows them.
+fn knobs(h: &Host, run: u64, pages: u64, sleep_ms: u64) {
+    for (f, v) in [
+        ("run", run),
+        ("pages_to_scan", pages),
+        ("sleep_millisecs", sleep_ms),
+    ] {
+        fs::write(h.paths.ksm_dir.join(f), format!("{v}\n")).unwrap();
+    }
+    fs::write(h.paths.ksm_dir.join("advisor_mode"), "[none] scan-time\n").unwrap();
+}
+
+fn knob(h: &Host, name: &str) -> u64 {
+    fs::read_to_string(h.paths.ksm_dir.join(name))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every file of the fake KSM directory, bytes.
+fn ksm_files(h: &Host) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut v: Vec<_> = fs::read_dir(&h.paths.ksm_dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), fs::read(e.path()).unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn observe_never_writes_a_ksm_file() {
+    // Issue 21: --ksm observe (the default) touches nothing in
+    // /sys/kernel/mm/ksm, whatever the VMs and KSM's state.
+    let h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    assert_eq!(h.settings.governor.mode, crate::governor::Mode::Observe);
+    for (t, run) in [(0, 0), (10, 1), (20, 2)] {
+        knobs(&h, run, 5000, 20);
+        let before = ksm_files(&h);
+        let r = h.run(T0 + t).unwrap();
+        assert_eq!(ksm_files(&h), before, "run={run}");
+        assert_eq!(r.ksm_governor.action, crate::governor::Action::Observe);
+        assert!(r.ksm_governor.writes.is_empty());
+    }
+    assert_eq!(h.state().ksm_governor, None);
+    assert!(crate::render::status(&h.run(T0 + 30).unwrap())
+        .contains("ksm: observe (run 2, pages_to_scan 5000, sleep_millisecs 20)"));
+}
+
+#[test]
+fn manage_turns_ksm_on_with_headroom_and_off_without_after_the_balloons() {
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    knobs(&h, 0, 100, 20);
+    let r = h.run(T0).unwrap();
+    assert_eq!(knob(&h, "run"), 1, "{:?}", r.ksm_governor);
+    assert_eq!(r.ksm_governor.action, crate::governor::Action::Write);
+    // the balloons were planned from the stale counters (run was 0): held
+    assert_eq!(vm(&r, "vm1").target_kib, 160 * MIB);
+    let g = h.state().ksm_governor.unwrap();
+    assert_eq!((g.operator.run, g.left.run), (0, 1));
+    // the VM goes: no managed VM with headroom, KSM stopped, never unmerged
+    h.fake().domains.clear();
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(knob(&h, "run"), 0, "{:?}", r.ksm_governor);
+    assert!(r
+        .ksm_governor
+        .reason
+        .contains("no managed VM with headroom"));
+    assert_eq!(knob(&h, "pages_to_scan"), 100);
+    // nothing changes: nothing written
+    let before = ksm_files(&h);
+    let r = h.run(T0 + 20).unwrap();
+    assert_eq!(r.ksm_governor.action, crate::governor::Action::Hold);
+    assert_eq!(ksm_files(&h), before);
+}
+
+#[test]
+fn another_writer_makes_manage_step_back_and_write_nothing_after() {
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    knobs(&h, 1, 500, 20);
+    h.run(T0).unwrap();
+    // ksmtuned, or an operator: echo 300 > pages_to_scan
+    fs::write(h.paths.ksm_dir.join("pages_to_scan"), "300\n").unwrap();
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(r.ksm_governor.action, crate::governor::Action::StepBack);
+    let s = r.ksm_governor.stepped_back.clone().unwrap();
+    assert_eq!(
+        (s.knob.as_str(), s.wrote, s.found, s.since),
+        ("pages_to_scan", 500, 300, T0 + 10)
+    );
+    let line = crate::render::status(&r);
+    assert!(
+        line.contains("ksm: manage, stepped back since 2027-01-15 08:00:10: pages_to_scan is 300, we wrote 500"),
+        "{line}"
+    );
+    // nothing written after it, whatever happens: the VM goes (run would be 0)
+    h.fake().domains.clear();
+    let before = ksm_files(&h);
+    for t in [20, 30] {
+        let r = h.run(T0 + t).unwrap();
+        assert_eq!(r.ksm_governor.action, crate::governor::Action::SteppedBack);
+        assert_eq!(
+            r.ksm_governor.stepped_back.as_ref().unwrap().since,
+            T0 + 10,
+            "said once, kept"
+        );
+    }
+    assert_eq!(ksm_files(&h), before);
+    // observe then forgets it and touches nothing; manage again takes over anew
+    h.settings.governor.mode = crate::governor::Mode::Observe;
+    h.run(T0 + 40).unwrap();
+    assert_eq!(ksm_files(&h), before);
+    assert_eq!(h.state().ksm_governor, None);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    h.run(T0 + 50).unwrap();
+    assert_eq!(h.state().ksm_governor.unwrap().operator.pages_to_scan, 300);
+}
+
+#[test]
+fn back_to_observe_restores_what_the_operator_had() {
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    // the operator's rate, outside the governor's range, and KSM stopped
+    knobs(&h, 0, 5000, 50);
+    h.run(T0).unwrap();
+    h.run(T0 + 10).unwrap();
+    assert_eq!((knob(&h, "run"), knob(&h, "pages_to_scan")), (1, 1250));
+    h.settings.governor.mode = crate::governor::Mode::Observe;
+    let r = h.run(T0 + 20).unwrap();
+    assert_eq!(r.ksm_governor.action, crate::governor::Action::Restore);
+    assert_eq!(
+        (
+            knob(&h, "run"),
+            knob(&h, "pages_to_scan"),
+            knob(&h, "sleep_millisecs")
+        ),
+        (0, 5000, 50)
+    );
+    assert_eq!(h.state().ksm_governor, None);
+    // and observe after it touches nothing
+    let before = ksm_files(&h);
+    h.run(T0 + 30).unwrap();
+    assert_eq!(ksm_files(&h), before);
+}
+
+#[test]
+fn a_knob_that_cannot_be_written_is_reported_and_never_stops_the_balloons() {
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    h.settings.hold_window_secs = 0;
+    h.ksm(1, 60);
+    // an operator's rate above the range: the governor brings it to 1250
+    knobs(&h, 1, 5000, 20);
+    // the resize puts a directory where pages_to_scan was: the pass read
+    // it, and its write after the balloons fails
+    let hv = h.hv.clone();
+    let knob_path = h.paths.ksm_dir.join("pages_to_scan");
+    let mut open = move || {
+        let knob_path = knob_path.clone();
+        let breaks = Tapped {
+            hv: hv.clone(),
+            after_stats: Box::new(|_: &Shared| {}),
+            before_resize: Box::new(move || {
+                let _ = fs::remove_file(&knob_path);
+                fs::create_dir_all(&knob_path).unwrap();
+            }),
+        };
+        Ok(Box::new(breaks) as Box<dyn Hypervisor>)
+    };
+    let r = run(&h.paths, &h.settings, Duration::from_secs(5), &mut open, T0).unwrap();
+    assert_eq!(r.resized, 1, "the balloon first");
+    assert_eq!(vm(&r, "vm1").target_kib, 220 * MIB);
+    let w = &r.ksm_governor.writes;
+    assert_eq!((w.len(), w[0].knob, w[0].to), (1, "pages_to_scan", 1250));
+    let err = w[0].error.as_deref().unwrap();
+    assert!(
+        err.contains("cannot write 1250 to") && err.contains("pages_to_scan"),
+        "{err}"
+    );
+    assert!(crate::render::status(&r).contains("pages_to_scan 5000 -> 1250 FAILED: cannot write"));
+    // what it left is what it found: its own failed write is no other writer
+    assert_eq!(h.state().ksm_governor.unwrap().left.pages_to_scan, 5000);
 }

@@ -339,6 +339,11 @@ pub struct State {
     /// the first pass that found ksmd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ksm_cost: Option<crate::ksmcost::Mark>,
+    /// The KSM governor's memory while `--ksm manage` has KSM's knobs
+    /// (the operator's knobs to restore, what it left them at, whether it
+    /// stepped back); absent under `observe` ([`crate::governor`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ksm_governor: Option<crate::governor::Memory>,
 }
 
 /// The wall clock and `CLOCK_BOOTTIME`, read together by one pass.
@@ -395,6 +400,7 @@ impl Default for State {
             last_pass: None,
             clock: None,
             ksm_cost: None,
+            ksm_governor: None,
         }
     }
 }
@@ -465,6 +471,7 @@ impl State {
             last_pass,
             clock: _,
             ksm_cost,
+            ksm_governor,
         } = self;
         for vm in vms.values_mut() {
             vm.shift_instants(delta);
@@ -509,6 +516,9 @@ impl State {
         }) = ksm_cost
         {
             sh(at);
+        }
+        if let Some(g) = ksm_governor {
+            g.shift_instants(delta);
         }
     }
 

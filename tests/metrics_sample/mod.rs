@@ -62,6 +62,9 @@ pub fn sample(n: u64) -> MetricsInput {
             ksmd_cpu_ratio: Some(0.25),
             ksm_pages_scanned: Some(745_532_482 + n),
             ksm_full_scans: n,
+            ksm_managed: n % 2 == 0,
+            ksm_stepped_back: n % 2 == 1,
+            ksm_pages_to_scan: Some(64 + n),
         }),
         vms,
         counters: Counters {

@@ -153,6 +153,8 @@ def metrics(prefix, metrics_rs, scrapes_path, promtool, pairs):
             "ksm_balloon_ksm_pages_scanned_total": report["ksm"].get("pages_scanned") is not None,
             "ksm_balloon_ksmd_cpu_ratio": cost["ksmd_cpu_percent"] is not None,
             "ksm_balloon_savings_per_ksmd_cpu_bytes": (cost["ksmd_cpu_percent"] or 0) > 0,
+            # the governor's rate, where KSM's knobs could be read
+            "ksm_balloon_ksm_pages_to_scan": report["ksm_governor"]["found"] is not None,
         }
         missing = [n for n in names if n not in have and known.get(n, True)]
         if missing:
