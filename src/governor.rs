@@ -63,6 +63,14 @@ pub const PAGES_MIN: u64 = 64;
 pub const PAGES_MAX: u64 = 1250;
 /// A raise adds this many pages per wake-up (ksmtuned's `KSM_NPAGES_BOOST`).
 pub const PAGES_BOOST: u64 = 300;
+/// The savings are "flat" only over a window of at least this many full
+/// scans: KSM puts a page in its unstable tree (where its twin can find
+/// it) only once the page's checksum is unchanged since the scan before
+/// (mm/ksm.c, `cmp_and_merge_page`), so data that was there all along
+/// merges on the second scan at the earliest. On the real stack, one full
+/// scan was judged flat and the rate lowered just before the guests' data
+/// merged (39-ksm-governor's first run: 100, 75, then 281).
+pub const FLAT_AFTER_SCANS: u64 = 2;
 /// The savings "grew" over a window when they grew by at least this many
 /// thousandths of what was scanned in it (1: a page merged per 1000
 /// scanned).
@@ -426,7 +434,7 @@ fn scan_rate(
                 )
             }
         }
-        _ if !grew && full >= 1 => {
+        _ if !grew && full >= FLAT_AFTER_SCANS => {
             let to = (p * 3 / 4).max(PAGES_MIN);
             (
                 to,
@@ -439,7 +447,7 @@ fn scan_rate(
         None => (p, "ksmd's CPU not measured yet: rate held".into(), false),
         _ => (
             p,
-            format!("measuring: savings {gained} KiB more over {scanned} pages scanned in {secs} s, no full scan yet"),
+            format!("measuring: savings {gained} KiB more over {scanned} pages scanned in {secs} s, {full} of {FLAT_AFTER_SCANS} full scans"),
             false,
         ),
     }
