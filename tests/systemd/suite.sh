@@ -50,7 +50,7 @@
 #  11. upgraded to this build with a pass in flight: the edited settings
 #      kept as they were (no .dpkg-dist), the pass not killed, every unit
 #      back; a VM started with a pass in flight is recorded with its floor;
-#      the timer's median interval over 3 passes within 9.7-10.3 s;
+#      the timer's next interval within 9.7-10.3 s;
 #  12. `apt remove`: every unit stopped and gone, the programs and the hook
 #      gone; the state and the edited settings kept;
 #  13. `apt purge`: the settings and the state gone, no unit left enabled.
@@ -749,10 +749,13 @@ deb_upgrade_and_run() {
     check "the VM recorded with floor 160 MiB and ceiling 256 MiB" floors_ok "$DEB_GUEST"
     wait_pass_idle
     mark=$(now_us)
-    kb_wait_until 50 "4 passes started by the timer" passes_at_least 4 "$mark"
+    # The timer's cadence is scenario 3's (the same unit files, installed by
+    # `make install`): here, that the upgraded timer still ticks at 10 s,
+    # one interval (two were three: 20 s of CI time).
+    kb_wait_until 30 "2 passes started by the timer" passes_at_least 2 "$mark"
     journal_json
-    check "median interval between passes within 9.7-10.3 s" judge intervals "$mark" 3 9.7 10.3 <"$WORK/journal.json"
-    figure ".deb timer intervals: $(judge intervals "$mark" 3 9.7 10.3 <"$WORK/journal.json" | tail -n 1 | sed 's/^ *//')"
+    check "the interval between the timer's passes within 9.7-10.3 s" judge intervals "$mark" 1 9.7 10.3 <"$WORK/journal.json"
+    figure ".deb timer interval: $(judge intervals "$mark" 1 9.7 10.3 <"$WORK/journal.json" | tail -n 1 | sed 's/^ *//')"
     destroy_all
 }
 
