@@ -101,7 +101,8 @@ pub struct Observation {
     /// autodeflate='on'>` in the domain XML).
     pub autodeflate: bool,
     /// `balloon.usable`: what the guest can use without swapping, KiB; None
-    /// when the guest reports no statistics (no `<stats period>`).
+    /// when the guest has no figures that speak for it now (no `<stats
+    /// period>`, or none fresh and taken since the size was asked).
     pub usable_kib: Option<u64>,
 }
 

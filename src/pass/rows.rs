@@ -358,7 +358,7 @@ pub fn rows<'a>(
             (None, None, None)
         };
         r.io = io;
-        let hand = hand_set(r, d, s.maximum_kib, now, notes);
+        let hand = hand_set(r, d, &stats, s.maximum_kib, now, notes);
         rows.push(Row {
             d,
             view: VmView {
@@ -386,9 +386,17 @@ pub fn rows<'a>(
 /// manual-change detector (only for a VM we manage: one that opted out is
 /// nobody's business here) and says what it decided, with a note when the
 /// VM is newly held by hand.
+///
+/// The guest's `usable` figure goes with it only when it can speak for the
+/// guest now: fresh ([`STATS_FRESH_SECS`]) and taken since the size was
+/// last asked. A stale one (a guest without a statistics period reports
+/// once, at boot, with all its memory free) told the detector a guest
+/// whose balloon deflated on OOM had plenty, and the deflate was taken
+/// for an operator's `setmem`: the VM was held by hand for good.
 fn hand_set(
     r: &mut VmRecord,
     d: &LiveDomain,
+    stats: &GuestStats,
     maximum_kib: u64,
     now: u64,
     notes: &mut Vec<Note>,
@@ -401,12 +409,15 @@ fn hand_set(
     let hist = r
         .manual
         .get_or_insert_with(|| crate::manual::History::adopted(now, actual));
+    let speaks_now = stats
+        .last_update
+        .is_some_and(|t| t > 0 && now.saturating_sub(t) <= STATS_FRESH_SECS && t >= hist.asked_at);
     let decision = hist.observe(crate::manual::Observation {
         at: now,
         current_kib: actual,
         maximum_kib,
         autodeflate: r.autodeflate,
-        usable_kib: d.guest.usable_kib,
+        usable_kib: stats.usable_kib.filter(|_| speaks_now),
     });
     if let (crate::manual::Decision::Manual { size_kib, .. }, false) = (decision, was_held) {
         note(

@@ -1038,6 +1038,45 @@ fn a_balloon_jittering_short_of_its_target_is_not_asked_again_regression() {
     assert_eq!(asked, [1, 9], "asked at passes {asked:?}");
 }
 
+#[test]
+fn a_balloon_deflated_on_oom_is_not_taken_for_an_operator_on_a_stale_boot_report_regression() {
+    // Seen in CI (32-loans, scenario 5): a guest without a statistics
+    // period, autodeflate='on', its memory full. A blind step stopped short,
+    // then the balloon deflated on OOM a little above where it was asked
+    // from. The guest's only report, from its boot, said it had plenty
+    // usable: the detector took the deflate for an operator's setmem and
+    // held the VM by hand for good.
+    let mut d = dom(1, 160, 320);
+    d.xml = Some(format!(
+        "<domain><name>vm1</name><uuid>{}</uuid><memory>{}</memory><currentMemory>{}</currentMemory><devices><memballoon model='virtio' autodeflate='on'/></devices></domain>",
+        d.live.uuid,
+        320 * MIB,
+        160 * MIB
+    ));
+    d.live.guest = stats(250, T0 - 100); // its boot report
+    let edge = 260 * MIB - 3789;
+    d.lowest_kib = Some(edge);
+    let mut h = Host::new(vec![d]);
+    h.settings.guest_stats_period = 0;
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 100);
+    h.run(T0).unwrap();
+    d_current(&h, uuid, 260 * MIB);
+    h.ksm(2, 0);
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(vm(&r, "vm1").reason, Reason::BlindStep);
+    for i in 2..=8u64 {
+        // deflated on OOM: 3 MiB above where it was asked from, jittering
+        d_current(&h, uuid, 263 * MIB - (i % 2) * MIB);
+        let r = h.run(T0 + 10 * i).unwrap();
+        let v = vm(&r, "vm1");
+        assert_ne!(v.reason, Reason::HeldByHand, "pass {i}");
+        assert_ne!(v.reason, Reason::Unsettled, "pass {i}");
+    }
+    let held = h.state().vms[uuid].manual.and_then(|m| m.held);
+    assert_eq!(held, None);
+}
+
 fn d_current(h: &Host, uuid: &str, kib: u64) {
     h.fake()
         .domains
