@@ -48,14 +48,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || kb_die "the actuation scenarios must run as root"
-if [ $# -ge 1 ]; then
-    BIN=$1
-else
-    (cd "$RS_REPO" && cargo build -q --locked --bin ksm-balloon --bin ksm-balloon-hook) ||
-        kb_die "cargo build failed"
-    BIN=$(cd "$RS_REPO" && cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/ksm-balloon
-fi
+rs_bin "${1:-}"
 FLOOR=$((160 * RS_MIB))
 CEIL=$((256 * RS_MIB))
 TOL=$RS_MIB

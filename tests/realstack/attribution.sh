@@ -42,9 +42,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 [ "$(id -u)" -eq 0 ] || kb_die "the attribution scenario must run as root"
 command -v cc >/dev/null || kb_die "cc is missing: run tests/deps.sh"
-(cd "$RS_REPO" && cargo build -q --locked --bin ksm-balloon) || kb_die "cargo build failed"
-BIN=$(cd "$RS_REPO" && cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/ksm-balloon
+rs_bin "" # the checkout's own build
 WORK=$(mktemp -d)
 cc -O2 -Wall -o "$WORK/ksm-merger" "$here/ksm-merger.c" || kb_die "cannot build ksm-merger"
 TOL=$RS_MIB

@@ -90,12 +90,7 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" -eq 0 ] || kb_die "the chaos soak must run as root"
 [ "$MAX_GUESTS" -ge 2 ] || kb_die "--guests must be at least 2"
-if [ -z "$BIN" ]; then
-    (cd "$RS_REPO" && cargo build -q --locked --bin ksm-balloon --bin ksm-balloon-hook) ||
-        kb_die "cargo build failed"
-    BIN=$(cd "$RS_REPO" && cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/ksm-balloon
-fi
+rs_bin "$BIN"
 RANDOM=$SEED
 CEIL_MIB=256
 BOOT_SIZES=(144 160 176)

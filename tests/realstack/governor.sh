@@ -40,14 +40,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 [ "$(id -u)" -eq 0 ] || kb_die "the governor scenarios must run as root"
 command -v strace >/dev/null || kb_die "strace is missing: run tests/deps.sh"
-if [ $# -ge 1 ]; then
-    BIN=$1
-else
-    (cd "$RS_REPO" && cargo build -q --locked --bin ksm-balloon --bin ksm-balloon-hook) ||
-        kb_die "cargo build failed"
-    BIN=$(cd "$RS_REPO" && cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/ksm-balloon
-fi
+rs_bin "${1:-}"
 started=$(date +%s)
 rs_setup "$BIN"
 GUESTS=(g1 g2)

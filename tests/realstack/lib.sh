@@ -525,6 +525,21 @@ PY
 
 # --- setup, failure reports and teardown ------------------------------------------
 
+# rs_bin [BIN]: sets BIN to the ksm-balloon binary to test: BIN when given,
+# else the debug build of the checkout (ksm-balloon and its hook built here,
+# in cargo's target directory, wherever CARGO_TARGET_DIR puts it).
+rs_bin() {
+    if [ -n "${1:-}" ]; then
+        BIN=$1
+        return
+    fi
+    (cd "$RS_REPO" && cargo build -q --locked --bin ksm-balloon --bin ksm-balloon-hook) ||
+        kb_die "cargo build failed"
+    BIN=$(cd "$RS_REPO" && cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/ksm-balloon
+    [ -x "$BIN" ] || kb_die "cargo built no $BIN"
+}
+
 # rs_setup BIN: takes the real-stack lock for the rest of the calling shell,
 # arms the teardown (EXIT, and Ctrl-C/TERM through it), saves KSM's knobs,
 # builds or reuses the guest image, writes the test config, installs the hook

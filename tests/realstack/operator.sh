@@ -46,9 +46,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 for tool in prometheus-node-exporter promtool curl python3; do
     command -v "$tool" >/dev/null || kb_die "$tool is missing: run tests/deps.sh"
 done
-(cd "$RS_REPO" && cargo build -q --locked --bin ksm-balloon) || kb_die "cargo build failed"
-BIN=$(cd "$RS_REPO" && cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/ksm-balloon
+rs_bin "" # the checkout's own build
 CHECKS=$here/operator_checks.py
 NS=urn:ksm-balloon:metadata:1
 FLOOR=$((160 * RS_MIB))
