@@ -91,6 +91,35 @@ hook_start 204800
 check fail "before the first pass, a guest named whose balloon is away from its recorded floor is not settled" \
     rs_balloons_settled web1
 
+# rs_pass and rs_pass_with, with a stand-in binary that prints its
+# arguments and the settings it got, and sleeps when told to: the prefix
+# runs the binary, the arguments reach it before `run --json`, the exit
+# status is the pass's (137 when `timeout -s KILL` killed it).
+fresh_root pass-runner
+RS_RUN=$work/pass-runner.run
+mkdir -p "$RS_RUN"
+fake=$work/fake-ksm-balloon
+cat >"$fake" <<'SH'
+#!/bin/sh
+[ "${1:-}" = --sleep ] && sleep 5
+echo "$KSM_BALLOON_ROOT|$*"
+exit 3
+SH
+chmod +x "$fake"
+RS_BIN=$fake
+rs_pass plain --share 0
+check ok "rs_pass: the arguments, then run --json; the settings file's root" \
+    test "$(cat "$RS_PASS_JSON")" = "$RS_ROOT|--share 0 run --json"
+check ok "rs_pass: the pass's exit status" test "$RS_PASS_RC" = 3
+rs_pass_with wrapped env KB_X=1 -- --hold-window 0
+check ok "rs_pass_with: the prefix runs the binary, the arguments reach it" \
+    test "$(cat "$RS_RUN/pass-wrapped.json")" = "$RS_ROOT|--hold-window 0 run --json"
+t0=$(date +%s)
+rs_pass_with killed timeout -s KILL 0.5 -- --sleep
+check ok "rs_pass_with timeout -s KILL: the pass is killed (137), not waited for" \
+    test "$RS_PASS_RC" = 137 -a $(($(date +%s) - t0)) -lt 4
+RS_BIN=$BIN
+
 if [ "$fails" -gt 0 ]; then
     echo "$fails harness check(s) failed"
     exit 1

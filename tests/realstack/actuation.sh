@@ -84,15 +84,7 @@ PASS_SECS=0
 pass() {
     local t0 t1
     t0=$(date +%s%N)
-    RS_PASS_JSON=$RS_RUN/pass-$1.json
-    (
-        set -a
-        # shellcheck disable=SC1090
-        . "$RS_CONFIG"
-        set +a
-        timeout 150 "$RS_BIN" --hold-window 0 run --json
-    ) >"$RS_PASS_JSON" 2>"$RS_RUN/pass-$1.out"
-    RS_PASS_RC=$?
+    rs_pass_with "$1" timeout 150 -- --hold-window 0
     t1=$(date +%s%N)
     PASS_SECS=$(python3 -c "print(f'{($t1 - $t0) / 1e9:.1f}')")
     echo "  pass $1: exit $RS_PASS_RC in ${PASS_SECS}s; its log:"

@@ -201,21 +201,14 @@ run_pass() {
     local kill_after=${1:-} t0 t1 label
     NPASS=$((NPASS + 1))
     label=$(printf '%05d' "$NPASS")
-    PASS_JSON=$RS_RUN/pass-$label.json
     PASS_BT0=$(boottime_ns)
     t0=$(date +%s%N)
-    (
-        set -a
-        # shellcheck disable=SC1090
-        . "$RS_CONFIG"
-        set +a
-        if [ -n "$kill_after" ]; then
-            exec timeout -s KILL "$kill_after" "$RS_BIN" --hold-window "$HOLD" run --json
-        else
-            exec timeout 150 "$RS_BIN" --hold-window "$HOLD" run --json
-        fi
-    ) >"$PASS_JSON" 2>"$RS_RUN/pass-$label.out"
-    PASS_RC=$?
+    if [ -n "$kill_after" ]; then
+        rs_pass_with "$label" timeout -s KILL "$kill_after" -- --hold-window "$HOLD"
+    else
+        rs_pass_with "$label" timeout 150 -- --hold-window "$HOLD"
+    fi
+    PASS_JSON=$RS_PASS_JSON PASS_RC=$RS_PASS_RC
     t1=$(date +%s%N)
     PASS_SECS=$(python3 -c "print(f'{($t1 - $t0) / 1e9:.2f}')")
 }

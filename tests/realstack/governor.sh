@@ -53,16 +53,8 @@ knobs() { echo "$(rs_ksm run) $(rs_ksm pages_to_scan) $(rs_ksm sleep_millisecs)"
 traced() {
     local label=$1
     shift
-    RS_PASS_JSON=$RS_RUN/pass-$label.json
-    (
-        set -a
-        # shellcheck disable=SC1090
-        . "$RS_CONFIG"
-        set +a
-        strace -f -qq -e trace=open,openat,openat2,creat,truncate,rename,renameat,renameat2 \
-            -o "$RS_RUN/$label.strace" "$RS_BIN" "$@" run --json
-    ) >"$RS_PASS_JSON" 2>"$RS_RUN/pass-$label.out"
-    RS_PASS_RC=$?
+    rs_pass_with "$label" strace -f -qq -e trace=open,openat,openat2,creat,truncate,rename,renameat,renameat2 \
+        -o "$RS_RUN/$label.strace" -- "$@"
 }
 
 # wrote_ksm LABEL: the traced pass opened, created, truncated or renamed

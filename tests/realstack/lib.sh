@@ -303,8 +303,30 @@ rs_kb() {
 rs_pass() {
     local label=$1
     shift
+    rs_pass_with "$label" -- "$@"
+}
+
+# rs_pass_with LABEL [PREFIX...] -- [ARGS...]: rs_pass, the binary run
+# under PREFIX (a command that runs the rest of its line: `timeout 150`,
+# `timeout -s KILL 2.5`, `strace -o FILE`), as the suites that bound,
+# kill or trace a pass need.
+rs_pass_with() {
+    local label=$1 wrap=()
+    shift
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+        wrap+=("$1")
+        shift
+    done
+    [ $# -gt 0 ] || kb_die "rs_pass_with $label: no -- after the prefix"
+    shift
     RS_PASS_JSON=$RS_RUN/pass-$label.json
-    rs_kb "$@" run --json >"$RS_PASS_JSON" 2>"$RS_RUN/pass-$label.out"
+    (
+        set -a
+        # shellcheck disable=SC1090
+        . "$RS_CONFIG"
+        set +a
+        exec "${wrap[@]}" "$RS_BIN" "$@" run --json
+    ) >"$RS_PASS_JSON" 2>"$RS_RUN/pass-$label.out"
     # shellcheck disable=SC2034 # for the scripts that source this file
     RS_PASS_RC=$?
 }
