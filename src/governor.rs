@@ -523,6 +523,27 @@ pub fn give_back(m: &Memory, found: &Found) -> GiveBack {
     }
 }
 
+/// The memory after [`give_back`]'s writes: `None` (done with) once every
+/// write succeeded; else kept, each knob at what ksm-balloon now left it
+/// at (the operator's value where the write succeeded, what was found
+/// where it failed), so that another try takes the knobs it wrote back for
+/// its own, not for another writer's, and writes the rest.
+pub fn after_give_back(m: Memory, found: &Found, writes: &[KnobWrite]) -> Option<Memory> {
+    if writes.iter().all(|w| w.error.is_none()) {
+        return None;
+    }
+    let mut left = found.knobs;
+    for w in writes.iter().filter(|w| w.error.is_none()) {
+        match w.knob {
+            "run" => left.run = w.to,
+            "pages_to_scan" => left.pages_to_scan = w.to,
+            "advisor_max_cpu" => left.advisor_max_cpu = Some(w.to),
+            _ => left.sleep_millisecs = w.to,
+        }
+    }
+    Some(Memory { left, ..m })
+}
+
 /// The rule: from what one pass measured, the budget and the governor's
 /// memory, what to write and why (see docs/DESIGN.md, "The KSM governor").
 pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome {
