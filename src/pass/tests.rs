@@ -3,9 +3,9 @@
 //! resizes, a domain whose figures cannot be read, what was asked and is
 //! still on its way, a balloon that does not reach its target, guest
 //! statistics turned on once; the operator's commands (`release`,
-//! `reload`, `ksm-restore`) between passes. Each test runs whole passes (`run`, with a
-//! fake /sys and /proc under a temporary root) and reads what they did
-//! from the report and the state.
+//! `reload`, `ksm-restore`) between passes. Each test runs whole passes
+//! (`run`, with a fake /sys and /proc under a temporary root) and reads
+//! what they did from the report and the state.
 
 use std::cell::RefCell;
 use std::fs;
