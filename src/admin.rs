@@ -6,6 +6,9 @@
 //! - `reload [VM...]`: re-reads VMs' ksm-balloon metadata from libvirt
 //!   (after `virsh metadata --live`): one metadata read per VM, on demand,
 //!   never in the timer's pass.
+//! - `ksm-restore`: gives KSM's knobs back as the operator had them before
+//!   `--ksm manage` took them over (the packages' uninstall scriptlets run
+//!   it); never connects to libvirt.
 
 use anyhow::{bail, Context};
 use log::{info, warn};
@@ -169,4 +172,83 @@ pub fn reload(
     }
     lock.save(&state)?;
     Ok(out)
+}
+
+/// `ksm-balloon ksm-restore`: under the pass lock, gives KSM's knobs back
+/// as the operator had them before `--ksm manage` took them over, by the
+/// rule of a pass with `--ksm observe` ([`crate::governor::give_back`]):
+/// written back while ksm-balloon holds them; left as they are, the
+/// governor's memory only dropped, when `manage` had stepped back for
+/// another writer or another writer changed a knob since (restoring over
+/// it would fight that writer). Returns the one line of what it did;
+/// nothing to restore (no governor memory, no state directory: no pass
+/// ever ran) is not an error, and then nothing is created or written.
+/// `Err` names the knob or file at fault: knobs that cannot be read (the
+/// memory kept, for another try), a knob that cannot be written (the
+/// memory kept, with the knobs written back taken for ksm-balloon's own,
+/// so another try writes the rest). Never connects to libvirt.
+pub fn ksm_restore(
+    paths: &Paths,
+    lock_timeout: std::time::Duration,
+    now: impl Into<Now>,
+) -> anyhow::Result<String> {
+    let store = paths.store();
+    let nothing = || {
+        format!(
+            "ksm-restore: nothing to restore: ksm-balloon does not hold KSM's knobs (no --ksm manage memory in {})",
+            store.path().display()
+        )
+    };
+    // A pass creates the state directory before it takes the lock: none,
+    // no pass ever ran here (and uninstalling creates nothing).
+    if !store.path().parent().is_some_and(std::path::Path::is_dir) {
+        return Ok(nothing());
+    }
+    let (lock, mut state, _) = locked(&store, lock_timeout, now.into())?;
+    let Some(m) = state.ksm_governor.clone() else {
+        lock.save(&state)?;
+        return Ok(nothing());
+    };
+    let found = crate::governor::Knobs::read(&paths.ksm_dir).map_err(|why| {
+        anyhow::anyhow!(
+            "cannot give KSM's knobs back: {why}; the operator's (run {}, pages_to_scan {}, sleep_millisecs {}) stay in {} for another try",
+            m.operator.run,
+            m.operator.pages_to_scan,
+            m.operator.sleep_millisecs,
+            store.path().display()
+        )
+    })?;
+    let mut back = crate::governor::give_back(&m, &found);
+    crate::governor::write_all(&paths.ksm_dir, &mut back.writes, &back.reason);
+    state.ksm_governor = crate::governor::after_give_back(m, &found, &back.writes);
+    lock.save(&state)?;
+    let failed: Vec<&str> = back
+        .writes
+        .iter()
+        .filter_map(|w| w.error.as_deref())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "ksm-restore: {}; kept in {} for another try",
+            failed.join("; "),
+            store.path().display()
+        );
+    }
+    let wrote = back
+        .writes
+        .iter()
+        .map(|w| format!("{} {} -> {}", w.knob, w.from, w.to))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let line = match back.action {
+        crate::governor::Action::Restore if wrote.is_empty() => {
+            format!("ksm-restore: {} (they held them already)", back.reason)
+        }
+        crate::governor::Action::Restore => format!("ksm-restore: {} ({wrote})", back.reason),
+        _ => format!(
+            "ksm-restore: {}; ksm-balloon's memory of the operator's knobs dropped",
+            back.reason
+        ),
+    };
+    Ok(line)
 }

@@ -72,6 +72,17 @@ pub enum Command {
         /// Names (or UUIDs) of the VMs.
         vms: Vec<String>,
     },
+    /// Give KSM's knobs back as the operator had them before `--ksm manage`
+    /// took them over.
+    ///
+    /// Under the pass lock; writes `run`, `pages_to_scan`,
+    /// `sleep_millisecs` (and `advisor_max_cpu`) back while ksm-balloon
+    /// holds them, leaves them as
+    /// they are if it had stepped back for another writer or another writer
+    /// changed one since, and forgets them. Nothing to restore is not an
+    /// error. The packages run it when they are uninstalled. Never connects
+    /// to libvirt.
+    KsmRestore,
     /// The libvirt qemu hook: `hook <domain> <operation> <sub-op> <extra>`, domain XML on stdin.
     ///
     /// Records a VM's floor and ceiling when it starts and forgets it when it

@@ -140,6 +140,22 @@ pub fn write(dir: &Path, name: &str, value: u64) -> Result<(), String> {
         .map_err(|e| format!("cannot write {value} to {}: {e}", path.display()))
 }
 
+/// Writes each of `writes` under `dir`, in order, each logged with
+/// `reason`; a write that fails keeps its error (`KnobWrite::error`),
+/// logged, and the others go on. What a pass writes after the balloons and
+/// what `ksm-balloon ksm-restore` writes both go through here.
+pub fn write_all(dir: &Path, writes: &mut [KnobWrite], reason: &str) {
+    for w in writes {
+        match write(dir, w.knob, w.to) {
+            Ok(()) => log::info!("KSM {}: {} -> {} ({reason})", w.knob, w.from, w.to),
+            Err(e) => {
+                log::warn!("KSM {}: {e}", w.knob);
+                w.error = Some(e);
+            }
+        }
+    }
+}
+
 /// Where the yield is measured from: the counters when the scan rate or
 /// `run` last changed (or the governor took over).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,6 +469,81 @@ fn scan_rate(
     }
 }
 
+/// What giving KSM's knobs back does: the writes (none where they agree)
+/// and why, in one line. See [`give_back`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GiveBack {
+    /// [`Action::Restore`] when the operator's knobs are written back,
+    /// [`Action::Observe`] when KSM is left as it is.
+    pub action: Action,
+    /// The knobs to write (none when KSM is left as it is).
+    pub writes: Vec<KnobWrite>,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+/// Gives KSM's knobs back as the operator had them before `manage` took
+/// them over (`m.operator`), from the knobs as `found`: the one rule both
+/// a pass with `--ksm observe` ([`govern`]) and `ksm-balloon ksm-restore`
+/// (the package's uninstall, [`crate::admin::ksm_restore`]) follow.
+/// Nothing is written when `manage` had stepped back for another writer,
+/// or when a knob holds anything but what ksm-balloon left it at (another
+/// writer has KSM since: restoring over it would fight that writer); a
+/// `run` of 2 (unmerge everything) is given back as 0, since ksm-balloon
+/// never unmerges. Either way the governor's memory is done with.
+pub fn give_back(m: &Memory, found: &Found) -> GiveBack {
+    let left_alone = |reason: String| GiveBack {
+        action: Action::Observe,
+        writes: Vec::new(),
+        reason,
+    };
+    if m.stepped_back.is_some() {
+        return left_alone("manage had stepped back for another writer; KSM left as it is".into());
+    }
+    if let Some((knob, left, now)) = other_writer(&m.left, m.advisor, &found.knobs) {
+        return left_alone(format!(
+            "{knob} is {now}, not the {left} ksm-balloon left: another writer has KSM, left as it is"
+        ));
+    }
+    let to = Knobs {
+        run: if m.operator.run == 2 {
+            0
+        } else {
+            m.operator.run
+        },
+        ..m.operator
+    };
+    GiveBack {
+        action: Action::Restore,
+        writes: writes(found, &to),
+        reason: format!(
+            "KSM's knobs restored to the operator's (run {}, pages_to_scan {}, sleep_millisecs {})",
+            to.run, to.pages_to_scan, to.sleep_millisecs
+        ),
+    }
+}
+
+/// The memory after [`give_back`]'s writes: `None` (done with) once every
+/// write succeeded; else kept, each knob at what ksm-balloon now left it
+/// at (the operator's value where the write succeeded, what was found
+/// where it failed), so that another try takes the knobs it wrote back for
+/// its own, not for another writer's, and writes the rest.
+pub fn after_give_back(m: Memory, found: &Found, writes: &[KnobWrite]) -> Option<Memory> {
+    if writes.iter().all(|w| w.error.is_none()) {
+        return None;
+    }
+    let mut left = found.knobs;
+    for w in writes.iter().filter(|w| w.error.is_none()) {
+        match w.knob {
+            "run" => left.run = w.to,
+            "pages_to_scan" => left.pages_to_scan = w.to,
+            "advisor_max_cpu" => left.advisor_max_cpu = Some(w.to),
+            _ => left.sleep_millisecs = w.to,
+        }
+    }
+    Some(Memory { left, ..m })
+}
+
 /// The rule: from what one pass measured, the budget and the governor's
 /// memory, what to write and why (see docs/DESIGN.md, "The KSM governor").
 pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome {
@@ -503,32 +594,10 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
             return out(d, None, None);
         };
         d.operator = None;
-        if m.stepped_back.is_some() {
-            d.reason =
-                "observe: manage had stepped back for another writer; KSM left as it is".into();
-            return logged(d, None);
-        }
-        if let Some((knob, left, now)) = other_writer(&m.left, m.advisor, &f.knobs) {
-            d.reason = format!(
-                "observe: {knob} is {now}, not the {left} ksm-balloon left: another writer has KSM, left as it is"
-            );
-            return logged(d, None);
-        }
-        // run 2 (unmerge everything) is never written: stopped instead
-        let to = Knobs {
-            run: if m.operator.run == 2 {
-                0
-            } else {
-                m.operator.run
-            },
-            ..m.operator
-        };
-        d.action = Action::Restore;
-        d.writes = writes(&f, &to);
-        d.reason = format!(
-            "observe: KSM's knobs restored to the operator's (run {}, pages_to_scan {}, sleep_millisecs {})",
-            to.run, to.pages_to_scan, to.sleep_millisecs
-        );
+        let back = give_back(m, &f);
+        d.action = back.action;
+        d.writes = back.writes;
+        d.reason = format!("observe: {}", back.reason);
         return logged(d, None);
     }
     // manage; after a reboot the knobs are the boot's (the kernel's

@@ -108,6 +108,14 @@ fn run(command: Command, cfg: &Config) -> anyhow::Result<()> {
             )?;
             print(&(lines.join("\n") + "\n"))?;
         }
+        Command::KsmRestore => {
+            let line = ksm_balloon::admin::ksm_restore(
+                &cfg.paths,
+                cfg.settings.lock_timeout,
+                pass::Now::system(),
+            )?;
+            print(&(line + "\n"))?;
+        }
         // Refused in main(): the hook's own command lines are answered
         // before clap, and clap gets only those with other settings.
         Command::Hook { .. } => {}

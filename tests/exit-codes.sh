@@ -62,6 +62,7 @@ expect 0 "libvirt passes <domain> <operation>" -- hook vm1
 # (`run --json` alone is a valid pass now: it would run against the host's
 # libvirtd, so the usage error is an extra argument.)
 expect 2 "unexpected argument 'extra'" -- run --json extra
+expect 2 "unexpected argument 'extra'" -- ksm-restore extra
 # and what is not an error: 0
 expect 0 'Usage' -- --help
 expect 0 '^ksm-balloon [0-9]' -- --version
@@ -80,6 +81,31 @@ if [ -z "$(ls "$work/hookroot/var/lib/ksm-balloon/spool" 2>/dev/null)" ]; then
 else
     echo "ok: the hook's --root is honoured"
 fi
+# ksm-restore (what uninstalling runs): never connects to libvirt (an
+# unreachable URI is no failure), says when there is nothing to restore,
+# and gives back the knobs a manage pass took over, under --root and
+# --state.
+nolibvirt="qemu+unix:///system?socket=$work/no-such-socket"
+expect 0 'nothing to restore' -- --connect "$nolibvirt" ksm-restore
+cp -r "$work/root" "$work/governed"
+ksmdir=$work/governed/sys/kernel/mm/ksm
+gov=(--root "$work/governed" --state /srv/kb/state.json)
+echo 0 >"$ksmdir/run"
+expect 0 '' -- "${gov[@]}" --connect "$DRV" --ksm manage run
+if [ "$(cat "$ksmdir/run")" = 1 ] && [ -f "$work/governed/srv/kb/state.json" ]; then
+    echo "ok: manage took KSM over under --root and --state"
+else
+    echo "FAIL: manage under --root $work/governed left run $(cat "$ksmdir/run"), state: $(ls "$work/governed/srv/kb" 2>&1)"
+    fails=$((fails + 1))
+fi
+expect 0 "restored to the operator's \(run 0, pages_to_scan 1000" -- "${gov[@]}" --connect "$nolibvirt" ksm-restore
+if [ "$(cat "$ksmdir/run")" = 0 ]; then
+    echo "ok: ksm-restore gave run 0 back"
+else
+    echo "FAIL: ksm-restore left run $(cat "$ksmdir/run"), the operator had 0"
+    fails=$((fails + 1))
+fi
+expect 0 'nothing to restore' -- "${gov[@]}" ksm-restore
 
 # runtime failures: 1
 expect 1 "cannot connect to libvirt at qemu\+unix:///system\?socket=$work/no-such-socket" -- \
@@ -96,6 +122,10 @@ cp -r "$work/root" "$work/oldkernel"
 rm "$work/oldkernel/sys/kernel/mm/ksm/general_profit"
 expect 1 "metric 'profit' needs $work/oldkernel/sys/kernel/mm/ksm/general_profit" -- \
     --root "$work/oldkernel" --connect "$DRV" --metric profit run
+# ksm-restore with a knob it cannot read: named, exit 1
+expect 0 '' -- "${gov[@]}" --connect "$DRV" --ksm manage run
+rm "$ksmdir/pages_to_scan"
+expect 1 "cannot give KSM's knobs back: cannot read $ksmdir/pages_to_scan" -- "${gov[@]}" ksm-restore
 cp -r "$work/root" "$work/nomem"
 printf 'MemTotal: 100 kB\n' >"$work/nomem/proc/meminfo"
 expect 1 "$work/nomem/proc/meminfo: no MemAvailable line" -- --root "$work/nomem" --connect "$DRV" run

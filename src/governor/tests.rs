@@ -410,6 +410,41 @@ fn a_failed_write_leaves_the_knob_as_found() {
 }
 
 #[test]
+fn a_give_back_that_fails_halfway_keeps_the_memory_and_another_try_writes_only_the_rest() {
+    // ksm-restore (the package's uninstall): run written back, the write
+    // of pages_to_scan failed. The memory is kept with run as ksm-balloon
+    // now left it (the operator's), so another try takes it for its own,
+    // not for another writer's, and writes pages_to_scan alone.
+    let m = taken_over(100);
+    let m = Memory {
+        operator: Knobs {
+            run: 0,
+            ..m.operator
+        },
+        left: Knobs {
+            pages_to_scan: 700,
+            ..m.left
+        },
+        ..m
+    };
+    let at = found(1, 700);
+    let mut back = give_back(&m, &at);
+    assert_eq!(back.action, Action::Restore);
+    let w: Vec<_> = back.writes.iter().map(|w| (w.knob, w.to)).collect();
+    assert_eq!(w, [("run", 0), ("pages_to_scan", 100)]);
+    back.writes[1].error = Some("EBUSY".into());
+    let kept = after_give_back(m.clone(), &at, &back.writes).unwrap();
+    assert_eq!((kept.left.run, kept.left.pages_to_scan), (0, 700));
+    assert_eq!(kept.operator, m.operator);
+    let again = give_back(&kept, &found(0, 700));
+    assert_eq!(again.action, Action::Restore);
+    let w: Vec<_> = again.writes.iter().map(|w| (w.knob, w.to)).collect();
+    assert_eq!(w, [("pages_to_scan", 100)]);
+    // every write made: done with
+    assert_eq!(after_give_back(kept, &found(0, 700), &again.writes), None);
+}
+
+#[test]
 fn after_a_reboot_the_knobs_are_the_boots_not_another_writers() {
     let m = taken_over(700);
     // the kernel's defaults after the reboot

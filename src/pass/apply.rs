@@ -136,15 +136,7 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
 /// memory records the knob as it was left.
 pub fn write_knobs(ksm_dir: &std::path::Path, planned: &mut Planned) {
     let g = &mut planned.report.ksm_governor;
-    for w in &mut g.writes {
-        match crate::governor::write(ksm_dir, w.knob, w.to) {
-            Ok(()) => info!("KSM {}: {} -> {} ({})", w.knob, w.from, w.to, g.reason),
-            Err(e) => {
-                warn!("KSM {}: {e}; the pass goes on", w.knob);
-                w.error = Some(e);
-            }
-        }
-    }
+    crate::governor::write_all(ksm_dir, &mut g.writes, &g.reason);
     planned.state.ksm_governor =
         crate::governor::after_writes(planned.state.ksm_governor.take(), &g.writes);
 }

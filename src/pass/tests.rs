@@ -2,9 +2,10 @@
 //! adoption, a VM that vanished, a fatal error in the middle of the
 //! resizes, a domain whose figures cannot be read, what was asked and is
 //! still on its way, a balloon that does not reach its target, guest
-//! statistics turned on once. Each test runs whole passes (`run`, with a
-//! fake /sys and /proc under a temporary root) and reads what they did
-//! from the report and the state.
+//! statistics turned on once; the operator's commands (`release`,
+//! `reload`, `ksm-restore`) between passes. Each test runs whole passes
+//! (`run`, with a fake /sys and /proc under a temporary root) and reads
+//! what they did from the report and the state.
 
 use std::cell::RefCell;
 use std::fs;
@@ -2424,6 +2425,144 @@ fn back_to_observe_restores_what_the_operator_had() {
     let before = ksm_files(&h);
     h.run(T0 + 30).unwrap();
     assert_eq!(ksm_files(&h), before);
+}
+
+fn ksm_restore(h: &Host, now: u64) -> anyhow::Result<String> {
+    crate::admin::ksm_restore(&h.paths, Duration::from_secs(5), now)
+}
+
+fn knob_values(h: &Host) -> (u64, u64, u64) {
+    (
+        knob(h, "run"),
+        knob(h, "pages_to_scan"),
+        knob(h, "sleep_millisecs"),
+    )
+}
+
+#[test]
+fn ksm_restore_after_manage_gives_the_operator_its_knobs_back_and_forgets_them() {
+    // Issue 21: uninstalling (the packages' scriptlets run ksm-restore)
+    // leaves KSM as the operator had it, not as the last manage pass did.
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    knobs(&h, 0, 5000, 50);
+    h.run(T0).unwrap();
+    h.run(T0 + 10).unwrap();
+    assert_eq!(knob_values(&h), (1, 1250, 50));
+    let line = ksm_restore(&h, T0 + 15).unwrap();
+    assert_eq!(knob_values(&h), (0, 5000, 50), "{line}");
+    assert!(
+        line.contains("restored to the operator's (run 0, pages_to_scan 5000, sleep_millisecs 50)")
+            && line.contains("run 1 -> 0, pages_to_scan 1250 -> 5000"),
+        "{line}"
+    );
+    assert_eq!(h.state().ksm_governor, None);
+    // once given back, there is nothing more to restore
+    let before = ksm_files(&h);
+    let line = ksm_restore(&h, T0 + 16).unwrap();
+    assert!(line.contains("nothing to restore"), "{line}");
+    assert_eq!(ksm_files(&h), before);
+}
+
+#[test]
+fn ksm_restore_with_nothing_to_restore_writes_nothing_and_creates_nothing() {
+    let h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    knobs(&h, 1, 5000, 20);
+    let before = ksm_files(&h);
+    // no pass ever ran: no state directory, and none made by uninstalling
+    let line = ksm_restore(&h, T0).unwrap();
+    assert!(line.contains("nothing to restore"), "{line}");
+    assert!(!h.paths.state.parent().unwrap().exists());
+    // observe passes only: a state without the governor's memory
+    h.run(T0 + 10).unwrap();
+    let line = ksm_restore(&h, T0 + 20).unwrap();
+    assert!(line.contains("nothing to restore"), "{line}");
+    assert_eq!(ksm_files(&h), before);
+}
+
+#[test]
+fn ksm_restore_after_a_step_back_leaves_the_other_writers_knobs_and_drops_the_memory() {
+    // The choice (docs/DESIGN.md, "The KSM governor"): manage stepped back
+    // because another writer (ksmtuned, an operator) has KSM; the knobs
+    // are that writer's now, and writing the operator's old ones over
+    // them would fight it. Left as they are; only the memory goes.
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    knobs(&h, 0, 500, 20);
+    h.run(T0).unwrap();
+    assert_eq!(knob(&h, "run"), 1);
+    fs::write(h.paths.ksm_dir.join("pages_to_scan"), "300\n").unwrap();
+    let r = h.run(T0 + 10).unwrap();
+    assert_eq!(r.ksm_governor.action, crate::governor::Action::StepBack);
+    let before = ksm_files(&h);
+    let line = ksm_restore(&h, T0 + 20).unwrap();
+    assert!(line.contains("stepped back for another writer"), "{line}");
+    assert_eq!(ksm_files(&h), before, "the other writer's knobs stay");
+    assert_eq!(knob_values(&h), (1, 300, 20));
+    assert_eq!(h.state().ksm_governor, None);
+}
+
+#[test]
+fn ksm_restore_leaves_a_knob_another_writer_changed_since_the_last_pass() {
+    // No pass saw the other writer yet: ksm-restore sees it itself, by
+    // the same rule, and leaves KSM to it.
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    knobs(&h, 0, 500, 20);
+    h.run(T0).unwrap();
+    fs::write(h.paths.ksm_dir.join("sleep_millisecs"), "200\n").unwrap();
+    let before = ksm_files(&h);
+    let line = ksm_restore(&h, T0 + 5).unwrap();
+    assert!(
+        line.contains("sleep_millisecs is 200, not the 20 ksm-balloon left"),
+        "{line}"
+    );
+    assert_eq!(ksm_files(&h), before);
+    assert_eq!(h.state().ksm_governor, None);
+}
+
+#[test]
+fn ksm_restore_with_unreadable_knobs_fails_naming_the_file_and_keeps_the_memory() {
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    knobs(&h, 0, 500, 20);
+    h.run(T0).unwrap();
+    let gone = h.paths.ksm_dir.join("pages_to_scan");
+    fs::remove_file(&gone).unwrap();
+    let err = format!("{:#}", ksm_restore(&h, T0 + 5).unwrap_err());
+    assert!(
+        err.contains(&format!("cannot read {}", gone.display()))
+            && err.contains("run 0, pages_to_scan 500, sleep_millisecs 20"),
+        "{err}"
+    );
+    assert_eq!(knob(&h, "run"), 1, "nothing written");
+    // kept for another try, which gives them back once they can be read
+    assert_eq!(h.state().ksm_governor.unwrap().operator.run, 0);
+    fs::write(&gone, "500\n").unwrap();
+    ksm_restore(&h, T0 + 6).unwrap();
+    assert_eq!(knob_values(&h), (0, 500, 20));
+    assert_eq!(h.state().ksm_governor, None);
+}
+
+#[test]
+fn ksm_restore_waits_for_the_pass_lock_and_names_it_on_a_timeout() {
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    knobs(&h, 0, 500, 20);
+    h.run(T0).unwrap();
+    let store = h.paths.store();
+    let held = store.lock(Duration::from_secs(5)).unwrap();
+    let err = crate::admin::ksm_restore(&h.paths, Duration::from_millis(100), T0 + 5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("waiting for the lock") && err.contains("state.json.lock"),
+        "{err}"
+    );
+    assert_eq!(knob(&h, "run"), 1, "nothing written without the lock");
+    drop(held);
+    ksm_restore(&h, T0 + 6).unwrap();
+    assert_eq!(knob(&h, "run"), 0);
 }
 
 #[test]

@@ -9,7 +9,9 @@
 #                  the maintainer scripts: the timer and the path unit
 #                  enabled and started, the oneshot service never started,
 #                  stopped or restarted by the package (a pass in flight
-#                  survives an upgrade), purge deletes /var/lib/ksm-balloon;
+#                  survives an upgrade), purge deletes /var/lib/ksm-balloon,
+#                  removal gives KSM's knobs back (prerm: ksm-restore,
+#                  after debhelper's snippet, never failing the removal);
 #   lintian WORK   lintian on the .changes (the .deb and the .buildinfo):
 #                  nothing at all, errors to pedantic, beyond the commented
 #                  overrides in debian/ksm-balloon.lintian-overrides;
@@ -68,7 +70,12 @@ metadata() {
         e=1
     fi
     grep -q 'rm -rf /var/lib/ksm-balloon' "$work/deb-control/postrm" || { echo "postrm purge keeps /var/lib/ksm-balloon"; e=1; }
-    [ "$e" -eq 0 ] && echo ".deb $(dpkg-deb -f "$deb" Package) $v: Depends $(dpkg-deb -f "$deb" Depends); timer and path unit enabled and started, the service left alone; purge deletes the state"
+    # removal (not upgrade) gives KSM's knobs back once the units are
+    # stopped (debhelper's snippet comes first), and never fails for it
+    awk '/deb-systemd-invoke stop/ { stop = NR } /ksm-balloon ksm-restore \|\|/ { call = NR }
+         END { exit !(stop && call > stop) }' "$work/deb-control/prerm" ||
+        { echo "prerm does not run 'ksm-balloon ksm-restore ||' after stopping the units"; e=1; }
+    [ "$e" -eq 0 ] && echo ".deb $(dpkg-deb -f "$deb" Package) $v: Depends $(dpkg-deb -f "$deb" Depends); timer and path unit enabled and started, the service left alone; purge deletes the state; removal gives KSM's knobs back"
     return "$e"
 }
 

@@ -5,7 +5,10 @@
 //!   `Default: VALUE; environment: VARIABLE.` with clap's default and variable;
 //! - packaging/sysconfig (installed as /etc/sysconfig/ksm-balloon) lists every
 //!   setting's variable, commented out, at clap's default, and no other;
-//! - packaging/ksm-balloon.spec carries the crate's version.
+//! - packaging/ksm-balloon.spec carries the crate's version;
+//! - the RPM's `%preun` and the .deb's `prerm` give KSM's knobs back
+//!   (`ksm-balloon ksm-restore`) on removal only, never failing it, and the
+//!   command they call is one the program has.
 //!
 //! An integration test (Cargo finds tests/*/main.rs), so it also runs in the
 //! RPM's %check against the files in the source tarball.
@@ -241,4 +244,83 @@ fn spec_version_is_the_crate_version() {
         env!("CARGO_PKG_VERSION"),
         "packaging/ksm-balloon.spec Version"
     );
+}
+
+/// The lines of the spec's scriptlet `name` (`%preun`), up to the next
+/// section.
+fn spec_section(spec: &str, name: &str) -> Vec<String> {
+    let lines: Vec<&str> = spec.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == name)
+        .unwrap_or_else(|| panic!("the spec has no {name}"));
+    lines[start + 1..]
+        .iter()
+        .take_while(|l| !l.starts_with('%') || l.starts_with("%systemd") || l.starts_with("%{"))
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Checks a scriptlet's lines: the `ksm-restore` call sits in the block
+/// of `guard` (removal, not upgrade) and a failure of it is caught (`||`)
+/// and printed, so it never fails the removal.
+fn restores_knobs_on_removal_only(what: &str, lines: &[String], guard: &str) {
+    let call = lines
+        .iter()
+        .position(|l| l.contains("/ksm-balloon ksm-restore"))
+        .unwrap_or_else(|| panic!("{what} does not run ksm-balloon ksm-restore"));
+    let opened = lines[..call]
+        .iter()
+        .rposition(|l| l.trim_start().starts_with("if "))
+        .unwrap_or_else(|| panic!("{what}: ksm-restore is run unconditionally"));
+    assert!(
+        lines[opened].contains(guard) && !lines[opened..call].iter().any(|l| l.trim() == "fi"),
+        "{what}: ksm-restore is not under {guard:?} (removal only): {:?}",
+        &lines[opened..=call]
+    );
+    let tail = lines[call..].join("\n");
+    assert!(
+        lines[call].trim_end().ends_with("||") || lines[call].trim_end().ends_with("|| \\"),
+        "{what}: a failure of ksm-restore would fail the removal: {:?}",
+        lines[call]
+    );
+    assert!(
+        tail.contains("echo ") && tail.contains(">&2"),
+        "{what}: a failure of ksm-restore is not printed"
+    );
+}
+
+#[test]
+fn uninstalling_gives_ksm_back_to_the_operator_never_on_upgrade() {
+    // Issue 21: under --ksm manage, removing the package left KSM as the
+    // last pass set it.
+    let spec = read("packaging/ksm-balloon.spec");
+    let preun = spec_section(&spec, "%preun");
+    restores_knobs_on_removal_only("the spec's %preun", &preun, "[ $1 -eq 0 ]");
+    // after the units are stopped: no pass starts after the restore
+    let stop = preun
+        .iter()
+        .position(|l| l.starts_with("%systemd_preun"))
+        .expect("%systemd_preun in %preun");
+    let call = preun
+        .iter()
+        .position(|l| l.contains("/ksm-balloon ksm-restore"))
+        .unwrap();
+    assert!(stop < call, "%preun restores KSM before it stops the timer");
+    let prerm = read("debian/ksm-balloon.prerm");
+    let lines: Vec<String> = prerm.lines().map(String::from).collect();
+    restores_knobs_on_removal_only("debian/ksm-balloon.prerm", &lines, "[ \"$1\" = remove ]");
+    let debhelper = lines.iter().position(|l| l == "#DEBHELPER#").unwrap();
+    let call = lines
+        .iter()
+        .position(|l| l.contains("/ksm-balloon ksm-restore"))
+        .unwrap();
+    assert!(
+        debhelper < call,
+        "prerm restores KSM before debhelper's snippet stops the units"
+    );
+    // and the command is the program's own
+    assert!(Cli::command()
+        .get_subcommands()
+        .any(|c| c.get_name() == "ksm-restore"));
 }

@@ -6,8 +6,10 @@
 # namespace), as on a host where systemd runs. They must enable the timer
 # and the path unit and start the timer (which starts the path unit) on
 # first install only, leave them alone on upgrade, stop and disable them on
-# removal, and restart them after an upgrade. tests/systemd/suite.sh runs
-# them on a real systemd.
+# removal, and restart them after an upgrade; on removal only, once the
+# units are stopped, give KSM's knobs back (`ksm-balloon ksm-restore`, a
+# stand-in here too), and a failure of that never fails the removal.
+# tests/systemd/suite.sh runs them on a real systemd.
 #
 # This RPM was built with Debian's rpm, so the scriptlets hold the spec's
 # fallback systemd macros; an RPM built on Fedora holds Fedora's own, which
@@ -47,6 +49,17 @@ case " $* " in
 esac
 EOF
 chmod +x "$work/bin/systemctl"
+# ksm-balloon stand-in, in the same log; exits $KSM_RESTORE_RC (0 unless set).
+cat >"$work/bin/ksm-balloon" <<'EOF'
+#!/bin/sh
+echo "ksm-balloon $*" >>"$SYSTEMCTL_LOG"
+exit "${KSM_RESTORE_RC:-0}"
+EOF
+chmod +x "$work/bin/ksm-balloon"
+# %preun calls the installed program by its path: pointed at the stand-in.
+grep -q '^ */usr/bin/ksm-balloon ksm-restore ||' "$work/preuninstall.sh" ||
+    { echo "FAIL: %preun does not run /usr/bin/ksm-balloon ksm-restore:"; sed 's/^/    /' "$work/preuninstall.sh"; exit 1; }
+sed -i "s|/usr/bin/ksm-balloon ksm-restore|$work/bin/ksm-balloon ksm-restore|" "$work/preuninstall.sh"
 
 fails=0
 # run SCRIPTLET ARG ENABLED EXPECTED...: runs the scriptlet with $1=ARG and
@@ -59,8 +72,8 @@ run() {
     unshare --mount --propagation private -- sh -c '
         mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system &&
         exec env PATH="$1:/usr/bin:/bin" SYSTEMCTL_LOG="$2" SYSTEMCTL_ENABLED="$3" sh "$4" "$5"
-    ' sh "$work/bin" "$work/calls" "$enabled" "$work/$script.sh" "$arg" ||
-        { echo "FAIL: $script $arg exited non-zero"; fails=$((fails + 1)); return; }
+    ' sh "$work/bin" "$work/calls" "$enabled" "$work/$script.sh" "$arg" 2>"$work/stderr" ||
+        { echo "FAIL: $script $arg exited non-zero"; sed 's/^/    /' "$work/stderr"; fails=$((fails + 1)); return; }
     got=$(cat "$work/calls")
     want=$(printf '%s\n' "$@")
     if [ "$got" = "$want" ]; then
@@ -86,8 +99,20 @@ run postinstall 1 no \
     "systemctl -q is-enabled ksm-balloon.timer"
 # Upgrade: nothing (the admin's enable/disable stands).
 run postinstall 2 yes
-# Removal: stop and disable the timer, the path unit and the service.
-run preuninstall 0 yes "systemctl --no-reload disable --now ksm-balloon.timer ksm-balloon.path ksm-balloon.service"
+# Removal: stop and disable the timer, the path unit and the service,
+# then give KSM's knobs back.
+run preuninstall 0 yes "systemctl --no-reload disable --now ksm-balloon.timer ksm-balloon.path ksm-balloon.service" \
+    "ksm-balloon ksm-restore"
+# A failed ksm-restore: said on stderr, and the removal goes on (exit 0).
+KSM_RESTORE_RC=1 run preuninstall 0 yes "systemctl --no-reload disable --now ksm-balloon.timer ksm-balloon.path ksm-balloon.service" \
+    "ksm-balloon ksm-restore"
+if grep -q "KSM's knobs not given back (ksm-restore exited 1" "$work/stderr"; then
+    echo "ok: %preun \$1=0 with ksm-restore failing: the failure printed, the removal goes on"
+else
+    echo "FAIL: %preun \$1=0 with ksm-restore failing did not print the failure:"
+    sed 's/^/    /' "$work/stderr"
+    fails=$((fails + 1))
+fi
 # Upgrade: the old package's %preun leaves them alone.
 run preuninstall 1 yes
 # After an upgrade: reload units, restart the timer and the path unit if they run.
