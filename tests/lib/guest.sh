@@ -404,7 +404,10 @@ deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
     with open(console, errors="replace") as f:
         for line in f:
-            if line.startswith(mark):
+            # A whole line only: QEMU writes the guest's serial output to
+            # the file a byte at a time, and a line read before its newline
+            # came is cut short ("po" for "pong").
+            if line.startswith(mark) and line.endswith("\n"):
                 print(line[len(mark):].strip())
                 sys.exit(0)
     time.sleep(0.2)
@@ -412,6 +415,12 @@ print(f"timed out after 60s waiting for {sock}'s guest to do '{command}'", file=
 sys.exit(1)
 PY
 }
+
+# kg_console_whole CONSOLE: the console file's whole lines, the last one
+# left out until its newline came (QEMU writes the guest's serial output a
+# byte at a time: a line read before it ends is cut short, and a number on
+# it is a different number). Nothing when the file is missing.
+kg_console_whole() { perl -ne 'print if /\n\z/' -- "$1" 2>/dev/null; }
 
 # kg_console_has CONSOLE REGEX: a line of the console file matches REGEX.
 kg_console_has() { grep -aqE -- "$2" "$1" 2>/dev/null; }

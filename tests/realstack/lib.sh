@@ -161,14 +161,14 @@ rs_actual() {
 # rs_memtotal GUEST: the guest's own MemTotal (kB) from the last MEMTOTAL
 # line on its console.
 rs_memtotal() {
-    grep -a '^MEMTOTAL ' "$(rs_console "$RS_PREFIX$1")" 2>/dev/null | tail -n1 |
+    kg_console_whole "$(rs_console "$RS_PREFIX$1")" | grep -a '^MEMTOTAL ' | tail -n1 |
         awk '{ print $2; f = 1 } END { exit !f }'
 }
 
 # rs_guest_field GUEST FIELD: a field of the last MEMTOTAL line on the
 # guest's console (MEMTOTAL, MEMFREE, MEMAVAILABLE in kB; FILL, OWN in MiB).
 rs_guest_field() {
-    grep -a '^MEMTOTAL ' "$(rs_console "$RS_PREFIX$1")" 2>/dev/null | tail -n1 | tr -d '\r' |
+    kg_console_whole "$(rs_console "$RS_PREFIX$1")" | grep -a '^MEMTOTAL ' | tail -n1 | tr -d '\r' |
         awk -v k="$2" '{ for (i = 1; i < NF; i += 2) if ($i == k) { print $(i + 1); f = 1 } } END { exit !f }'
 }
 
@@ -195,7 +195,7 @@ rs_alive() {
 # rs_memtotal_after GUEST LINE: a MEMTOTAL printed after console line LINE.
 rs_console_lines() { wc -l <"$(rs_console "$RS_PREFIX$1")"; }
 rs_memtotal_after() {
-    tail -n +"$(($2 + 1))" "$(rs_console "$RS_PREFIX$1")" 2>/dev/null | grep -a '^MEMTOTAL ' |
+    kg_console_whole "$(rs_console "$RS_PREFIX$1")" | tail -n +"$(($2 + 1))" | grep -a '^MEMTOTAL ' |
         tail -n1 | awk '{ print $2; f = 1 } END { exit !f }'
 }
 
