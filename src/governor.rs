@@ -623,7 +623,7 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
     if let Some(s) = &m.stepped_back {
         d.action = Action::SteppedBack;
         d.reason = format!(
-            "manage, stepped back for another writer: {} is {}, we wrote {}; nothing written until --ksm observe and manage again",
+            "manage, stepped back for another writer: {} is {}, ksm-balloon left it at {}; nothing written until --ksm observe and manage again",
             s.knob, s.found, s.wrote
         );
         return out(d, Some(m), None);
@@ -637,7 +637,7 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
         };
         d.action = Action::StepBack;
         d.reason = format!(
-            "manage, stepped back: {knob} is {now}, we wrote {left}; another writer (ksmtuned, an operator) has KSM, so ksm-balloon writes nothing more until --ksm observe and manage again"
+            "manage, stepped back: {knob} is {now}, ksm-balloon left it at {left}; another writer (ksmtuned, an operator) has KSM, so ksm-balloon writes nothing more until --ksm observe and manage again"
         );
         d.stepped_back = Some(s.clone());
         m.stepped_back = Some(s);

@@ -122,7 +122,7 @@ fn ksm_governor_line(g: &crate::governor::Decision) -> String {
     match (g.mode, g.action, &g.stepped_back) {
         (Mode::Observe, Action::Observe, _) => format!("ksm: observe{knobs}"),
         (Mode::Manage, Action::StepBack | Action::SteppedBack, Some(s)) => format!(
-            "ksm: manage, stepped back since {}: {} is {}, we wrote {}; nothing written until --ksm observe (one pass) and manage again",
+            "ksm: manage, stepped back since {}: {} is {}, ksm-balloon left it at {}; nothing written until --ksm observe (one pass) and manage again",
             utc(s.since),
             s.knob,
             s.found,

@@ -308,7 +308,7 @@ fn another_writer_makes_it_step_back_once_and_write_nothing_after() {
     assert!(o.decision.writes.is_empty());
     let line = o.log.unwrap();
     assert!(
-        line.contains("pages_to_scan is 300, we wrote 400"),
+        line.contains("pages_to_scan is 300, ksm-balloon left it at 400"),
         "{line}"
     );
     let m = o.memory.unwrap();
@@ -327,7 +327,7 @@ fn another_writer_makes_it_step_back_once_and_write_nothing_after() {
         assert!(o
             .decision
             .reason
-            .contains("pages_to_scan is 300, we wrote 400"));
+            .contains("pages_to_scan is 300, ksm-balloon left it at 400"));
     }
     // observe then: touches nothing, forgets; manage again takes over anew
     let o = govern(&OBSERVE, &input(40, 1250), Some(&m));

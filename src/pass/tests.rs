@@ -2374,7 +2374,7 @@ fn another_writer_makes_manage_step_back_and_write_nothing_after() {
     );
     let line = crate::render::status(&r);
     assert!(
-        line.contains("ksm: manage, stepped back since 2027-01-15 08:00:10: pages_to_scan is 300, we wrote 500"),
+        line.contains("ksm: manage, stepped back since 2027-01-15 08:00:10: pages_to_scan is 300, ksm-balloon left it at 500"),
         "{line}"
     );
     // nothing written after it, whatever happens: the VM goes (run would be 0)
