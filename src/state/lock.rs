@@ -77,12 +77,15 @@ fn flock_holder(file: &File, proc_locks: &Path) -> Option<u32> {
 }
 
 /// The pid the holder wrote into the lock file, where /proc/locks is not
-/// there to say.
+/// there to say: its first line. A holder writes its pid over the old one
+/// and then cuts the file to length, so a shorter pid read before the cut
+/// (or left by a holder killed between the two) is followed by the old
+/// one's tail ("4242\n12\n").
 fn pid_in(file: &mut File) -> Option<u32> {
     let mut text = String::new();
     file.rewind().ok()?;
     file.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+    text.lines().next()?.trim().parse().ok()
 }
 
 /// Takes the exclusive lock on `path` (created 0600, never through a
@@ -191,6 +194,17 @@ mod tests {
             err.contains(&format!("(held by pid {})", std::process::id())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_shorter_pid_written_over_a_longer_one_is_read_before_the_cut_regression() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json.lock");
+        fs::write(&path, "4242\n12\n").unwrap();
+        let mut f = File::open(&path).unwrap();
+        assert_eq!(pid_in(&mut f), Some(4242));
+        fs::write(&path, "").unwrap();
+        assert_eq!(pid_in(&mut f), None);
     }
 
     #[test]
