@@ -51,9 +51,18 @@ meminfo() {
             MemAvailable:) avail=$value ;;
         esac
     done </proc/meminfo
-    fill=0 own=0
-    [ -f /fill/data ] && fill=$(($(stat -c %s /fill/data) / 1048576))
-    [ -f /fill/own ] && own=$(($(stat -c %s /fill/own) / 1048576))
+    # The commands loop removes and rewrites /fill's files while this one
+    # reads them. A file gone between a test and its stat (or a fork
+    # refused when memory is short) left $(( / 1048576)), a syntax error,
+    # and a syntax error ends a shell: init exited with status 2 and the
+    # guest panicked (CI L3, 30-realstack scenario 5's drop). A size that
+    # cannot be read is 0.
+    s=$(stat -c %s /fill/data 2>/dev/null) || s=0
+    case $s in '' | *[!0-9]*) s=0 ;; esac
+    fill=$((s / 1048576))
+    s=$(stat -c %s /fill/own 2>/dev/null) || s=0
+    case $s in '' | *[!0-9]*) s=0 ;; esac
+    own=$((s / 1048576))
     echo "MEMTOTAL $total MEMFREE $free FILL $fill MEMAVAILABLE $avail OWN $own"
 }
 
