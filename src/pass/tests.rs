@@ -2277,6 +2277,15 @@ fn each_pass_measures_ksmd_s_cpu_against_the_last_and_status_says_it() {
     assert_eq!(h.state().ksm_cost, None);
 }
 
+/// One VM under `--ksm manage`, KSM's knobs (run, pages_to_scan,
+/// sleep_millisecs) as the operator had them; no pass run yet.
+fn managed_host((run, pages, sleep): (u64, u64, u64)) -> Host {
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    knobs(&h, run, pages, sleep);
+    h
+}
+
 /// KSM's knobs in the fake sysfs, as the kernel shows them.
 fn knobs(h: &Host, run: u64, pages: u64, sleep_ms: u64) {
     for (f, v) in [
@@ -2331,9 +2340,7 @@ fn observe_never_writes_a_ksm_file() {
 
 #[test]
 fn manage_turns_ksm_on_with_headroom_and_off_without_after_the_balloons() {
-    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
-    h.settings.governor.mode = crate::governor::Mode::Manage;
-    knobs(&h, 0, 100, 20);
+    let h = managed_host((0, 100, 20));
     let r = h.run(T0).unwrap();
     assert_eq!(knob(&h, "run"), 1, "{:?}", r.ksm_governor);
     assert_eq!(r.ksm_governor.action, crate::governor::Action::Write);
@@ -2359,9 +2366,7 @@ fn manage_turns_ksm_on_with_headroom_and_off_without_after_the_balloons() {
 
 #[test]
 fn another_writer_makes_manage_step_back_and_write_nothing_after() {
-    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
-    h.settings.governor.mode = crate::governor::Mode::Manage;
-    knobs(&h, 1, 500, 20);
+    let mut h = managed_host((1, 500, 20));
     h.run(T0).unwrap();
     // ksmtuned, or an operator: echo 300 > pages_to_scan
     fs::write(h.paths.ksm_dir.join("pages_to_scan"), "300\n").unwrap();
@@ -2402,10 +2407,8 @@ fn another_writer_makes_manage_step_back_and_write_nothing_after() {
 
 #[test]
 fn back_to_observe_restores_what_the_operator_had() {
-    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
-    h.settings.governor.mode = crate::governor::Mode::Manage;
     // the operator's rate, outside the governor's range, and KSM stopped
-    knobs(&h, 0, 5000, 50);
+    let mut h = managed_host((0, 5000, 50));
     h.run(T0).unwrap();
     h.run(T0 + 10).unwrap();
     assert_eq!((knob(&h, "run"), knob(&h, "pages_to_scan")), (1, 1250));
@@ -2443,9 +2446,7 @@ fn knob_values(h: &Host) -> (u64, u64, u64) {
 fn ksm_restore_after_manage_gives_the_operator_its_knobs_back_and_forgets_them() {
     // Issue 21: uninstalling (the packages' scriptlets run ksm-restore)
     // leaves KSM as the operator had it, not as the last manage pass did.
-    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
-    h.settings.governor.mode = crate::governor::Mode::Manage;
-    knobs(&h, 0, 5000, 50);
+    let h = managed_host((0, 5000, 50));
     h.run(T0).unwrap();
     h.run(T0 + 10).unwrap();
     assert_eq!(knob_values(&h), (1, 1250, 50));
@@ -2486,9 +2487,7 @@ fn ksm_restore_after_a_step_back_leaves_the_other_writers_knobs_and_drops_the_me
     // because another writer (ksmtuned, an operator) has KSM; the knobs
     // are that writer's now, and writing the operator's old ones over
     // them would fight it. Left as they are; only the memory goes.
-    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
-    h.settings.governor.mode = crate::governor::Mode::Manage;
-    knobs(&h, 0, 500, 20);
+    let h = managed_host((0, 500, 20));
     h.run(T0).unwrap();
     assert_eq!(knob(&h, "run"), 1);
     fs::write(h.paths.ksm_dir.join("pages_to_scan"), "300\n").unwrap();
@@ -2506,9 +2505,7 @@ fn ksm_restore_after_a_step_back_leaves_the_other_writers_knobs_and_drops_the_me
 fn ksm_restore_leaves_a_knob_another_writer_changed_since_the_last_pass() {
     // No pass saw the other writer yet: ksm-restore sees it itself, by
     // the same rule, and leaves KSM to it.
-    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
-    h.settings.governor.mode = crate::governor::Mode::Manage;
-    knobs(&h, 0, 500, 20);
+    let h = managed_host((0, 500, 20));
     h.run(T0).unwrap();
     fs::write(h.paths.ksm_dir.join("sleep_millisecs"), "200\n").unwrap();
     let before = ksm_files(&h);
@@ -2523,9 +2520,7 @@ fn ksm_restore_leaves_a_knob_another_writer_changed_since_the_last_pass() {
 
 #[test]
 fn ksm_restore_with_unreadable_knobs_fails_naming_the_file_and_keeps_the_memory() {
-    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
-    h.settings.governor.mode = crate::governor::Mode::Manage;
-    knobs(&h, 0, 500, 20);
+    let h = managed_host((0, 500, 20));
     h.run(T0).unwrap();
     let gone = h.paths.ksm_dir.join("pages_to_scan");
     fs::remove_file(&gone).unwrap();
@@ -2546,9 +2541,7 @@ fn ksm_restore_with_unreadable_knobs_fails_naming_the_file_and_keeps_the_memory(
 
 #[test]
 fn ksm_restore_waits_for_the_pass_lock_and_names_it_on_a_timeout() {
-    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
-    h.settings.governor.mode = crate::governor::Mode::Manage;
-    knobs(&h, 0, 500, 20);
+    let h = managed_host((0, 500, 20));
     h.run(T0).unwrap();
     let store = h.paths.store();
     let held = store.lock(Duration::from_secs(5)).unwrap();
