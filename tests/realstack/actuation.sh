@@ -120,6 +120,23 @@ sys.exit(1 if bad else 0)
 PY
 }
 
+# reconnected_all: the hook's spool holds a reconnect record of each guest.
+reconnected_all() {
+    python3 - "$(dirname "$RS_STATE")/spool" "$RS_PREFIX" "${GUESTS[@]}" <<'PY'
+import json, os, sys
+d, prefix, guests = sys.argv[1], sys.argv[2], sys.argv[3:]
+seen = set()
+for f in os.listdir(d) if os.path.isdir(d) else []:
+    try:
+        rec = json.load(open(os.path.join(d, f)))
+    except (OSError, ValueError):
+        continue
+    if rec.get("operation") == "reconnect":
+        seen.add(rec.get("domain"))
+sys.exit(0 if all(prefix + g in seen for g in guests) else 1)
+PY
+}
+
 # at GUEST KIB: its balloon is within TOL of KIB.
 at() { rs_actual_within "$1" $(($2 - TOL)) $(($2 + TOL)); }
 
@@ -136,6 +153,13 @@ s1_adopt_from_the_first_second() {
     # VMs are still adopted by the adoption rule (the chaos soak's CI of
     # bbdec68 found a VM recorded at `reconnect` with its maximum as floor).
     kb_install_hook "$RS_BIN" "$RS_CONFIG"
+    # libvirtd reconnects to its guests in threads after it answers: the
+    # hook is removed only when each guest's reconnect has run it. libvirt
+    # kills a guest whose reconnect hook fails, and a hook removed between
+    # libvirt's listing of qemu.d and its exec fails (the stop CI of d537fe4:
+    # g2's reconnect met ENOENT, exit 127, and libvirt destroyed g2).
+    kb_wait_until 60 "the hook's reconnect record of each guest" reconnected_all ||
+        { echo "  FAIL: the hook did not record every guest's reconnect"; return 1; }
     kb_remove_hook
     rs_figure "s1 libvirtd restarted $(($(date +%s) - t0)) s after the guests were created; the hook's reconnect records: $(python3 - "$(dirname "$RS_STATE")/spool" <<'PY'
 import json, os, re, sys
