@@ -72,9 +72,11 @@ metadata() {
     grep -q 'rm -rf /var/lib/ksm-balloon' "$work/deb-control/postrm" || { echo "postrm purge keeps /var/lib/ksm-balloon"; e=1; }
     # removal (not upgrade) gives KSM's knobs back once the units are
     # stopped (debhelper's snippet comes first), and never fails for it
-    awk '/deb-systemd-invoke stop/ { stop = NR } /ksm-balloon ksm-restore \|\|/ { call = NR }
+    awk '/deb-systemd-invoke stop/ { stop = NR } /ksm-balloon ksm-restore\)? \|\|/ { call = NR }
          END { exit !(stop && call > stop) }' "$work/deb-control/prerm" ||
         { echo "prerm does not run 'ksm-balloon ksm-restore ||' after stopping the units"; e=1; }
+    grep -q '(set -a; .*/etc/default/ksm-balloon; exec /usr/bin/ksm-balloon ksm-restore) ||' "$work/deb-control/prerm" ||
+        { echo "prerm does not run ksm-restore with the settings of /etc/default/ksm-balloon"; e=1; }
     [ "$e" -eq 0 ] && echo ".deb $(dpkg-deb -f "$deb" Package) $v: Depends $(dpkg-deb -f "$deb" Depends); timer and path unit enabled and started, the service left alone; purge deletes the state; removal gives KSM's knobs back"
     return "$e"
 }

@@ -49,17 +49,21 @@ case " $* " in
 esac
 EOF
 chmod +x "$work/bin/systemctl"
-# ksm-balloon stand-in, in the same log; exits $KSM_RESTORE_RC (0 unless set).
+# ksm-balloon stand-in, in the same log (with the state file it was given
+# in its environment, if any); exits $KSM_RESTORE_RC (0 unless set).
 cat >"$work/bin/ksm-balloon" <<'EOF'
 #!/bin/sh
-echo "ksm-balloon $*" >>"$SYSTEMCTL_LOG"
+echo "ksm-balloon $*${KSM_BALLOON_STATE:+ (state $KSM_BALLOON_STATE)}" >>"$SYSTEMCTL_LOG"
 exit "${KSM_RESTORE_RC:-0}"
 EOF
 chmod +x "$work/bin/ksm-balloon"
-# %preun calls the installed program by its path: pointed at the stand-in.
-grep -q '^ */usr/bin/ksm-balloon ksm-restore ||' "$work/preuninstall.sh" ||
-    { echo "FAIL: %preun does not run /usr/bin/ksm-balloon ksm-restore:"; sed 's/^/    /' "$work/preuninstall.sh"; exit 1; }
-sed -i "s|/usr/bin/ksm-balloon ksm-restore|$work/bin/ksm-balloon ksm-restore|" "$work/preuninstall.sh"
+# %preun calls the installed program by its path, with the settings file's
+# variables: pointed at the stand-in and at a settings file of the test's.
+grep -q '^ *(set -a; .*/etc/sysconfig/ksm-balloon; exec /usr/bin/ksm-balloon ksm-restore) ||' "$work/preuninstall.sh" ||
+    { echo "FAIL: %preun does not run /usr/bin/ksm-balloon ksm-restore with /etc/sysconfig/ksm-balloon:"; sed 's/^/    /' "$work/preuninstall.sh"; exit 1; }
+sed -i -e "s|/usr/bin/ksm-balloon ksm-restore|$work/bin/ksm-balloon ksm-restore|" \
+    -e "s|/etc/sysconfig/ksm-balloon|$work/sysconfig|g" "$work/preuninstall.sh"
+rm -f "$work/sysconfig"
 
 fails=0
 # run SCRIPTLET ARG ENABLED EXPECTED...: runs the scriptlet with $1=ARG and
@@ -113,6 +117,12 @@ else
     sed 's/^/    /' "$work/stderr"
     fails=$((fails + 1))
 fi
+# A state file moved in the settings file (KSM_BALLOON_STATE, as the
+# service's EnvironmentFile gives it to every pass): ksm-restore is given it.
+printf '%s\n' '# a test settings file' 'KSM_BALLOON_STATE=/srv/kb/state.json' >"$work/sysconfig"
+run preuninstall 0 yes "systemctl --no-reload disable --now ksm-balloon.timer ksm-balloon.path ksm-balloon.service" \
+    "ksm-balloon ksm-restore (state /srv/kb/state.json)"
+rm -f "$work/sysconfig"
 # Upgrade: the old package's %preun leaves them alone.
 run preuninstall 1 yes
 # After an upgrade: reload units, restart the timer and the path unit if they run.
