@@ -36,7 +36,7 @@ use crate::state::{Source, State, Stuck};
 use super::lend::Lending;
 pub use super::lend::{AttributionReport, VmKsm};
 use super::observe::Observation;
-use super::rows::{guest_view, DemandBasis, Motion, Row};
+use super::rows::{DemandBasis, Motion, Row};
 use super::settings::Settings;
 
 /// One active domain in a report.
@@ -324,7 +324,7 @@ fn vm_report(i: &Inputs, d: &LiveDomain, managed_row: Option<(&Row, &Decision)>)
         None => (
             None,
             left_alone(d, r.is_some()),
-            guest_view(&d.guest, i.obs.at).is_some(),
+            super::rows::fresh_on(i.obs, d),
             None,
             None,
         ),

@@ -284,6 +284,29 @@ pub fn track_io(
     )
 }
 
+/// When `d`'s guest figures were taken, on the clock of the pass that
+/// observed `obs` ([`super::clock::dated`]): `None` when they cannot be
+/// dated (stamped before a step back this pass cannot measure).
+fn dated_on(obs: &Observation, d: &LiveDomain) -> Option<super::clock::Dated> {
+    super::clock::dated(
+        d.guest.last_update,
+        obs.at,
+        obs.read_after_secs,
+        obs.clock_step_secs,
+    )
+}
+
+/// Whether `d`'s guest figures are fresh enough to go by, dated on the
+/// pass's clock as a managed row's are: the report's `guest_stats_fresh`
+/// of a domain the policy did not see.
+pub fn fresh_on(obs: &Observation, d: &LiveDomain) -> bool {
+    let stats = GuestStats {
+        last_update: dated_on(obs, d).map(|t| t.at),
+        ..d.guest
+    };
+    guest_view(&stats, obs.at).is_some()
+}
+
 /// One managed VM as the policy sees it, with what the later stages need.
 #[derive(Clone, Debug)]
 pub struct Row<'a> {
@@ -327,12 +350,7 @@ pub fn rows<'a>(
         // When the figures were taken, on this pass's clock: a report
         // stamped before a step of the wall clock is never fresher than
         // now, nor taken as answering an ask made after it.
-        let dated = super::clock::dated(
-            d.guest.last_update,
-            now,
-            obs.read_after_secs,
-            obs.clock_step_secs,
-        );
+        let dated = dated_on(obs, d);
         let last_update = dated.map_or(0, |t| t.at);
         let stats = GuestStats {
             last_update: dated.map(|t| t.at),

@@ -2157,6 +2157,30 @@ fn a_report_from_before_a_step_back_is_never_fresher_than_now_regression() {
 }
 
 #[test]
+fn a_vm_not_managed_yet_reports_its_figures_stale_after_a_step_back_regression() {
+    // The report's `guest_stats_fresh` of a domain the policy did not see
+    // (booting, adopting) took the raw stamp: after the wall clock stepped
+    // back, a report from before the step read as of age 0, fresh, while a
+    // managed VM's same figures were stale.
+    let h = Host::new(vec![dom(1, 256, 256)]);
+    let uuid = "00000001-0000-4000-8000-000000000000";
+    h.ksm(1, 100);
+    h.fake().domains.get_mut(uuid).unwrap().live.guest = stats(80, T0 + 8);
+    let r = h.run_at(10, 0).unwrap();
+    let v = vm(&r, "vm1");
+    assert!(!v.managed);
+    assert!(v.guest_stats_fresh);
+    // the pass that finds the step dates the report exactly: still fresh
+    let r = h.run_at(20, -3600).unwrap();
+    assert!(vm(&r, "vm1").guest_stats_fresh);
+    // a later pass cannot date it: stale, as a managed VM's
+    let r = h.run_at(30, -3600).unwrap();
+    let v = vm(&r, "vm1");
+    assert!(!v.managed);
+    assert!(!v.guest_stats_fresh);
+}
+
+#[test]
 fn a_hook_record_spooled_before_a_step_is_dated_by_the_boot_clock() {
     // A record keeps the wall clock its hook read; folded after the clock
     // stepped back an hour, a VM's record was an hour "in the future" (its
