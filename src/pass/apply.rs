@@ -133,12 +133,19 @@ pub fn apply(hv: &mut dyn Hypervisor, planned: &Planned) -> Applied {
 /// Writes the KSM knobs the governor decided (`--ksm manage`, or the
 /// restore of `observe`), after the balloons; each write's error is kept
 /// in the report and logged, never fatal to the pass, and the governor's
-/// memory records the knob as it was left.
+/// memory records the knob as it was left. A restore forgets the memory
+/// once every write succeeded, and keeps it otherwise
+/// ([`crate::governor::after_give_back`]): the next pass tries again.
 pub fn write_knobs(ksm_dir: &std::path::Path, planned: &mut Planned) {
     let g = &mut planned.report.ksm_governor;
     crate::governor::write_all(ksm_dir, &mut g.writes, &g.reason);
-    planned.state.ksm_governor =
-        crate::governor::after_writes(planned.state.ksm_governor.take(), &g.writes);
+    let memory = planned.state.ksm_governor.take();
+    planned.state.ksm_governor = match (g.action, &g.found) {
+        (crate::governor::Action::Restore, Some(found)) => {
+            memory.and_then(|m| crate::governor::after_give_back(m, found, &g.writes))
+        }
+        _ => crate::governor::after_writes(memory, &g.writes),
+    };
 }
 
 /// Writes what `applied` did into the plan's state: each resize made is

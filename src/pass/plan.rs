@@ -187,7 +187,12 @@ fn govern(
         boot_id: state.clock.as_ref().map(|c| c.boot_id.clone()),
     };
     let out = crate::governor::govern(&settings.governor, &input, state.ksm_governor.as_ref());
-    state.ksm_governor = out.memory;
+    // A give-back (observe after manage) is done with the memory only once
+    // its writes succeed: it is kept until [`super::apply::write_knobs`]
+    // has made them, so a write that fails is tried again by the next pass.
+    if out.decision.action != Action::Restore {
+        state.ksm_governor = out.memory;
+    }
     if let Some(line) = out.log {
         let level = if out.decision.action == Action::StepBack {
             Level::Warn

@@ -2454,6 +2454,69 @@ fn back_to_observe_restores_what_the_operator_had() {
     assert_eq!(ksm_files(&h), before);
 }
 
+#[test]
+fn a_restore_whose_write_fails_keeps_the_memory_for_the_next_pass_regression() {
+    // Back to observe, the restore's write of one knob failed, and the pass
+    // dropped the governor's memory all the same: the operator's value of
+    // that knob was lost, and no later pass or ksm-restore could give it
+    // back.
+    let mut h = managed_host((0, 5000, 50));
+    h.settings.hold_window_secs = 0;
+    h.ksm(0, 60);
+    h.run(T0).unwrap();
+    h.run(T0 + 10).unwrap();
+    assert_eq!((knob(&h, "run"), knob(&h, "pages_to_scan")), (1, 1250));
+    h.settings.governor.mode = crate::governor::Mode::Observe;
+    // more savings: the observe pass resizes, and pages_to_scan turns into
+    // a directory right before, after the pass read it
+    h.ksm(1, 80);
+    let hv = h.hv.clone();
+    let knob_path = h.paths.ksm_dir.join("pages_to_scan");
+    let broken = knob_path.clone();
+    let mut open = move || {
+        let broken = broken.clone();
+        let breaks = Tapped {
+            hv: hv.clone(),
+            after_stats: Box::new(|_: &Shared| {}),
+            before_resize: Box::new(move || {
+                let _ = fs::remove_file(&broken);
+                fs::create_dir_all(&broken).unwrap();
+            }),
+        };
+        Ok(Box::new(breaks) as Box<dyn Hypervisor>)
+    };
+    let r = run(
+        &h.paths,
+        &h.settings,
+        Duration::from_secs(5),
+        &mut open,
+        T0 + 20,
+    )
+    .unwrap();
+    assert_eq!(r.resized, 1);
+    assert_eq!(r.ksm_governor.action, crate::governor::Action::Restore);
+    let failed: Vec<_> = r
+        .ksm_governor
+        .writes
+        .iter()
+        .filter(|w| w.error.is_some())
+        .map(|w| w.knob)
+        .collect();
+    assert_eq!(failed, ["pages_to_scan"]);
+    assert_eq!(knob(&h, "run"), 0);
+    // kept: the operator's knobs, and what ksm-balloon left each at
+    let m = h.state().ksm_governor.expect("the memory is kept");
+    assert_eq!((m.operator.run, m.operator.pages_to_scan), (0, 5000));
+    assert_eq!((m.left.run, m.left.pages_to_scan), (0, 1250));
+    // the knob is writable again: the next pass finishes the restore
+    fs::remove_dir(&knob_path).unwrap();
+    fs::write(&knob_path, "1250\n").unwrap();
+    let r = h.run(T0 + 30).unwrap();
+    assert_eq!(r.ksm_governor.action, crate::governor::Action::Restore);
+    assert_eq!(knob_values(&h), (0, 5000, 50));
+    assert_eq!(h.state().ksm_governor, None);
+}
+
 fn ksm_restore(h: &Host, now: u64) -> anyhow::Result<String> {
     crate::admin::ksm_restore(&h.paths, Duration::from_secs(5), now)
 }
