@@ -20,7 +20,14 @@
 #     guest (issue 20: never as the average of the known ones, which let
 #     unknowns dilute a reader): its part is what the policy's
 #     water-filling gives that weight, computed here from the pass's own
-#     figures.
+#     figures;
+#  4. a guest without any disk (booted from its initramfs, as appliances and
+#     network-booted VMs are), idle with its memory half free, beside the
+#     reader: within 3 passes of its first statistics it has less than a
+#     third of the pool (its demand 0, `demand_basis` "free-memory": a guest
+#     with free memory needs none, whatever its disks), the reader most of it
+#     (issue 20: an unknown demand used to count as the average, and every
+#     guest got the equal share).
 #
 # The guests are the I/O benchmark's (bench/lib.sh, bench/guest/init.sh):
 # ceiling 256 MiB, floor 160 MiB, 32 MiB of "application" bytes held in
@@ -84,7 +91,7 @@ kb_wait_until 120 "KSM to unmerge" bash -c "[ \"\$(cat $KB_KSM_DIR/pages_shared)
     kb_die "KSM did not unmerge"
 kb_ksm_set 1 1000 20
 
-G=("${KBB_PREFIX}0" "${KBB_PREFIX}1" "${KBB_PREFIX}2" "${KBB_PREFIX}3")
+G=("${KBB_PREFIX}0" "${KBB_PREFIX}1" "${KBB_PREFIX}2" "${KBB_PREFIX}3" "${KBB_PREFIX}4")
 
 # --- passes and their reports -------------------------------------------------
 
@@ -413,5 +420,47 @@ kbb_wait_boot_size 60 "${G[3]}" || kb_die "${G[3]}'s balloon did not inflate"
 passes_until 120 "${G[3]} (no statistics) weighs as an idle guest" "$UNKNOWN" "${G[3]}"
 consoles_clean || kb_die "a guest ran out of memory"
 
-kb_log "demand: 3 scenarios passed in $(($(date +%s) - started)) s" \
+# --- 4. a guest without any disk beside the reader ------------------------------
+
+kb_log "scenario 4: ${G[3]} replaced by ${G[4]}, idle, without any disk"
+kg_destroy "${G[3]}" || kb_die "cannot destroy ${G[3]}"
+kbb_boot 4 "$KBB_FLOOR_MIB" --cmd --diskless
+kbb_wait_ready 120 "${G[4]}" || kb_die "${G[4]} did not boot"
+kbb_wait_boot_size 60 "${G[4]}" || kb_die "${G[4]}'s balloon did not inflate"
+booted=$(date +%s)
+kg_wait_stats_after 30 "$booted" "${G[4]}" || kb_die "${G[4]} sent no memory statistics"
+# DISKLESS X READER OTHER: X (no disk) has a known demand of 0 from its
+# free memory and less than a third of the budget; READER has most of the
+# pool (FOLLOWED's measure: at its ceiling, or 60 % of the budget counting
+# what the others keep under the loan rule).
+pydef DISKLESS <<'PY'
+r = load(sys.argv[1])
+x, reader, other = vm(r, sys.argv[2]), vm(r, sys.argv[3]), vm(r, sys.argv[4])
+if x is None or not x['managed'] or x['action'] == 'skip':
+    print(f"{sys.argv[2]} not managed yet")
+    sys.exit(1)
+bx = x['target_kib'] - x['floor_kib']
+br = reader['target_kib'] - reader['floor_kib']
+kept = x['kept_kib'] + other['kept_kib']
+print(f"{x['name']} (no disk): demand {x['demand']} ({x.get('demand_basis')}), free {x['guest'].get('unused_kib')} KiB, "
+      f"bonus {bx} KiB; reader {reader['name']}: demand {reader['demand']} ({reader.get('demand_basis')}), "
+      f"bonus {br} KiB; {other['name']}: demand {other['demand']} ({other.get('demand_basis')}); "
+      f"budget {r['budget_kib']} KiB, {kept} KiB kept by the others")
+ok = (x.get('demand_basis') == 'free-memory' and x['demand'] == 0 and 3 * bx < r['budget_kib']
+      and (reader['target_kib'] == reader['ceiling_kib'] or br + kept >= 0.6 * r['budget_kib'])
+      and r['budget_kib'] >= 32 * MIB)
+sys.exit(0 if ok else 1)
+PY
+# the first pass after its first statistics counts as the first of three
+first=$((N + 1))
+while pass; ! py "$DISKLESS" "$LAST" "${G[4]}" "${G[1]}" "${G[0]}" >"$OUT/check.out" 2>&1; do
+    summary "$LAST" >&2
+    [ "$N" -lt $((first + 2)) ] ||
+        kb_die "${G[4]} (no disk) did not have less than a third, the reader most, within 3 passes: $(cat "$OUT/check.out")"
+done
+kb_log "${G[4]} (no disk) beside the reader: after $((N - first + 1)) pass(es) (pass $N): $(cat "$OUT/check.out")"
+summary "$LAST" >&2
+consoles_clean || kb_die "a guest ran out of memory"
+
+kb_log "demand: 4 scenarios passed in $(($(date +%s) - started)) s" \
     "($(($(date +%s) - locked_at)) s holding the real-stack lock, $N passes); reports in $OUT"
