@@ -212,7 +212,8 @@ passes_until() {
 }
 
 # MOST BUSY OTHER...: the busy guest has most of the pool (at its ceiling
-# or 60 % of the budget), its balloon there (within 1 MiB of the target);
+# or 60 % of the budget), its balloon there (within 1 MiB of the target,
+# or held short of it by the deadband);
 # every other guest a known demand below the busy one's and at most half
 # its bonus. (A reader whose reads stop with its memory full, its data
 # fitting in what it was lent, holds only a quarter of its last demand:
@@ -226,7 +227,9 @@ def bonus(v):
 print(f"busy {busy['name']}: demand {busy['demand']}, bonus {bonus(busy)} KiB of {r['budget_kib']}; "
       + ", ".join(f"{v['name']}: demand {v['demand']}, bonus {bonus(v)}" for v in others))
 most = busy['target_kib'] == busy['ceiling_kib'] or bonus(busy) >= 0.6 * r['budget_kib']
-there = abs(busy['current_kib'] - busy['target_kib']) <= MIB
+# its balloon there: within 1 MiB, or held short of it by the deadband (a
+# move under it is not made: 254 MiB of a 256 MiB ceiling stays 254)
+there = abs(busy['current_kib'] - busy['target_kib']) <= max(MIB, r['policy']['deadband_kib'])
 ok = (most and there and busy['demand'] is not None and r['budget_kib'] >= 32 * MIB
       and all(v['demand'] is not None and v['demand'] < busy['demand'] and bonus(v) * 2 <= bonus(busy)
               for v in others))
