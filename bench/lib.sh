@@ -79,26 +79,31 @@ kbb_console() { kg_console "$KBB_RUN" "$1"; }
 #   --idle        it reads nothing until told (kb.read=0): an idle guest
 #   --cmd         a command socket (ttyS1, kbb_socket) for kbb_cmd
 #   --stats N     its balloon statistics period (default 2; 0: none)
+#   --diskless    no disk at all (kb.disks=0): booted from its initramfs,
+#                 it holds no application bytes and never reads
 kbb_boot() {
-    local i=$1 name=$KBB_PREFIX$1 cur=$2 app=() extra=() read=1
+    local i=$1 name=$KBB_PREFIX$1 cur=$2 app=() extra=() read=1 has_disks=1 data=()
     shift 2
     while [ $# -gt 0 ]; do
         case $1 in
             --idle) read=0 ;;
+            --diskless) read=0 has_disks=0 ;;
             --cmd) extra+=(--socket "$(kbb_socket "$name")") ;;
             --stats) extra+=(--stats "$2"); shift ;;
             *) kb_die "kbb_boot: unknown option $1" ;;
         esac
         shift
     done
-    if [ "$KBB_APP_MIB" -gt 0 ]; then
-        app=(--disk "$(kbb_disk app "$KBB_APP_MIB"),ro,shared,cache=none,serial=kbapp")
+    if [ "$has_disks" = 1 ]; then
+        data=(--disk "$(kbb_disk "data-$i" "$KBB_DATA_MIB"),ro,cache=none,serial=kbdata,read_bytes_sec=$((KBB_IOTUNE_MIBS * 1048576))")
+        if [ "$KBB_APP_MIB" -gt 0 ]; then
+            app=(--disk "$(kbb_disk app "$KBB_APP_MIB"),ro,shared,cache=none,serial=kbapp")
+        fi
     fi
     kg_boot "$KBB_RUN" "$name" --persistent --memory "$KBB_CEIL_MIB" --current "$cur" \
         --kernel "$KBB_KERNEL" --initrd "$KBB_INITRD" \
-        --cmdline "kb.app_mib=$KBB_APP_MIB kb.interval=$KBB_INTERVAL kb.seed=$((i + 1)) kb.read=$read" \
-        --disk "$(kbb_disk "data-$i" "$KBB_DATA_MIB"),ro,cache=none,serial=kbdata,read_bytes_sec=$((KBB_IOTUNE_MIBS * 1048576))" \
-        "${app[@]}" "${extra[@]}"
+        --cmdline "kb.app_mib=$KBB_APP_MIB kb.interval=$KBB_INTERVAL kb.seed=$((i + 1)) kb.read=$read kb.disks=$has_disks" \
+        "${data[@]}" "${app[@]}" "${extra[@]}"
 }
 
 kbb_socket() { kg_socket "$KBB_RUN" "$1"; }

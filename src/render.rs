@@ -298,7 +298,13 @@ fn note(r: &Report, v: &VmReport) -> String {
         parts.push(format!("own KSM figures unknown: {p}"));
     }
     if let Some(d) = v.demand {
-        if d > 0 {
+        if v.demand_basis == Some(crate::pass::rows::DemandBasis::Held) {
+            parts.push(format!(
+                "demand {:.1} ({})",
+                d as f64 / 1000.0,
+                crate::pass::rows::DemandBasis::Held.why()
+            ));
+        } else if d > 0 {
             parts.push(format!(
                 "reads {:.1} MiB/s with its memory full",
                 d as f64 / 1000.0

@@ -409,6 +409,9 @@ macro_rules! scenarios {
 
 scenarios! {
     demand_split_follows_a_busy_vm => "demand-split-follows-a-busy-vm",
+    demand_split_follows_a_new_reader_within_three_passes => "demand-split-follows-a-new-reader-within-three-passes",
+    demand_split_a_working_set_that_fits_keeps_its_loan => "demand-split-a-working-set-that-fits-keeps-its-loan",
+    demand_split_a_diskless_idle_guest_beside_a_reader => "demand-split-a-diskless-idle-guest-beside-a-reader",
     demand_split_unknowns_do_not_dilute_a_reader => "demand-split-unknowns-do-not-dilute-a-reader",
     hold_window => "hold-window",
     ksm_governor_manage => "ksm-governor-manage",

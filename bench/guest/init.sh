@@ -15,7 +15,10 @@
 #  - prints "KB-GUEST-READY", then runs the reader on kbdata forever:
 #    random 1 MiB reads through the page cache, one "KB-TPUT ..." line
 #    every kb.interval seconds (see reader.rs); with kb.read=0 it is an
-#    idle guest: it holds its data disk open but reads nothing;
+#    idle guest: it holds its data disk open but reads nothing; with
+#    kb.disks=0 it has no disk at all (booted from its initramfs, as an
+#    appliance or a network-booted VM is): no data, no application copy,
+#    and "read" is answered "KB-DONE <token> no-disk";
 #  - when it has a second serial port (ttyS1, a unix socket on the host),
 #    takes commands from it, one per line, each acknowledged on ttyS0 with
 #    "KB-DONE <token> ...": "read <token>" starts (or resumes) the reader,
@@ -26,7 +29,7 @@
 . /lib/guest-prelude.sh
 mkdir -p /app
 
-app_mib=0 interval=2 seed=1 read_now=1
+app_mib=0 interval=2 seed=1 read_now=1 disks=1
 # the kernel command line is one line of words
 # shellcheck disable=SC2013
 for kv in $(cat /proc/cmdline); do
@@ -35,6 +38,7 @@ for kv in $(cat /proc/cmdline); do
         kb.interval=*) interval=${kv#*=} ;;
         kb.seed=*) seed=${kv#*=} ;;
         kb.read=*) read_now=${kv#*=} ;;
+        kb.disks=*) disks=${kv#*=} ;;
     esac
 done
 
@@ -47,7 +51,10 @@ disk_by_serial() {
 
 # the block devices appear asynchronously after insmod
 i=0
-until data=$(disk_by_serial kbdata) && { [ "$app_mib" -eq 0 ] || app=$(disk_by_serial kbapp); }; do
+data=
+[ "$disks" = 0 ] && app_mib=0 read_now=0
+until [ "$disks" = 0 ] ||
+    { data=$(disk_by_serial kbdata) && { [ "$app_mib" -eq 0 ] || app=$(disk_by_serial kbapp); }; }; do
     i=$((i + 1))
     [ $i -gt 100 ] && { echo "KB-GUEST-FAILED disks not found: $(ls /sys/block)"; exec sleep 100000; }
     sleep 0.1
@@ -58,13 +65,15 @@ if [ "$app_mib" -gt 0 ]; then
     dd if="$app" of=/app/data bs=1M count="$app_mib" iflag=direct 2>/dev/null ||
         echo "KB-GUEST-FAILED app copy"
 fi
-echo "KB-GUEST-READY $(uname -r) data=$data app=${app:-none} app_mib=$app_mib"
+echo "KB-GUEST-READY $(uname -r) data=${data:-none} app=${app:-none} app_mib=$app_mib"
 # Linux drops a block device's page cache when its last opener closes it:
 # hold it open here too, so the cache outlives a stopped reader.
-exec 3<"$data"
+[ -z "$data" ] || exec 3<"$data"
 reader=
 start_reader() {
-    if [ -z "$reader" ]; then
+    if [ -z "$data" ]; then
+        return 1
+    elif [ -z "$reader" ]; then
         /bin/reader "$data" "$interval" 1024 "$seed" &
         reader=$!
     else
@@ -76,7 +85,7 @@ if [ -c /dev/ttyS1 ] && stty -F /dev/ttyS1 raw -echo clocal 2>/dev/null; then
     while :; do
         while read -r cmd token; do
             case $cmd in
-                read) start_reader && echo "KB-DONE $token reading" ;;
+                read) if start_reader; then echo "KB-DONE $token reading"; else echo "KB-DONE $token no-disk"; fi ;;
                 idle) { [ -z "$reader" ] || kill -STOP "$reader"; } && echo "KB-DONE $token idle" ;;
                 '') ;;
                 *) echo "KB-DONE $token unknown: $cmd" ;;

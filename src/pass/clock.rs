@@ -82,7 +82,7 @@ pub fn take_step(state: &mut State, now: &Now) -> Option<i64> {
 /// The log line of a step.
 pub fn step_line(delta: i64) -> String {
     format!(
-        "the wall clock stepped {} by {} s since the last pass (by this boot's monotonic clock); every time in the state moved with it, so back-offs, the holding window, the demand's half-life and the figures' ages run as if it had not",
+        "the wall clock stepped {} by {} s since the last pass (by this boot's monotonic clock); every time in the state moved with it, so back-offs, the holding window, the demand's read rate and the figures' ages run as if it had not",
         if delta < 0 { "back" } else { "forward" },
         delta.unsigned_abs()
     )

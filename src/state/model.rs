@@ -110,17 +110,27 @@ pub struct VmRecord {
     pub unresponsive_since: Option<u64>,
 }
 
-/// A VM's disk reads as the last pass saw them, and its smoothed demand.
+/// A VM's disk reads as the last pass saw them, its demand then, and its
+/// last live demand (what it holds a part of once its reads stop:
+/// [`crate::pass::rows::track_io`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoTrack {
     /// When (seconds since the epoch).
     pub at: u64,
     /// Bytes read from all its disks since it started.
     pub rd_bytes: u64,
-    /// Its demand: disk reads while its memory was full, in thousandths of
-    /// a MiB/s, rising at once and halving every
-    /// [`crate::pass::rows::DEMAND_HALF_LIFE_SECS`].
+    /// Its demand at that pass, in thousandths of a MiB/s (0 when
+    /// unknown). The next pass does not use it; it stays in the file so a
+    /// state written by this version still loads in the one before, which
+    /// requires it.
     pub demand: u64,
+    /// Its last live demand: the last read rate of at least
+    /// [`crate::pass::rows::READS_STOPPED`] measured with its memory full,
+    /// thousandths of a MiB/s; 0 once its memory is not full. Absent from
+    /// the files of versions before it (0: nothing held until it reads
+    /// again).
+    #[serde(default)]
+    pub live: u64,
 }
 
 impl VmRecord {
@@ -170,6 +180,7 @@ impl VmRecord {
             at,
             rd_bytes: _,
             demand: _,
+            live: _,
         }) = io
         {
             sh(at);
@@ -455,7 +466,7 @@ impl State {
     /// at the same distance from now on the clock that did not step
     /// (`CLOCK_BOOTTIME`), so every interval measured from them (the
     /// back-off, the holding window, the settle and move times, the
-    /// figures' freshness against the last ask, the demand's half-life,
+    /// figures' freshness against the last ask, the demand's read rate,
     /// the starting grace, the adoption rule's wait) runs as if the wall
     /// clock had not stepped. Every struct is taken apart field by field
     /// with no `..`, so a field added to any of them does not compile
@@ -690,6 +701,7 @@ mod tests {
             at: t + 9,
             rd_bytes: 1 << 20,
             demand: 7,
+            live: 8,
         });
         r.unresponsive_since = Some(t + 10);
         let mut s = State::default();
@@ -777,7 +789,7 @@ mod tests {
         assert_eq!(instants, 16, "{b:?}");
         assert_eq!(
             b.len(),
-            48,
+            49,
             "a field was added: set it in every_field_set, and shift it if it is an instant: {b:?}"
         );
         // forward, and never below 0
@@ -800,6 +812,26 @@ mod tests {
             (100, Some(150), None)
         );
         assert!(s.candidates.is_empty());
+    }
+
+    #[test]
+    fn an_io_track_written_before_the_hold_still_reads() {
+        // Written while the demand decayed with a half-life: no `live`.
+        // It reads with nothing held; and what this version writes keeps
+        // `demand`, which the version before requires.
+        let text = r#"{"version":1,"vms":{"u":{"name":"n","uuid":"u","floor_kib":100,"ceiling_kib":200,"balloon":true,"source":"hook","recorded_at":7,"io":{"at":9,"rd_bytes":1048576,"demand":5000}}}}"#;
+        let s = State::parse(text).unwrap();
+        assert_eq!(
+            s.vms["u"].io,
+            Some(IoTrack {
+                at: 9,
+                rd_bytes: 1 << 20,
+                demand: 5000,
+                live: 0,
+            })
+        );
+        let back: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(back["vms"]["u"]["io"]["demand"], 5000);
     }
 
     #[test]

@@ -7,8 +7,12 @@
 #     ceiling), the idle ones little; the equal split would have given it a
 #     third;
 #  2. the busy one goes idle and another gets busy: the pool follows within
-#     a few passes, and no guest is recalled below what its applications
-#     hold (every pass's targets against the guests' own figures; no
+#     3 passes of the new reader's demand being known (issue 20: the old
+#     reader, its reads stopped with its memory full, holds a quarter of its
+#     last demand, `demand_basis` "held"; no half-life any more), unless the
+#     loan rule has a guest keep what it cannot give yet (its `kept_kib`,
+#     counted here and printed), and no guest is recalled below what its
+#     applications hold (every pass's targets against the guests' own figures; no
 #     "Out of memory" or panic on any console);
 #  3. a guest with no statistics (`<memballoon>` without `<stats>`, and
 #     `--guest-stats-period 0` so the pass does not turn them on) has an
@@ -16,7 +20,14 @@
 #     guest (issue 20: never as the average of the known ones, which let
 #     unknowns dilute a reader): its part is what the policy's
 #     water-filling gives that weight, computed here from the pass's own
-#     figures.
+#     figures;
+#  4. a guest without any disk (booted from its initramfs, as appliances and
+#     network-booted VMs are), idle with its memory half free, beside the
+#     reader: within 3 passes of its first statistics it has less than a
+#     third of the pool (its demand 0, `demand_basis` "free-memory": a guest
+#     with free memory needs none, whatever its disks), the reader most of it
+#     (issue 20: an unknown demand used to count as the average, and every
+#     guest got the equal share).
 #
 # The guests are the I/O benchmark's (bench/lib.sh, bench/guest/init.sh):
 # ceiling 256 MiB, floor 160 MiB, 32 MiB of "application" bytes held in
@@ -80,7 +91,7 @@ kb_wait_until 120 "KSM to unmerge" bash -c "[ \"\$(cat $KB_KSM_DIR/pages_shared)
     kb_die "KSM did not unmerge"
 kb_ksm_set 1 1000 20
 
-G=("${KBB_PREFIX}0" "${KBB_PREFIX}1" "${KBB_PREFIX}2" "${KBB_PREFIX}3")
+G=("${KBB_PREFIX}0" "${KBB_PREFIX}1" "${KBB_PREFIX}2" "${KBB_PREFIX}3" "${KBB_PREFIX}4")
 
 # --- passes and their reports -------------------------------------------------
 
@@ -108,15 +119,18 @@ pydef() { IFS= read -r -d '' "$1" || true; }
 
 # py SCRIPT ARGS...: a check in Python over pass reports; SCRIPT sees
 # load(path), vm(report, name) and MIB.
-py() {
-    python3 -c "
+PY_PRELUDE='
 import functools, json, sys
 def load(p):
     with open(p) as f:
         return json.load(f)
 def vm(r, name):
-    return next((v for v in r['vms'] if v['name'] == name), None)
+    return next((v for v in r["vms"] if v["name"] == name), None)
 MIB = 1024
+'
+py() {
+    python3 -c "$PY_PRELUDE
+PRELUDE = '''$PY_PRELUDE'''
 $1" "${@:2}"
 }
 
@@ -128,7 +142,7 @@ print(f"  savings {r['savings_kib'] // MIB} MiB, lendable {r['lendable_kib'] // 
 for v in r['vms']:
     g = v['guest']
     print(f"  {v['name']}: {v['current_kib'] // MIB} -> {v['target_kib'] // MIB} MiB "
-          f"({v['action']}, {v['reason']}), demand {v['demand']}, free {g.get('unused_kib')} KiB, "
+          f"({v['action']}, {v['reason']}), demand {v['demand']} ({v.get('demand_basis')}), free {g.get('unused_kib')} KiB, "
           f"usable {g.get('usable_kib')} KiB, kept {v['kept_kib']}, stats fresh {v['guest_stats_fresh']}")
 PY
 summary() { py "$SUMMARY" "$1"; }
@@ -198,11 +212,12 @@ passes_until() {
 }
 
 # MOST BUSY OTHER...: the busy guest has most of the pool (at its ceiling
-# or 60 % of the budget), its balloon there (within 1 MiB of the target);
+# or 60 % of the budget), its balloon there (within 1 MiB of the target,
+# or held short of it by the deadband);
 # every other guest a known demand below the busy one's and at most half
-# its bonus. (A demand decays once the reads stop, the busy guest's too
-# when its data fits in what it was lent: so no fixed figure is asked of
-# it here, but more than the others'.)
+# its bonus. (A reader whose reads stop with its memory full, its data
+# fitting in what it was lent, holds only a quarter of its last demand:
+# so no fixed figure is asked of it here, but more than the others'.)
 pydef MOST <<'PY'
 r = load(sys.argv[1])
 busy = vm(r, sys.argv[2])
@@ -212,7 +227,9 @@ def bonus(v):
 print(f"busy {busy['name']}: demand {busy['demand']}, bonus {bonus(busy)} KiB of {r['budget_kib']}; "
       + ", ".join(f"{v['name']}: demand {v['demand']}, bonus {bonus(v)}" for v in others))
 most = busy['target_kib'] == busy['ceiling_kib'] or bonus(busy) >= 0.6 * r['budget_kib']
-there = abs(busy['current_kib'] - busy['target_kib']) <= MIB
+# its balloon there: within 1 MiB, or held short of it by the deadband (a
+# move under it is not made: 254 MiB of a 256 MiB ceiling stays 254)
+there = abs(busy['current_kib'] - busy['target_kib']) <= max(MIB, r['policy']['deadband_kib'])
 ok = (most and there and busy['demand'] is not None and r['budget_kib'] >= 32 * MIB
       and all(v['demand'] is not None and v['demand'] < busy['demand'] and bonus(v) * 2 <= bonus(busy)
               for v in others))
@@ -227,6 +244,42 @@ old, new = vm(r, sys.argv[2]), vm(r, sys.argv[3])
 print(f"old {old['name']}: demand {old['demand']}, target {old['target_kib']}; "
       f"new {new['name']}: demand {new['demand']}, target {new['target_kib']}")
 sys.exit(0 if (new['demand'] or 0) > (old['demand'] or 0) and new['target_kib'] > old['target_kib'] else 1)
+PY
+
+# FOLLOWED BUSY OTHER...: the busy guest's part of the split is most of
+# the pool (at its ceiling or 60 % of the budget), counting what the
+# others still keep of it under the loan rule (their `kept_kib`, said in
+# their reports): the split has followed, whatever the balloons still have
+# to give. Prints what each other guest's demand rests on (the old reader
+# should hold: "held") and keeps.
+pydef FOLLOWED <<'PY'
+r = load(sys.argv[1])
+busy = vm(r, sys.argv[2])
+others = [vm(r, n) for n in sys.argv[3:]]
+bonus = busy['target_kib'] - busy['floor_kib']
+kept = sum(v['kept_kib'] for v in others)
+print(f"busy {busy['name']}: demand {busy['demand']}, bonus {bonus} KiB of {r['budget_kib']}, "
+      f"{kept} KiB kept by the others under the loan rule; "
+      + ", ".join(f"{v['name']}: demand {v['demand']} ({v.get('demand_basis')}), kept {v['kept_kib']}"
+                  for v in others))
+ok = (busy['target_kib'] == busy['ceiling_kib'] or bonus + kept >= 0.6 * r['budget_kib'])
+sys.exit(0 if ok and r['budget_kib'] >= 32 * MIB else 1)
+PY
+
+# WITHIN DIR FROM TO CHECK BUSY OTHER...: in passes FROM+1..TO, the first
+# pass where CHECK (a script as FOLLOWED) holds is at most the third from
+# the first where BUSY's demand is known from its reads.
+pydef WITHIN <<'PY'
+import subprocess
+d, lo, hi, check, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+known = next((n for n in range(lo + 1, hi + 1)
+              if (vm(load(f"{d}/pass-{n}.json"), names[0]) or {}).get('demand_basis') == 'reads'
+              and (vm(load(f"{d}/pass-{n}.json"), names[0])['demand'] or 0) > 0), None)
+held = next((n for n in range(lo + 1, hi + 1)
+             if subprocess.run([sys.executable, '-c', PRELUDE + check, f"{d}/pass-{n}.json", *names],
+                               capture_output=True).returncode == 0), None)
+print(f"{names[0]}'s demand known at pass {known}, the split followed at pass {held}")
+sys.exit(0 if known is not None and held is not None and held - known + 1 <= 3 else 1)
 PY
 
 # EQUAL_VS BUSY (argv: the demand pass, the equal plan, the busy guest).
@@ -337,9 +390,16 @@ switched=$N
 # within a few passes the newly busy guest weighs more and is given more ...
 passes_until 60 "${G[1]} (now busy) outweighs ${G[0]} (now idle) and is given more" \
     "$MORE" "${G[0]}" "${G[1]}"
-# ... and most of the pool as the old one's demand decays (half-life 60 s;
-# measured: 14 to 23 passes, as the new reader's own demand varies)
-passes_until 450 "${G[1]} has most of the pool, ${G[0]} and ${G[2]} little" \
+# ... the split follows within 3 passes of its demand being known (the
+# first pass with its read rate counts as the first; with the half-life
+# this took 14 to 23 passes) ...
+passes_until 120 "the split gives ${G[1]} most of the pool" \
+    "$FOLLOWED" "${G[1]}" "${G[0]}" "${G[2]}"
+py "$WITHIN" "$OUT" "$switched" "$N" "$FOLLOWED" "${G[1]}" "${G[0]}" "${G[2]}" >&2 ||
+    kb_die "the split did not follow ${G[1]} within 3 passes of its demand being known"
+# ... and its balloons get there as the loan rule lets them (what the
+# quarter ${G[0]} holds leaves it: to be checked against its reads)
+passes_until 120 "${G[1]} has most of the pool, ${G[0]} and ${G[2]} little" \
     "$MOST" "${G[1]}" "${G[0]}" "${G[2]}"
 py "$SHRUNK" "$OUT" "$switched" "$N" "${G[0]}" >&2 ||
     kb_die "the pool followed without shrinking ${G[0]}"
@@ -363,5 +423,47 @@ kbb_wait_boot_size 60 "${G[3]}" || kb_die "${G[3]}'s balloon did not inflate"
 passes_until 120 "${G[3]} (no statistics) weighs as an idle guest" "$UNKNOWN" "${G[3]}"
 consoles_clean || kb_die "a guest ran out of memory"
 
-kb_log "demand: 3 scenarios passed in $(($(date +%s) - started)) s" \
+# --- 4. a guest without any disk beside the reader ------------------------------
+
+kb_log "scenario 4: ${G[3]} replaced by ${G[4]}, idle, without any disk"
+kg_destroy "${G[3]}" || kb_die "cannot destroy ${G[3]}"
+kbb_boot 4 "$KBB_FLOOR_MIB" --cmd --diskless
+kbb_wait_ready 120 "${G[4]}" || kb_die "${G[4]} did not boot"
+kbb_wait_boot_size 60 "${G[4]}" || kb_die "${G[4]}'s balloon did not inflate"
+booted=$(date +%s)
+kg_wait_stats_after 30 "$booted" "${G[4]}" || kb_die "${G[4]} sent no memory statistics"
+# DISKLESS X READER OTHER: X (no disk) has a known demand of 0 from its
+# free memory and less than a third of the budget; READER has most of the
+# pool (FOLLOWED's measure: at its ceiling, or 60 % of the budget counting
+# what the others keep under the loan rule).
+pydef DISKLESS <<'PY'
+r = load(sys.argv[1])
+x, reader, other = vm(r, sys.argv[2]), vm(r, sys.argv[3]), vm(r, sys.argv[4])
+if x is None or not x['managed'] or x['action'] == 'skip':
+    print(f"{sys.argv[2]} not managed yet")
+    sys.exit(1)
+bx = x['target_kib'] - x['floor_kib']
+br = reader['target_kib'] - reader['floor_kib']
+kept = x['kept_kib'] + other['kept_kib']
+print(f"{x['name']} (no disk): demand {x['demand']} ({x.get('demand_basis')}), free {x['guest'].get('unused_kib')} KiB, "
+      f"bonus {bx} KiB; reader {reader['name']}: demand {reader['demand']} ({reader.get('demand_basis')}), "
+      f"bonus {br} KiB; {other['name']}: demand {other['demand']} ({other.get('demand_basis')}); "
+      f"budget {r['budget_kib']} KiB, {kept} KiB kept by the others")
+ok = (x.get('demand_basis') == 'free-memory' and x['demand'] == 0 and 3 * bx < r['budget_kib']
+      and (reader['target_kib'] == reader['ceiling_kib'] or br + kept >= 0.6 * r['budget_kib'])
+      and r['budget_kib'] >= 32 * MIB)
+sys.exit(0 if ok else 1)
+PY
+# the first pass after its first statistics counts as the first of three
+first=$((N + 1))
+while pass; ! py "$DISKLESS" "$LAST" "${G[4]}" "${G[1]}" "${G[0]}" >"$OUT/check.out" 2>&1; do
+    summary "$LAST" >&2
+    [ "$N" -lt $((first + 2)) ] ||
+        kb_die "${G[4]} (no disk) did not have less than a third, the reader most, within 3 passes: $(cat "$OUT/check.out")"
+done
+kb_log "${G[4]} (no disk) beside the reader: after $((N - first + 1)) pass(es) (pass $N): $(cat "$OUT/check.out")"
+summary "$LAST" >&2
+consoles_clean || kb_die "a guest ran out of memory"
+
+kb_log "demand: 4 scenarios passed in $(($(date +%s) - started)) s" \
     "($(($(date +%s) - locked_at)) s holding the real-stack lock, $N passes); reports in $OUT"
