@@ -218,7 +218,9 @@ pub fn ksm_restore(
             store.path().display()
         )
     })?;
-    let mut back = crate::governor::give_back(&m, &found);
+    // this boot's id: `locked` took the clocks' mark into the state
+    let boot_id = state.clock.as_ref().map(|c| c.boot_id.clone());
+    let mut back = crate::governor::give_back(&m, &found, boot_id.as_deref());
     crate::governor::write_all(&paths.ksm_dir, &mut back.writes, &back.reason);
     state.ksm_governor = crate::governor::after_give_back(m, &found, &back.writes);
     lock.save(&state)?;

@@ -488,10 +488,13 @@ pub struct GiveBack {
 /// (the package's uninstall, [`crate::admin::ksm_restore`]) follow.
 /// Nothing is written when `manage` had stepped back for another writer,
 /// or when a knob holds anything but what ksm-balloon left it at (another
-/// writer has KSM since: restoring over it would fight that writer); a
-/// `run` of 2 (unmerge everything) is given back as 0, since ksm-balloon
-/// never unmerges. Either way the governor's memory is done with.
-pub fn give_back(m: &Memory, found: &Found) -> GiveBack {
+/// writer has KSM since: restoring over it would fight that writer), nor
+/// when the host rebooted since ksm-balloon left them (`boot_id`, this
+/// boot's, differs from the memory's: they are the kernel's and the
+/// boot's, whatever the operator's boot sets); a `run` of 2 (unmerge
+/// everything) is given back as 0, since ksm-balloon never unmerges.
+/// Either way the governor's memory is done with.
+pub fn give_back(m: &Memory, found: &Found, boot_id: Option<&str>) -> GiveBack {
     let left_alone = |reason: String| GiveBack {
         action: Action::Observe,
         writes: Vec::new(),
@@ -499,6 +502,12 @@ pub fn give_back(m: &Memory, found: &Found) -> GiveBack {
     };
     if m.stepped_back.is_some() {
         return left_alone("manage had stepped back for another writer; KSM left as it is".into());
+    }
+    if matches!((m.boot_id.as_deref(), boot_id), (Some(a), Some(b)) if a != b) {
+        return left_alone(
+            "the host rebooted since ksm-balloon set KSM's knobs: they are the boot's, left as they are"
+                .into(),
+        );
     }
     if let Some((knob, left, now)) = other_writer(&m.left, m.advisor, &found.knobs) {
         return left_alone(format!(
@@ -594,7 +603,7 @@ pub fn govern(settings: &Settings, i: &Input, prev: Option<&Memory>) -> Outcome 
             return out(d, None, None);
         };
         d.operator = None;
-        let back = give_back(m, &f);
+        let back = give_back(m, &f, i.boot_id.as_deref());
         d.action = back.action;
         d.writes = back.writes;
         d.reason = format!("observe: {}", back.reason);

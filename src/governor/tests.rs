@@ -428,7 +428,7 @@ fn a_give_back_that_fails_halfway_keeps_the_memory_and_another_try_writes_only_t
         ..m
     };
     let at = found(1, 700);
-    let mut back = give_back(&m, &at);
+    let mut back = give_back(&m, &at, None);
     assert_eq!(back.action, Action::Restore);
     let w: Vec<_> = back.writes.iter().map(|w| (w.knob, w.to)).collect();
     assert_eq!(w, [("run", 0), ("pages_to_scan", 100)]);
@@ -436,7 +436,7 @@ fn a_give_back_that_fails_halfway_keeps_the_memory_and_another_try_writes_only_t
     let kept = after_give_back(m.clone(), &at, &back.writes).unwrap();
     assert_eq!((kept.left.run, kept.left.pages_to_scan), (0, 700));
     assert_eq!(kept.operator, m.operator);
-    let again = give_back(&kept, &found(0, 700));
+    let again = give_back(&kept, &found(0, 700), None);
     assert_eq!(again.action, Action::Restore);
     let w: Vec<_> = again.writes.iter().map(|w| (w.knob, w.to)).collect();
     assert_eq!(w, [("pages_to_scan", 100)]);
@@ -470,6 +470,30 @@ fn after_a_reboot_the_knobs_are_the_boots_not_another_writers() {
         govern(&MANAGE, &i, Some(&m)).decision.action,
         Action::StepBack
     );
+}
+
+#[test]
+fn a_give_back_after_a_reboot_says_so_and_writes_nothing_regression() {
+    // After a reboot the knobs are the boot's: observe and ksm-restore left
+    // them alone, rightly, but said "another writer has KSM".
+    let m = Memory {
+        boot_id: Some("boot-1".into()),
+        ..taken_over(700)
+    };
+    let boots = found(0, 100);
+    let back = give_back(&m, &boots, Some("boot-2"));
+    assert_eq!(back.action, Action::Observe);
+    assert!(back.writes.is_empty());
+    assert!(back.reason.contains("the host rebooted"), "{}", back.reason);
+    assert!(!back.reason.contains("another writer"), "{}", back.reason);
+    // the same boot: the changed knob is another writer's
+    let back = give_back(&m, &boots, Some("boot-1"));
+    assert_eq!(back.action, Action::Observe);
+    assert!(back.reason.contains("another writer"), "{}", back.reason);
+    // a boot not known (no boot id here): as before
+    assert!(give_back(&m, &boots, None)
+        .reason
+        .contains("another writer"));
 }
 
 #[test]

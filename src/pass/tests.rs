@@ -2646,6 +2646,35 @@ fn ksm_restore(h: &Host, now: u64) -> anyhow::Result<String> {
     crate::admin::ksm_restore(&h.paths, Duration::from_secs(5), now)
 }
 
+#[test]
+fn ksm_restore_after_a_reboot_leaves_the_boots_knobs_and_says_so_regression() {
+    // The uninstall after a reboot: the knobs are the boot's (the kernel's
+    // defaults here), not another writer's; they stay, and the line says why.
+    let h = managed_host((0, 5000, 50));
+    h.run_at(0, 0).unwrap();
+    h.run_at(10, 0).unwrap();
+    assert_eq!(
+        h.state().ksm_governor.unwrap().boot_id.as_deref(),
+        Some(BOOT)
+    );
+    knobs(&h, 0, 100, 20);
+    let line = crate::admin::ksm_restore(
+        &h.paths,
+        Duration::from_secs(5),
+        Now {
+            wall: T0 + 100,
+            boot: Some(crate::state::spool::Stamp {
+                boot_id: "fedcba9876543210fedcba9876543210".into(),
+                boottime_ns: 30_000_000_000,
+            }),
+        },
+    )
+    .unwrap();
+    assert!(line.contains("the host rebooted"), "{line}");
+    assert_eq!(knob_values(&h), (0, 100, 20));
+    assert_eq!(h.state().ksm_governor, None);
+}
+
 fn knob_values(h: &Host) -> (u64, u64, u64) {
     (
         knob(h, "run"),
