@@ -185,8 +185,10 @@ pub const READS_STOPPED: u64 = 100;
 /// (its reads stopped because it fits): it keeps a part of its weight, with
 /// no time decay, while its memory stays full, so the pool does not drift
 /// back to equal and recall what it caches; a new reader at the rate it
-/// had outweighs it 4:1 at once. Chosen, not measured: to be checked on
-/// the real stack (tests/realstack/demand.sh, scenario 2).
+/// had outweighs it 4:1 at once. Chosen, not measured against another
+/// fraction; on the real stack (tests/realstack/demand.sh) a reader whose
+/// data came to fit at its ceiling held its quarter and its ceiling, and a
+/// new reader had the split the pass its rate was known (docs/DESIGN.md).
 pub const HOLD_FRACTION: (u64, u64) = (1, 4);
 
 /// A guest whose free memory is under this (or its margin, if more) has
