@@ -2595,21 +2595,8 @@ fn a_restore_whose_write_fails_keeps_the_memory_for_the_next_pass_regression() {
     // more savings: the observe pass resizes, and pages_to_scan turns into
     // a directory right before, after the pass read it
     h.ksm(1, 80);
-    let hv = h.hv.clone();
     let knob_path = h.paths.ksm_dir.join("pages_to_scan");
-    let broken = knob_path.clone();
-    let mut open = move || {
-        let broken = broken.clone();
-        let breaks = Tapped {
-            hv: hv.clone(),
-            after_stats: Box::new(|_: &Shared| {}),
-            before_resize: Box::new(move || {
-                let _ = fs::remove_file(&broken);
-                fs::create_dir_all(&broken).unwrap();
-            }),
-        };
-        Ok(Box::new(breaks) as Box<dyn Hypervisor>)
-    };
+    let mut open = knob_breaks_before_resize(&h, "pages_to_scan");
     let r = run(
         &h.paths,
         &h.settings,
@@ -2799,19 +2786,16 @@ fn ksm_restore_waits_for_the_pass_lock_and_names_it_on_a_timeout() {
     assert_eq!(knob(&h, "run"), 0);
 }
 
-#[test]
-fn a_knob_that_cannot_be_written_is_reported_and_never_stops_the_balloons() {
-    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
-    h.settings.governor.mode = crate::governor::Mode::Manage;
-    h.settings.hold_window_secs = 0;
-    h.ksm(1, 60);
-    // an operator's rate above the range: the governor brings it to 1250
-    knobs(&h, 1, 5000, 20);
-    // the resize puts a directory where pages_to_scan was: the pass read
-    // it, and its write after the balloons fails
+/// An opener of `h`'s fake whose resizes first put a directory where
+/// KSM's `knob` was: the pass has read the knob, and writing it after the
+/// balloons fails.
+fn knob_breaks_before_resize(
+    h: &Host,
+    knob: &str,
+) -> impl FnMut() -> anyhow::Result<Box<dyn Hypervisor>> {
     let hv = h.hv.clone();
-    let knob_path = h.paths.ksm_dir.join("pages_to_scan");
-    let mut open = move || {
+    let knob_path = h.paths.ksm_dir.join(knob);
+    move || {
         let knob_path = knob_path.clone();
         let breaks = Tapped {
             hv: hv.clone(),
@@ -2822,7 +2806,20 @@ fn a_knob_that_cannot_be_written_is_reported_and_never_stops_the_balloons() {
             }),
         };
         Ok(Box::new(breaks) as Box<dyn Hypervisor>)
-    };
+    }
+}
+
+#[test]
+fn a_knob_that_cannot_be_written_is_reported_and_never_stops_the_balloons() {
+    let mut h = Host::new(vec![defined(dom(1, 160, 256), 160)]);
+    h.settings.governor.mode = crate::governor::Mode::Manage;
+    h.settings.hold_window_secs = 0;
+    h.ksm(1, 60);
+    // an operator's rate above the range: the governor brings it to 1250
+    knobs(&h, 1, 5000, 20);
+    // the resize puts a directory where pages_to_scan was: the pass read
+    // it, and its write after the balloons fails
+    let mut open = knob_breaks_before_resize(&h, "pages_to_scan");
     let r = run(&h.paths, &h.settings, Duration::from_secs(5), &mut open, T0).unwrap();
     assert_eq!(r.resized, 1, "the balloon first");
     assert_eq!(vm(&r, "vm1").target_kib, 220 * MIB);
