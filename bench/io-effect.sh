@@ -84,7 +84,6 @@ else
 fi
 # ksm-balloon takes only an absolute --state
 out=$(realpath -m "$out")
-PASS_PERIOD=${KBB_PASS_PERIOD:-10}
 KSM_PAGES_TO_SCAN=${KBB_KSM_PAGES_TO_SCAN:-1000}
 KSM_SLEEP_MS=${KBB_KSM_SLEEP_MS:-20}
 
@@ -102,46 +101,9 @@ kbb_pick_bin $short
 # runs (or, with --lock-span, between rigs or repeats: on a machine where
 # other suites queue for it, fewer waits), so other suites on the machine
 # are not shut out for the whole benchmark (nothing else touches libvirtd
-# or KSM while a run holds it).
-bg_pids=()
-stop_bg() {
-    local p
-    for p in "${bg_pids[@]}"; do
-        kill "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-    bg_pids=()
-}
-locked=0
-take_stack() {
-    kb_realstack_lock
-    locked=1
-    kb_ksm_save
-    kb_libvirtd_start
-    kbb_destroy_all
-    local others
-    others=$(kbb_virsh list --name | grep -v "^$KBB_PREFIX" | grep -c . || true)
-    [ "$others" = 0 ] || kb_die "other guests are running on $KB_URI: they would share the CPUs and KSM"
-}
-release_stack() {
-    kbb_destroy_all
-    kb_ksm_restore
-    KB_KSM_SAVED=()
-    exec {KB_LOCK_FD}>&-
-    unset KB_LOCK_FD
-    locked=0
-}
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_bg
-    if [ $locked = 1 ]; then
-        [ $rc = 0 ] || kbb_diagnostics
-        release_stack
-    fi
-    exit $rc
-}
-trap cleanup EXIT INT TERM
+# or KSM while a run holds it): kbb_take_stack, kbb_release_stack
+# (bench/lib.sh).
+kbb_trap_cleanup kbb_release_stack
 
 kbb_build_guest
 for ((i = 0; i < guests; i++)); do kbb_disk "data-$i" "$KBB_DATA_MIB" >/dev/null; done
@@ -154,7 +116,7 @@ cat >"$out/settings.json" <<JSON
 {"command": "$(env | grep -E '^KBB_(FLOOR|CEIL|DATA|APP|IOTUNE|INTERVAL|PASS_PERIOD|KSM)_' | sort | tr '\n' ' ')bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --rig $rigs --warmup $warmup --measure $measure$(if [ -n "$out_arg" ]; then echo " --out $out_arg"; fi)",
  "guests": $guests, "repeats": $repeats, "arms": "$arms", "rigs": "$rigs", "warmup_s": $warmup, "measure_s": $measure,
  "floor_mib": $KBB_FLOOR_MIB, "ceiling_mib": $KBB_CEIL_MIB, "data_mib": $KBB_DATA_MIB,
- "app_mib": $KBB_APP_MIB, "iotune_mibs": $KBB_IOTUNE_MIBS, "pass_period_s": $PASS_PERIOD,
+ "app_mib": $KBB_APP_MIB, "iotune_mibs": $KBB_IOTUNE_MIBS, "pass_period_s": ${KBB_PASS_PERIOD:-10},
  "ksm_pages_to_scan": $KSM_PAGES_TO_SCAN, "ksm_sleep_millisecs": $KSM_SLEEP_MS,
  "host": "$(hostname)", "kernel": "$(uname -r)", "cpus": $(nproc),
  "cpu_model": "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)",
@@ -165,12 +127,6 @@ cat >"$out/settings.json" <<JSON
  "ksm_balloon": "${BIN#"$REPO"/}"}
 JSON
 
-ksm_clear() {
-    # unmerge everything and zero the counters, so no arm inherits merges
-    kb_ksm_set 2
-    kb_wait_until 120 "KSM to unmerge (pages_shared 0)" \
-        bash -c "[ \"\$(cat $KB_KSM_DIR/pages_shared)\" = 0 ]" || kb_die "KSM did not unmerge"
-}
 
 # run_dir RIG ARM REP: where a run's files go (one rig: ARM-REP).
 run_dir() {
@@ -199,12 +155,12 @@ run_arm() {
     for ((i = 0; i < guests; i++)); do
         if [ "$rig" = identical ] || [ "$i" = 0 ]; then readers+=("${names[$i]}"); else idle+=("${names[$i]}"); fi
     done
-    [ $locked = 1 ] || take_stack
+    [ "$KBB_LOCKED" = 1 ] || kbb_take_stack
     local run_start
     run_start=$(date +%s)
     kb_log "rig $rig, arm $arm, repeat $rep: $guests guests (${#readers[@]} reading), booted at ${boot[*]} MiB"
     kb_wait_until 60 "old bench guests to go" bash -c "! virsh -q -c $KB_URI list --name | grep -q '^$KBB_PREFIX'"
-    ksm_clear
+    kbb_ksm_clear
     case $arm in
         a | d) kb_ksm_set 0 ;;
         *) kb_ksm_set 1 "$KSM_PAGES_TO_SCAN" "$KSM_SLEEP_MS" ;;
@@ -220,7 +176,7 @@ run_arm() {
     done
     "$PY" bench/io_sample.py --out "$dir/samples.jsonl" --t0 "$t0" --duration 100000 \
         --uri "$KB_URI" "${consoles[@]}" &
-    bg_pids+=($!)
+    KBB_BG_PIDS+=($!)
     kbb_wait_reading 300 "${readers[@]}" || kb_die "arm $arm: the guests did not start reading"
     [ "${#idle[@]}" = 0 ] || kbb_wait_ready 300 "${idle[@]}" || kb_die "arm $arm: the idle guests did not boot"
     # t = 0 (t_ready) is when every guest reads or idles AND every balloon is
@@ -230,34 +186,11 @@ run_arm() {
     # was caught at 255 MiB: CI run 2 of issue 25). Passes start after it.
     kbb_wait_boot_size 120 "${names[@]}" || kb_die "arm $arm: the balloons did not reach their boot sizes"
     t_ready=$(date +%s.%N)
-    if [ -n "$split" ]; then
-        (
-            exec {KB_LOCK_FD}>&-
-            while :; do
-                echo "pass at $(date -u +%FT%TZ)" >&2
-                # one JSON report per line: what the pass saw and did
-                if report=$("$BIN" --connect "$KB_URI" --state "$dir/state.json" --split "$split" run --json); then
-                    printf '%s\n' "$report" | "$PY" -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))' >>"$dir/passes.jsonl"
-                else
-                    echo "pass failed: exit $?" >&2
-                fi
-                # pacing: the timer's period between passes
-                sleep "$PASS_PERIOD"
-            done
-        ) 2>>"$dir/ksm-balloon.log" &
-        bg_pids+=($!)
-    fi
+    [ -z "$split" ] || kbb_pass_loop "$dir" --split "$split"
+    # the arm runs for a fixed time: the warm-up and measuring windows
     end=$("$PY" -c "print($t_ready + $warmup + $measure)")
-    # pacing, not a wait for a condition: the arm runs for a fixed time
-    # (the warm-up and measuring windows), checking its guests every 5 s
-    while "$PY" -c "import sys,time; sys.exit(time.time() >= $end)"; do
-        for g in "${names[@]}"; do
-            kbb_failed "$g" && kb_die "arm $arm: guest $g failed"
-        done
-        kbb_virsh domstate "${names[0]}" >/dev/null || kb_die "arm $arm: ${names[0]} is gone"
-        sleep 5
-    done
-    stop_bg
+    kbb_run_until "$end" "arm $arm" "${names[@]}"
+    kbb_stop_bg
     if [ -n "$split" ]; then
         "$BIN" --connect "$KB_URI" --state "$dir/state.json" --split "$split" status --json >"$dir/status.json" || true
     fi
@@ -272,7 +205,7 @@ run_arm() {
  "run_s": $(( $(date +%s) - run_start ))}
 JSON
     kbb_destroy_all
-    [ "$span" != run ] || release_stack
+    [ "$span" != run ] || kbb_release_stack
 }
 
 IFS=, read -r -a arm_list <<<"$arms"
@@ -286,9 +219,9 @@ for ((rep = 1; rep <= repeats; rep++)); do
         for arm in "${arm_list[@]}"; do
             run_arm "$rig" "$arm" "$rep"
         done
-        [ "$span" != rig ] || release_stack
+        [ "$span" != rig ] || kbb_release_stack
     done
-    [ "$span" != repeat ] || [ $locked = 0 ] || release_stack
+    [ "$span" != repeat ] || [ "$KBB_LOCKED" = 0 ] || kbb_release_stack
 done
 
 elapsed=$(( $(date +%s) - started ))

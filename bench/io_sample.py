@@ -29,7 +29,8 @@ import time
 
 KSM = "/sys/kernel/mm/ksm"
 KSM_FIELDS = ("run", "pages_shared", "pages_sharing", "pages_unshared", "full_scans",
-              "general_profit", "ksm_zero_pages")
+              "general_profit", "ksm_zero_pages", "pages_scanned", "pages_to_scan",
+              "sleep_millisecs")
 TPUT_RE = re.compile(r"^KB-TPUT (.*)$")
 
 

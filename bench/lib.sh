@@ -154,3 +154,107 @@ kbb_diagnostics() {
     kg_diagnostics "$KBB_RUN"
     echo "=============== end of bench diagnostics"
 }
+
+# A benchmark's hold on the real stack, one run at a time: kbb_take_stack
+# takes the real-stack lock, saves KSM's knobs, starts libvirtd and clears
+# old bench guests (and refuses to run beside guests of others: they would
+# share the CPUs and KSM); kbb_release_stack undoes it all. KBB_LOCKED says
+# whether it is held; KBB_BG_PIDS are the run's background processes,
+# which kbb_stop_bg stops.
+# shellcheck disable=SC2034 # read by the scripts that source this file
+KBB_LOCKED=0
+KBB_BG_PIDS=()
+kbb_stop_bg() {
+    local p
+    for p in "${KBB_BG_PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    KBB_BG_PIDS=()
+}
+kbb_take_stack() {
+    kb_realstack_lock
+    KBB_LOCKED=1
+    kb_ksm_save
+    kb_libvirtd_start
+    kbb_destroy_all
+    local others
+    others=$(kbb_virsh list --name | grep -v "^$KBB_PREFIX" | grep -c . || true)
+    [ "$others" = 0 ] || kb_die "other guests are running on $KB_URI: they would share the CPUs and KSM"
+}
+# shellcheck disable=SC2034 # KB_KSM_SAVED is tests/lib/libvirtd.sh's; KBB_LOCKED as above
+kbb_release_stack() {
+    kbb_destroy_all
+    kb_ksm_restore
+    KB_KSM_SAVED=()
+    exec {KB_LOCK_FD}>&-
+    unset KB_LOCK_FD
+    KBB_LOCKED=0
+}
+
+# kbb_trap_cleanup [RELEASE]: on exit (and INT, TERM) the run's background
+# processes are stopped and, while the stack is held, the diagnostics
+# printed after a failure and the stack released by RELEASE (default
+# kbb_release_stack; a benchmark that turns more than the knobs undoes it
+# first).
+kbb_trap_cleanup() {
+    KBB_RELEASE=${1:-kbb_release_stack}
+    trap kbb_cleanup EXIT INT TERM
+}
+kbb_cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    kbb_stop_bg
+    if [ "$KBB_LOCKED" = 1 ]; then
+        [ $rc = 0 ] || kbb_diagnostics
+        "$KBB_RELEASE"
+    fi
+    exit $rc
+}
+
+# kbb_pass_loop DIR ARGS...: ksm-balloon's passes as the timer runs them,
+# in the background until kbb_stop_bg: `$BIN --connect $KB_URI --state
+# DIR/state.json ARGS... run --json` every KBB_PASS_PERIOD seconds (10),
+# each report one line of DIR/passes.jsonl, the log in DIR/ksm-balloon.log.
+kbb_pass_loop() {
+    local dir=$1
+    shift
+    (
+        exec {KB_LOCK_FD}>&-
+        while :; do
+            echo "pass at $(date -u +%FT%TZ)" >&2
+            # one JSON report per line: what the pass saw and did
+            if report=$("$BIN" --connect "$KB_URI" --state "$dir/state.json" "$@" run --json); then
+                printf '%s\n' "$report" | python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))' >>"$dir/passes.jsonl"
+            else
+                echo "pass failed: exit $?" >&2
+            fi
+            # pacing: the timer's period between passes
+            sleep "${KBB_PASS_PERIOD:-10}"
+        done
+    ) 2>>"$dir/ksm-balloon.log" &
+    KBB_BG_PIDS+=($!)
+}
+
+# kbb_run_until EPOCH WHAT NAME...: pacing, not a wait for a condition: a
+# run's fixed window, until EPOCH (decimal), its guests checked every 5 s
+# (a guest that failed, or the first one gone, ends the run naming WHAT).
+kbb_run_until() {
+    local end=$1 what=$2 g
+    shift 2
+    while python3 -c "import sys,time; sys.exit(time.time() >= $end)"; do
+        for g in "$@"; do
+            kbb_failed "$g" && kb_die "$what: guest $g failed"
+        done
+        kbb_virsh domstate "$1" >/dev/null || kb_die "$what: $1 is gone"
+        sleep 5
+    done
+}
+
+# kbb_ksm_clear: unmerges everything and zeroes the counters, so no run
+# inherits another's merges.
+kbb_ksm_clear() {
+    kb_ksm_set 2
+    kb_wait_until 120 "KSM to unmerge (pages_shared 0)" \
+        bash -c "[ \"\$(cat $KB_KSM_DIR/pages_shared)\" = 0 ]" || kb_die "KSM did not unmerge"
+}
