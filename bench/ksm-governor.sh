@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 21's benchmark (docs/BENCHMARKS.md, part 6): who should set KSM's
+# Issue 21's benchmark (docs/BENCHMARKS.md, part 5): who should set KSM's
 # scan rate on a host where ksm-balloon lends the savings. Side by side in
 # one run, arms interleaved within each repeat, each run from fresh guests
 # with KSM's merges cleared:
