@@ -71,11 +71,16 @@ impl Host {
     fn run(&self, now: u64) -> anyhow::Result<Report> {
         let hv = self.hv.clone();
         let mut open = move || Ok(Box::new(hv.clone()) as Box<dyn Hypervisor>);
+        self.run_with(&mut open, now)
+    }
+
+    /// A pass on this host's paths and settings, through `open`.
+    fn run_with(&self, open: &mut Opener<'_>, now: impl Into<Now>) -> anyhow::Result<Report> {
         run(
             &self.paths,
             &self.settings,
             Duration::from_secs(5),
-            &mut open,
+            open,
             now,
         )
     }
@@ -1409,7 +1414,7 @@ fn a_statistics_period_that_times_out_is_asked_again_once_the_qemu_answers() {
                 as Box<dyn Hypervisor>,
         )
     };
-    let r = run(&h.paths, &h.settings, Duration::from_secs(5), &mut open, T0).unwrap();
+    let r = h.run_with(&mut open, T0).unwrap();
     assert_eq!(vm(&r, "vm1").unresponsive_since, Some(T0));
     assert!(h.fake().stats_periods.is_empty(), "timed out, not set");
     let rec = &h.state().vms[&u];
@@ -1505,14 +1510,7 @@ fn a_resize_that_times_out_counts_as_asked_and_the_others_go_on() {
     let mut open = move || {
         Ok(Box::new(Tapped::stops_after_stats(hv.clone(), u.clone())) as Box<dyn Hypervisor>)
     };
-    let r = run(
-        &h.paths,
-        &h.settings,
-        Duration::from_secs(5),
-        &mut open,
-        T0 + 10,
-    )
-    .unwrap();
+    let r = h.run_with(&mut open, T0 + 10).unwrap();
     assert_eq!((r.resized, r.failed), (2, 1));
     let v1 = vm(&r, "vm1");
     assert!(
@@ -1836,13 +1834,7 @@ impl Host {
         let hv = self.hv.clone();
         let mut open = move || Ok(Box::new(KilledAfterResize(hv.clone())) as Box<dyn Hypervisor>);
         let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(
-                &self.paths,
-                &self.settings,
-                Duration::from_secs(5),
-                &mut open,
-                now,
-            )
+            self.run_with(&mut open, now)
         }));
         assert!(killed.is_err(), "the pass was not killed");
     }
@@ -2054,10 +2046,7 @@ impl Host {
     fn run_at(&self, boot: u64, step: i64) -> anyhow::Result<Report> {
         let hv = self.hv.clone();
         let mut open = move || Ok(Box::new(hv.clone()) as Box<dyn Hypervisor>);
-        run(
-            &self.paths,
-            &self.settings,
-            Duration::from_secs(5),
+        self.run_with(
             &mut open,
             Now {
                 wall: wall(boot, step),
@@ -2597,14 +2586,7 @@ fn a_restore_whose_write_fails_keeps_the_memory_for_the_next_pass_regression() {
     h.ksm(1, 80);
     let knob_path = h.paths.ksm_dir.join("pages_to_scan");
     let mut open = knob_breaks_before_resize(&h, "pages_to_scan");
-    let r = run(
-        &h.paths,
-        &h.settings,
-        Duration::from_secs(5),
-        &mut open,
-        T0 + 20,
-    )
-    .unwrap();
+    let r = h.run_with(&mut open, T0 + 20).unwrap();
     assert_eq!(r.resized, 1);
     assert_eq!(r.ksm_governor.action, crate::governor::Action::Restore);
     let failed: Vec<_> = r
@@ -2820,7 +2802,7 @@ fn a_knob_that_cannot_be_written_is_reported_and_never_stops_the_balloons() {
     // the resize puts a directory where pages_to_scan was: the pass read
     // it, and its write after the balloons fails
     let mut open = knob_breaks_before_resize(&h, "pages_to_scan");
-    let r = run(&h.paths, &h.settings, Duration::from_secs(5), &mut open, T0).unwrap();
+    let r = h.run_with(&mut open, T0).unwrap();
     assert_eq!(r.resized, 1, "the balloon first");
     assert_eq!(vm(&r, "vm1").target_kib, 220 * MIB);
     let w = &r.ksm_governor.writes;
