@@ -269,6 +269,11 @@ pub struct Input {
     pub cpu_percent: Option<f64>,
     /// This boot's id, where known.
     pub boot_id: Option<String>,
+    /// The least growth of the savings, KiB, the rate rule counts as
+    /// growth: the policy's deadband, the least change a loan acts on. A
+    /// few hundred KiB merged among pages that change is noise the
+    /// balloons never see (the rate rule, `scan_rate`).
+    pub min_gain_kib: u64,
 }
 
 /// What the governor did, in one word.
@@ -424,7 +429,11 @@ fn scan_rate(
     };
     let gained = i.savings_kib.saturating_sub(mark.savings_kib);
     let scanned_kib = scanned.saturating_mul(i.page_kib);
+    // growth: a page merged per 1000 scanned, and enough to lend (the
+    // recorded benchmark's quiet phase raised the rate on 340 KiB and
+    // 737 KiB merged in a pass while nothing new was written)
     let grew = scanned > 0
+        && gained >= i.min_gain_kib
         && gained.saturating_mul(1000) >= scanned_kib.saturating_mul(MIN_YIELD_PER_MILLE);
     let full = i.full_scans.saturating_sub(mark.full_scans);
     match i.cpu_percent {

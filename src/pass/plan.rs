@@ -185,6 +185,7 @@ fn govern(
         full_scans: obs.ksm.full_scans,
         cpu_percent: cost.ksmd_cpu_percent,
         boot_id: state.clock.as_ref().map(|c| c.boot_id.clone()),
+        min_gain_kib: settings.policy.deadband_kib,
     };
     let out = crate::governor::govern(&settings.governor, &input, state.ksm_governor.as_ref());
     // A give-back (observe after manage) is done with the memory only once
