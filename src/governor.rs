@@ -461,10 +461,15 @@ fn scan_rate(
         }
         _ if !grew && full >= FLAT_AFTER_SCANS => {
             let to = (p * 3 / 4).max(PAGES_MIN);
+            let under = if gained > 0 && gained < i.min_gain_kib {
+                format!(", under the {} KiB deadband", i.min_gain_kib)
+            } else {
+                String::new()
+            };
             (
                 to,
                 format!(
-                    "savings flat ({gained} KiB more) over {full} full scan(s) in {secs} s: scan slower"
+                    "savings flat ({gained} KiB more{under}) over {full} full scan(s) in {secs} s: scan slower"
                 ),
                 true,
             )
