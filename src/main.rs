@@ -24,6 +24,40 @@ fn init_logging() {
     b.init();
 }
 
+/// Sets, from the settings file (`KSM_BALLOON_CONFIG`, default
+/// [`ksm_balloon::sysconfig::DEFAULT_PATH`]), each `KSM_BALLOON_*` variable
+/// the environment leaves unset ([`ksm_balloon::sysconfig::unset_in`]): a
+/// command run by hand (`status`, `release`, `run`, ...) then works on the
+/// state and settings the service does, which systemd gives it from the
+/// same file (`EnvironmentFile=-`); the hook reads it the same way. Runs
+/// before the command line is parsed and before any thread starts. A
+/// missing file is no settings, as for systemd; a file that cannot be read
+/// or that systemd would refuse is named in the returned line, logged once
+/// logging is set up.
+fn settings_from_file() -> Option<String> {
+    use ksm_balloon::sysconfig;
+    let env = |k: &str| std::env::var(k).ok();
+    let path = env("KSM_BALLOON_CONFIG")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| sysconfig::DEFAULT_PATH.into());
+    let file = match std::fs::read(&path) {
+        Ok(bytes) => match sysconfig::parse_bytes(&bytes) {
+            Ok(file) => file,
+            Err(why) => {
+                return Some(format!(
+                    "{path}: {why}; systemd ignores the whole file, and so does this command"
+                ))
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(format!("cannot read the settings file {path}: {e}")),
+    };
+    for (k, v) in sysconfig::unset_in(&file, env) {
+        std::env::set_var(k, v);
+    }
+    None
+}
+
 fn syslog_level(l: log::Level) -> u8 {
     match l {
         log::Level::Error => 3,
@@ -150,6 +184,8 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    // A command run by hand sees the settings file as the service does.
+    let settings_problem = settings_from_file();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -168,6 +204,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging();
+    if let Some(why) = settings_problem {
+        log::warn!("{why}");
+    }
     let cfg = match cli.settings.validate() {
         Ok(c) => c,
         Err(e) => {

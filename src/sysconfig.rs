@@ -294,9 +294,50 @@ pub fn lookup(assignments: &[(String, String)], key: &str) -> Option<String> {
         .map(|(_, v)| v.clone())
 }
 
+/// What a command run by hand takes from the settings file (`file`, as
+/// [`parse_bytes`] read it): each `KSM_BALLOON_*` assignment whose
+/// variable `env` does not set, or sets empty, in the file's order, so the
+/// command sees what the service gets from systemd's `EnvironmentFile=`,
+/// and what the environment sets wins (the service's own environment,
+/// which already holds the file's, or an operator's `KSM_BALLOON_X=...
+/// ksm-balloon status`), as it does for the hook. `KSM_BALLOON_CONFIG` is
+/// never taken from the file: it names the file.
+pub fn unset_in(
+    file: &[(String, String)],
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    file.iter()
+        .filter(|(k, _)| k.starts_with("KSM_BALLOON_") && k != "KSM_BALLOON_CONFIG")
+        .filter(|(k, _)| env(k).map_or(true, |v| v.is_empty()))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_takes_from_the_file_only_what_its_environment_leaves_unset() {
+        let file = parse(
+            "KSM_BALLOON_STATE=/srv/kb/state.json\nKSM_BALLOON_SPLIT=demand\nKSM_BALLOON_LOG=debug\nKSM_BALLOON_CONFIG=/elsewhere\nPATH=/nowhere\nKSM_BALLOON_DEADBAND=8M\n",
+        );
+        let env = |k: &str| match k {
+            "KSM_BALLOON_SPLIT" => Some("equal".to_string()),
+            "KSM_BALLOON_LOG" => Some(String::new()),
+            _ => None,
+        };
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            unset_in(&file, env),
+            [
+                pair("KSM_BALLOON_STATE", "/srv/kb/state.json"),
+                pair("KSM_BALLOON_LOG", "debug"),
+                pair("KSM_BALLOON_DEADBAND", "8M"),
+            ]
+        );
+        assert!(unset_in(&[], |_: &str| None).is_empty());
+    }
 
     const K: &str = "KSM_BALLOON_STATE";
 

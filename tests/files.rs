@@ -362,3 +362,49 @@ fn hook_does_not_claim_a_record_it_could_not_save() {
         "{log}"
     );
 }
+
+#[test]
+fn a_command_run_by_hand_reads_the_settings_file_as_the_service_does_regression() {
+    // Commands run by hand (run, status, release, reload, ksm-restore) read
+    // only their flags and environment: on a host whose settings file moves
+    // the state, `ksm-balloon status` read the default path, which the
+    // service and the hook never use. They now read the file as systemd's
+    // EnvironmentFile= gives it to the service, the environment winning.
+    let d = Dom::numbered("p", 1);
+    let fx = Fixture::new(std::slice::from_ref(&d));
+    let settings = fx.root.join("etc/sysconfig/ksm-balloon");
+    fs::create_dir_all(settings.parent().unwrap()).unwrap();
+    fs::write(
+        &settings,
+        "# moved, as an operator would\nKSM_BALLOON_STATE=/srv/kb/state.json\n",
+    )
+    .unwrap();
+    let out = fx.run(&["run", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(fx.root.join("srv/kb/state.json").exists(), "{}", out.stderr);
+    assert!(!fx.state_path().exists());
+    let out = fx.run(&["status", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(status["vms"][0]["managed"], true, "{}", out.stdout);
+    // what the environment sets wins over the file
+    let out: common::Ran = fx
+        .cmd()
+        .env("KSM_BALLOON_STATE", "/srv/other/state.json")
+        .args(["run", "--json"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(fx.root.join("srv/other/state.json").exists());
+    // a file systemd refuses (not UTF-8) is ignored, and the command says so
+    fs::write(&settings, b"KSM_BALLOON_STATE=/srv/\xff/state.json\n").unwrap();
+    let out = fx.run(&["run", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&settings.display().to_string()),
+        "{}",
+        out.stderr
+    );
+    assert!(fx.state_path().exists());
+}

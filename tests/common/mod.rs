@@ -165,6 +165,12 @@ impl Fixture {
             }
         }
         c.env("KSM_BALLOON_ROOT", &self.root)
+            // never the host's own settings file: one under the fake root,
+            // absent unless a test writes it
+            .env(
+                "KSM_BALLOON_CONFIG",
+                self.root.join("etc/sysconfig/ksm-balloon"),
+            )
             .env("KSM_BALLOON_CONNECT", self.uri())
             .env("KSM_BALLOON_LOG", "debug")
             .env("KSM_BALLOON_LOG_STYLE", "never")
