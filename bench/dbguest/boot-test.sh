@@ -13,7 +13,7 @@
 # QEMU is killed and the overlay removed on exit, whatever happens.
 #
 # Usage: bench/dbguest/boot-test.sh [--mem MIB] [--warmup S] [--window S]
-#            [--interval S] [--read-mibs N] [--console FILE]
+#            [--interval S] [--read-mibs N] [--append TEXT] [--console FILE]
 #   --mem MIB       guest memory (default 256)
 #   --warmup S      pgbench seconds not measured (default 60)
 #   --window S      pgbench seconds measured after them (default 120)
@@ -21,6 +21,8 @@
 #   --read-mibs N   the disk's reads throttled to N MiB/s (QEMU's
 #                   throttling.bps-read, as part 1's <iotune>); 0: none
 #                   (default)
+#   --append TEXT   more of the guest's kernel command line (its kb.*
+#                   knobs: bench/dbguest/guest-run.sh)
 #   --console FILE  keep the guest's console there (default: removed)
 # Prints one line:
 #   mem=<MiB> window=<s> samples=<n> median_tps=<n> mean_tps=<n> min=<n> max=<n> memtotal=<kB> cached=<kB> disk_read_mib=<n>
@@ -32,7 +34,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/dbguest/build.sh
 . "$HERE/build.sh"
 
-mem=256 warmup=60 window=120 interval=5 read_mibs=0 keep_console=''
+mem=256 warmup=60 window=120 interval=5 read_mibs=0 append='' keep_console=''
 while [ $# -gt 0 ]; do
     [ $# -ge 2 ] || kb_die "$1 needs a value"
     case $1 in
@@ -41,6 +43,7 @@ while [ $# -gt 0 ]; do
         --window) window=$2 ;;
         --interval) interval=$2 ;;
         --read-mibs) read_mibs=$2 ;;
+        --append) append=$2 ;;
         --console) keep_console=$2 ;;
         *) kb_die "unknown option $1 (see the header of $0)" ;;
     esac
@@ -75,7 +78,7 @@ throttle=''
 nice -n 19 qemu-system-x86_64 -machine pc,mem-merge=off -accel tcg -m "$mem" -smp 1 \
     -nodefaults -no-user-config -display none -monitor none \
     -kernel "$KDB_KERNEL" -initrd "$KDB_INITRD" \
-    -append "$KG_CMDLINE kb.interval=$interval" \
+    -append "$KG_CMDLINE kb.interval=$interval${append:+ $append}" \
     -device virtio-balloon-pci \
     -drive "file=$work/overlay.qcow2,format=qcow2,if=none,id=root,cache=none,aio=threads$throttle" \
     -device "virtio-blk-pci,drive=root,serial=$KDB_SERIAL" \

@@ -9,9 +9,12 @@
 #    archives this machine's apt uses: tests/systemd/lib.sh's
 #    sd_apt_sources) with postgresql-15, which ships pgbench in Debian 12;
 #  - in a copy of that root, the Debian cluster (15/main) with a pgbench
-#    database of scale KDB_SCALE (default 10: pgbench_accounts and its
-#    primary key take about 150 MiB, more than the page cache of a 160 MiB
-#    guest holds and less than that of a 256 MiB one), made by running
+#    database of scale KDB_SCALE (default 8: pgbench_accounts and its
+#    primary key take 119.6 MiB, more than a 160 MiB guest caches (its
+#    Cached: 70 MB) and less than a 256 MiB one, whose MemTotal is
+#    205 MiB; at scale 10, 149.5 MiB, a 256 MiB guest still
+#    read a page from its disk for about one transaction in four:
+#    docs/BENCHMARKS.md, part 3), made by running
 #    PostgreSQL in the root (chroot, as its postgres user, in private PID,
 #    IPC, network and mount namespaces) and stopping it cleanly; a small
 #    shared_buffers (16MB), so the guest's page cache does the caching;
@@ -42,7 +45,7 @@ KDB_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tests/systemd/lib.sh
 . "$KDB_HERE/../../tests/systemd/lib.sh"
 
-KDB_SCALE=${KDB_SCALE:-10}
+KDB_SCALE=${KDB_SCALE:-8}
 # postgresql-15 holds the server and pgbench (postgresql-client-15, a
 # dependency, holds psql); mount is not Essential in Debian 12.
 KDB_PACKAGES=(postgresql-15 mount)

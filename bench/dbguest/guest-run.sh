@@ -15,7 +15,8 @@
 #    alone, at about a hundred a second under software emulation, it
 #    would take many minutes), and prints "KB-PREWARM seconds=<s>
 #    cached=<kB>";
-#  - prints "KB-GUEST-READY <kernel> scale=<pgbench scale>";
+#  - prints "KB-GUEST-READY <kernel> scale=<pgbench scale> root=<device>
+#    read_ahead_kb=<its read-ahead>";
 #  - runs `pgbench -n -S -c <clients> -j 1 -P <interval>` (select-only:
 #    random primary-key look-ups in pgbench_accounts) for as long as the
 #    guest runs, and turns each of its progress lines into
@@ -27,18 +28,20 @@
 #    "KB-PGBENCH-EXIT <status>" if pgbench ever ends (it is restarted).
 # Kernel command-line knobs: kb.interval=S (default 5), kb.clients=N
 # (default 1), kb.prewarm=0 (no warming: the cache fills from pgbench's
-# own reads).
+# own reads), kb.readahead_kb=N (the root disk's read_ahead_kb; default:
+# the kernel's).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 PGBIN=/usr/lib/postgresql/15/bin
 PGDATA=/var/lib/postgresql/15/main
 PGCONF=/etc/postgresql/15/main/postgresql.conf
 
-interval=5 clients=1 prewarm=1
+interval=5 clients=1 prewarm=1 readahead_kb=''
 for kv in $(</proc/cmdline); do
     case $kv in
         kb.interval=*) interval=${kv#*=} ;;
         kb.clients=*) clients=${kv#*=} ;;
         kb.prewarm=*) prewarm=${kv#*=} ;;
+        kb.readahead_kb=*) readahead_kb=${kv#*=} ;;
     esac
 done
 
@@ -54,6 +57,9 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 install -d -o postgres -g postgres -m 2775 /run/postgresql
 echo kb-db >/proc/sys/kernel/hostname
 
+root=$(awk '$2 == "/" && $3 == "ext4" { print $1 }' /proc/mounts)
+[ -z "$readahead_kb" ] || echo "$readahead_kb" >"/sys/block/${root##*/}/queue/read_ahead_kb"
+
 log=/var/log/postgresql/kb-db.log
 if ! runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -o "-c config_file=$PGCONF" \
     -l "$log" -w -t 600 start >/dev/null; then
@@ -68,7 +74,7 @@ if [ "$prewarm" = 1 ]; then
         fail "pg_prewarm"
     echo "KB-PREWARM seconds=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') cached=$(awk '$1 == "Cached:" { print $2 }' /proc/meminfo)"
 fi
-echo "KB-GUEST-READY $(uname -r) scale=$scale"
+echo "KB-GUEST-READY $(uname -r) scale=$scale root=$root read_ahead_kb=$(<"/sys/block/${root##*/}/queue/read_ahead_kb")"
 
 # meminfo: sets memtotal, memfree and cached (kB) from /proc/meminfo.
 meminfo() {
