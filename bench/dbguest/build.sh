@@ -11,11 +11,11 @@
 #  - in a copy of that root, the Debian cluster (15/main) with a pgbench
 #    database of scale KDB_SCALE (default 8: pgbench_accounts and its
 #    primary key take 119.6 MiB, more than a 160 MiB guest caches (its
-#    Cached: 70 MB) and less than a 256 MiB one, whose MemTotal is
-#    205 MiB; at scale 10, 149.5 MiB, a 256 MiB guest still
-#    read a page from its disk for about one transaction in four:
-#    docs/BENCHMARKS.md, part 3), made by running
-#    PostgreSQL in the root (chroot, as its postgres user, in private PID,
+#    Cached, shared buffers included, settles at about 72 MB) and less
+#    than a 256 MiB one (about 167 MB); at scale 10, 149.5 MiB, a 256 MiB
+#    guest still read a page from its disk for about one transaction in
+#    four: docs/BENCHMARKS.md, part 3), made by running PostgreSQL in the
+#    root (chroot, as its postgres user, in private PID,
 #    IPC, network and mount namespaces) and stopping it cleanly; a small
 #    shared_buffers (16MB), so the guest's page cache does the caching;
 #    bench/dbguest/guest-run.sh as the root's /sbin/kb-db-init (the guest's
