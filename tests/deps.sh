@@ -27,8 +27,9 @@ PACKAGES=(
     # reliability: ss (is a pass connected to libvirtd?); fuzzing: the C++
     # compiler libFuzzer is built with
     iproute2 g++
-    # benchmarks (bench/): plots, and the static guest reader built by rustc
-    python3-matplotlib libc6-dev
+    # benchmarks (bench/): plots, the static guest reader built by rustc, and
+    # qemu-img for the PostgreSQL guest's per-guest overlays (bench/dbguest/)
+    python3-matplotlib libc6-dev qemu-utils
     # the operator's view (tests/metrics/, tests/metadata/): promtool checks
     # the metrics file, node_exporter serves it, xmllint validates the
     # metadata examples against docs/metadata.rng, curl scrapes

@@ -24,7 +24,8 @@
 #    "KB-DONE <token> ...": "read <token>" starts (or resumes) the reader,
 #    "idle <token>" stops it (SIGSTOP: the data stays in the page cache,
 #    as a program that stopped reading leaves it).
-# busybox, /proc, /sys, /dev and the virtio drivers (tests/lib/guest-prelude.sh)
+# busybox, /proc, /sys, /dev, the virtio drivers and disk_by_serial
+# (tests/lib/guest-prelude.sh)
 # shellcheck source=tests/lib/guest-prelude.sh
 . /lib/guest-prelude.sh
 mkdir -p /app
@@ -41,13 +42,6 @@ for kv in $(cat /proc/cmdline); do
         kb.disks=*) disks=${kv#*=} ;;
     esac
 done
-
-disk_by_serial() {
-    for s in /sys/block/vd*/serial; do
-        [ -e "$s" ] && [ "$(cat "$s")" = "$1" ] && { b=${s%/serial}; echo "/dev/${b##*/}"; return 0; }
-    done
-    return 1
-}
 
 # the block devices appear asynchronously after insmod
 i=0

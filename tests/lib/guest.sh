@@ -52,11 +52,12 @@ kg_kernel_version() {
 }
 
 # kg_copy_module VERSION NAME DESTDIR: the module as a plain .ko (Debian may
-# ship them compressed; busybox insmod wants them plain).
+# ship them compressed; busybox insmod wants them plain). Found anywhere in
+# the kernel's module tree: the virtio drivers, and for a guest that mounts
+# a disk (bench/dbguest/) ext4 and its dependencies (fs/, lib/, crypto/).
 kg_copy_module() {
     local v=$1 m=$2 dest=$3 f
-    f=$(find "/lib/modules/$v/kernel/drivers/virtio" "/lib/modules/$v/kernel/drivers/block" \
-        -name "$m.ko*" | head -n1)
+    f=$(find "/lib/modules/$v/kernel" -name "$m.ko*" | sort | head -n1)
     [ -n "$f" ] || { kb_log "module $m not found for kernel $v"; return 1; }
     case $f in
         *.ko) cp "$f" "$dest/$m.ko" ;;
