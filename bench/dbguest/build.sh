@@ -68,16 +68,6 @@ huge_pages = off
 autovacuum = off
 jit = off"
 
-# kdb_prune PREFIX KEEP: removes $KG_CACHE/PREFIX* entries other than KEEP
-# unused (their .complete untouched) for a week.
-kdb_prune() {
-    find "$KG_CACHE" -maxdepth 2 -path "$KG_CACHE/$1*/.complete" -mtime +7 \
-        ! -path "$2/.complete" -printf '%h\n' 2>/dev/null | while read -r old; do
-        kb_log "removing the unused $old"
-        rm -rf "$old"
-    done
-}
-
 # kdb_root: sets KDB_ROOT (and KDB_ROOT_KEY) to the cached Debian root,
 # built with mmdebstrap when none has the same key: the suite, the
 # packages, the apt sources and this recipe.
@@ -92,11 +82,7 @@ kdb_root() {
         declare -f kdb_root
     } | sha256sum | cut -c1-16)
     KDB_ROOT=$KG_CACHE/dbguest-root-$KDB_ROOT_KEY
-    kdb_prune dbguest-root- "$KDB_ROOT"
-    if [ -e "$KDB_ROOT/.complete" ]; then
-        touch "$KDB_ROOT/.complete"
-        return 0
-    fi
+    sd_cache_ready "$KDB_ROOT" && return 0
     kb_log "building the db guest's Debian root into $KDB_ROOT (mmdebstrap)"
     mkdir -p "$KG_CACHE"
     tmp=$KDB_ROOT.tmp.$$
@@ -173,11 +159,7 @@ kdb_image() {
     dir=$KG_CACHE/dbguest-img-$key
     KDB_IMAGE=$dir/root.img
     KDB_INFO=$dir/info
-    kdb_prune dbguest-img- "$dir"
-    if [ -e "$dir/.complete" ]; then
-        touch "$dir/.complete"
-        return 0
-    fi
+    sd_cache_ready "$dir" && return 0
     kb_log "building the db guest's disk (pgbench scale $KDB_SCALE) into $dir"
     tmp=$dir.tmp.$$
     rm -rf "$tmp"

@@ -29,6 +29,21 @@ SD_PACKAGES=(systemd systemd-sysv dbus libvirt-daemon-system libvirt-daemon-driv
 # sd_apt_sources: one "deb URI SUITE COMPONENT..." line for each Debian
 # bookworm source this machine's apt is configured with (one-line and deb822
 # formats), so the root comes from the same archives as the host's packages.
+# sd_cache_ready DIR: DIR is a cache entry named PREFIX-KEY (a build keyed
+# by its inputs: a Debian root, a disk image) whose .complete file marks it
+# whole and, by its mtime, its last use. Removes the entries beside it with
+# the same PREFIX unused for a week, then succeeds (marking DIR used) when
+# DIR is complete, fails when it must be built.
+sd_cache_ready() {
+    local dir=$1 old
+    find "$(dirname "$dir")" -maxdepth 2 -path "${dir%-*}-*/.complete" -mtime +7 \
+        ! -path "$dir/.complete" -printf '%h\n' 2>/dev/null | while read -r old; do
+        kb_log "removing the unused $old"
+        rm -rf "$old"
+    done
+    [ -e "$dir/.complete" ] && touch "$dir/.complete"
+}
+
 sd_apt_sources() {
     local f
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
@@ -113,17 +128,8 @@ sd_build_root() {
         declare -f sd_build_root sd_customize
     } | sha256sum | cut -c1-16)
     SD_ROOT=$SD_CACHE/debian12-systemd-$key
-    # Roots of other recipes unused for a week go (415 MB each); the mtime
-    # of .complete marks a root's last use.
-    find "$SD_CACHE" -maxdepth 2 -path "$SD_CACHE/debian12-systemd-*/.complete" -mtime +7 \
-        ! -path "$SD_ROOT/.complete" -printf '%h\n' 2>/dev/null | while read -r old; do
-        kb_log "removing the unused root file system $old"
-        rm -rf "$old"
-    done
-    if [ -e "$SD_ROOT/.complete" ]; then
-        touch "$SD_ROOT/.complete"
-        return 0
-    fi
+    # (roots of other recipes, 415 MB each, go after a week unused)
+    sd_cache_ready "$SD_ROOT" && return 0
     kb_log "building the Debian 12 root file system into $SD_ROOT (mmdebstrap; a few minutes)"
     mkdir -p "$SD_CACHE"
     tmp=$SD_ROOT.tmp.$$
