@@ -68,41 +68,16 @@ huge_pages = off
 autovacuum = off
 jit = off"
 
-# kdb_root: sets KDB_ROOT (and KDB_ROOT_KEY) to the cached Debian root,
-# built with mmdebstrap when none has the same key: the suite, the
-# packages, the apt sources and this recipe.
+# kdb_root: sets KDB_ROOT (and KDB_ROOT_KEY) to the cached Debian root
+# (sd_debian_root: built with mmdebstrap when none has the same key).
 kdb_root() {
-    local sources tmp
-    sources=$(sd_apt_sources)
-    [ -n "$sources" ] || kb_die "no Debian $SD_SUITE source in this machine's apt configuration"
-    command -v mmdebstrap >/dev/null || kb_die "mmdebstrap is missing (apt-get install mmdebstrap)"
-    KDB_ROOT_KEY=$( {
-        echo "$SD_SUITE ${KDB_PACKAGES[*]}"
-        echo "$sources"
-        declare -f kdb_root
-    } | sha256sum | cut -c1-16)
-    KDB_ROOT=$KG_CACHE/dbguest-root-$KDB_ROOT_KEY
-    sd_cache_ready "$KDB_ROOT" && return 0
-    kb_log "building the db guest's Debian root into $KDB_ROOT (mmdebstrap)"
-    mkdir -p "$KG_CACHE"
-    tmp=$KDB_ROOT.tmp.$$
-    rm -rf "$tmp"
     # No documentation, manual pages or translations: the guest reads none.
-    if ! printf '%s\n' "$sources" | nice -n 19 mmdebstrap --variant=minbase --mode=root \
-        --aptopt='APT::Install-Recommends "false"' \
+    sd_debian_root "$KG_CACHE/dbguest-root" "" minbase "$(IFS=,; echo "${KDB_PACKAGES[*]}")" \
         --dpkgopt='path-exclude=/usr/share/doc/*' \
         --dpkgopt='path-exclude=/usr/share/man/*' \
-        --dpkgopt='path-exclude=/usr/share/locale/*' \
-        --include="$(IFS=,; echo "${KDB_PACKAGES[*]}")" \
-        "$SD_SUITE" "$tmp" - >"$KG_CACHE/dbguest-root-$KDB_ROOT_KEY.log" 2>&1; then
-        tail -n 30 "$KG_CACHE/dbguest-root-$KDB_ROOT_KEY.log" >&2
-        rm -rf "$tmp"
-        kb_die "mmdebstrap failed (log: $KG_CACHE/dbguest-root-$KDB_ROOT_KEY.log)"
-    fi
-    touch "$tmp/.complete"
-    rm -rf "$KDB_ROOT"
-    mv "$tmp" "$KDB_ROOT"
-    kb_log "Debian root ready: $(du -sh "$KDB_ROOT" | cut -f1)"
+        --dpkgopt='path-exclude=/usr/share/locale/*'
+    KDB_ROOT=$SD_DEBIAN_ROOT
+    KDB_ROOT_KEY=$SD_DEBIAN_ROOT_KEY
 }
 
 # kdb_pg_init ROOT SCALE INFO: in ROOT, starts the cluster 15/main (made

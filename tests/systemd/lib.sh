@@ -114,40 +114,56 @@ CONF
     printf '[Journal]\nStorage=volatile\nRateLimitBurst=0\n' >"$r/etc/systemd/journald.conf.d/ksm-balloon-tests.conf"
 }
 
-# sd_build_root: sets SD_ROOT to the cached root file system, building it
-# with mmdebstrap when no root with the same key exists. The key: the
-# package list, the apt sources and the recipe (these functions' text).
-sd_build_root() {
-    local key sources tmp
+# sd_debian_root PREFIX RECIPE VARIANT PACKAGES [MMDEBSTRAP_OPTION...]:
+# sets SD_DEBIAN_ROOT (and SD_DEBIAN_ROOT_KEY) to a cached Debian
+# $SD_SUITE root, PREFIX-KEY, built with mmdebstrap (VARIANT, the packages
+# of the comma-separated PACKAGES, no recommends, the options) when no root
+# with the same key exists. The key: RECIPE (the caller's recipe: its
+# package list, its functions' text), the options and the apt sources.
+# Roots of other recipes go after a week unused (sd_cache_ready).
+sd_debian_root() {
+    local prefix=$1 recipe=$2 variant=$3 packages=$4 key sources tmp log
+    shift 4
     sources=$(sd_apt_sources)
     [ -n "$sources" ] || kb_die "no Debian $SD_SUITE source in this machine's apt configuration"
     command -v mmdebstrap >/dev/null || kb_die "mmdebstrap is missing: run tests/deps.sh"
     key=$( {
-        echo "$SD_SUITE ${SD_PACKAGES[*]}"
+        echo "$SD_SUITE $variant $packages"
+        echo "$recipe"
+        printf '%s\n' "$@"
         echo "$sources"
-        declare -f sd_build_root sd_customize
+        declare -f sd_debian_root
     } | sha256sum | cut -c1-16)
-    SD_ROOT=$SD_CACHE/debian12-systemd-$key
-    # (roots of other recipes, 415 MB each, go after a week unused)
-    sd_cache_ready "$SD_ROOT" && return 0
-    kb_log "building the Debian 12 root file system into $SD_ROOT (mmdebstrap; a few minutes)"
-    mkdir -p "$SD_CACHE"
-    tmp=$SD_ROOT.tmp.$$
+    # shellcheck disable=SC2034 # for the caller (bench/dbguest/build.sh)
+    SD_DEBIAN_ROOT_KEY=$key
+    SD_DEBIAN_ROOT=$prefix-$key
+    sd_cache_ready "$SD_DEBIAN_ROOT" && return 0
+    kb_log "building a Debian $SD_SUITE root file system into $SD_DEBIAN_ROOT (mmdebstrap; a few minutes)"
+    mkdir -p "$(dirname "$prefix")"
+    tmp=$SD_DEBIAN_ROOT.tmp.$$
+    log=$SD_DEBIAN_ROOT.log
     rm -rf "$tmp"
-    # The customize hook runs in a child shell: it gets the function's text.
-    if ! printf '%s\n' "$sources" | mmdebstrap --variant=apt --mode=root \
-        --aptopt='APT::Install-Recommends "false"' \
-        --include="$(IFS=,; echo "${SD_PACKAGES[*]}")" \
-        --customize-hook="$(declare -f sd_customize); sd_customize \"\$1\"" \
-        "$SD_SUITE" "$tmp" - >"$SD_CACHE/mmdebstrap-$key.log" 2>&1; then
-        tail -n 30 "$SD_CACHE/mmdebstrap-$key.log" >&2
+    if ! printf '%s\n' "$sources" | mmdebstrap --variant="$variant" --mode=root \
+        --aptopt='APT::Install-Recommends "false"' --include="$packages" "$@" \
+        "$SD_SUITE" "$tmp" - >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
         rm -rf "$tmp"
-        kb_die "mmdebstrap failed (log: $SD_CACHE/mmdebstrap-$key.log)"
+        kb_die "mmdebstrap failed (log: $log)"
     fi
     touch "$tmp/.complete"
-    rm -rf "$SD_ROOT"
-    mv "$tmp" "$SD_ROOT"
-    kb_log "root file system ready: $(du -sh "$SD_ROOT" | cut -f1)"
+    rm -rf "$SD_DEBIAN_ROOT"
+    mv "$tmp" "$SD_DEBIAN_ROOT"
+    kb_log "root file system ready: $(du -sh "$SD_DEBIAN_ROOT" | cut -f1)"
+}
+
+# sd_build_root: sets SD_ROOT to the cached root file system of the
+# systemd suite's containers (sd_debian_root).
+sd_build_root() {
+    # The customize hook runs in a child shell: it gets the function's text.
+    sd_debian_root "$SD_CACHE/debian12-systemd" "$(declare -f sd_customize)" apt \
+        "$(IFS=,; echo "${SD_PACKAGES[*]}")" \
+        --customize-hook="$(declare -f sd_customize); sd_customize \"\$1\""
+    SD_ROOT=$SD_DEBIAN_ROOT
 }
 
 # --- the RPM ------------------------------------------------------------------
