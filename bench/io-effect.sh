@@ -8,7 +8,7 @@
 #   bench/io-effect.sh --short   the CI version: one short repeat of each arm
 #                                (5 s warm-up, 10 s measured)
 #   options: --guests N --repeats R --arms a,b,c,d --warmup S --measure S
-#            --rig identical|mixed[,...] (default identical)
+#            --rig identical|mixed|unequal[,...] (default identical)
 #            --lock-span run|rig|repeat: hold the real-stack lock for each
 #            run (default), for each rig of a repeat, or for each repeat
 #            --out DIR (default bench/results/io-effect)
@@ -21,7 +21,10 @@
 # in memory). In the identical rig (the paper's) every guest reads random
 # 1 MiB blocks through its page cache (bench/guest/reader.rs); in the mixed
 # rig only the first does, the others idle (they boot, hold their
-# application bytes and read nothing). The arms:
+# application bytes and read nothing). In the unequal rig (issue 20's
+# third) two guests read working sets of different sizes: guest 0 its
+# whole disk, guest 1 its disk's first KBB_SPAN_MIB MiB; the others have no
+# disk at all (booted from their initramfs, idle). The arms:
 #   a   static floor: booted at KBB_FLOOR_MIB, KSM off
 #   b   KSM on, no ksm-balloon (booted at the floor)
 #   c   KSM on and `ksm-balloon --split equal run` every 10 s (the paper's split)
@@ -61,7 +64,7 @@ while [ $# -gt 0 ]; do
         --measure) measure=$2; shift ;;
         --out) out=$2 out_arg=$2; shift ;;
         --plots) plots_dir=$2; shift ;;
-        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe] [--rig identical,mixed] [--lock-span run|rig|repeat] [--warmup S] [--measure S] [--out DIR] [--plots DIR]" >&2
+        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe] [--rig identical,mixed,unequal] [--lock-span run|rig|repeat] [--warmup S] [--measure S] [--out DIR] [--plots DIR]" >&2
            exit 2 ;;
     esac
     shift
@@ -113,10 +116,10 @@ mapfile -t names < <(kbb_names "$guests")
 rm -rf "$out"
 mkdir -p "$out"
 cat >"$out/settings.json" <<JSON
-{"command": "$(env | grep -E '^KBB_(FLOOR|CEIL|DATA|APP|IOTUNE|INTERVAL|PASS_PERIOD|KSM)_' | sort | tr '\n' ' ')bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --rig $rigs --warmup $warmup --measure $measure$(if [ -n "$out_arg" ]; then echo " --out $out_arg"; fi)",
+{"command": "$(env | grep -E '^KBB_(FLOOR|CEIL|DATA|APP|SPAN|IOTUNE|INTERVAL|PASS_PERIOD|KSM)_' | sort | tr '\n' ' ')bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --rig $rigs --warmup $warmup --measure $measure$(if [ -n "$out_arg" ]; then echo " --out $out_arg"; fi)",
  "guests": $guests, "repeats": $repeats, "arms": "$arms", "rigs": "$rigs", "warmup_s": $warmup, "measure_s": $measure,
  "floor_mib": $KBB_FLOOR_MIB, "ceiling_mib": $KBB_CEIL_MIB, "data_mib": $KBB_DATA_MIB,
- "app_mib": $KBB_APP_MIB, "iotune_mibs": $KBB_IOTUNE_MIBS, "pass_period_s": ${KBB_PASS_PERIOD:-10},
+ "app_mib": $KBB_APP_MIB, "span_mib": $KBB_SPAN_MIB, "iotune_mibs": $KBB_IOTUNE_MIBS, "pass_period_s": ${KBB_PASS_PERIOD:-10},
  "ksm_pages_to_scan": $KSM_PAGES_TO_SCAN, "ksm_sleep_millisecs": $KSM_SLEEP_MS,
  "host": "$(hostname)", "kernel": "$(uname -r)", "cpus": $(nproc),
  "cpu_model": "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)",
@@ -131,6 +134,16 @@ JSON
 # run_dir RIG ARM REP: where a run's files go (one rig: ARM-REP).
 run_dir() {
     if [ "$rigs" = "$1" ]; then echo "$out/$2-$3"; else echo "$out/$1-$2-$3"; fi
+}
+
+# guest_role RIG INDEX: reader (its whole disk), span (its first
+# KBB_SPAN_MIB MiB) or idle (diskless in the unequal rig).
+guest_role() {
+    case $1:$2 in
+        identical:* | *:0) echo reader ;;
+        unequal:1) echo span ;;
+        *) echo idle ;;
+    esac
 }
 
 run_arm() {
@@ -153,7 +166,7 @@ run_arm() {
         e) split=demand ;;
     esac
     for ((i = 0; i < guests; i++)); do
-        if [ "$rig" = identical ] || [ "$i" = 0 ]; then readers+=("${names[$i]}"); else idle+=("${names[$i]}"); fi
+        if [ "$(guest_role "$rig" "$i")" = idle ]; then idle+=("${names[$i]}"); else readers+=("${names[$i]}"); fi
     done
     [ "$KBB_LOCKED" = 1 ] || kbb_take_stack
     local run_start
@@ -168,11 +181,11 @@ run_arm() {
     for g in "${names[@]}"; do consoles+=(--console "$g=$(kbb_console "$g")"); done
     t0=$(date +%s.%N)
     for ((i = 0; i < guests; i++)); do
-        if [ "$rig" = identical ] || [ "$i" = 0 ]; then
-            kbb_boot "$i" "${boot[$i]}"
-        else
-            kbb_boot "$i" "${boot[$i]}" --idle
-        fi
+        case $(guest_role "$rig" "$i") in
+            reader) kbb_boot "$i" "${boot[$i]}" ;;
+            span) kbb_boot "$i" "${boot[$i]}" --span "$KBB_SPAN_MIB" ;;
+            idle) kbb_boot "$i" "${boot[$i]}" "$(if [ "$rig" = unequal ]; then echo --diskless; else echo --idle; fi)" ;;
+        esac
     done
     "$PY" bench/io_sample.py --out "$dir/samples.jsonl" --t0 "$t0" --duration 100000 \
         --uri "$KB_URI" "${consoles[@]}" &
@@ -211,7 +224,7 @@ JSON
 IFS=, read -r -a arm_list <<<"$arms"
 IFS=, read -r -a rig_list <<<"$rigs"
 for rig in "${rig_list[@]}"; do
-    case $rig in identical | mixed) ;; *) kb_die "unknown rig $rig (identical, mixed)" ;; esac
+    case $rig in identical | mixed | unequal) ;; *) kb_die "unknown rig $rig (identical, mixed, unequal)" ;; esac
 done
 case $span in run | rig | repeat) ;; *) kb_die "unknown --lock-span $span (run, rig, repeat)" ;; esac
 for ((rep = 1; rep <= repeats; rep++)); do

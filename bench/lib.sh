@@ -33,6 +33,11 @@ KBB_FLOOR_MIB=${KBB_FLOOR_MIB:-160}
 KBB_CEIL_MIB=${KBB_CEIL_MIB:-256}
 KBB_DATA_MIB=${KBB_DATA_MIB:-128}
 KBB_APP_MIB=${KBB_APP_MIB:-32}
+# the unequal rig's second reader's working set (bench/io-effect.sh): three
+# quarters of the first's whole disk, and like it more than an equal share
+# caches (a floor guest caches about 44 MiB of a disk, each MiB lent adds
+# about one: docs/BENCHMARKS.md part 3), so the split decides which fits
+KBB_SPAN_MIB=${KBB_SPAN_MIB:-96}
 KBB_IOTUNE_MIBS=${KBB_IOTUNE_MIBS:-20}
 KBB_INTERVAL=${KBB_INTERVAL:-2}
 
@@ -81,13 +86,16 @@ kbb_console() { kg_console "$KBB_RUN" "$1"; }
 #   --stats N     its balloon statistics period (default 2; 0: none)
 #   --diskless    no disk at all (kb.disks=0): booted from its initramfs,
 #                 it holds no application bytes and never reads
+#   --span MIB    it reads only its data disk's first MIB MiB (its working
+#                 set; default the whole disk)
 kbb_boot() {
-    local i=$1 name=$KBB_PREFIX$1 cur=$2 app=() extra=() read=1 has_disks=1 data=()
+    local i=$1 name=$KBB_PREFIX$1 cur=$2 app=() extra=() read=1 has_disks=1 data=() span=0
     shift 2
     while [ $# -gt 0 ]; do
         case $1 in
             --idle) read=0 ;;
             --diskless) read=0 has_disks=0 ;;
+            --span) span=$2; shift ;;
             --cmd) extra+=(--socket "$(kbb_socket "$name")") ;;
             --stats) extra+=(--stats "$2"); shift ;;
             *) kb_die "kbb_boot: unknown option $1" ;;
@@ -102,7 +110,7 @@ kbb_boot() {
     fi
     kg_boot "$KBB_RUN" "$name" --persistent --memory "$KBB_CEIL_MIB" --current "$cur" \
         --kernel "$KBB_KERNEL" --initrd "$KBB_INITRD" \
-        --cmdline "kb.app_mib=$KBB_APP_MIB kb.interval=$KBB_INTERVAL kb.seed=$((i + 1)) kb.read=$read kb.disks=$has_disks" \
+        --cmdline "kb.app_mib=$KBB_APP_MIB kb.interval=$KBB_INTERVAL kb.seed=$((i + 1)) kb.read=$read kb.disks=$has_disks kb.span_mib=$span" \
         "${data[@]}" "${app[@]}" "${extra[@]}"
 }
 

@@ -14,7 +14,8 @@
 #    as the same OS and programs would be (what KSM finds to merge);
 #  - prints "KB-GUEST-READY", then runs the reader on kbdata forever:
 #    random 1 MiB reads through the page cache, one "KB-TPUT ..." line
-#    every kb.interval seconds (see reader.rs); with kb.read=0 it is an
+#    every kb.interval seconds (see reader.rs), over the disk's first
+#    kb.span_mib MiB only when that is set (its working set); with kb.read=0 it is an
 #    idle guest: it holds its data disk open but reads nothing; with
 #    kb.disks=0 it has no disk at all (booted from its initramfs, as an
 #    appliance or a network-booted VM is): no data, no application copy,
@@ -30,7 +31,7 @@
 . /lib/guest-prelude.sh
 mkdir -p /app
 
-app_mib=0 interval=2 seed=1 read_now=1 disks=1
+app_mib=0 interval=2 seed=1 read_now=1 disks=1 span_mib=0
 # the kernel command line is one line of words
 # shellcheck disable=SC2013
 for kv in $(cat /proc/cmdline); do
@@ -40,6 +41,7 @@ for kv in $(cat /proc/cmdline); do
         kb.seed=*) seed=${kv#*=} ;;
         kb.read=*) read_now=${kv#*=} ;;
         kb.disks=*) disks=${kv#*=} ;;
+        kb.span_mib=*) span_mib=${kv#*=} ;;
     esac
 done
 
@@ -68,7 +70,7 @@ start_reader() {
     if [ -z "$data" ]; then
         return 1
     elif [ -z "$reader" ]; then
-        /bin/reader "$data" "$interval" 1024 "$seed" &
+        /bin/reader "$data" "$interval" 1024 "$seed" "$span_mib" &
         reader=$!
     else
         kill -CONT "$reader"

@@ -15,7 +15,11 @@
 //! `rustc -O -C target-feature=+crt-static`: one static binary, std only,
 //! so it runs in a busybox initramfs.
 //!
-//! Usage: reader DEVICE [INTERVAL_S] [BLOCK_KIB] [SEED]
+//! Usage: reader DEVICE [INTERVAL_S] [BLOCK_KIB] [SEED] [SPAN_MIB]
+//!
+//! SPAN_MIB (0 or absent: the whole device) limits the reads to the
+//! device's first SPAN_MIB MiB: the working set, so two readers on disks of
+//! one size can need different amounts of cache (the unequal rig).
 
 use std::env;
 use std::fs::{self, File};
@@ -66,10 +70,11 @@ fn run() -> Result<(), String> {
     let args: Vec<String> = env::args().collect();
     let dev = args
         .get(1)
-        .ok_or("usage: reader DEVICE [INTERVAL_S] [BLOCK_KIB] [SEED]")?;
+        .ok_or("usage: reader DEVICE [INTERVAL_S] [BLOCK_KIB] [SEED] [SPAN_MIB]")?;
     let interval = Duration::from_secs_f64(arg(&args, 2, 2.0)?);
     let block = arg::<u64>(&args, 3, 1024)? * 1024;
     let seed: u64 = arg(&args, 4, 0x9E37_79B9_7F4A_7C15)?;
+    let span = arg::<u64>(&args, 5, 0)? * 1024 * 1024;
     let file = File::open(dev).map_err(|e| format!("open {dev}: {e}"))?;
     let size = fs::read_to_string(format!(
         "/sys/class/block/{}/size",
@@ -79,7 +84,7 @@ fn run() -> Result<(), String> {
     .and_then(|s| s.trim().parse::<u64>().ok())
     .map(|sectors| sectors * 512)
     .ok_or_else(|| format!("cannot read the size of {dev}"))?;
-    let blocks = size / block;
+    let blocks = if span == 0 { size } else { span.min(size) } / block;
     if blocks == 0 {
         return Err(format!("{dev} is smaller than one block"));
     }
@@ -89,7 +94,7 @@ fn run() -> Result<(), String> {
     let mut mark = start;
     let (mut seq, mut bytes, mut count) = (0u64, 0u64, 0u64);
     let out = io::stdout();
-    println!("KB-READER-START dev={dev} size={size} block={block} blocks={blocks}");
+    println!("KB-READER-START dev={dev} size={size} block={block} blocks={blocks} span={}", blocks * block);
     loop {
         let b = rng.next() % blocks;
         file.read_exact_at(&mut buf, b * block)
