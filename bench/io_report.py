@@ -100,7 +100,7 @@ def load_run(path):
             # balloon at the size it booted at (bench/io-effect.sh waits for
             # both before it sets t_ready)
             r["t"] -= arm["t_ready"]
-            (tput if r["kind"] == "tput" else host).append(r)
+            (host if r["kind"] == "host" else tput).append(r)
     log = ""
     f = raw(os.path.join(path, "ksm-balloon.log"))
     if f:

@@ -8,6 +8,9 @@ writes JSON lines to --out:
       one per KB-TPUT line a guest prints on its console (the reader
       reports every 2 s); t is host seconds since --t0 when the line was
       seen (polled every 0.25 s);
+  {"kind": "tps", "t": .., "guest": .., "t_guest": .., "tps": .., "memtotal_kib": .., ...}
+      the same for a database guest's KB-TPS lines (bench/db-effect.sh:
+      pgbench's transactions per second over its last progress interval);
   {"kind": "host", "t": .., "balloon_kib": {guest: ..}, "guest_kib": {guest: {..}},
    "ksm": {...}, "mem_available_kib": .., "qemu_rss_kib": {guest: ..}, "ksmd_cpu_s": ..,
    "loadavg": ..}
@@ -32,6 +35,9 @@ KSM_FIELDS = ("run", "pages_shared", "pages_sharing", "pages_unshared", "full_sc
               "general_profit", "ksm_zero_pages", "pages_scanned", "pages_to_scan",
               "sleep_millisecs")
 TPUT_RE = re.compile(r"^KB-TPUT (.*)$")
+# the database guest's (bench/dbguest/guest-run.sh): one per pgbench
+# progress line
+TPS_RE = re.compile(r"^KB-TPS (.*)$")
 
 
 def read_int(path):
@@ -112,6 +118,17 @@ def parse_tput(rest):
     }
 
 
+def parse_tps(rest):
+    kv = dict(x.split("=", 1) for x in rest.split() if "=" in x)
+    return {
+        "t_guest": float(kv["t"]),
+        "tps": float(kv["tps"]),
+        "memtotal_kib": int(kv["memtotal"]),
+        "memfree_kib": int(kv["memfree"]),
+        "cached_kib": int(kv["cached"]),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -141,10 +158,16 @@ def main():
                 lines = data.split(b"\n")
                 partial[name] = lines.pop()
                 for raw in lines:
-                    m = TPUT_RE.match(raw.decode(errors="replace").strip("\r"))
+                    text = raw.decode(errors="replace").strip("\r")
+                    m = TPUT_RE.match(text)
                     if m:
                         rec = {"kind": "tput", "t": now - args.t0, "guest": name}
                         rec.update(parse_tput(m.group(1)))
+                        out.write(json.dumps(rec) + "\n")
+                    m = TPS_RE.match(text)
+                    if m:
+                        rec = {"kind": "tps", "t": now - args.t0, "guest": name}
+                        rec.update(parse_tps(m.group(1)))
                         out.write(json.dumps(rec) + "\n")
             if now >= next_host:
                 next_host += args.period

@@ -27,7 +27,7 @@
 #  - "KB-GUEST-FAILED <what>" when PostgreSQL does not start, and
 #    "KB-PGBENCH-EXIT <status>" if pgbench ever ends (it is restarted).
 # Kernel command-line knobs: kb.interval=S (default 5), kb.clients=N
-# (default 1), kb.prewarm=0 (no warming: the cache fills from pgbench's
+# (default 1; 0: no pgbench, the guest prints KB-IDLE and idles), kb.prewarm=0 (no warming: the cache fills from pgbench's
 # own reads), kb.readahead_kb=N (the root disk's read_ahead_kb; default:
 # the kernel's).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -88,6 +88,12 @@ meminfo() {
     done </proc/meminfo
 }
 
+# kb.clients=0: an idle database guest (PostgreSQL up, its cache warm,
+# nobody querying it), as bench/db-effect.sh's third guest
+if [ "$clients" = 0 ]; then
+    echo "KB-IDLE"
+    while :; do sleep 3600; done
+fi
 while :; do
     # pgbench prints its progress on stderr:
     #   progress: 5.0 s, 123.4 tps, lat 8.101 ms stddev 2.345, 0 failed

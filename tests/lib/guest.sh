@@ -233,7 +233,9 @@ kg_xml_escape() {
 #                       memory; default off (libvirt's default)
 #   --disk FILE[,OPT...]  a virtio disk, vda for the first, vdb for the next;
 #                       OPT: ro, shared, cache=MODE, serial=TEXT,
-#                       read_bytes_sec=N (an <iotune> limit)
+#                       read_bytes_sec=N, read_iops_sec=N (<iotune>
+#                       limits), format=FMT (default raw; qcow2 for an
+#                       overlay)
 #   --console FILE      ttyS0 written to FILE
 #   --socket FILE       ttyS1 as a unix socket the host connects to at FILE
 kg_domain_xml() {
@@ -312,7 +314,7 @@ kg_domain_xml() {
 
 # kg_disk_xml FILE[,OPT...] DEV: one <disk> of kg_domain_xml.
 kg_disk_xml() {
-    local spec=$1 dev=$2 file opt cache='' serial='' bps='' ro='' shared='' opts=()
+    local spec=$1 dev=$2 file opt cache='' serial='' bps='' iops='' ro='' shared='' format=raw opts=()
     IFS=, read -r -a opts <<<"$spec"
     file=${opts[0]}
     for opt in "${opts[@]:1}"; do
@@ -322,15 +324,19 @@ kg_disk_xml() {
             cache=*) cache=" cache='${opt#*=}'" ;;
             serial=*) serial=${opt#*=} ;;
             read_bytes_sec=*) bps=${opt#*=} ;;
+            read_iops_sec=*) iops=${opt#*=} ;;
+            format=*) format=${opt#*=} ;;
             *) kb_die "kg_domain_xml: disk $file: unknown option $opt" ;;
         esac
     done
     echo "    <disk type='file' device='disk'>"
-    echo "      <driver name='qemu' type='raw'$cache/>"
+    echo "      <driver name='qemu' type='$format'$cache/>"
     echo "      <source file='$(kg_xml_escape "$file")'/>"
     echo "      <target dev='$dev' bus='virtio'/>"
     [ -z "$serial" ] || echo "      <serial>$(kg_xml_escape "$serial")</serial>"
-    [ -z "$bps" ] || echo "      <iotune><read_bytes_sec>$bps</read_bytes_sec></iotune>"
+    if [ -n "$bps$iops" ]; then
+        echo "      <iotune>${bps:+<read_bytes_sec>$bps</read_bytes_sec>}${iops:+<read_iops_sec>$iops</read_iops_sec>}</iotune>"
+    fi
     [ -z "$ro" ] || echo "      <readonly/>"
     [ -z "$shared" ] || echo "      <shareable/>"
     echo "    </disk>"
