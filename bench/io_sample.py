@@ -12,12 +12,14 @@ writes JSON lines to --out:
       the same for a database guest's KB-TPS lines (bench/db-effect.sh:
       pgbench's transactions per second over its last progress interval);
   {"kind": "host", "t": .., "balloon_kib": {guest: ..}, "guest_kib": {guest: {..}},
-   "ksm": {...}, "mem_available_kib": .., "qemu_rss_kib": {guest: ..}, "ksmd_cpu_s": ..,
+   "ksm": {...}, "mem_available_kib": .., "qemu_rss_kib": {guest: ..},
+   "qemu_thp_kib": {guest: ..}, "ksmd_cpu_s": ..,
    "loadavg": ..}
       every --period seconds: the balloons and the guests' own figures
       (one `virsh domstats --balloon`: balloon.current, and unused, usable,
       available and disk_caches as the guest's balloon driver reports them),
-      the KSM counters, the host's MemAvailable, each QEMU's RSS and ksmd's
+      the KSM counters, the host's MemAvailable, each QEMU's RSS and how
+      much of it transparent huge pages back (AnonHugePages) and ksmd's
       CPU time so far.
 
 Usage: io_sample.py --out F --t0 EPOCH --duration S --uri URI --console NAME=PATH...
@@ -88,6 +90,22 @@ def qemu_rss(name):
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def qemu_thp(name):
+    """The QEMU process's anonymous memory backed by transparent huge
+    pages (KiB, AnonHugePages of its smaps_rollup), or None."""
+    pid = read_int(f"/run/libvirt/qemu/{name}.pid")
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
                     return int(line.split()[1])
     except OSError:
         return None
@@ -182,6 +200,7 @@ def main():
                     "mem_available_kib": mi.get("MemAvailable"),
                     "mem_total_kib": mi.get("MemTotal"),
                     "qemu_rss_kib": {n: qemu_rss(n) for n in consoles},
+                    "qemu_thp_kib": {n: qemu_thp(n) for n in consoles},
                     "ksmd_cpu_s": ksmd_cpu(),
                     "loadavg": os.getloadavg()[0],
                 }
