@@ -34,6 +34,10 @@
 #       median of the targets c's passes gave it over the measured window
 #       of the same rig and repeat (so c must run before oc)
 #   oe  the same for e
+#   gc  grown to oc's sizes: booted at the floor like c, grown by the
+#       balloon once (virsh setmem --live) to the sizes oc boots with, and
+#       left there with no ksm-balloon (the oracle-gap experiment: the same
+#       memory, booted with or given back); ge the same for oe (after e)
 # Runs are interleaved: for each repeat, for each rig, each arm in the order
 # given. Each run boots fresh guests, with KSM's merged pages cleared before
 # (run=2). bench/io_sample.py records every guest's throughput (every 2 s)
@@ -64,7 +68,7 @@ while [ $# -gt 0 ]; do
         --measure) measure=$2; shift ;;
         --out) out=$2 out_arg=$2; shift ;;
         --plots) plots_dir=$2; shift ;;
-        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe] [--rig identical,mixed,unequal] [--lock-span run|rig|repeat] [--warmup S] [--measure S] [--out DIR] [--plots DIR]" >&2
+        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe,gc,ge] [--rig identical,mixed,unequal] [--lock-span run|rig|repeat] [--warmup S] [--measure S] [--out DIR] [--plots DIR]" >&2
            exit 2 ;;
     esac
     shift
@@ -151,7 +155,7 @@ run_arm() {
     dir=$(run_dir "$rig" "$arm" "$rep")
     mkdir -p "$dir"
     case $arm in
-        a | b | c | e) for g in "${names[@]}"; do boot+=("$KBB_FLOOR_MIB"); done ;;
+        a | b | c | e | gc | ge) for g in "${names[@]}"; do boot+=("$KBB_FLOOR_MIB"); done ;;
         d) for g in "${names[@]}"; do boot+=("$KBB_CEIL_MIB"); done ;;
         oc | oe)
             # the policy arm's steady targets, from its own run
@@ -160,6 +164,14 @@ run_arm() {
             [ "${#boot[@]}" = "$guests" ] || kb_die "arm $arm: ${#boot[@]} sizes for $guests guests"
             ;;
         *) kb_die "unknown arm $arm" ;;
+    esac
+    local grown=()
+    case $arm in
+        gc | ge)
+            mapfile -t grown < <("$PY" bench/io_report.py --oracle-of "$(run_dir "$rig" "${arm#g}" "$rep")") ||
+                kb_die "arm $arm: no run of arm ${arm#g} (rig $rig, repeat $rep) to take its sizes from: list ${arm#g} before $arm"
+            [ "${#grown[@]}" = "$guests" ] || kb_die "arm $arm: ${#grown[@]} sizes for $guests guests"
+            ;;
     esac
     case $arm in
         c) split=equal ;;
@@ -198,6 +210,18 @@ run_arm() {
     # first sample after t = 0 as the boot size (an oracle arm's idle guest
     # was caught at 255 MiB: CI run 2 of issue 25). Passes start after it.
     kbb_wait_boot_size 120 "${names[@]}" || kb_die "arm $arm: the balloons did not reach their boot sizes"
+    if [ "${#grown[@]}" -gt 0 ]; then
+        # gc, ge: grown by the balloon, once, to the oracle's sizes (what the
+        # oracle boots with), then left alone: memory the guest booted
+        # without, given back as ksm-balloon gives it, with no passes
+        for ((i = 0; i < guests; i++)); do
+            kbb_virsh setmem "${names[$i]}" "$((grown[i] * 1024))" --live >/dev/null
+        done
+        for ((i = 0; i < guests; i++)); do
+            kb_wait_until 120 "${names[$i]}'s balloon to reach ${grown[$i]} MiB" \
+                kg_balloon_near "${names[$i]}" "$((grown[i] * 1024))" 0 || kb_die "arm $arm: ${names[$i]} did not grow"
+        done
+    fi
     t_ready=$(date +%s.%N)
     [ -z "$split" ] || kbb_pass_loop "$dir" --split "$split"
     # the arm runs for a fixed time: the warm-up and measuring windows
@@ -213,6 +237,7 @@ run_arm() {
  "warmup_s": $warmup, "measure_s": $measure, "split": "${split:-none}",
  "boot_mib": $(if [ "$arm" = d ]; then echo "$KBB_CEIL_MIB"; else echo "$KBB_FLOOR_MIB"; fi),
  "boot_mib_per_guest": [$(printf '%s,' "${boot[@]}" | sed 's/,$//')],
+ "grown_mib_per_guest": [$(printf '%s,' "${grown[@]}" | sed 's/,$//')],
  "guests": [$(printf '"%s",' "${names[@]}" | sed 's/,$//')],
  "readers": [$(printf '"%s",' "${readers[@]}" | sed 's/,$//')],
  "run_s": $(( $(date +%s) - run_start ))}

@@ -71,9 +71,11 @@ DEMAND_NAMES = {
     "e": "e: demand split",
     "oc": "oc: oracle of equal",
     "oe": "oe: oracle of demand",
+    "gc": "gc: grown to oc's sizes",
+    "ge": "ge: grown to oe's sizes",
 }
-COLORS = {"a": "C7", "b": "C0", "c": "C3", "d": "C2", "e": "C1", "oc": "C4", "oe": "C5"}
-ARM_ORDER = ["a", "b", "c", "oc", "e", "oe", "d"]
+COLORS = {"a": "C7", "b": "C0", "c": "C3", "d": "C2", "e": "C1", "oc": "C4", "oe": "C5", "gc": "C6", "ge": "C8"}
+ARM_ORDER = ["a", "b", "c", "oc", "gc", "e", "oe", "ge", "d"]
 MIB = 1024
 OOM_RE = re.compile(r"Out of memory|Kernel panic")
 
@@ -563,7 +565,15 @@ def check(runs, settings):
             if v == v and g not in readers:
                 bad.append(f"{what}: idle guest {g} read")
         boot = r.get("boot_mib_per_guest") or [r["boot_mib"]] * len(r["guests"])
-        if arm in ("oc", "oe"):
+        grown = r.get("grown_mib_per_guest") or []
+        if arm in ("gc", "ge"):
+            if [b * MIB for b in boot] != [floor] * len(r["guests"]):
+                bad.append(f"{what}: booted at {boot} MiB, expected the floor")
+            want = [b * MIB for b in grown]
+            if len(want) != len(r["guests"]) or not all(floor <= w <= ceil for w in want):
+                bad.append(f"{what}: grown to {grown} MiB, not within the floor and ceiling for each guest")
+                continue
+        elif arm in ("oc", "oe"):
             want = [b * MIB for b in boot]
             if not all(floor <= w <= ceil for w in want):
                 bad.append(f"{what}: oracle sizes {boot} MiB outside the floor and ceiling")
@@ -604,7 +614,7 @@ def check(runs, settings):
         if arm not in ("a", "d") and not s["ksm_profit_mib"] > 0:
             bad.append(f"{what}: KSM saved nothing with KSM on")
         win = [h for h in r["host"] if h["t"] >= 0]
-        if arm in ("b", "oc", "oe"):
+        if arm in ("b", "oc", "oe", "gc", "ge"):
             for g, w in zip(r["guests"], want):
                 top = max(h["balloon_kib"].get(g, 0) for h in win)
                 if top > w + MIB:
