@@ -148,14 +148,9 @@ run_arm() {
     done
     kbb_wait_boot_size 120 "${names[@]}" || kb_die "arm $arm: the balloons did not reach their boot sizes"
     t_ready=$(date +%s.%N)
-    [ -z "$split" ] || kbb_pass_loop "$dir" --split "$split"
+    # the arm runs for a fixed time: the warm-up and measuring windows
     end=$("$PY" -c "print($t_ready + $warmup + $measure)")
-    kbb_run_until "$end" "arm $arm" "${names[@]}"
-    kbb_stop_bg
-    if [ -n "$split" ]; then
-        "$BIN" --connect "$KB_URI" --state "$dir/state.json" --split "$split" status --json >"$dir/status.json" || true
-    fi
-    for g in "${names[@]}"; do cp "$(kbb_console "$g")" "$dir/$g.console"; done
+    kbb_run_window "$dir" "$split" "$end" "arm $arm" "${names[@]}"
     cat >"$dir/arm.json" <<JSON
 {"arm": "$arm", "rig": "db", "repeat": $rep, "t0_epoch": $t0, "t_ready": $("$PY" -c "print($t_ready - $t0)"),
  "warmup_s": $warmup, "measure_s": $measure, "split": "${split:-none}",

@@ -244,6 +244,23 @@ kbb_pass_loop() {
     KBB_BG_PIDS+=($!)
 }
 
+# kbb_run_window DIR SPLIT END WHAT NAME...: an arm's fixed window, from
+# t_ready to END (epoch, decimal): ksm-balloon's passes when SPLIT (equal,
+# demand) is set, the guests watched (kbb_run_until, naming WHAT); then
+# the background stopped, ksm-balloon's status kept as DIR/status.json and
+# the consoles as DIR/NAME.console.
+kbb_run_window() {
+    local dir=$1 split=$2 end=$3 what=$4 g
+    shift 4
+    [ -z "$split" ] || kbb_pass_loop "$dir" --split "$split"
+    kbb_run_until "$end" "$what" "$@"
+    kbb_stop_bg
+    if [ -n "$split" ]; then
+        "$BIN" --connect "$KB_URI" --state "$dir/state.json" --split "$split" status --json >"$dir/status.json" || true
+    fi
+    for g in "$@"; do cp "$(kbb_console "$g")" "$dir/$g.console"; done
+}
+
 # kbb_run_until EPOCH WHAT NAME...: pacing, not a wait for a condition: a
 # run's fixed window, until EPOCH (decimal), its guests checked every 5 s
 # (a guest that failed, or the first one gone, ends the run naming WHAT).
