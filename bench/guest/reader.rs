@@ -94,7 +94,10 @@ fn run() -> Result<(), String> {
     let mut mark = start;
     let (mut seq, mut bytes, mut count) = (0u64, 0u64, 0u64);
     let out = io::stdout();
-    println!("KB-READER-START dev={dev} size={size} block={block} blocks={blocks} span={}", blocks * block);
+    println!(
+        "KB-READER-START dev={dev} size={size} block={block} blocks={blocks} span={}",
+        blocks * block
+    );
     loop {
         let b = rng.next() % blocks;
         file.read_exact_at(&mut buf, b * block)
