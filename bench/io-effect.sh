@@ -125,13 +125,7 @@ cat >"$out/settings.json" <<JSON
  "floor_mib": $KBB_FLOOR_MIB, "ceiling_mib": $KBB_CEIL_MIB, "data_mib": $KBB_DATA_MIB,
  "app_mib": $KBB_APP_MIB, "span_mib": $KBB_SPAN_MIB, "iotune_mibs": $KBB_IOTUNE_MIBS, "pass_period_s": ${KBB_PASS_PERIOD:-10},
  "ksm_pages_to_scan": $KSM_PAGES_TO_SCAN, "ksm_sleep_millisecs": $KSM_SLEEP_MS,
- "host": "$(hostname)", "kernel": "$(uname -r)", "cpus": $(nproc),
- "cpu_model": "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)",
- "mem_total_kib": $(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo),
- "libvirt": "$(virsh --version)", "qemu": "$(qemu-system-x86_64 --version | head -n1)",
- "guest_kernel": "$(basename "$KBB_KERNEL")", "started": "$(date -u +%FT%TZ)",
- "commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src bench 2>/dev/null || echo +changes)",
- "ksm_balloon": "${BIN#"$REPO"/}"}
+ $(kbb_host_json "$KBB_KERNEL" "$REPO")}
 JSON
 
 

@@ -244,6 +244,23 @@ kbb_pass_loop() {
     KBB_BG_PIDS+=($!)
 }
 
+# kbb_host_json GUEST_KERNEL REPO: the machine and build a benchmark ran
+# on, as the last members of its settings.json object (no braces): host,
+# kernel, CPUs, memory, libvirt, QEMU, the guest kernel, the start time,
+# the commit (+changes when src or bench differ from it) and the
+# ksm-balloon binary ($BIN, relative to REPO).
+kbb_host_json() {
+    cat <<JSON
+ "host": "$(hostname)", "kernel": "$(uname -r)", "cpus": $(nproc),
+ "cpu_model": "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)",
+ "mem_total_kib": $(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo),
+ "libvirt": "$(virsh --version)", "qemu": "$(qemu-system-x86_64 --version | head -n1)",
+ "guest_kernel": "$(basename "$1")", "started": "$(date -u +%FT%TZ)",
+ "commit": "$(git -C "$2" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$2" diff --quiet HEAD -- src bench 2>/dev/null || echo +changes)",
+ "ksm_balloon": "${BIN#"$2"/}"
+JSON
+}
+
 # kbb_run_window DIR SPLIT END WHAT NAME...: an arm's fixed window, from
 # t_ready to END (epoch, decimal): ksm-balloon's passes when SPLIT (equal,
 # demand) is set, the guests watched (kbb_run_until, naming WHAT); then
