@@ -413,6 +413,7 @@ scenarios! {
     demand_split_a_working_set_that_fits_keeps_its_loan => "demand-split-a-working-set-that-fits-keeps-its-loan",
     demand_split_a_diskless_idle_guest_beside_a_reader => "demand-split-a-diskless-idle-guest-beside-a-reader",
     demand_split_unknowns_do_not_dilute_a_reader => "demand-split-unknowns-do-not-dilute-a-reader",
+    demand_split_a_slowing_reader_holds_a_quarter_of_its_peak => "demand-split-a-slowing-reader-holds-a-quarter-of-its-peak",
     hold_window => "hold-window",
     ksm_governor_manage => "ksm-governor-manage",
     loan_recalled_as_the_guest_can_pay => "loan-recalled-as-the-guest-can-pay",

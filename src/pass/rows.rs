@@ -179,8 +179,9 @@ pub fn confirm(
 /// housekeeping reads from replacing what it read when it was busy.
 pub const READS_STOPPED: u64 = 100;
 
-/// What a VM whose memory stays full holds of its last live demand once
-/// its reads stop (or fall under it), as a fraction: a quarter. Its
+/// What a VM whose memory stays full holds of its live demand (the
+/// highest read rate since its memory became full) once its reads stop
+/// (or fall under it), as a fraction: a quarter. Its
 /// cache is full of what it was lent and may be its whole working set
 /// (its reads stopped because it fits): it keeps a part of its weight, with
 /// no time decay, while its memory stays full, so the pool does not drift
@@ -206,7 +207,7 @@ pub enum DemandBasis {
     /// since the last pass: the live rate, unsmoothed.
     Reads,
     /// Its memory is full and its reads stopped (or fell under what it
-    /// holds): it holds [`HOLD_FRACTION`] of its last live demand, its
+    /// holds): it holds [`HOLD_FRACTION`] of its live demand, its
     /// cache full of what it was lent.
     Held,
     /// Its fresh figures show its memory is not full: it has no demand for
@@ -235,7 +236,9 @@ impl DemandBasis {
     pub fn why(self) -> &'static str {
         match self {
             DemandBasis::Reads => "disk reads with its memory full",
-            DemandBasis::Held => "memory full, reads stopped: holds a quarter of its last demand",
+            DemandBasis::Held => {
+                "memory full, reads stopped: holds a quarter of its highest demand"
+            }
             DemandBasis::FreeMemory => "free memory",
             DemandBasis::NoStatistics => "no fresh statistics",
             DemandBasis::NoDiskFigures => "memory full, no disk figures",
@@ -260,10 +263,12 @@ fn memory_full(g: &GuestView) -> bool {
 ///   from its initramfs is not an unknown); what it held is forgotten;
 /// - memory full and a read rate of at least what it holds: the live rate
 ///   (not smoothed: it is already the mean over the pass, and a mean over
-///   two passes would follow a new reader a pass later), remembered as its
-///   last live demand when at least [`READS_STOPPED`];
+///   two passes would follow a new reader a pass later); its live demand
+///   is the highest such rate of at least [`READS_STOPPED`] since its
+///   memory became full (a rate that falls as its working set comes to
+///   fit does not lower it);
 /// - memory full and its reads under what it holds ([`HOLD_FRACTION`] of
-///   its last live demand): that, for as long as its memory stays full;
+///   its live demand): that, for as long as its memory stays full;
 /// - no fresh figures, or memory full and no disk rate (no disk figures;
 ///   the first reading, or its counters went back, a restart, which also
 ///   forgets what it held): unknown. The track runs on.
@@ -307,7 +312,12 @@ pub fn track_io(
         (Some(false), _) => (Some(0), 0, DemandBasis::FreeMemory),
         (Some(true), None) => (None, live, DemandBasis::FirstReading),
         (Some(true), Some(r)) if r < hold => (Some(hold), live, DemandBasis::Held),
-        (Some(true), Some(r)) if r >= READS_STOPPED => (Some(r), r, DemandBasis::Reads),
+        // the highest rate of this stretch of full memory: a rate that
+        // falls as the working set comes to fit is not a new, smaller
+        // demand (issue 20: held as its last rate, the quarter ratcheted
+        // down 18 408 -> 4836 -> 1209 and the reader lost the cache it read
+        // from)
+        (Some(true), Some(r)) if r >= READS_STOPPED => (Some(r), r.max(live), DemandBasis::Reads),
         (Some(true), Some(r)) => (Some(r), live, DemandBasis::Reads),
     };
     (
@@ -579,7 +589,7 @@ mod tests {
     fn each_branch_of_the_demand() {
         use DemandBasis::*;
         // (what the last pass left, MiB read now, free MiB (None: no fresh
-        // figures), at 10 s) -> (demand, basis, last live demand after)
+        // figures), at 10 s) -> (demand, basis, live demand after)
         let none = None;
         #[rustfmt::skip]
         let cases: &[Case] = &[
@@ -587,9 +597,10 @@ mod tests {
             (track(0, 0, 30_000), Some(300), Some(90), Some(0), FreeMemory, 0),
             (track(0, 0, 30_000), None, Some(90), Some(0), FreeMemory, 0),
             (none, Some(7), Some(90), Some(0), FreeMemory, 0),
-            // full and reading: the live rate, remembered
+            // full and reading: the live rate, the highest remembered
             (track(0, 0, 0), Some(300), Some(4), Some(30_000), Reads, 30_000),
-            (track(0, 0, 30_000), Some(100), Some(4), Some(10_000), Reads, 10_000),
+            (track(0, 0, 10_000), Some(300), Some(4), Some(30_000), Reads, 30_000),
+            (track(0, 0, 30_000), Some(100), Some(4), Some(10_000), Reads, 30_000),
             // full, reads stopped after a live demand: a quarter of it held
             (track(0, 300, 30_000), Some(300), Some(4), Some(7_500), Held, 30_000),
             // ... or fallen under that quarter: held, the memory kept
@@ -674,6 +685,39 @@ mod tests {
                 Some(5_000)
             ]
         );
+    }
+
+    #[test]
+    fn a_reader_slowing_as_its_set_comes_to_fit_holds_a_quarter_of_its_peak_regression() {
+        // Issue 20, the mixed rig's oracle gap: a reader at 18.4 MiB/s,
+        // lent its ceiling, slowed to 4.8 MiB/s as its set came to fit;
+        // that slower rate became what it held a quarter of (1209), and
+        // beside two idle guests it lost 23 MiB of the cache it read from.
+        // Measured rates (KiB/s read with the memory full, passes 10 s
+        // apart), then no reads: the quarter of the peak stays.
+        let mut t = track(0, 0, 0);
+        let mut read_kib = 0u64;
+        let mut seen = Vec::new();
+        for (at, kib_per_s) in [(10, 18_850), (20, 4_952), (30, 0), (40, 0), (3600, 0)] {
+            read_kib += kib_per_s * 10;
+            let (t2, d, b) = track_io(t, Some(read_kib << 10), guest(4), at);
+            t = t2;
+            seen.push((d, b));
+        }
+        use DemandBasis::*;
+        assert_eq!(
+            seen,
+            [
+                (Some(18_408), Reads),
+                (Some(4_835), Reads),
+                (Some(4_602), Held),
+                (Some(4_602), Held),
+                (Some(4_602), Held)
+            ]
+        );
+        // and free memory still forgets it at once
+        let (t, d, _) = track_io(t, Some(read_kib << 10), guest(90), 3610);
+        assert_eq!((d, t.map(|t| t.live)), (Some(0), Some(0)));
     }
 
     #[test]

@@ -1060,7 +1060,7 @@ fn a_reader_whose_working_set_fits_keeps_its_loan_while_its_memory_is_full_regre
     // status says why it weighs what it does
     let line = crate::render::status(&r);
     assert!(
-        line.contains("memory full, reads stopped: holds a quarter of its last demand"),
+        line.contains("memory full, reads stopped: holds a quarter of its highest demand"),
         "{line}"
     );
 }

@@ -111,7 +111,7 @@ pub struct VmRecord {
 }
 
 /// A VM's disk reads as the last pass saw them, its demand then, and its
-/// last live demand (what it holds a part of once its reads stop:
+/// live demand (what it holds a part of once its reads stop:
 /// [`crate::pass::rows::track_io`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoTrack {
@@ -124,9 +124,11 @@ pub struct IoTrack {
     /// state written by this version still loads in the one before, which
     /// requires it.
     pub demand: u64,
-    /// Its last live demand: the last read rate of at least
-    /// [`crate::pass::rows::READS_STOPPED`] measured with its memory full,
-    /// thousandths of a MiB/s; 0 once its memory is not full. Absent from
+    /// Its live demand: the highest read rate of at least
+    /// [`crate::pass::rows::READS_STOPPED`] measured since its memory
+    /// became full, thousandths of a MiB/s; 0 once its memory is not full.
+    /// (Earlier versions kept the last such rate, not the highest;
+    /// each reads the other's file.) Absent from
     /// the files of versions before it (0: nothing held until it reads
     /// again).
     #[serde(default)]

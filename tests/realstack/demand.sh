@@ -216,7 +216,7 @@ passes_until() {
 # or held short of it by the deadband);
 # every other guest a known demand below the busy one's and at most half
 # its bonus. (A reader whose reads stop with its memory full, its data
-# fitting in what it was lent, holds only a quarter of its last demand:
+# fitting in what it was lent, holds only a quarter of its highest demand:
 # so no fixed figure is asked of it here, but more than the others'.)
 pydef MOST <<'PY'
 r = load(sys.argv[1])
