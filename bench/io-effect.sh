@@ -12,6 +12,9 @@
 #            --lock-span run|rig|repeat: hold the real-stack lock for each
 #            run (default), for each rig of a repeat, or for each repeat
 #            --out DIR (default bench/results/io-effect)
+#            --sizes-from DIR: the oracle and grown arms take their sizes
+#            from the runs of c and e in DIR (an earlier --out) instead
+#            of this run's (so gs and ge can run without e again)
 #            --plots DIR (default docs/bench for the default --out, else the --out dir)
 #
 # On the real stack (libvirtd, software-emulated QEMU, the host's KSM) it
@@ -38,6 +41,10 @@
 #       balloon once (virsh setmem --live) to the sizes oc boots with, and
 #       left there with no ksm-balloon (the oracle-gap experiment: the same
 #       memory, booted with or given back); ge the same for oe (after e)
+#   gs  ge with ksm-balloon's passes beside it that change nothing
+#       (`--split demand run --dry-run` every 10 s: every read and call a
+#       pass makes, no resize): what the passes cost, apart from the
+#       demand split's resizes (after e)
 # Runs are interleaved: for each repeat, for each rig, each arm in the order
 # given. Each run boots fresh guests, with KSM's merged pages cleared before
 # (run=2). bench/io_sample.py records every guest's throughput (every 2 s)
@@ -54,7 +61,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=/usr/bin/python3
 
-short=0 guests=3 repeats='' arms=a,b,c,d rigs=identical warmup='' measure='' out='' plots_dir='' span=run
+short=0 guests=3 repeats='' arms=a,b,c,d rigs=identical warmup='' measure='' out='' plots_dir='' span=run sizes_from=''
 out_arg=""
 while [ $# -gt 0 ]; do
     case $1 in
@@ -68,7 +75,8 @@ while [ $# -gt 0 ]; do
         --measure) measure=$2; shift ;;
         --out) out=$2 out_arg=$2; shift ;;
         --plots) plots_dir=$2; shift ;;
-        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe,gc,ge] [--rig identical,mixed,unequal] [--lock-span run|rig|repeat] [--warmup S] [--measure S] [--out DIR] [--plots DIR]" >&2
+        --sizes-from) sizes_from=$(realpath "$2"); shift ;;
+        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe,gc,ge,gs] [--rig identical,mixed,unequal] [--lock-span run|rig|repeat] [--warmup S] [--measure S] [--out DIR] [--plots DIR] [--sizes-from DIR]" >&2
            exit 2 ;;
     esac
     shift
@@ -120,7 +128,7 @@ mapfile -t names < <(kbb_names "$guests")
 rm -rf "$out"
 mkdir -p "$out"
 cat >"$out/settings.json" <<JSON
-{"command": "$(env | grep -E '^KBB_(FLOOR|CEIL|DATA|APP|SPAN|IOTUNE|INTERVAL|PASS_PERIOD|KSM)_' | sort | tr '\n' ' ')bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --rig $rigs --warmup $warmup --measure $measure$(if [ -n "$out_arg" ]; then echo " --out $out_arg"; fi)",
+{"command": "$(env | grep -E '^KBB_(FLOOR|CEIL|DATA|APP|SPAN|IOTUNE|INTERVAL|PASS_PERIOD|KSM)_' | sort | tr '\n' ' ')bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --rig $rigs --warmup $warmup --measure $measure$(if [ -n "$out_arg" ]; then echo " --out $out_arg"; fi)$(if [ -n "$sizes_from" ]; then echo " --sizes-from $sizes_from"; fi)",
  "guests": $guests, "repeats": $repeats, "arms": "$arms", "rigs": "$rigs", "warmup_s": $warmup, "measure_s": $measure,
  "floor_mib": $KBB_FLOOR_MIB, "ceiling_mib": $KBB_CEIL_MIB, "data_mib": $KBB_DATA_MIB,
  "app_mib": $KBB_APP_MIB, "span_mib": $KBB_SPAN_MIB, "iotune_mibs": $KBB_IOTUNE_MIBS, "pass_period_s": ${KBB_PASS_PERIOD:-10},
@@ -132,6 +140,18 @@ JSON
 # run_dir RIG ARM REP: where a run's files go (one rig: ARM-REP).
 run_dir() {
     if [ "$rigs" = "$1" ]; then echo "$out/$2-$3"; else echo "$out/$1-$2-$3"; fi
+}
+
+# sizes_dir RIG ARM REP: the run of arm ARM (c or e) an oracle or grown arm
+# takes its sizes from: this run's, or --sizes-from's (named either way).
+sizes_dir() {
+    if [ -z "$sizes_from" ]; then
+        run_dir "$@"
+    elif [ -d "$sizes_from/$1-$2-$3" ]; then
+        echo "$sizes_from/$1-$2-$3"
+    else
+        echo "$sizes_from/$2-$3"
+    fi
 }
 
 # guest_role RIG INDEX: reader (its whole disk), span (its first
@@ -149,27 +169,31 @@ run_arm() {
     dir=$(run_dir "$rig" "$arm" "$rep")
     mkdir -p "$dir"
     case $arm in
-        a | b | c | e | gc | ge) for g in "${names[@]}"; do boot+=("$KBB_FLOOR_MIB"); done ;;
+        a | b | c | e | gc | ge | gs) for g in "${names[@]}"; do boot+=("$KBB_FLOOR_MIB"); done ;;
         d) for g in "${names[@]}"; do boot+=("$KBB_CEIL_MIB"); done ;;
         oc | oe)
             # the policy arm's steady targets, from its own run
-            mapfile -t boot < <("$PY" bench/io_report.py --oracle-of "$(run_dir "$rig" "${arm#o}" "$rep")") ||
+            mapfile -t boot < <("$PY" bench/io_report.py --oracle-of "$(sizes_dir "$rig" "${arm#o}" "$rep")") ||
                 kb_die "arm $arm: no run of arm ${arm#o} (rig $rig, repeat $rep) to take its sizes from: list ${arm#o} before $arm"
             [ "${#boot[@]}" = "$guests" ] || kb_die "arm $arm: ${#boot[@]} sizes for $guests guests"
             ;;
         *) kb_die "unknown arm $arm" ;;
     esac
-    local grown=()
+    local grown=() of='' KBB_DRY_RUN=0
     case $arm in
-        gc | ge)
-            mapfile -t grown < <("$PY" bench/io_report.py --oracle-of "$(run_dir "$rig" "${arm#g}" "$rep")") ||
-                kb_die "arm $arm: no run of arm ${arm#g} (rig $rig, repeat $rep) to take its sizes from: list ${arm#g} before $arm"
-            [ "${#grown[@]}" = "$guests" ] || kb_die "arm $arm: ${#grown[@]} sizes for $guests guests"
-            ;;
+        gc) of=c ;;
+        ge | gs) of=e ;;
     esac
+    if [ -n "$of" ]; then
+        mapfile -t grown < <("$PY" bench/io_report.py --oracle-of "$(sizes_dir "$rig" "$of" "$rep")") ||
+            kb_die "arm $arm: no run of arm $of (rig $rig, repeat $rep) to take its sizes from: list $of before $arm"
+        [ "${#grown[@]}" = "$guests" ] || kb_die "arm $arm: ${#grown[@]} sizes for $guests guests"
+    fi
     case $arm in
         c) split=equal ;;
         e) split=demand ;;
+        # passes that change nothing (kbb_pass_loop reads KBB_DRY_RUN)
+        gs) split=demand KBB_DRY_RUN=1 ;;
     esac
     for ((i = 0; i < guests; i++)); do
         if [ "$(guest_role "$rig" "$i")" = idle ]; then idle+=("${names[$i]}"); else readers+=("${names[$i]}"); fi
@@ -205,9 +229,10 @@ run_arm() {
     # was caught at 255 MiB: CI run 2 of issue 25). Passes start after it.
     kbb_wait_boot_size 120 "${names[@]}" || kb_die "arm $arm: the balloons did not reach their boot sizes"
     if [ "${#grown[@]}" -gt 0 ]; then
-        # gc, ge: grown by the balloon, once, to the oracle's sizes (what the
-        # oracle boots with), then left alone: memory the guest booted
-        # without, given back as ksm-balloon gives it, with no passes
+        # gc, ge, gs: grown by the balloon, once, to the oracle's sizes (what
+        # the oracle boots with), then left alone: memory the guest booted
+        # without, given back as ksm-balloon gives it, with no passes (gs:
+        # passes that resize nothing)
         for ((i = 0; i < guests; i++)); do
             kbb_virsh setmem "${names[$i]}" "$((grown[i] * 1024))" --live >/dev/null
         done

@@ -73,9 +73,10 @@ DEMAND_NAMES = {
     "oe": "oe: oracle of demand",
     "gc": "gc: grown to oc's sizes",
     "ge": "ge: grown to oe's sizes",
+    "gs": "gs: grown to oe's sizes, passes that change nothing",
 }
-COLORS = {"a": "C7", "b": "C0", "c": "C3", "d": "C2", "e": "C1", "oc": "C4", "oe": "C5", "gc": "C6", "ge": "C8"}
-ARM_ORDER = ["a", "b", "c", "oc", "gc", "e", "oe", "ge", "d"]
+COLORS = {"a": "C7", "b": "C0", "c": "C3", "d": "C2", "e": "C1", "oc": "C4", "oe": "C5", "gc": "C6", "ge": "C8", "gs": "C9"}
+ARM_ORDER = ["a", "b", "c", "oc", "gc", "e", "oe", "ge", "gs", "d"]
 MIB = 1024
 OOM_RE = re.compile(r"Out of memory|Kernel panic")
 
@@ -566,7 +567,7 @@ def check(runs, settings):
                 bad.append(f"{what}: idle guest {g} read")
         boot = r.get("boot_mib_per_guest") or [r["boot_mib"]] * len(r["guests"])
         grown = r.get("grown_mib_per_guest") or []
-        if arm in ("gc", "ge"):
+        if arm in ("gc", "ge", "gs"):
             if [b * MIB for b in boot] != [floor] * len(r["guests"]):
                 bad.append(f"{what}: booted at {boot} MiB, expected the floor")
             want = [b * MIB for b in grown]
@@ -614,11 +615,19 @@ def check(runs, settings):
         if arm not in ("a", "d") and not s["ksm_profit_mib"] > 0:
             bad.append(f"{what}: KSM saved nothing with KSM on")
         win = [h for h in r["host"] if h["t"] >= 0]
-        if arm in ("b", "oc", "oe", "gc", "ge"):
+        if arm in ("b", "oc", "oe", "gc", "ge", "gs"):
             for g, w in zip(r["guests"], want):
                 top = max(h["balloon_kib"].get(g, 0) for h in win)
                 if top > w + MIB:
                     bad.append(f"{what}: {g}'s balloon grew to {top} KiB without ksm-balloon")
+        if arm == "gs":
+            # passes beside it, every one a dry run that resized nothing
+            if not r["passes"]:
+                bad.append(f"{what}: no pass reports (passes.jsonl)")
+            if any(not p["dry_run"] or p["resized"] for p in r["passes"]):
+                bad.append(f"{what}: a pass that was to change nothing was not a dry run or resized")
+            if s["failed_passes"]:
+                bad.append(f"{what}: {s['failed_passes']} ksm-balloon passes failed")
         if dynamic:
             if s["failed_passes"]:
                 bad.append(f"{what}: {s['failed_passes']} ksm-balloon passes failed")

@@ -224,15 +224,17 @@ kbb_cleanup() {
 # in the background until kbb_stop_bg: `$BIN --connect $KB_URI --state
 # DIR/state.json ARGS... run --json` every KBB_PASS_PERIOD seconds (10),
 # each report one line of DIR/passes.jsonl, the log in DIR/ksm-balloon.log.
+# With KBB_DRY_RUN=1, `run --json --dry-run`: passes that change nothing.
 kbb_pass_loop() {
-    local dir=$1
+    local dir=$1 run=(run --json)
     shift
+    [ "${KBB_DRY_RUN:-0}" = 0 ] || run+=(--dry-run)
     (
         exec {KB_LOCK_FD}>&-
         while :; do
             echo "pass at $(date -u +%FT%TZ)" >&2
             # one JSON report per line: what the pass saw and did
-            if report=$("$BIN" --connect "$KB_URI" --state "$dir/state.json" "$@" run --json); then
+            if report=$("$BIN" --connect "$KB_URI" --state "$dir/state.json" "$@" "${run[@]}"); then
                 printf '%s\n' "$report" | python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))' >>"$dir/passes.jsonl"
             else
                 echo "pass failed: exit $?" >&2
