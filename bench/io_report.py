@@ -41,6 +41,7 @@ speed: figures are printed, not asserted.
 and io-demand-summary.svg).
 
 Usage: io_report.py OUT [--plots DIR] [--markdown FILE] [--check]
+       io_report.py OUT --from S     (the tables over S s after t = 0 to the end)
        io_report.py --oracle-of RUN
 """
 
@@ -649,6 +650,9 @@ def main():
     ap.add_argument("--format", default="svg", choices=("svg", "png"), help="of the plots")
     ap.add_argument("--markdown")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--from", dest="start", type=float, metavar="S",
+                    help="measure from S s after t = 0 to the window's end, not from the warm-up's end: "
+                         "prints the tables only (no summary.json, plots or checks)")
     args = ap.parse_args()
     if args.oracle_of:
         print("\n".join(map(str, oracle_sizes(load_run(args.oracle_of)))))
@@ -662,6 +666,16 @@ def main():
         sys.exit(f"no runs under {args.out}")
     for r in runs:
         r["floor_kib"] = settings["floor_mib"] * MIB
+    if args.start is not None:
+        # the same runs over a later (or earlier) start: e.g. after a
+        # policy arm's ramp, to compare it with its oracle at steady state
+        end = settings["warmup_s"] + settings["measure_s"]
+        if not 0 <= args.start < end:
+            ap.error(f"--from {args.start:g}: not within 0 and the window's end ({end} s)")
+        for x in [settings] + runs:
+            x["warmup_s"], x["measure_s"] = args.start, end - args.start
+        args.markdown = args.plots = None
+        args.check = False
     demand = any("rig" in r for r in runs)
     if demand:
         summ = [summarise_demand(r) for r in runs]
@@ -673,8 +687,9 @@ def main():
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(md + "\n")
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summ, f, indent=1)
+    if args.start is None:
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump(summ, f, indent=1)
     if args.plots:
         if demand:
             plots_demand(runs, settings, args.plots, args.format)
