@@ -45,6 +45,10 @@
 #       (`--split demand run --dry-run` every 10 s: every read and call a
 #       pass makes, no resize): what the passes cost, apart from the
 #       demand split's resizes (after e)
+#   gr  ge grown late: at the floor, reading with its memory full, until
+#       t = KBB_GROW_AT s (default the warm-up), then grown once to oe's
+#       sizes, as e's pool comes out after its 60 s holding window, with
+#       no passes (after e)
 # Runs are interleaved: for each repeat, for each rig, each arm in the order
 # given. Each run boots fresh guests, with KSM's merged pages cleared before
 # (run=2). bench/io_sample.py records every guest's throughput (every 2 s)
@@ -76,7 +80,7 @@ while [ $# -gt 0 ]; do
         --out) out=$2 out_arg=$2; shift ;;
         --plots) plots_dir=$2; shift ;;
         --sizes-from) sizes_from=$(realpath "$2"); shift ;;
-        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe,gc,ge,gs] [--rig identical,mixed,unequal] [--lock-span run|rig|repeat] [--warmup S] [--measure S] [--out DIR] [--plots DIR] [--sizes-from DIR]" >&2
+        *) echo "usage: bench/io-effect.sh [--short] [--guests N] [--repeats R] [--arms a,b,c,d,e,oc,oe,gc,ge,gs,gr] [--rig identical,mixed,unequal] [--lock-span run|rig|repeat] [--warmup S] [--measure S] [--out DIR] [--plots DIR] [--sizes-from DIR]" >&2
            exit 2 ;;
     esac
     shift
@@ -128,7 +132,7 @@ mapfile -t names < <(kbb_names "$guests")
 rm -rf "$out"
 mkdir -p "$out"
 cat >"$out/settings.json" <<JSON
-{"command": "$(env | grep -E '^KBB_(FLOOR|CEIL|DATA|APP|SPAN|IOTUNE|INTERVAL|PASS_PERIOD|KSM)_' | sort | tr '\n' ' ')bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --rig $rigs --warmup $warmup --measure $measure$(if [ -n "$out_arg" ]; then echo " --out $out_arg"; fi)$(if [ -n "$sizes_from" ]; then echo " --sizes-from $sizes_from"; fi)",
+{"command": "$(env | grep -E '^KBB_(FLOOR|CEIL|DATA|APP|SPAN|IOTUNE|INTERVAL|PASS_PERIOD|KSM|GROW)_' | sort | tr '\n' ' ')bench/io-effect.sh $(if [ $short = 1 ]; then echo --short; fi) --guests $guests --repeats $repeats --arms $arms --rig $rigs --warmup $warmup --measure $measure$(if [ -n "$out_arg" ]; then echo " --out $out_arg"; fi)$(if [ -n "$sizes_from" ]; then echo " --sizes-from $sizes_from"; fi)",
  "guests": $guests, "repeats": $repeats, "arms": "$arms", "rigs": "$rigs", "warmup_s": $warmup, "measure_s": $measure,
  "floor_mib": $KBB_FLOOR_MIB, "ceiling_mib": $KBB_CEIL_MIB, "data_mib": $KBB_DATA_MIB,
  "app_mib": $KBB_APP_MIB, "span_mib": $KBB_SPAN_MIB, "iotune_mibs": $KBB_IOTUNE_MIBS, "pass_period_s": ${KBB_PASS_PERIOD:-10},
@@ -169,7 +173,7 @@ run_arm() {
     dir=$(run_dir "$rig" "$arm" "$rep")
     mkdir -p "$dir"
     case $arm in
-        a | b | c | e | gc | ge | gs) for g in "${names[@]}"; do boot+=("$KBB_FLOOR_MIB"); done ;;
+        a | b | c | e | gc | ge | gs | gr) for g in "${names[@]}"; do boot+=("$KBB_FLOOR_MIB"); done ;;
         d) for g in "${names[@]}"; do boot+=("$KBB_CEIL_MIB"); done ;;
         oc | oe)
             # the policy arm's steady targets, from its own run
@@ -182,7 +186,7 @@ run_arm() {
     local grown=() of='' KBB_DRY_RUN=0
     case $arm in
         gc) of=c ;;
-        ge | gs) of=e ;;
+        ge | gs | gr) of=e ;;
     esac
     if [ -n "$of" ]; then
         mapfile -t grown < <("$PY" bench/io_report.py --oracle-of "$(sizes_dir "$rig" "$of" "$rep")") ||
@@ -228,7 +232,7 @@ run_arm() {
     # first sample after t = 0 as the boot size (an oracle arm's idle guest
     # was caught at 255 MiB: CI run 2 of issue 25). Passes start after it.
     kbb_wait_boot_size 120 "${names[@]}" || kb_die "arm $arm: the balloons did not reach their boot sizes"
-    if [ "${#grown[@]}" -gt 0 ]; then
+    if [ "${#grown[@]}" -gt 0 ] && [ "$arm" != gr ]; then
         # gc, ge, gs: grown by the balloon, once, to the oracle's sizes (what
         # the oracle boots with), then left alone: memory the guest booted
         # without, given back as ksm-balloon gives it, with no passes (gs:
@@ -242,6 +246,16 @@ run_arm() {
         done
     fi
     t_ready=$(date +%s.%N)
+    if [ "$arm" = gr ]; then
+        # grown once, late, in the background (kbb_stop_bg ends it)
+        (
+            "$PY" -c "import time; time.sleep(max(0, $t_ready + ${KBB_GROW_AT:-$warmup} - time.time()))"
+            for ((i = 0; i < guests; i++)); do
+                kbb_virsh setmem "${names[$i]}" "$((grown[i] * 1024))" --live >/dev/null
+            done
+        ) &
+        KBB_BG_PIDS+=($!)
+    fi
     # the arm runs for a fixed time: the warm-up and measuring windows
     end=$("$PY" -c "print($t_ready + $warmup + $measure)")
     kbb_run_window "$dir" "$split" "$end" "arm $arm" "${names[@]}"
@@ -251,6 +265,7 @@ run_arm() {
  "boot_mib": $(if [ "$arm" = d ]; then echo "$KBB_CEIL_MIB"; else echo "$KBB_FLOOR_MIB"; fi),
  "boot_mib_per_guest": [$(printf '%s,' "${boot[@]}" | sed 's/,$//')],
  "grown_mib_per_guest": [$(printf '%s,' "${grown[@]}" | sed 's/,$//')],
+ "grown_at_s": $(if [ "$arm" = gr ]; then echo "${KBB_GROW_AT:-$warmup}"; else echo null; fi),
  "guests": [$(printf '"%s",' "${names[@]}" | sed 's/,$//')],
  "readers": [$(printf '"%s",' "${readers[@]}" | sed 's/,$//')],
  "run_s": $(( $(date +%s) - run_start ))}
