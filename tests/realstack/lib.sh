@@ -528,20 +528,46 @@ PY
 
 # --- the method, computed by the test ----------------------------------------
 
-# rs_expected_bonuses POOL_KIB HEADROOM_KIB...: equal split of POOL with
-# each share capped at its headroom, what a capped VM cannot take going to
-# the others (water-filling); prints one bonus per VM, in order.
+# rs_expected_bonuses POOL_KIB HEADROOM_KIB...: the split of POOL with each
+# share capped at its headroom, what a capped VM cannot take going to the
+# others (water-filling, `policy::water_fill`); prints one bonus per VM, in
+# order. Equal parts, or by the weights in RS_SPLIT_WEIGHTS (one per VM,
+# space-separated: see rs_split_weights).
 rs_expected_bonuses() {
-    python3 - "$@" <<'PY'
-import sys
+    RS_SPLIT_WEIGHTS=${RS_SPLIT_WEIGHTS:-} python3 - "$@" <<'PY'
+import os, sys
+from fractions import Fraction
 pool, caps = int(sys.argv[1]), [int(c) for c in sys.argv[2:]]
-out, left = [0] * len(caps), pool
-order = sorted(range(len(caps)), key=lambda i: caps[i])
-for k, i in enumerate(order):
-    give = min(left // (len(caps) - k), caps[i])
+weights = [max(1, int(w)) for w in os.environ["RS_SPLIT_WEIGHTS"].split()] or [1] * len(caps)
+assert len(weights) == len(caps), "RS_SPLIT_WEIGHTS: one weight per VM"
+out, left, weight_left = [0] * len(caps), pool, sum(weights)
+for i in sorted(range(len(caps)), key=lambda i: (Fraction(caps[i], weights[i]), i)):
+    give = min(left * weights[i] // weight_left, caps[i])
     out[i] = give
     left -= give
+    weight_left -= weights[i]
 print(" ".join(map(str, out)))
+PY
+}
+
+# rs_split_weights REPORT GUEST...: each guest's weight in the split the
+# pass REPORT ran (its `policy.split`): 1 under `equal`; under `demand`
+# `policy::DEMAND_BASE` (1000, an idle or unknown VM) plus its demand; times
+# its metadata weight. The demand is the pass's input (what the guest read),
+# not its output: the test still works the split out itself.
+rs_split_weights() {
+    python3 - "$@" <<'PY'
+import json, sys
+report, names = json.load(open(sys.argv[1])), sys.argv[2:]
+split = report["policy"]["split"]
+vms = {v["name"]: v for v in report["vms"]}
+def base(v):
+    if split == "equal":
+        return 1
+    if split == "demand":
+        return 1000 + (v.get("demand") or 0)
+    sys.exit(f"rs_split_weights: split {split!r}: only equal and demand are worked out here")
+print(" ".join(str(base(vms[n]) * vms[n].get("weight", 1)) for n in names))
 PY
 }
 

@@ -80,8 +80,11 @@ expect_bonuses() {
         names+=("${g%%=*}")
         caps+=("${g#*=}")
     done
-    read -r -a blo <<<"$(rs_expected_bonuses "$lo" "${caps[@]}")"
-    read -r -a bhi <<<"$(rs_expected_bonuses "$hi" "${caps[@]}")"
+    local weights
+    weights=$(rs_split_weights "$PASS_JSON" "${names[@]}") || return 1
+    read -r -a blo <<<"$(RS_SPLIT_WEIGHTS=$weights rs_expected_bonuses "$lo" "${caps[@]}")"
+    read -r -a bhi <<<"$(RS_SPLIT_WEIGHTS=$weights rs_expected_bonuses "$hi" "${caps[@]}")"
+    echo "  the split's weights (${names[*]}): $weights"
     local ok=0
     for i in "${!names[@]}"; do
         g=${names[$i]}

@@ -30,6 +30,7 @@ Usage:
       SLACK_MS more than the k-th fastest without it (comma-separated ms)
 """
 import json
+from fractions import Fraction
 import statistics
 import sys
 
@@ -134,13 +135,37 @@ def cmd_floors(path, floor, ceil, *names):
     return 0 if ok else 1
 
 
-def water_fill(pool, caps):
-    out, left = [0] * len(caps), pool
-    for k, i in enumerate(sorted(range(len(caps)), key=lambda i: caps[i])):
-        give = min(left // (len(caps) - k), caps[i])
+def water_fill(pool, caps, weights=None):
+    """The policy's water-filling (`policy::water_fill`): each VM's part of
+    the pool in proportion to its weight, capped at its headroom, what a
+    cap stops going to the others."""
+    weights = [max(1, w) for w in (weights or [1] * len(caps))]
+    out, left, weight_left = [0] * len(caps), pool, sum(weights)
+    for i in sorted(range(len(caps)), key=lambda i: (Fraction(caps[i], weights[i]), i)):
+        give = min(left * weights[i] // max(1, weight_left), caps[i])
         out[i] = give
         left -= give
+        weight_left -= weights[i]
     return out
+
+
+# `policy::DEMAND_BASE`: an idle VM's (or an unknown one's) weight under the
+# demand split; a reader adds its demand to it.
+DEMAND_BASE = 1000
+
+
+def split_weights(st, managed):
+    """Each VM's weight by the report's split: `equal` 1, `demand`
+    DEMAND_BASE + its demand (an unknown counts as idle); times its
+    metadata weight."""
+    split = st.get("policy", {}).get("split")
+    if split == "equal":
+        base = [1] * len(managed)
+    elif split == "demand":
+        base = [DEMAND_BASE + (v.get("demand") or 0) for v in managed]
+    else:
+        raise SystemExit(f"judge share: split {split!r}: only equal and demand are judged here")
+    return split, [b * v.get("weight", 1) for b, v in zip(base, managed)]
 
 
 def cmd_share(path, tol):
@@ -150,15 +175,17 @@ def cmd_share(path, tol):
     if not managed:
         print("  no managed VM")
         return 1
-    want = water_fill(st["budget_kib"], [v["ceiling_kib"] - v["floor_kib"] for v in managed])
+    split, weights = split_weights(st, managed)
+    want = water_fill(st["budget_kib"], [v["ceiling_kib"] - v["floor_kib"] for v in managed], weights)
     ok = st["budget_kib"] > 0
-    print(f"  savings {st['savings_kib']} KiB, budget {st['budget_kib']} KiB over {len(managed)} VMs")
-    for v, w in zip(managed, want):
+    print(f"  savings {st['savings_kib']} KiB, budget {st['budget_kib']} KiB over {len(managed)} VMs, split {split}")
+    for v, w, wt in zip(managed, want, weights):
         bonus = v["target_kib"] - v["floor_kib"]
         good = abs(bonus - w) <= 1024 and abs(v["current_kib"] - v["target_kib"]) <= tol
         ok &= good
         extra = "".join(f", {k} {v[k]} KiB" for k in ("kept_kib", "squeezed_kib") if v.get(k))
-        print(f"  {v['name']}: bonus {bonus} KiB (equal split {w} KiB), balloon {v['current_kib']} KiB, "
+        basis = f", demand {v.get('demand')} ({v.get('demand_basis')})" if split == "demand" else ""
+        print(f"  {v['name']}: bonus {bonus} KiB (its part {w} KiB, weight {wt}{basis}), balloon {v['current_kib']} KiB, "
               f"target {v['target_kib']} KiB{extra}{'' if good else '  <- not yet'}")
     return 0 if ok else 1
 
