@@ -645,7 +645,7 @@ mod tests {
         assert_eq!(s.connect, "qemu:///system");
         assert_eq!(s.metric, Metric::Auto);
         assert_eq!(s.share, Share(1.0));
-        assert_eq!(s.split, Split::Equal);
+        assert_eq!(s.split, Split::Demand);
         assert_eq!(s.reserve, SizeOrPercent::Percent(5.0));
         assert_eq!(s.deadband, Size(4096));
         assert_eq!(s.max_grow, Limit(None));

@@ -155,7 +155,7 @@ impl Policy {
     /// `--reserve` into it every pass (`pass::Settings::policy`).
     pub const DEFAULT: Policy = Policy {
         share: 1.0,
-        split: Split::Equal,
+        split: Split::Demand,
         reserve_kib: 0,
         deadband_kib: DEFAULT_DEADBAND_KIB,
         max_grow_kib: None,
