@@ -4,7 +4,7 @@
 # answering `pgbench -S` (bench/dbguest/), in transactions per second.
 #
 #   bench/db-effect.sh --repeats 3 --out bench/results/db-demand
-#   options: --repeats R (default 3) --arms b,c,e,oe (default; oc too)
+#   options: --repeats R (default 3) --arms b,c,e,oe (default; oc, ge too)
 #            --busy N (guests running pgbench, default 2; the rest idle)
 #            --warmup S (default 60) --measure S (default 120)
 #            --read-iops N (each disk's reads a second, default 100)
@@ -27,6 +27,11 @@
 #   oc  static oracle of c: KSM on, no ksm-balloon, each guest booted at the
 #       median of the targets c's passes gave it in the measured window of
 #       the same repeat (so c runs before oc); oe the same for e
+#   ge  grown to oe's sizes: booted at the floor like e, warmed there,
+#       grown by the balloon once (virsh setmem --live) to the sizes oe
+#       boots with before t = 0, and left there with no ksm-balloon (the
+#       oracle-gap experiment: the same memory, booted with or given back;
+#       after e)
 # Runs are interleaved (each repeat runs every arm in the order given),
 # each on fresh guests and overlays with KSM's merged pages cleared.
 # bench/io_sample.py records each guest's KB-TPS lines (pgbench's progress
@@ -52,7 +57,7 @@ while [ $# -gt 0 ]; do
         --measure) measure=$2 ;;
         --read-iops) read_iops=$2 ;;
         --out) out=$2 ;;
-        *) echo "usage: bench/db-effect.sh [--repeats R] [--arms b,c,e,oc,oe] [--busy N] [--warmup S] [--measure S] [--read-iops N] [--out DIR]" >&2
+        *) echo "usage: bench/db-effect.sh [--repeats R] [--arms b,c,e,oc,oe,ge] [--busy N] [--warmup S] [--measure S] [--read-iops N] [--out DIR]" >&2
            exit 2 ;;
     esac
     shift 2
@@ -96,14 +101,20 @@ run_arm() {
     dir=$out/$arm-$rep
     mkdir -p "$dir"
     case $arm in
-        b | c | e) for g in "${names[@]}"; do boot+=("$KBB_FLOOR_MIB"); done ;;
+        b | c | e | ge) for g in "${names[@]}"; do boot+=("$KBB_FLOOR_MIB"); done ;;
         oc | oe)
             mapfile -t boot < <("$PY" bench/io_report.py --oracle-of "$out/${arm#o}-$rep") ||
                 kb_die "arm $arm: no run of arm ${arm#o} (repeat $rep) to take its sizes from: list ${arm#o} before $arm"
             [ "${#boot[@]}" = "$guests" ] || kb_die "arm $arm: ${#boot[@]} sizes for $guests guests"
             ;;
-        *) kb_die "unknown arm $arm (b, c, e, oc, oe)" ;;
+        *) kb_die "unknown arm $arm (b, c, e, oc, oe, ge)" ;;
     esac
+    local grown=()
+    if [ "$arm" = ge ]; then
+        mapfile -t grown < <("$PY" bench/io_report.py --oracle-of "$out/e-$rep") ||
+            kb_die "arm ge: no run of arm e (repeat $rep) to take its sizes from: list e before ge"
+        [ "${#grown[@]}" = "$guests" ] || kb_die "arm ge: ${#grown[@]} sizes for $guests guests"
+    fi
     case $arm in
         c) split=equal ;;
         e) split=demand ;;
@@ -141,6 +152,18 @@ run_arm() {
         kg_wait_console 300 "$(kbb_console "$g")" '^KB-TPS ' "guest $g" || kb_die "arm $arm: $g ran no pgbench"
     done
     kbb_wait_boot_size 120 "${names[@]}" || kb_die "arm $arm: the balloons did not reach their boot sizes"
+    if [ "${#grown[@]}" -gt 0 ]; then
+        # ge: warmed at the floor, then grown by the balloon, once, to the
+        # oracle's sizes and left alone: the memory e's passes give, given
+        # back at t = 0 instead of booted with
+        for ((i = 0; i < guests; i++)); do
+            kbb_virsh setmem "${names[$i]}" "$((grown[i] * 1024))" --live >/dev/null
+        done
+        for ((i = 0; i < guests; i++)); do
+            kb_wait_until 120 "${names[$i]}'s balloon to reach ${grown[$i]} MiB" \
+                kg_balloon_near "${names[$i]}" "$((grown[i] * 1024))" 0 || kb_die "arm ge: ${names[$i]} did not grow"
+        done
+    fi
     t_ready=$(date +%s.%N)
     # the arm runs for a fixed time: the warm-up and measuring windows
     end=$("$PY" -c "print($t_ready + $warmup + $measure)")
@@ -149,6 +172,7 @@ run_arm() {
 {"arm": "$arm", "rig": "db", "repeat": $rep, "t0_epoch": $t0, "t_ready": $("$PY" -c "print($t_ready - $t0)"),
  "warmup_s": $warmup, "measure_s": $measure, "split": "${split:-none}",
  "boot_mib_per_guest": [$(printf '%s,' "${boot[@]}" | sed 's/,$//')],
+ "grown_mib_per_guest": [$(printf '%s,' "${grown[@]}" | sed 's/,$//')],
  "guests": [$(printf '"%s",' "${names[@]}" | sed 's/,$//')],
  "readers": [$(printf '"%s",' "${readers[@]}" | sed 's/,$//')],
  "run_s": $(( $(date +%s) - run_start ))}
