@@ -550,15 +550,16 @@ print(" ".join(map(str, out)))
 PY
 }
 
-# rs_split_weights REPORT GUEST...: each guest's weight in the split the
-# pass REPORT ran (its `policy.split`): 1 under `equal`; under `demand`
-# `policy::DEMAND_BASE` (1000, an idle or unknown VM) plus its demand; times
-# its metadata weight. The demand is the pass's input (what the guest read),
+# rs_split_weights REPORT GUEST...: each guest's weight (GUEST is the
+# domain kbrs-GUEST) in the split the pass REPORT ran (its `policy.split`):
+# 1 under `equal`; under `demand` `policy::DEMAND_BASE` (1000, an idle or
+# unknown VM) plus its demand; times its metadata weight. The demand is the pass's input (what the guest read),
 # not its output: the test still works the split out itself.
 rs_split_weights() {
-    python3 - "$@" <<'PY'
-import json, sys
-report, names = json.load(open(sys.argv[1])), sys.argv[2:]
+    RS_PREFIX=$RS_PREFIX python3 - "$@" <<'PY'
+import json, os, sys
+report = json.load(open(sys.argv[1]))
+names = [os.environ["RS_PREFIX"] + n for n in sys.argv[2:]]
 split = report["policy"]["split"]
 vms = {v["name"]: v for v in report["vms"]}
 def base(v):
