@@ -22,7 +22,12 @@ booted; ge's were at the oracle's sizes at t = 0 and stayed there; in c
 and e no pass failed and ksm-balloon grew some guest. It checks no
 speed: figures are printed, not asserted.
 
-Usage: db_report.py OUT [--markdown FILE] [--check]
+--from S prints the tables over the window from S s after t = 0 to its
+end instead (and writes nothing); --bins S adds, per arm, the aggregate
+over each S s of the run from t = 0 (median over repeats): how far each
+arm is from its oracle as the run goes on.
+
+Usage: db_report.py OUT [--markdown FILE] [--check] [--from S] [--bins S]
 """
 
 import argparse
@@ -180,11 +185,39 @@ def check(runs, summ, settings):
     return bad
 
 
+def timeline(runs, step):
+    """Per arm, the aggregate tps (the busy guests' mean in each bin, summed)
+    over each `step` s from t = 0, the median over repeats."""
+    end = max(r["warmup_s"] + r["measure_s"] for r in runs)
+    bins = [(lo, min(lo + step, end)) for lo in range(0, int(end), int(step))]
+    out = ["", f"Aggregate tps over each {step:g} s from t = 0 (median over repeats):", "",
+           "| arm | " + " | ".join(f"{lo:g}-{hi:g} s" for lo, hi in bins) + " |",
+           "|---|" + "---:|" * len(bins)]
+    for a in ARM_ORDER:
+        v = [r for r in runs if r["arm"] == a]
+        if not v:
+            continue
+        cells = []
+        for lo, hi in bins:
+            aggs = []
+            for r in v:
+                per = [[x["tps"] for x in r["tput"] if x["kind"] == "tps" and x["guest"] == g and lo <= x["t"] < hi]
+                       for g in r["readers"]]
+                if all(per):
+                    aggs.append(sum(mean(p) for p in per))
+            cells.append(f"{statistics.median(aggs):.0f}" if aggs else "-")
+        out.append(f"| {DEMAND_NAMES.get(a, a)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--markdown")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--from", dest="start", type=float, metavar="S",
+                    help="the tables over S s after t = 0 to the window's end (prints only)")
+    ap.add_argument("--bins", type=float, metavar="S", help="add the aggregate over each S s of the run")
     args = ap.parse_args()
     with open(os.path.join(args.out, "settings.json")) as f:
         settings = json.load(f)
@@ -193,14 +226,27 @@ def main():
         sys.exit(f"no runs under {args.out}")
     for r in runs:
         r["floor_kib"] = settings["floor_mib"] * MIB
+    if args.start is not None:
+        end = settings["warmup_s"] + settings["measure_s"]
+        if not 0 <= args.start < end:
+            ap.error(f"--from {args.start:g}: not within 0 and the window's end ({end} s)")
+        for x in [settings] + runs:
+            x["warmup_s"], x["measure_s"] = args.start, end - args.start
+        args.markdown = None
+        args.check = False
+    if args.bins is not None and not args.bins > 0:
+        ap.error("--bins: a number of seconds above 0")
     summ = [summarise(r) for r in runs]
     md = tables(summ, settings)
+    if args.bins:
+        md += "\n" + timeline(runs, args.bins)
     print(md)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(md + "\n")
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summ, f, indent=1)
+    if args.start is None:
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump(summ, f, indent=1)
     if args.check:
         bad = check(runs, summ, settings)
         for b in bad:
