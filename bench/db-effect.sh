@@ -156,13 +156,9 @@ run_arm() {
         # ge: warmed at the floor, then grown by the balloon, once, to the
         # oracle's sizes and left alone: the memory e's passes give, given
         # back at t = 0 instead of booted with
-        for ((i = 0; i < guests; i++)); do
-            kbb_virsh setmem "${names[$i]}" "$((grown[i] * 1024))" --live >/dev/null
-        done
-        for ((i = 0; i < guests; i++)); do
-            kb_wait_until 120 "${names[$i]}'s balloon to reach ${grown[$i]} MiB" \
-                kg_balloon_near "${names[$i]}" "$((grown[i] * 1024))" 0 || kb_die "arm ge: ${names[$i]} did not grow"
-        done
+        local sizes=()
+        for ((i = 0; i < guests; i++)); do sizes+=("${names[$i]}=${grown[$i]}"); done
+        kbb_set_sizes wait "${sizes[@]}" || kb_die "arm ge: the guests did not grow to ${grown[*]} MiB"
     fi
     t_ready=$(date +%s.%N)
     # the arm runs for a fixed time: the warm-up and measuring windows

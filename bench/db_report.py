@@ -39,7 +39,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from io_report import DEMAND_NAMES, MIB, fmt_range, load_run, mean  # noqa: E402
+from io_report import DEMAND_NAMES, MIB, fmt_range, load_run, mean, window_from  # noqa: E402
 
 ARM_ORDER = ["b", "c", "oc", "e", "oe", "ge"]
 
@@ -227,11 +227,7 @@ def main():
     for r in runs:
         r["floor_kib"] = settings["floor_mib"] * MIB
     if args.start is not None:
-        end = settings["warmup_s"] + settings["measure_s"]
-        if not 0 <= args.start < end:
-            ap.error(f"--from {args.start:g}: not within 0 and the window's end ({end} s)")
-        for x in [settings] + runs:
-            x["warmup_s"], x["measure_s"] = args.start, end - args.start
+        window_from(ap, args.start, settings, runs)
         args.markdown = None
         args.check = False
     if args.bins is not None and not args.bins > 0:

@@ -193,6 +193,8 @@ run_arm() {
             kb_die "arm $arm: no run of arm $of (rig $rig, repeat $rep) to take its sizes from: list $of before $arm"
         [ "${#grown[@]}" = "$guests" ] || kb_die "arm $arm: ${#grown[@]} sizes for $guests guests"
     fi
+    local sizes=()
+    for ((i = 0; i < ${#grown[@]}; i++)); do sizes+=("${names[$i]}=${grown[$i]}"); done
     case $arm in
         c) split=equal ;;
         e) split=demand ;;
@@ -237,22 +239,14 @@ run_arm() {
         # the oracle boots with), then left alone: memory the guest booted
         # without, given back as ksm-balloon gives it, with no passes (gs:
         # passes that resize nothing)
-        for ((i = 0; i < guests; i++)); do
-            kbb_virsh setmem "${names[$i]}" "$((grown[i] * 1024))" --live >/dev/null
-        done
-        for ((i = 0; i < guests; i++)); do
-            kb_wait_until 120 "${names[$i]}'s balloon to reach ${grown[$i]} MiB" \
-                kg_balloon_near "${names[$i]}" "$((grown[i] * 1024))" 0 || kb_die "arm $arm: ${names[$i]} did not grow"
-        done
+        kbb_set_sizes wait "${sizes[@]}" || kb_die "arm $arm: the guests did not grow to ${grown[*]} MiB"
     fi
     t_ready=$(date +%s.%N)
     if [ "$arm" = gr ]; then
         # grown once, late, in the background (kbb_stop_bg ends it)
         (
             "$PY" -c "import time; time.sleep(max(0, $t_ready + ${KBB_GROW_AT:-$warmup} - time.time()))"
-            for ((i = 0; i < guests; i++)); do
-                kbb_virsh setmem "${names[$i]}" "$((grown[i] * 1024))" --live >/dev/null
-            done
+            kbb_set_sizes nowait "${sizes[@]}"
         ) &
         KBB_BG_PIDS+=($!)
     fi

@@ -650,6 +650,16 @@ def check(runs, settings):
     return bad
 
 
+def window_from(ap, start, settings, runs):
+    """--from S: the window runs from S s after t = 0 to its end, in the
+    settings and every run (what the summaries read)."""
+    end = settings["warmup_s"] + settings["measure_s"]
+    if not 0 <= start < end:
+        ap.error(f"--from {start:g}: not within 0 and the window's end ({end} s)")
+    for x in [settings] + runs:
+        x["warmup_s"], x["measure_s"] = start, end - start
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out", nargs="?")
@@ -677,11 +687,7 @@ def main():
     if args.start is not None:
         # the same runs over a later (or earlier) start: e.g. after a
         # policy arm's ramp, to compare it with its oracle at steady state
-        end = settings["warmup_s"] + settings["measure_s"]
-        if not 0 <= args.start < end:
-            ap.error(f"--from {args.start:g}: not within 0 and the window's end ({end} s)")
-        for x in [settings] + runs:
-            x["warmup_s"], x["measure_s"] = args.start, end - args.start
+        window_from(ap, args.start, settings, runs)
         args.markdown = args.plots = None
         args.check = False
     demand = any("rig" in r for r in runs)

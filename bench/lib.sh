@@ -43,6 +43,22 @@ KBB_INTERVAL=${KBB_INTERVAL:-2}
 
 kbb_virsh() { virsh -q -c "$KB_URI" "$@"; }
 
+# kbb_set_sizes wait|nowait NAME=MIB...: sets each guest's balloon to MIB
+# (`virsh setmem --live`, all first), then with `wait` waits up to 120 s
+# for each to be there; fails naming the first that is not.
+kbb_set_sizes() {
+    local mode=$1 p
+    shift
+    for p in "$@"; do
+        kbb_virsh setmem "${p%%=*}" "$((${p#*=} * 1024))" --live >/dev/null || return 1
+    done
+    [ "$mode" = wait ] || return 0
+    for p in "$@"; do
+        kb_wait_until 120 "${p%%=*}'s balloon to reach ${p#*=} MiB" \
+            kg_balloon_near "${p%%=*}" "$((${p#*=} * 1024))" 0 || return 1
+    done
+}
+
 # kbb_pick_bin SHORT: sets BIN to the ksm-balloon the benchmark measures:
 # $KBB_BIN when set (nothing is built); else the debug build for the short
 # (CI) version (SHORT = 1), which run-all.sh has already made, or the
